@@ -1,0 +1,1 @@
+//! Conformance kit for [`KvCache`](crate::KvCache) implementations (issue 3).

@@ -1,0 +1,94 @@
+//! Pure logit processors and samplers for LLM text generation.
+//!
+//! `perpetua-sampling` knows nothing of tensors or backends: it turns a slice of
+//! logits into a chosen token id. The pieces:
+//!
+//! - [`Candidates`]: a reusable candidate buffer (ids, logits, probabilities and a
+//!   `sorted` flag, in the spirit of llama.cpp's `llama_token_data_array`). It is
+//!   refilled every step without allocating.
+//! - [`LogitsProcessor`]: one stage that edits candidates (temperature, top-k, a
+//!   penalty…), seeing a read-only [`SamplingContext`] (all tokens so far, prompt
+//!   length, step, EOS ids, an optional temperature override).
+//! - [`Sampler`]: picks a token from what is left with a caller-seeded RNG.
+//! - [`Chain`]: ordered processors plus a sampler, itself the thing the generator
+//!   calls once per step.
+//!
+//! ```
+//! use perpetua_sampling::{Chain, SamplingContext, processors::{Temperature, TopK}, samplers::Multinomial};
+//! use rand_chacha::{ChaCha8Rng, rand_core::SeedableRng};
+//!
+//! let mut chain = Chain::new(Multinomial)
+//!     .with(TopK::new(2)?)
+//!     .with(Temperature::new(0.8)?);
+//! let logits = [1.0_f32, 3.0, 2.5, -1.0];
+//! let ctx = SamplingContext::new(&[], 0);
+//! let mut rng = ChaCha8Rng::seed_from_u64(42);
+//! let token = chain.sample(&logits, &ctx, &mut rng)?;
+//! assert!(token == 1 || token == 2); // top-k 2 keeps ids 1 and 2
+//! # Ok::<(), perpetua_sampling::SamplingError>(())
+//! ```
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod candidates;
+mod chain;
+mod context;
+mod error;
+pub mod processors;
+pub mod samplers;
+
+pub use candidates::{Candidate, Candidates};
+pub use chain::Chain;
+pub use context::SamplingContext;
+pub use error::{Result, SamplingError};
+
+use rand::RngCore;
+
+/// One stage of the sampling pipeline: edits the candidate set in place.
+///
+/// A processor may rescale logits, set them to `-inf` (masking), or remove candidates
+/// (filtering). It must leave at least one candidate with a finite logit unless it
+/// returns an error, and it must keep [`Candidates::is_sorted`] truthful (use the
+/// buffer's methods, which maintain the flag).
+///
+/// Processors are `Send` so a [`Chain`] (and the generator holding it) can move
+/// between threads.
+pub trait LogitsProcessor: Send {
+    /// A short, stable name for traces, errors and configs (`"top_p"`).
+    fn name(&self) -> &'static str;
+
+    /// Apply this stage to `candidates`.
+    fn process(&mut self, candidates: &mut Candidates, ctx: &SamplingContext<'_>) -> Result<()>;
+
+    /// Told which token was finally chosen (stateful processors update here).
+    fn accept(&mut self, _token: u32) {}
+
+    /// Forget all state accumulated by [`accept`](Self::accept).
+    fn reset(&mut self) {}
+
+    /// The temperature this stage applies when it is a temperature stage (used by
+    /// [`Chain::base_temperature`] so a schedule knows its base); `None` otherwise.
+    fn temperature(&self) -> Option<f32> {
+        None
+    }
+}
+
+/// Picks one token from the candidates left by the processors.
+pub trait Sampler: Send {
+    /// A short, stable name (`"multinomial"`).
+    fn name(&self) -> &'static str;
+
+    /// Choose one token id. Candidates with a `-inf` logit are never chosen; an empty
+    /// (or all `-inf`) set is [`SamplingError::EmptyCandidates`].
+    fn sample(
+        &mut self,
+        candidates: &mut Candidates,
+        ctx: &SamplingContext<'_>,
+        rng: &mut dyn RngCore,
+    ) -> Result<u32>;
+
+    /// Told which token was finally chosen (mirostat updates its state here).
+    fn accept(&mut self, _token: u32) {}
+
+    /// Forget accumulated state.
+    fn reset(&mut self) {}
+}

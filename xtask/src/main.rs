@@ -1,0 +1,4 @@
+//! Project automation: `cargo xtask <task>`.
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}
