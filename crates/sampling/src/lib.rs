@@ -35,6 +35,7 @@ mod context;
 mod error;
 pub mod processors;
 pub mod samplers;
+pub mod stats;
 
 pub use candidates::{Candidate, Candidates};
 pub use chain::Chain;

@@ -1,0 +1,133 @@
+//! Distribution statistics over full logit vectors: the quantities the perpetual
+//! method watches before an EOS (DESIGN.md §1) and the generator's per-step trace.
+//!
+//! All functions take raw logits (`-inf` = probability 0) and compute in `f64` with the
+//! max subtracted, so they are exact enough for traces over 128k vocabularies.
+//! NaN or `+inf` logits, or all `-inf`, give `None`/an error rather than a NaN result.
+
+use crate::{Result, SamplingError};
+
+/// `ln Σ exp(logit)`, max-subtracted. Errors on NaN/`+inf`/empty/all `-inf`.
+pub fn log_sum_exp(logits: &[f32]) -> Result<f64> {
+    let mut max = f32::NEG_INFINITY;
+    for (i, &l) in logits.iter().enumerate() {
+        if l.is_nan() {
+            return Err(SamplingError::NanLogit { id: i as u32 });
+        }
+        if l == f32::INFINITY {
+            return Err(SamplingError::InfiniteLogit { id: i as u32 });
+        }
+        max = max.max(l);
+    }
+    if max == f32::NEG_INFINITY {
+        return Err(SamplingError::EmptyCandidates { stage: "log_sum_exp" });
+    }
+    let m = f64::from(max);
+    let sum: f64 = logits.iter().map(|&l| (f64::from(l) - m).exp()).sum();
+    Ok(m + sum.ln())
+}
+
+/// `out[i] = softmax(logits)[i]` (`out` resized to `logits.len()`, reused).
+pub fn softmax_into(logits: &[f32], out: &mut Vec<f32>) -> Result<()> {
+    let lse = log_sum_exp(logits)?;
+    out.clear();
+    out.extend(logits.iter().map(|&l| (f64::from(l) - lse).exp() as f32));
+    Ok(())
+}
+
+/// `out[i] = log softmax(logits)[i]` in nats (`-inf` for masked entries).
+pub fn log_softmax_into(logits: &[f32], out: &mut Vec<f32>) -> Result<()> {
+    let lse = log_sum_exp(logits)?;
+    out.clear();
+    out.extend(logits.iter().map(|&l| (f64::from(l) - lse) as f32));
+    Ok(())
+}
+
+/// Entropy and varentropy of softmax(logits), in nats:
+/// `H = −Σ p ln p`, `V = Σ p (ln p + H)²` (the variance of the information content).
+/// Uniform over n: `(ln n, 0)`.
+pub fn entropy_varentropy(logits: &[f32]) -> Result<(f64, f64)> {
+    let lse = log_sum_exp(logits)?;
+    let (mut h, mut s2) = (0.0_f64, 0.0_f64);
+    for &l in logits {
+        if l == f32::NEG_INFINITY {
+            continue;
+        }
+        let lp = f64::from(l) - lse;
+        let p = lp.exp();
+        h -= p * lp;
+        s2 += p * lp * lp;
+    }
+    // V = E[(ln p)^2] - (E[ln p])^2 = s2 - h^2; clamp tiny negative round-off.
+    Ok((h, (s2 - h * h).max(0.0)))
+}
+
+/// Entropy of softmax(logits) in nats.
+pub fn entropy(logits: &[f32]) -> Result<f64> {
+    Ok(entropy_varentropy(logits)?.0)
+}
+
+/// Varentropy of softmax(logits) in nats².
+pub fn varentropy(logits: &[f32]) -> Result<f64> {
+    Ok(entropy_varentropy(logits)?.1)
+}
+
+/// Total probability of a token set (e.g. every EOS id) under softmax(logits). Ids
+/// outside the vocabulary count as 0; duplicates count once.
+pub fn set_probability(logits: &[f32], ids: &[u32]) -> Result<f64> {
+    let lse = log_sum_exp(logits)?;
+    let mut total = 0.0;
+    for (k, &id) in ids.iter().enumerate() {
+        if ids[..k].contains(&id) {
+            continue;
+        }
+        if let Some(&l) = logits.get(id as usize) {
+            total += (f64::from(l) - lse).exp();
+        }
+    }
+    Ok(total.min(1.0))
+}
+
+/// Information content (surprisal) of an event of probability `p`, in nats: `−ln p`
+/// (`+inf` for `p = 0`).
+pub fn information_nats(p: f64) -> f64 {
+    -p.ln()
+}
+
+/// Information content of an event of probability `p`, in bits: `−log₂ p`.
+pub fn information_bits(p: f64) -> f64 {
+    -p.log2()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_has_entropy_ln_n_and_zero_varentropy() {
+        let logits = [0.3_f32; 8];
+        let (h, v) = entropy_varentropy(&logits).unwrap();
+        assert!((h - 8f64.ln()).abs() < 1e-9);
+        assert!(v.abs() < 1e-9);
+    }
+
+    #[test]
+    fn two_point_distribution() {
+        // p = (0.25, 0.75): logits ln 1, ln 3.
+        let logits = [0.0_f32, 3f32.ln()];
+        let (h, v) = entropy_varentropy(&logits).unwrap();
+        let (p, q) = (0.25_f64, 0.75_f64);
+        let h_ref = -(p * p.ln() + q * q.ln());
+        let v_ref = p * (p.ln() + h_ref).powi(2) + q * (q.ln() + h_ref).powi(2);
+        assert!((h - h_ref).abs() < 1e-6, "{h} vs {h_ref}");
+        assert!((v - v_ref).abs() < 1e-6, "{v} vs {v_ref}");
+        assert!((set_probability(&logits, &[1, 1, 99]).unwrap() - 0.75).abs() < 1e-6);
+        assert!((information_bits(0.25) - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn nan_is_an_error_not_a_nan() {
+        assert!(matches!(entropy(&[0.0, f32::NAN]), Err(SamplingError::NanLogit { id: 1 })));
+        assert!(entropy(&[f32::NEG_INFINITY]).is_err());
+    }
+}
