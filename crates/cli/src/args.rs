@@ -1,0 +1,128 @@
+//! Command-line arguments (clap). Flag names follow HF / OpenAI where they exist.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// perpetua: LLM text generation that can keep writing.
+#[derive(Debug, Parser)]
+#[command(name = "perpetua", version, about)]
+pub struct Cli {
+    /// More log output (-v: info, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text from a prompt (argument or stdin), streaming to the terminal.
+    Generate(Box<GenerateArgs>),
+    /// Show where models live and whether the default one is present.
+    Models,
+}
+
+/// The EOS strategy (DESIGN.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    /// Stop at the first EOS (what every other library does).
+    None,
+    /// Draw two candidates without replacement; if the first is EOS, take the second.
+    Suppress,
+    /// Take the other candidate, raise the temperature, decay it back to base.
+    PostEos,
+    /// Remove the last N tokens from the text and the KV cache and regenerate.
+    Backstep,
+    /// Back step, restarting at a raised temperature that decays back to base exactly
+    /// where EOS had been drawn.
+    Dynamic,
+}
+
+/// Sampling presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PresetArg {
+    /// T 0.3, top-p 0.85, repetition 1.1.
+    Conservative,
+    /// T 0.8, top-p 0.9, repetition 1.2.
+    Balanced,
+    /// T 1.2, top-p 0.95, repetition 1.3.
+    Creative,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// The prompt. Read from stdin when absent.
+    pub prompt: Option<String>,
+
+    /// Model: a GGUF file (default: SmolLM2-135M-Instruct Q4_1 in the model directory).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+
+    /// Feed the prompt as raw text instead of through the model's chat template.
+    #[arg(long)]
+    pub raw: bool,
+
+    /// A system message for the chat template.
+    #[arg(long)]
+    pub system: Option<String>,
+
+    /// Sampling settings from an HF `generation_config.json` (flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Start from a preset (flags override it).
+    #[arg(long, value_enum)]
+    pub preset: Option<PresetArg>,
+
+    /// Temperature (0 = greedy). Default 1.0 with top-k 20: the paper's setting.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Top-k (0 disables).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Top-p (nucleus), in (0, 1].
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Min-p, in [0, 1].
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Repetition penalty (CTRL), > 0; 1 disables.
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Frequency penalty (OpenAI).
+    #[arg(long)]
+    pub frequency_penalty: Option<f32>,
+    /// Presence penalty (OpenAI).
+    #[arg(long)]
+    pub presence_penalty: Option<f32>,
+
+    /// RNG seed: the same seed gives the same text.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Stop when this text is generated (repeatable); it is trimmed from the output.
+    #[arg(long)]
+    pub stop: Vec<String>,
+
+    /// What to do when the model draws EOS.
+    #[arg(long, value_enum, default_value_t = StrategyArg::None)]
+    pub strategy: StrategyArg,
+    /// Tokens removed per back step (strategies backstep, dynamic).
+    #[arg(long, default_value_t = 10)]
+    pub backstep: usize,
+    /// Peak temperature after an EOS event, as a multiple of the base temperature
+    /// (post-eos default: absolute 2.0; dynamic default: 2× base).
+    #[arg(long)]
+    pub peak_times: Option<f32>,
+
+    /// Print one JSON object (text, ids, finish reason, timings) instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the per-token trace (p_eos, entropy, …) as CSV to this file.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+}
