@@ -1,7 +1,36 @@
 //! perpetua: LLM text generation that can keep writing past EOS.
 //!
-//! The facade re-exports the workspace crates; backends are chosen by Cargo feature
-//! (`candle`, the default).
+//! This facade re-exports the workspace crates and gathers the common names in
+//! [`prelude`]. Backends are Cargo features: `candle` (the default) brings
+//! [`candle`] (llama-family GGUF/safetensors models on candle).
+//!
+//! One screen, from a model file to perpetual text (SmolLM2-135M-Instruct, fetched by
+//! `cargo xtask fetch-model`):
+//!
+//! ```
+//! use perpetua::prelude::*;
+//!
+//! let path = perpetua::candle::default_model_path()?;
+//! let model = Llama::load(&path, &LoadOptions::default())?;
+//! let tokenizer = LlamaTokenizer::from_gguf(&path)?;
+//!
+//! // The paper's setting: T 1.0, top-k 20; on EOS, back step 10 tokens and restart at
+//! // twice the temperature, decaying back to base where EOS had been drawn.
+//! let chain = Chain::new(Multinomial).with(TopK::new(20)?).with(Temperature::new(1.0)?);
+//! let mut generator = Generator::builder(model)
+//!     .tokenizer(tokenizer)
+//!     .chain(chain)
+//!     .eos_strategy(BackstepWithSchedule::new(10)?)
+//!     .seed(42)
+//!     .max_new_tokens(24)
+//!     .build()?;
+//!
+//! let out = generator.generate(vec![ChatMessage::user("Tell me a story about a lighthouse.")])?;
+//! assert_eq!(out.finish_reason, FinishReason::MaxNewTokens); // EOS never ends it
+//! assert_eq!(out.ids.len(), 24);
+//! println!("{}", out.text);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub use perpetua_generator as generator;
 pub use perpetua_kv_cache as kv_cache;
@@ -10,3 +39,23 @@ pub use perpetua_sampling as sampling;
 
 #[cfg(feature = "candle")]
 pub use perpetua_candle as candle;
+
+pub mod metrics;
+
+/// The names most programs need.
+pub mod prelude {
+    #[cfg(feature = "candle")]
+    pub use perpetua_candle::{Llama, LlamaCache, LlamaTokenizer, LoadOptions};
+    pub use perpetua_generator::{
+        ChatMessage, Event, FinishReason, GenerateError, Generation, Generator, LanguageModel, Prompt,
+        Tokenizer,
+    };
+    pub use perpetua_kv_cache::{ForkableCache, KvCache};
+    pub use perpetua_perpetual::{
+        Backstep, BackstepWithSchedule, Budget, EosStrategy, LoopGuard, Peak, PostEosResample, StopAtEos,
+        SuppressEos, TemperatureSchedule,
+    };
+    pub use perpetua_sampling::processors::{MinP, RepetitionPenalty, Temperature, TopK, TopP};
+    pub use perpetua_sampling::samplers::{Greedy, Multinomial};
+    pub use perpetua_sampling::{Chain, Preset, SamplingConfig};
+}

@@ -1,0 +1,83 @@
+//! Issue 5 acceptance on the real model: SmolLM2-135M-Instruct, chat prompt "Write a
+//! book about a dog that can talk and is a detective.", T 1.0, top-k 20 (the paper's
+//! setting). Plain generation ends at its first EOS; each of the four strategies
+//! reaches 2,000 new tokens, never emits EOS, and keeps the cache consistent.
+//!
+//! Needs the model (`cargo xtask fetch-model`; the README test command fetches it).
+
+use perpetua::metrics::distinct_n;
+use perpetua::prelude::*;
+
+const PROMPT: &str = "Write a book about a dog that can talk and is a detective.";
+const BUDGET: usize = 2_000;
+const SEED: u64 = 1;
+
+fn load() -> (Llama, LlamaTokenizer) {
+    let path = perpetua::candle::default_model_path().expect("model directory");
+    assert!(path.is_file(), "model missing at {}: run `cargo xtask fetch-model`", path.display());
+    let model = Llama::load(&path, &LoadOptions::default()).expect("load model");
+    let tokenizer = LlamaTokenizer::from_gguf(&path).expect("load tokenizer");
+    (model, tokenizer)
+}
+
+fn run(strategy: Box<dyn EosStrategy>, budget: usize) -> (Generation, f64) {
+    let (model, tokenizer) = load();
+    let eos = tokenizer.eos_ids().to_vec();
+    let chain = Chain::new(Multinomial).with(TopK::new(20).unwrap()).with(Temperature::new(1.0).unwrap());
+    let mut generator = Generator::builder(model)
+        .tokenizer(tokenizer)
+        .chain(chain)
+        .eos_strategy(strategy)
+        .seed(SEED)
+        .max_new_tokens(budget)
+        .build()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let out = generator.generate(vec![ChatMessage::user(PROMPT)]).unwrap();
+    let wall = start.elapsed().as_secs_f64();
+    assert!(out.ids.iter().all(|id| !eos.contains(id)), "the output holds an EOS id");
+    (out, wall)
+}
+
+fn row(name: &str, out: &Generation, wall: f64) {
+    println!(
+        "| {name} | {} | {:?} | {} | {} | {} | {:.3} | {:.3} | {:.1} |",
+        out.ids.len(),
+        out.finish_reason,
+        out.counts.eos_avoided + out.counts.backsteps,
+        out.counts.backsteps,
+        out.counts.tokens_removed,
+        distinct_n(&out.ids, 2).unwrap_or(0.0),
+        distinct_n(&out.ids, 3).unwrap_or(0.0),
+        wall
+    );
+}
+
+#[test]
+fn plain_ends_at_eos_and_every_strategy_reaches_the_budget() {
+    println!(
+        "| strategy | new tokens | finish | EOS events | back steps | tokens regenerated | distinct-2 | distinct-3 | wall s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let (plain, wall) = run(Box::new(StopAtEos), BUDGET);
+    row("plain (stop at EOS)", &plain, wall);
+    assert_eq!(plain.finish_reason, FinishReason::Eos, "plain generation should stop at its own EOS");
+    assert!(plain.ids.len() < BUDGET);
+
+    let strategies: Vec<(&str, Box<dyn EosStrategy>)> = vec![
+        ("suppress", Box::new(SuppressEos::new())),
+        ("post-eos resample", Box::new(PostEosResample::new())),
+        ("backstep 10", Box::new(Backstep::new(10).unwrap())),
+        ("backstep 10 + schedule", Box::new(BackstepWithSchedule::new(10).unwrap())),
+    ];
+    for (name, strategy) in strategies {
+        let (out, wall) = run(strategy, BUDGET);
+        row(name, &out, wall);
+        assert_eq!(out.finish_reason, FinishReason::MaxNewTokens, "{name} did not reach the budget");
+        assert_eq!(out.ids.len(), BUDGET, "{name}");
+        assert!(
+            out.counts.eos_avoided + out.counts.backsteps > 0,
+            "{name}: the model never drew EOS, so the strategy was not exercised"
+        );
+    }
+}
