@@ -1,9 +1,80 @@
 //! The perpetua `Generator`: one builder that composes a model, a sampling chain, an
 //! EOS strategy and stop criteria over any backend implementing [`LanguageModel`].
 //!
-//! (The generator itself lands with issue 3; this file fixes the two traits every
-//! backend implements.)
+//! - [`LanguageModel`]: forward-with-cache over a truncatable [`KvCache`]; backends
+//!   implement it. [`Tokenizer`]: encode, token bytes, decode, special tokens, EOS ids,
+//!   an optional chat template.
+//! - [`Generator`] (built with [`Generator::builder`]): a seeded
+//!   [`Chain`](perpetua_sampling::Chain), an [`EosStrategy`](perpetua_perpetual::EosStrategy)
+//!   slot (default [`StopAtEos`](perpetua_perpetual::StopAtEos)), and stop criteria —
+//!   EOS ids, stop strings matched across token boundaries (trimmed by default, held
+//!   back while streaming), max new tokens (exact), max time, min new tokens (EOS
+//!   masked until reached), repetition detection, cancellation.
+//! - Each step follows the EOS-strategy protocol: `plan_step` → temperature override
+//!   and EOS mask → the chain's processors → `draws` distinct draws → `on_eos` when the
+//!   first is EOS (stop, replace, or back step: sequence *and* cache truncated, so a
+//!   back step costs only the regenerated forward passes) → `on_token`.
+//! - When the cache is full the context *rolls*: the first `sink` tokens and the most
+//!   recent ones are re-prefilled into a cleared cache, so generation can run
+//!   indefinitely.
+//! - Output: [`Generator::generate`] (a [`Generation`]: text, ids, finish reason,
+//!   counts, timings, optional per-step [`StepTrace`]), [`Generator::stream`] (an
+//!   iterator of [`Event`]s), [`Generator::generate_with`] (a callback), and
+//!   [`Generator::generate_n`] (`n` samples sharing one prefill through
+//!   [`ForkableCache::fork`]).
+//!
+//! The feature `testing` adds [`testing`]: a deterministic fake model whose cache
+//! passes the kv-cache conformance kit, and a byte-level tokenizer.
+//!
+//! ```
+//! # #[cfg(feature = "testing")] {
+//! use perpetua_generator::testing::{ByteTokenizer, FakeModel};
+//! use perpetua_generator::{Event, FinishReason, Generator};
+//! use perpetua_sampling::{Chain, processors::TopK, samplers::Multinomial};
+//!
+//! let model = FakeModel::new(ByteTokenizer::VOCAB_SIZE).with_eos(ByteTokenizer::EOS);
+//! let chain = Chain::new(Multinomial).with(TopK::new(20)?);
+//! let mut generator = Generator::builder(model)
+//!     .tokenizer(ByteTokenizer::new())
+//!     .chain(chain)
+//!     .seed(7)
+//!     .max_new_tokens(32)
+//!     .build()?;
+//!
+//! let out = generator.generate("Once upon a time")?;
+//! assert_eq!(out.finish_reason, FinishReason::MaxNewTokens);
+//! assert_eq!(out.ids.len(), 32);
+//! assert_eq!(generator.generate("Once upon a time")?.ids, out.ids); // same seed, same tokens
+//!
+//! // Streaming: token events carry text deltas; they add up to the final text.
+//! let mut text = String::new();
+//! for event in generator.stream("Once upon a time")? {
+//!     match event? {
+//!         Event::Token { text: delta, .. } => text.push_str(&delta),
+//!         Event::Finished { text: rest, .. } => text.push_str(&rest),
+//!         _ => {}
+//!     }
+//! }
+//! assert_eq!(text, out.text);
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod detok;
+mod error;
+mod generator;
+mod stop;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use detok::IncrementalDecoder;
+pub use error::GenerateError;
+pub use generator::{
+    Alternative, Counts, Event, FinishReason, Generation, Generator, GeneratorBuilder, Prompt, StepTrace,
+    Stream, Timings, TraceEvent,
+};
+pub use stop::{RepetitionDetection, StopStrings};
 
 pub use perpetua_kv_cache::{CacheError, ForkableCache, KvCache};
 
@@ -95,5 +166,74 @@ pub trait Tokenizer {
         _add_generation_prompt: bool,
     ) -> Option<Result<String, BoxError>> {
         None
+    }
+}
+
+impl<M: LanguageModel + ?Sized> LanguageModel for &M {
+    type Cache = M::Cache;
+    type Error = M::Error;
+    fn vocab_size(&self) -> usize {
+        (**self).vocab_size()
+    }
+    fn max_context(&self) -> usize {
+        (**self).max_context()
+    }
+    fn new_cache(&self) -> Result<Self::Cache, Self::Error> {
+        (**self).new_cache()
+    }
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut Self::Cache,
+        out: &mut Vec<f32>,
+    ) -> Result<(), Self::Error> {
+        (**self).forward(tokens, cache, out)
+    }
+}
+
+impl<M: LanguageModel + ?Sized> LanguageModel for std::sync::Arc<M> {
+    type Cache = M::Cache;
+    type Error = M::Error;
+    fn vocab_size(&self) -> usize {
+        (**self).vocab_size()
+    }
+    fn max_context(&self) -> usize {
+        (**self).max_context()
+    }
+    fn new_cache(&self) -> Result<Self::Cache, Self::Error> {
+        (**self).new_cache()
+    }
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut Self::Cache,
+        out: &mut Vec<f32>,
+    ) -> Result<(), Self::Error> {
+        (**self).forward(tokens, cache, out)
+    }
+}
+
+impl<T: Tokenizer + ?Sized> Tokenizer for std::sync::Arc<T> {
+    fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, BoxError> {
+        (**self).encode(text, add_special)
+    }
+    fn token_bytes(&self, id: u32) -> Option<std::borrow::Cow<'_, [u8]>> {
+        (**self).token_bytes(id)
+    }
+    fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, BoxError> {
+        (**self).decode(ids, skip_special)
+    }
+    fn is_special(&self, id: u32) -> bool {
+        (**self).is_special(id)
+    }
+    fn eos_ids(&self) -> &[u32] {
+        (**self).eos_ids()
+    }
+    fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Option<Result<String, BoxError>> {
+        (**self).apply_chat_template(messages, add_generation_prompt)
     }
 }

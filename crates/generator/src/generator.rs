@@ -1,0 +1,1293 @@
+//! The `Generator`: builder, per-step loop, streaming, results.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use perpetua_perpetual::{EosAction, EosDrawn, EosStrategy, StepInfo, StopAtEos};
+use perpetua_sampling::samplers::{Multinomial, draw_without_replacement};
+use perpetua_sampling::{Candidates, Chain, SamplingContext, stats};
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::SeedableRng;
+
+use crate::{
+    ChatMessage, ForkableCache, GenerateError, IncrementalDecoder, KvCache, LanguageModel,
+    RepetitionDetection, StopStrings, Tokenizer,
+};
+
+/// What to generate from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// Text, encoded with the tokenizer (adding its special prefix, e.g. BOS, when
+    /// [`GeneratorBuilder::add_special_tokens`] is on, the default).
+    Text(String),
+    /// A conversation, rendered through the tokenizer's chat template with the
+    /// assistant's turn header appended, then encoded (the template writes its own
+    /// special tokens).
+    Chat(Vec<ChatMessage>),
+    /// Token ids, used as they are.
+    Ids(Vec<u32>),
+}
+
+impl From<&str> for Prompt {
+    fn from(text: &str) -> Self {
+        Self::Text(text.to_owned())
+    }
+}
+
+impl From<String> for Prompt {
+    fn from(text: String) -> Self {
+        Self::Text(text)
+    }
+}
+
+impl From<Vec<u32>> for Prompt {
+    fn from(ids: Vec<u32>) -> Self {
+        Self::Ids(ids)
+    }
+}
+
+impl From<&[u32]> for Prompt {
+    fn from(ids: &[u32]) -> Self {
+        Self::Ids(ids.to_vec())
+    }
+}
+
+impl<const N: usize> From<[u32; N]> for Prompt {
+    fn from(ids: [u32; N]) -> Self {
+        Self::Ids(ids.to_vec())
+    }
+}
+
+impl From<Vec<ChatMessage>> for Prompt {
+    fn from(messages: Vec<ChatMessage>) -> Self {
+        Self::Chat(messages)
+    }
+}
+
+impl From<&[ChatMessage]> for Prompt {
+    fn from(messages: &[ChatMessage]) -> Self {
+        Self::Chat(messages.to_vec())
+    }
+}
+
+/// Why generation finished.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum FinishReason {
+    /// An EOS id was drawn and the EOS strategy answered [`EosAction::Stop`]. The EOS
+    /// token is not part of the output.
+    Eos,
+    /// The stop string `index` (in the order given to the builder) appeared in the text.
+    StopString {
+        /// Index into the configured stop strings.
+        index: usize,
+    },
+    /// `max_new_tokens` tokens were generated.
+    MaxNewTokens,
+    /// `max_time` elapsed.
+    MaxTime,
+    /// The tail repeated a pattern of `pattern_len` tokens `repeats` times.
+    Repetition {
+        /// Tokens in the repeated pattern.
+        pattern_len: usize,
+        /// Times it repeated.
+        repeats: usize,
+    },
+    /// The cancel flag was set, the stream was cancelled, or the callback broke.
+    Cancelled,
+    /// An error ended generation (see [`GenerateError::PartialGeneration`]).
+    Error,
+}
+
+/// A top-n alternative at one step.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Alternative {
+    /// Token id.
+    pub id: u32,
+    /// Its log-probability (nats) under the model's raw distribution.
+    pub logprob: f32,
+}
+
+/// One streaming event.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A token was appended at generated index `index`.
+    Token {
+        /// Generated index (0 = the first generated token).
+        index: usize,
+        /// Token id.
+        id: u32,
+        /// Text released by this token: whole UTF-8 characters only; text that could
+        /// still begin a stop string is held back and released by a later event.
+        /// Empty without a tokenizer.
+        text: String,
+        /// Log-probability (nats) of the token under the model's raw distribution
+        /// (softmax of the logits before any processor).
+        logprob: f32,
+        /// The `top_logprobs` most likely tokens under the raw distribution, best
+        /// first; empty unless [`GeneratorBuilder::top_logprobs`] is set.
+        top: Vec<Alternative>,
+    },
+    /// An EOS draw was replaced (the strategy answered `Replace`).
+    EosAvoided {
+        /// Generated index where the EOS was drawn.
+        position: usize,
+        /// Probability of the EOS set under the processed distribution of that step.
+        p_eos: f32,
+        /// The token written instead.
+        replacement: u32,
+    },
+    /// A back step removed generated tokens `to..from` from the sequence and the cache.
+    Backstep {
+        /// Generated count before the back step.
+        from: usize,
+        /// Generated count after it.
+        to: usize,
+        /// Streamed text length (bytes) that remains valid: a consumer truncates the
+        /// text it accumulated to this length.
+        text_len: usize,
+    },
+    /// The sampling temperature changed (driven by the EOS strategy's plan).
+    TemperatureChanged {
+        /// The previous temperature.
+        from: f32,
+        /// The new one.
+        to: f32,
+    },
+    /// The cache was full: it was cleared and refilled with the first `sink` tokens and
+    /// the most recent ones.
+    ContextRolled {
+        /// Tokens between the sink and the recent window that are no longer attended.
+        dropped: usize,
+        /// Positions held by the cache after the roll.
+        kept: usize,
+    },
+    /// Generation finished; always the last event.
+    Finished {
+        /// Why.
+        reason: FinishReason,
+        /// Text still held back (a partial stop-string match that never completed, or a
+        /// trailing incomplete character flushed as U+FFFD).
+        text: String,
+    },
+}
+
+/// What happened at a traced step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TraceEvent {
+    /// The drawn token was appended.
+    Token,
+    /// An EOS draw was replaced by the token recorded.
+    EosAvoided,
+    /// An EOS draw caused a back step removing `removed` tokens.
+    Backstep {
+        /// Tokens removed.
+        removed: usize,
+    },
+    /// An EOS draw ended generation.
+    Eos,
+}
+
+/// One step of the optional trace (DESIGN.md §1: the quantities that move before an
+/// EOS). Distribution statistics are of the model's raw distribution at that step.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepTrace {
+    /// Generated index of the step.
+    pub index: usize,
+    /// The token appended, or the EOS drawn for `Eos` / `Backstep` steps.
+    pub token: u32,
+    /// `Σ_{e ∈ EOS} p(e)`.
+    pub p_eos: f32,
+    /// EOS information content `−log₂ p_eos` in bits (`+inf` when `p_eos = 0`).
+    pub eos_information_bits: f32,
+    /// Entropy `H = −Σ p ln p` (nats).
+    pub entropy: f32,
+    /// Varentropy `Σ p (ln p + H)²` (nats²).
+    pub varentropy: f32,
+    /// Probability of `token`.
+    pub chosen_prob: f32,
+    /// The sampling temperature used.
+    pub temperature: f32,
+    /// What happened.
+    pub event: TraceEvent,
+}
+
+/// Counters of one generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Prompt tokens fed in the prefill (all but the last, which the first decode
+    /// step feeds).
+    pub prefill_tokens: usize,
+    /// Generated tokens in the output.
+    pub generated_tokens: usize,
+    /// Decode forward passes (one per step, including regenerated ones).
+    pub forward_passes: usize,
+    /// Back steps carried out.
+    pub backsteps: usize,
+    /// Tokens removed by back steps.
+    pub tokens_removed: usize,
+    /// EOS draws replaced.
+    pub eos_avoided: usize,
+    /// Context rolls.
+    pub context_rolls: usize,
+}
+
+/// Wall-clock times of one generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Timings {
+    /// Prompt prefill.
+    pub prefill: Duration,
+    /// The decode loop, from the first step to the finish.
+    pub decode: Duration,
+    /// Model forward passes inside the decode loop.
+    pub forward: Duration,
+    /// Sampling inside the decode loop: statistics, processors, draws, strategy.
+    pub sampling: Duration,
+    /// Re-prefills of context rolls (inside `decode`).
+    pub roll: Duration,
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Generated text (a trimmed stop string excluded unless configured otherwise).
+    pub text: String,
+    /// Generated token ids (the EOS that ended generation is not included).
+    pub ids: Vec<u32>,
+    /// Prompt length in tokens.
+    pub prompt_len: usize,
+    /// Why generation finished.
+    pub finish_reason: FinishReason,
+    /// Counters.
+    pub counts: Counts,
+    /// Times.
+    pub timings: Timings,
+    /// Per-step trace, when [`GeneratorBuilder::trace`] is on.
+    pub trace: Option<Vec<StepTrace>>,
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    let s = d.as_secs_f64();
+    if s > 0.0 { n as f64 / s } else { 0.0 }
+}
+
+impl Generation {
+    /// Prefill throughput: `prefill_tokens / prefill` (0 when nothing was timed).
+    pub fn prefill_tokens_per_second(&self) -> f64 {
+        rate(self.counts.prefill_tokens, self.timings.prefill)
+    }
+
+    /// Decode throughput: `forward_passes / decode` (0 when nothing was timed).
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        rate(self.counts.forward_passes, self.timings.decode)
+    }
+
+    /// Net output rate: `generated_tokens / decode` (lower than the decode throughput
+    /// when back steps regenerated tokens).
+    pub fn net_tokens_per_second(&self) -> f64 {
+        rate(self.counts.generated_tokens, self.timings.decode)
+    }
+
+    /// Share of the decode loop spent sampling: `sampling / decode` in `[0, 1]`.
+    pub fn sampling_share(&self) -> f64 {
+        let d = self.timings.decode.as_secs_f64();
+        if d > 0.0 { (self.timings.sampling.as_secs_f64() / d).min(1.0) } else { 0.0 }
+    }
+}
+
+/// Builder of a [`Generator`]; see each method for defaults.
+pub struct GeneratorBuilder<M: LanguageModel> {
+    model: M,
+    tokenizer: Option<Box<dyn Tokenizer + Send>>,
+    chain: Option<Chain>,
+    seed: u64,
+    strategy: Box<dyn EosStrategy>,
+    eos_ids: Option<Vec<u32>>,
+    stop_strings: Vec<String>,
+    include_stop_string: bool,
+    max_new_tokens: Option<usize>,
+    max_time: Option<Duration>,
+    min_new_tokens: usize,
+    repetition: Option<RepetitionDetection>,
+    context_window: Option<usize>,
+    sink_tokens: Option<usize>,
+    prefill_chunk: usize,
+    top_logprobs: usize,
+    trace: bool,
+    cancel: Option<Arc<AtomicBool>>,
+    skip_special_tokens: bool,
+    add_special_tokens: bool,
+}
+
+impl<M: LanguageModel> GeneratorBuilder<M> {
+    /// The tokenizer: needed for text and chat prompts, stop strings and text deltas.
+    /// Without one the generator works on ids only (texts are empty).
+    pub fn tokenizer(mut self, tokenizer: impl Tokenizer + Send + 'static) -> Self {
+        self.tokenizer = Some(Box::new(tokenizer));
+        self
+    }
+
+    /// The sampling chain. Default: `Chain::new(Multinomial)` (the model's own
+    /// distribution at temperature 1).
+    pub fn chain(mut self, chain: Chain) -> Self {
+        self.chain = Some(chain);
+        self
+    }
+
+    /// Seed of the `ChaCha8Rng` each generation starts from. Default 0. The same seed,
+    /// prompt and configuration give the same tokens.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// What to do when EOS is drawn. Default: [`StopAtEos`].
+    pub fn eos_strategy(mut self, strategy: impl EosStrategy + 'static) -> Self {
+        self.strategy = Box::new(strategy);
+        self
+    }
+
+    /// The EOS id set. Default: the tokenizer's [`Tokenizer::eos_ids`], or none.
+    pub fn eos_ids(mut self, ids: impl IntoIterator<Item = u32>) -> Self {
+        self.eos_ids = Some(ids.into_iter().collect());
+        self
+    }
+
+    /// Add a stop string (matched on the decoded text, across token boundaries).
+    pub fn stop_string(mut self, stop: impl Into<String>) -> Self {
+        self.stop_strings.push(stop.into());
+        self
+    }
+
+    /// Add several stop strings.
+    pub fn stop_strings<I, S>(mut self, stops: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.stop_strings.extend(stops.into_iter().map(Into::into));
+        self
+    }
+
+    /// Keep the matched stop string at the end of the output. Default false (trimmed).
+    pub fn include_stop_string(mut self, include: bool) -> Self {
+        self.include_stop_string = include;
+        self
+    }
+
+    /// Generate at most `n` tokens; exactly `n` unless another criterion stops first.
+    /// `0` finishes at once. Default: unbounded.
+    pub fn max_new_tokens(mut self, n: usize) -> Self {
+        self.max_new_tokens = Some(n);
+        self
+    }
+
+    /// Finish (reason `MaxTime`) at the first step boundary after `limit` has elapsed
+    /// since the generation started (prefill included). Default: none.
+    pub fn max_time(mut self, limit: Duration) -> Self {
+        self.max_time = Some(limit);
+        self
+    }
+
+    /// Mask every EOS id until `n` tokens have been generated. Default 0.
+    pub fn min_new_tokens(mut self, n: usize) -> Self {
+        self.min_new_tokens = n;
+        self
+    }
+
+    /// Finish when the tail repeats a pattern (see [`RepetitionDetection`]). Default: off.
+    pub fn repetition_detection(mut self, detection: RepetitionDetection) -> Self {
+        self.repetition = Some(detection);
+        self
+    }
+
+    /// Context window in positions; when the cache holds this many, the context rolls.
+    /// Must be `>= 4` and at most the cache capacity and the model's `max_context`.
+    /// Default: the smaller of the two.
+    pub fn context_window(mut self, positions: usize) -> Self {
+        self.context_window = Some(positions);
+        self
+    }
+
+    /// Tokens kept from the start of the sequence when the context rolls (attention
+    /// sinks). Default: the prompt; always capped at half the window.
+    pub fn sink_tokens(mut self, n: usize) -> Self {
+        self.sink_tokens = Some(n);
+        self
+    }
+
+    /// Prompt tokens fed per forward call during prefill (and re-prefill after a roll).
+    /// Must be `>= 1`. Default 512.
+    pub fn prefill_chunk(mut self, n: usize) -> Self {
+        self.prefill_chunk = n;
+        self
+    }
+
+    /// Report the `n` most likely tokens with every token event. Default 0 (off).
+    pub fn top_logprobs(mut self, n: usize) -> Self {
+        self.top_logprobs = n;
+        self
+    }
+
+    /// Record a [`StepTrace`] per step. Default off (it costs two passes over the
+    /// logits per step).
+    pub fn trace(mut self, on: bool) -> Self {
+        self.trace = on;
+        self
+    }
+
+    /// A flag polled before every step: once `true`, generation finishes with reason
+    /// `Cancelled`, keeping what was generated. The generator never resets it.
+    pub fn cancel_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancel = Some(flag);
+        self
+    }
+
+    /// Leave special tokens out of the text. Default true.
+    pub fn skip_special_tokens(mut self, skip: bool) -> Self {
+        self.skip_special_tokens = skip;
+        self
+    }
+
+    /// Let the tokenizer add its special prefix (BOS) to text prompts. Default true.
+    pub fn add_special_tokens(mut self, add: bool) -> Self {
+        self.add_special_tokens = add;
+        self
+    }
+
+    /// Validate and build.
+    ///
+    /// Errors: an empty stop string, stop strings without a tokenizer, `prefill_chunk
+    /// = 0`, an EOS id or `top_logprobs` outside the vocabulary.
+    pub fn build(self) -> Result<Generator<M>, GenerateError> {
+        let stops = StopStrings::new(self.stop_strings)?;
+        if !stops.is_empty() && self.tokenizer.is_none() {
+            return Err(GenerateError::NoTokenizer { needed_for: "stop strings" });
+        }
+        if self.prefill_chunk == 0 {
+            return Err(GenerateError::invalid("prefill_chunk", 0, "must be >= 1"));
+        }
+        let vocab = self.model.vocab_size();
+        let eos_ids = match self.eos_ids {
+            Some(ids) => ids,
+            None => self.tokenizer.as_ref().map(|t| t.eos_ids().to_vec()).unwrap_or_default(),
+        };
+        if let Some(&bad) = eos_ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(GenerateError::invalid("eos_ids", bad, "every EOS id must be < vocab_size"));
+        }
+        if self.top_logprobs > vocab {
+            return Err(GenerateError::invalid("top_logprobs", self.top_logprobs, "must be <= vocab_size"));
+        }
+        Ok(Generator {
+            model: self.model,
+            tokenizer: self.tokenizer,
+            chain: self.chain.unwrap_or_else(|| Chain::new(Multinomial)),
+            seed: self.seed,
+            strategy: self.strategy,
+            eos_ids,
+            stops,
+            include_stop_string: self.include_stop_string,
+            max_new_tokens: self.max_new_tokens,
+            max_time: self.max_time,
+            min_new_tokens: self.min_new_tokens,
+            repetition: self.repetition,
+            context_window: self.context_window,
+            sink_tokens: self.sink_tokens,
+            prefill_chunk: self.prefill_chunk,
+            top_logprobs: self.top_logprobs,
+            trace: self.trace,
+            cancel: self.cancel,
+            skip_special_tokens: self.skip_special_tokens,
+            add_special_tokens: self.add_special_tokens,
+            logits: Vec::with_capacity(vocab),
+            draws: Vec::with_capacity(4),
+            extra_draws: Vec::with_capacity(4),
+            top: Vec::new(),
+        })
+    }
+}
+
+/// Composes a model, a sampling chain, an EOS strategy and stop criteria; see the
+/// crate docs. Built with [`Generator::builder`]; reusable across generations (each
+/// starts from a fresh cache, the configured seed, and reset chain and strategy).
+///
+/// Buffers (logits, draws, candidates) live in the generator and are reused: a decode
+/// step allocates only the text of its token event.
+pub struct Generator<M: LanguageModel> {
+    model: M,
+    tokenizer: Option<Box<dyn Tokenizer + Send>>,
+    chain: Chain,
+    seed: u64,
+    strategy: Box<dyn EosStrategy>,
+    eos_ids: Vec<u32>,
+    stops: StopStrings,
+    include_stop_string: bool,
+    max_new_tokens: Option<usize>,
+    max_time: Option<Duration>,
+    min_new_tokens: usize,
+    repetition: Option<RepetitionDetection>,
+    context_window: Option<usize>,
+    sink_tokens: Option<usize>,
+    prefill_chunk: usize,
+    top_logprobs: usize,
+    trace: bool,
+    cancel: Option<Arc<AtomicBool>>,
+    skip_special_tokens: bool,
+    add_special_tokens: bool,
+    logits: Vec<f32>,
+    draws: Vec<u32>,
+    extra_draws: Vec<u32>,
+    top: Vec<Alternative>,
+}
+
+/// The state of one sequence being generated.
+struct Session<C> {
+    cache: C,
+    /// Prompt followed by generated tokens. The last one is *pending*: not yet fed.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    window: usize,
+    sink_cap: usize,
+    /// Cache layout: `tokens[..sink_len]` then `tokens[recent_start..len - 1]`, so
+    /// `cache.seq_len() == sink_len + (len - 1 - recent_start)` between steps.
+    sink_len: usize,
+    recent_start: usize,
+    rng: ChaCha8Rng,
+    decoder: IncrementalDecoder,
+    /// Bytes of `decoder.text()` streamed so far.
+    emitted: usize,
+    /// Text length at the last stop-string search.
+    stop_scanned: usize,
+    /// End of the output text once a stop string matched.
+    text_end: Option<usize>,
+    temperature: f32,
+    base_temperature: f32,
+    counts: Counts,
+    timings: Timings,
+    trace: Option<Vec<StepTrace>>,
+    started: Instant,
+    decode_started: Instant,
+    finish: Option<FinishReason>,
+}
+
+impl<C: KvCache> Session<C> {
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// Cache length the feeding scheme requires between steps.
+    fn expected_cache_len(&self) -> usize {
+        self.sink_len + (self.tokens.len() - 1 - self.recent_start)
+    }
+
+    fn output(&self) -> Generation {
+        let text = self.decoder.text();
+        let end = self.text_end.unwrap_or(text.len()).min(text.len());
+        Generation {
+            text: text[..end].to_owned(),
+            ids: self.tokens[self.prompt_len..].to_vec(),
+            prompt_len: self.prompt_len,
+            finish_reason: self.finish.clone().unwrap_or(FinishReason::Cancelled),
+            counts: self.counts,
+            timings: self.timings,
+            trace: self.trace.clone(),
+        }
+    }
+}
+
+fn model_err<E: std::error::Error + Send + Sync + 'static>(e: E) -> GenerateError {
+    GenerateError::Model(Box::new(e))
+}
+
+/// Feed `tokens` in chunks of `chunk` (logits of the last chunk land in `logits`).
+fn feed_chunks<M: LanguageModel>(
+    model: &M,
+    cache: &mut M::Cache,
+    tokens: &[u32],
+    chunk: usize,
+    logits: &mut Vec<f32>,
+) -> Result<(), GenerateError> {
+    for c in tokens.chunks(chunk) {
+        model.forward(c, cache, logits).map_err(model_err)?;
+    }
+    Ok(())
+}
+
+/// The `n` best raw logits as log-probabilities, best first (ties: lower id first).
+fn top_alternatives(logits: &[f32], lse: f64, n: usize, out: &mut Vec<Alternative>) {
+    out.clear();
+    for (i, &l) in logits.iter().enumerate() {
+        if out.len() == n && out.last().is_none_or(|a| l <= a.logprob) {
+            continue;
+        }
+        let at = out.partition_point(|a| a.logprob >= l);
+        out.insert(at, Alternative { id: i as u32, logprob: l });
+        out.truncate(n);
+    }
+    for a in out.iter_mut() {
+        a.logprob = (f64::from(a.logprob) - lse) as f32;
+    }
+}
+
+/// `Σ p(e)` over `ids` under softmax of the processed candidates (0 when none is left).
+fn processed_set_probability(candidates: &mut Candidates, ids: &[u32]) -> f32 {
+    if candidates.softmax().is_err() {
+        return 0.0;
+    }
+    candidates.as_slice().iter().filter(|c| ids.contains(&c.id)).map(|c| c.prob).sum::<f32>().min(1.0)
+}
+
+/// Raw-distribution statistics of one step for the trace: (entropy, varentropy, p_eos).
+type RawStats = Option<(f64, f64, f64)>;
+
+impl<M: LanguageModel> Generator<M> {
+    /// Start building a generator around `model` (owned, `&M` or `Arc<M>`).
+    pub fn builder(model: M) -> GeneratorBuilder<M> {
+        GeneratorBuilder {
+            model,
+            tokenizer: None,
+            chain: None,
+            seed: 0,
+            strategy: Box::new(StopAtEos),
+            eos_ids: None,
+            stop_strings: Vec::new(),
+            include_stop_string: false,
+            max_new_tokens: None,
+            max_time: None,
+            min_new_tokens: 0,
+            repetition: None,
+            context_window: None,
+            sink_tokens: None,
+            prefill_chunk: 512,
+            top_logprobs: 0,
+            trace: false,
+            cancel: None,
+            skip_special_tokens: true,
+            add_special_tokens: true,
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// The sampling chain (to add or reorder stages between generations).
+    pub fn chain_mut(&mut self) -> &mut Chain {
+        &mut self.chain
+    }
+
+    /// The EOS id set in use.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// Change the seed for the following generations.
+    pub fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
+    }
+
+    /// Replace the EOS strategy.
+    pub fn set_eos_strategy(&mut self, strategy: impl EosStrategy + 'static) {
+        self.strategy = Box::new(strategy);
+    }
+
+    /// The prompt's token ids.
+    ///
+    /// Errors: text or chat without a tokenizer, chat without a template, tokenizer
+    /// failures, an empty prompt, an id outside the vocabulary.
+    pub fn encode_prompt(&self, prompt: Prompt) -> Result<Vec<u32>, GenerateError> {
+        let ids = match prompt {
+            Prompt::Ids(ids) => ids,
+            Prompt::Text(text) => {
+                let tok = self
+                    .tokenizer
+                    .as_ref()
+                    .ok_or(GenerateError::NoTokenizer { needed_for: "text prompts" })?;
+                tok.encode(&text, self.add_special_tokens).map_err(GenerateError::Tokenizer)?
+            }
+            Prompt::Chat(messages) => {
+                let tok = self
+                    .tokenizer
+                    .as_ref()
+                    .ok_or(GenerateError::NoTokenizer { needed_for: "chat prompts" })?;
+                let text = tok
+                    .apply_chat_template(&messages, true)
+                    .ok_or(GenerateError::NoChatTemplate)?
+                    .map_err(GenerateError::Tokenizer)?;
+                tok.encode(&text, false).map_err(GenerateError::Tokenizer)?
+            }
+        };
+        if ids.is_empty() {
+            return Err(GenerateError::EmptyPrompt);
+        }
+        let vocab = self.model.vocab_size();
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(GenerateError::invalid(
+                "prompt",
+                format!("token id {bad}"),
+                "every id must be < vocab_size",
+            ));
+        }
+        Ok(ids)
+    }
+
+    fn window_for(&self, cache: &M::Cache, prompt_len: usize) -> Result<usize, GenerateError> {
+        let limit = cache.capacity().min(self.model.max_context());
+        let window = match self.context_window {
+            Some(w) if w > limit => {
+                return Err(GenerateError::invalid(
+                    "context_window",
+                    w,
+                    "must be <= the cache capacity and the model's max_context",
+                ));
+            }
+            Some(w) => w,
+            None => limit,
+        };
+        if window < 4 {
+            return Err(GenerateError::invalid("context_window", window, "must be >= 4"));
+        }
+        if prompt_len > window {
+            return Err(GenerateError::PromptTooLong { len: prompt_len, window });
+        }
+        Ok(window)
+    }
+
+    /// Prefill all prompt tokens but the last (the first step feeds it).
+    fn prefill(&mut self, ids: &[u32], cache: &mut M::Cache) -> Result<Duration, GenerateError> {
+        let t0 = Instant::now();
+        let head = &ids[..ids.len().saturating_sub(1)];
+        feed_chunks(&self.model, cache, head, self.prefill_chunk, &mut self.logits)?;
+        Ok(t0.elapsed())
+    }
+
+    fn start_session(
+        &mut self,
+        ids: Vec<u32>,
+        cache: M::Cache,
+        window: usize,
+        prefill: Duration,
+        started: Instant,
+        stream: u64,
+    ) -> Session<M::Cache> {
+        self.chain.reset();
+        self.strategy.reset();
+        let base_temperature = self.chain.base_temperature();
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(stream);
+        let prompt_len = ids.len();
+        Session {
+            cache,
+            tokens: ids,
+            prompt_len,
+            window,
+            sink_cap: self.sink_tokens.unwrap_or(prompt_len).min(window / 2),
+            sink_len: 0,
+            recent_start: 0,
+            rng,
+            decoder: IncrementalDecoder::new(),
+            emitted: 0,
+            stop_scanned: 0,
+            text_end: None,
+            temperature: base_temperature,
+            base_temperature,
+            counts: Counts { prompt_tokens: prompt_len, prefill_tokens: prompt_len - 1, ..Counts::default() },
+            timings: Timings { prefill, ..Timings::default() },
+            trace: self.trace.then(Vec::new),
+            started,
+            decode_started: Instant::now(),
+            finish: None,
+        }
+    }
+
+    /// Start generating: encodes and prefills the prompt, then returns the event
+    /// stream. Dropping the stream cancels generation.
+    ///
+    /// Errors (before any token): prompt errors ([`encode_prompt`](Self::encode_prompt)),
+    /// a prompt longer than the window, an invalid window, model errors in the prefill.
+    pub fn stream(&mut self, prompt: impl Into<Prompt>) -> Result<Stream<'_, M>, GenerateError> {
+        let started = Instant::now();
+        let ids = self.encode_prompt(prompt.into())?;
+        let mut cache = self.model.new_cache().map_err(model_err)?;
+        let window = self.window_for(&cache, ids.len())?;
+        let prefill = self.prefill(&ids, &mut cache)?;
+        let session = self.start_session(ids, cache, window, prefill, started, 0);
+        Ok(Stream { generator: self, session, queue: VecDeque::new(), done: false })
+    }
+
+    /// Generate to completion.
+    ///
+    /// Errors: as [`stream`](Self::stream); any error after generation began is
+    /// [`GenerateError::PartialGeneration`] with the output so far.
+    pub fn generate(&mut self, prompt: impl Into<Prompt>) -> Result<Generation, GenerateError> {
+        let mut stream = self.stream(prompt)?;
+        for item in stream.by_ref() {
+            item?;
+        }
+        Ok(stream.into_output())
+    }
+
+    /// Generate to completion, calling `on_event` with every event.
+    /// `ControlFlow::Break` cancels: generation finishes with reason `Cancelled` (the
+    /// callback still receives the `Finished` event).
+    ///
+    /// Errors: as [`generate`](Self::generate).
+    pub fn generate_with(
+        &mut self,
+        prompt: impl Into<Prompt>,
+        mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<Generation, GenerateError> {
+        let mut stream = self.stream(prompt)?;
+        while let Some(item) = stream.next() {
+            let event = item?;
+            if on_event(&event).is_break() {
+                stream.cancel();
+            }
+        }
+        Ok(stream.into_output())
+    }
+
+    /// `n` samples from one prompt: the prompt is prefilled once and each sample
+    /// continues from a [`ForkableCache::fork`] of that cache. Sample `i` uses the
+    /// seed's ChaCha stream `i`, so sample 0 equals [`generate`](Self::generate).
+    ///
+    /// Each sample's `counts` and `timings` report the shared prefill.
+    ///
+    /// Errors: as [`generate`](Self::generate); a failing sample's error carries its
+    /// partial output (the samples before it are dropped).
+    pub fn generate_n(
+        &mut self,
+        prompt: impl Into<Prompt>,
+        n: usize,
+    ) -> Result<Vec<Generation>, GenerateError>
+    where
+        M::Cache: ForkableCache,
+    {
+        let started = Instant::now();
+        let ids = self.encode_prompt(prompt.into())?;
+        let mut base = self.model.new_cache().map_err(model_err)?;
+        let window = self.window_for(&base, ids.len())?;
+        let prefill = self.prefill(&ids, &mut base)?;
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let cache = base.fork()?;
+            let session = self.start_session(ids.clone(), cache, window, prefill, started, i as u64);
+            let mut stream = Stream { generator: self, session, queue: VecDeque::new(), done: false };
+            for item in stream.by_ref() {
+                item?;
+            }
+            out.push(stream.into_output());
+        }
+        Ok(out)
+    }
+
+    fn finish(&mut self, s: &mut Session<M::Cache>, ev: &mut VecDeque<Event>, reason: FinishReason) {
+        let end = match s.text_end {
+            Some(end) => end,
+            None => {
+                s.decoder.finish();
+                s.decoder.text().len()
+            }
+        };
+        let text = s.decoder.text();
+        let rest = if end > s.emitted { text[s.emitted..end].to_owned() } else { String::new() };
+        s.emitted = s.emitted.max(end);
+        s.timings.decode = s.decode_started.elapsed();
+        s.finish = Some(reason.clone());
+        ev.push_back(Event::Finished { reason, text: rest });
+    }
+
+    /// One decode step (or a finish). Events go to `ev`.
+    fn step(&mut self, s: &mut Session<M::Cache>, ev: &mut VecDeque<Event>) -> Result<(), GenerateError> {
+        let generated = s.generated();
+        if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            self.finish(s, ev, FinishReason::Cancelled);
+            return Ok(());
+        }
+        if self.max_new_tokens.is_some_and(|m| generated >= m) {
+            self.finish(s, ev, FinishReason::MaxNewTokens);
+            return Ok(());
+        }
+        if self.max_time.is_some_and(|t| s.started.elapsed() >= t) {
+            self.finish(s, ev, FinishReason::MaxTime);
+            return Ok(());
+        }
+        if s.cache.seq_len() >= s.window {
+            self.roll(s, ev)?;
+        }
+
+        // Feed the pending token: its logits predict the next one.
+        let pending = s.tokens[s.tokens.len() - 1];
+        let t0 = Instant::now();
+        self.model.forward(&[pending], &mut s.cache, &mut self.logits).map_err(model_err)?;
+        let t1 = Instant::now();
+        s.timings.forward += t1 - t0;
+        s.counts.forward_passes += 1;
+        let vocab = self.model.vocab_size();
+        if self.logits.len() != vocab {
+            return Err(GenerateError::LogitsLength { got: self.logits.len(), expected: vocab });
+        }
+
+        let plan = self.strategy.plan_step(&StepInfo {
+            prompt_len: s.prompt_len,
+            generated,
+            base_temperature: s.base_temperature,
+        });
+        let temperature = plan.temperature.unwrap_or(s.base_temperature);
+        if temperature != s.temperature {
+            ev.push_back(Event::TemperatureChanged { from: s.temperature, to: temperature });
+            s.temperature = temperature;
+        }
+
+        // Raw-distribution quantities, before any mask.
+        let lse = stats::log_sum_exp(&self.logits)?;
+        let raw: RawStats = if s.trace.is_some() {
+            let (h, v) = stats::entropy_varentropy(&self.logits)?;
+            Some((h, v, stats::set_probability(&self.logits, &self.eos_ids)?))
+        } else {
+            None
+        };
+        if self.top_logprobs > 0 {
+            top_alternatives(&self.logits, lse, self.top_logprobs, &mut self.top);
+        }
+
+        let mask_eos = plan.mask_eos || generated < self.min_new_tokens;
+        // Masking touches only EOS entries, and a masked EOS is never chosen, so the
+        // chosen token's raw logit survives in the buffer.
+        let raw_logit =
+            |logits: &[f32], id: u32| logits.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY);
+        if mask_eos {
+            for &id in &self.eos_ids {
+                if let Some(l) = self.logits.get_mut(id as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+
+        let ctx = SamplingContext::new(&s.tokens, s.prompt_len)
+            .with_eos_ids(&self.eos_ids)
+            .with_temperature_override(plan.temperature);
+        self.chain.process(&self.logits, &ctx)?;
+        let first = self.chain.sample_processed(&ctx, &mut s.rng)?;
+        self.draws.clear();
+        self.draws.push(first);
+        let first_is_eos = !mask_eos && self.eos_ids.contains(&first);
+        let mut p_eos = 0.0;
+        if first_is_eos {
+            let candidates = self.chain.candidates_mut();
+            p_eos = processed_set_probability(candidates, &self.eos_ids);
+            if plan.draws > 1 {
+                // Later draws exclude the first and every EOS id (EosDrawn::draws: a
+                // replacement must never be another EOS).
+                candidates.mask(first);
+                for &id in &self.eos_ids {
+                    candidates.mask(id);
+                }
+                if draw_without_replacement(candidates, plan.draws - 1, &mut s.rng, &mut self.extra_draws)
+                    .is_ok()
+                {
+                    self.draws.extend_from_slice(&self.extra_draws);
+                }
+            }
+        }
+
+        let mut token = first;
+        let mut trace_event = TraceEvent::Token;
+        if first_is_eos {
+            let action = self.strategy.on_eos(&EosDrawn {
+                prompt_len: s.prompt_len,
+                generated,
+                draws: &self.draws,
+                p_eos,
+                base_temperature: s.base_temperature,
+            });
+            match action {
+                EosAction::Stop => {
+                    s.timings.sampling += t1.elapsed();
+                    let chosen = raw_logit(&self.logits, first);
+                    push_trace(s, raw, generated, first, chosen, lse, temperature, TraceEvent::Eos);
+                    self.finish(s, ev, FinishReason::Eos);
+                    return Ok(());
+                }
+                EosAction::Replace { token: replacement } => {
+                    if replacement as usize >= vocab || self.eos_ids.contains(&replacement) {
+                        return Err(GenerateError::InvalidStrategyAction {
+                            strategy: self.strategy.name(),
+                            action: format!(
+                                "Replace {{ token: {replacement} }}: the replacement must be a non-EOS id < {vocab}"
+                            ),
+                        });
+                    }
+                    ev.push_back(Event::EosAvoided { position: generated, p_eos, replacement });
+                    s.counts.eos_avoided += 1;
+                    token = replacement;
+                    trace_event = TraceEvent::EosAvoided;
+                }
+                EosAction::Backstep { n } => {
+                    s.timings.sampling += t1.elapsed();
+                    let chosen = raw_logit(&self.logits, first);
+                    let removed = self.backstep(s, ev, n)?;
+                    push_trace(
+                        s,
+                        raw,
+                        generated,
+                        first,
+                        chosen,
+                        lse,
+                        temperature,
+                        TraceEvent::Backstep { removed },
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        s.timings.sampling += t1.elapsed();
+
+        // Accept `token`.
+        let chosen = raw_logit(&self.logits, token);
+        s.tokens.push(token);
+        self.chain.accept(token);
+        self.strategy.on_token(token, generated);
+        s.counts.generated_tokens = s.generated();
+        match &self.tokenizer {
+            Some(tok) => {
+                let bytes = if self.skip_special_tokens && tok.is_special(token) {
+                    Cow::Borrowed(&[][..])
+                } else {
+                    tok.token_bytes(token).unwrap_or(Cow::Borrowed(&[][..]))
+                };
+                s.decoder.push(&bytes);
+            }
+            None => {
+                s.decoder.push(&[]);
+            }
+        }
+        let text = s.decoder.text();
+        let mut finished = None;
+        let mut release_to = text.len();
+        if !self.stops.is_empty() {
+            if let Some((start, k)) = self.stops.find(text, s.stop_scanned) {
+                let end =
+                    if self.include_stop_string { start + self.stops.strings()[k].len() } else { start };
+                s.text_end = Some(end);
+                release_to = end;
+                finished = Some(FinishReason::StopString { index: k });
+            } else {
+                release_to = text.len() - self.stops.held_back(text);
+            }
+            s.stop_scanned = text.len();
+        }
+        let delta =
+            if release_to > s.emitted { text[s.emitted..release_to].to_owned() } else { String::new() };
+        s.emitted = s.emitted.max(release_to);
+        let logprob = (f64::from(chosen) - lse) as f32;
+        let top = if self.top_logprobs > 0 { self.top.clone() } else { Vec::new() };
+        ev.push_back(Event::Token { index: generated, id: token, text: delta, logprob, top });
+        push_trace(s, raw, generated, token, chosen, lse, temperature, trace_event);
+
+        if let Some(reason) = finished {
+            self.finish(s, ev, reason);
+        } else if self.max_new_tokens.is_some_and(|m| s.generated() >= m) {
+            self.finish(s, ev, FinishReason::MaxNewTokens);
+        } else if let Some((pattern_len, repeats)) =
+            self.repetition.as_ref().and_then(|r| r.detect(&s.tokens[s.prompt_len..]))
+        {
+            self.finish(s, ev, FinishReason::Repetition { pattern_len, repeats });
+        }
+        Ok(())
+    }
+
+    /// Remove up to `n` generated tokens from the sequence and the cache; returns the
+    /// number removed (clamped to the generated count and to the tokens after the last
+    /// context roll, which are the only ones the cache can drop from its tail).
+    fn backstep(
+        &mut self,
+        s: &mut Session<M::Cache>,
+        ev: &mut VecDeque<Event>,
+        n: usize,
+    ) -> Result<usize, GenerateError> {
+        let generated = s.generated();
+        // `tokens.len() - 1 >= recent_start` always: the pending token is never in the cache.
+        let n = n.min(generated).min(s.tokens.len() - 1 - s.recent_start);
+        let to = generated - n;
+        s.tokens.truncate(s.tokens.len() - n);
+        s.decoder.truncate_tokens(to);
+        // The pending token (now the new last one) was fed already: drop it too, the
+        // next step refeeds it. Cost: exactly the regenerated forward passes.
+        let expected = s.expected_cache_len();
+        s.cache.truncate(expected)?;
+        if s.cache.seq_len() != expected {
+            return Err(GenerateError::CacheOutOfSync { cache_len: s.cache.seq_len(), expected });
+        }
+        let text_len = s.decoder.text().len();
+        s.emitted = s.emitted.min(text_len);
+        s.stop_scanned = s.stop_scanned.min(text_len);
+        // Stateful processors saw the removed tokens: replay the survivors.
+        self.chain.reset();
+        for &t in &s.tokens[s.prompt_len..] {
+            self.chain.accept(t);
+        }
+        self.strategy.on_backstep(n, to);
+        s.counts.backsteps += 1;
+        s.counts.tokens_removed += n;
+        s.counts.generated_tokens = to;
+        ev.push_back(Event::Backstep { from: generated, to, text_len: s.emitted });
+        Ok(n)
+    }
+
+    /// The cache is full: keep the first `sink` tokens and the most recent ones,
+    /// re-prefilled into the cleared cache (positions renumbered, as StreamingLLM).
+    fn roll(&mut self, s: &mut Session<M::Cache>, ev: &mut VecDeque<Event>) -> Result<(), GenerateError> {
+        let t0 = Instant::now();
+        let len = s.tokens.len();
+        let sink = s.sink_cap.min(len - 1);
+        // window >= 4 and sink <= window / 2, so 1 <= keep and sink + keep < window:
+        // the pending token fits after the roll.
+        let keep = ((s.window - sink) / 2).max(1).min(len - 1 - sink);
+        let recent_start = len - 1 - keep;
+        s.cache.clear();
+        feed_chunks(&self.model, &mut s.cache, &s.tokens[..sink], self.prefill_chunk, &mut self.logits)?;
+        feed_chunks(
+            &self.model,
+            &mut s.cache,
+            &s.tokens[recent_start..len - 1],
+            self.prefill_chunk,
+            &mut self.logits,
+        )?;
+        s.sink_len = sink;
+        s.recent_start = recent_start;
+        let expected = s.expected_cache_len();
+        if s.cache.seq_len() != expected {
+            return Err(GenerateError::CacheOutOfSync { cache_len: s.cache.seq_len(), expected });
+        }
+        s.counts.context_rolls += 1;
+        s.timings.roll += t0.elapsed();
+        ev.push_back(Event::ContextRolled { dropped: recent_start - sink, kept: expected });
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push_trace<C>(
+    s: &mut Session<C>,
+    raw: RawStats,
+    index: usize,
+    token: u32,
+    chosen_logit: f32,
+    lse: f64,
+    temperature: f32,
+    event: TraceEvent,
+) {
+    if let (Some(trace), Some((entropy, varentropy, p_eos))) = (s.trace.as_mut(), raw) {
+        trace.push(StepTrace {
+            index,
+            token,
+            p_eos: p_eos as f32,
+            eos_information_bits: stats::information_bits(p_eos) as f32,
+            entropy: entropy as f32,
+            varentropy: varentropy as f32,
+            chosen_prob: (f64::from(chosen_logit) - lse).exp() as f32,
+            temperature,
+            event,
+        });
+    }
+}
+
+/// The event stream of one generation ([`Generator::stream`]).
+///
+/// Yields `Ok(event)` until [`Event::Finished`]; an error yields one
+/// `Err(GenerateError::PartialGeneration { .. })` and ends the stream. Dropping the
+/// stream cancels generation.
+pub struct Stream<'g, M: LanguageModel> {
+    generator: &'g mut Generator<M>,
+    session: Session<M::Cache>,
+    queue: VecDeque<Event>,
+    done: bool,
+}
+
+impl<M: LanguageModel> Stream<'_, M> {
+    /// Finish now with reason `Cancelled` (the `Finished` event is still yielded).
+    /// No-op once finished.
+    pub fn cancel(&mut self) {
+        if self.session.finish.is_none() {
+            self.generator.finish(&mut self.session, &mut self.queue, FinishReason::Cancelled);
+            self.done = true;
+        }
+    }
+
+    /// Whether generation has finished (events may still be queued).
+    pub fn is_finished(&self) -> bool {
+        self.session.finish.is_some()
+    }
+
+    /// Generated token ids so far.
+    pub fn generated_ids(&self) -> &[u32] {
+        &self.session.tokens[self.session.prompt_len..]
+    }
+
+    /// The cache's current length (between steps it is the sequence length minus the
+    /// pending token, or less after a context roll).
+    pub fn cache_len(&self) -> usize {
+        self.session.cache.seq_len()
+    }
+
+    /// The sequence length (prompt + generated).
+    pub fn sequence_len(&self) -> usize {
+        self.session.tokens.len()
+    }
+
+    /// The whole sequence so far: prompt then generated tokens.
+    pub fn sequence(&self) -> &[u32] {
+        &self.session.tokens
+    }
+
+    /// The KV cache (read-only): between steps it holds the sequence minus its last,
+    /// pending token — after a context roll, the sink tokens then the recent ones.
+    pub fn cache(&self) -> &M::Cache {
+        &self.session.cache
+    }
+
+    /// The result; an unfinished stream is cancelled first.
+    pub fn into_output(mut self) -> Generation {
+        self.cancel();
+        self.session.output()
+    }
+}
+
+impl<M: LanguageModel> Iterator for Stream<'_, M> {
+    type Item = Result<Event, GenerateError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(source) = self.generator.step(&mut self.session, &mut self.queue) {
+                // Events of the failed step are dropped; the output keeps every token
+                // accepted before it.
+                self.queue.clear();
+                self.done = true;
+                self.session.finish = Some(FinishReason::Error);
+                self.session.timings.decode = self.session.decode_started.elapsed();
+                return Some(Err(GenerateError::PartialGeneration {
+                    output: Box::new(self.session.output()),
+                    source: Box::new(source),
+                }));
+            }
+            if self.session.finish.is_some() {
+                self.done = true;
+            }
+        }
+    }
+}
