@@ -8,16 +8,65 @@
 //! action out — truncating its sequence and KV cache — so every strategy here is
 //! tested without a model.
 //!
-//! ```
-//! use perpetua_perpetual::{EosAction, EosDrawn, EosStrategy, StepInfo, StopAtEos};
+//! # The four methods
 //!
-//! let mut s = StopAtEos;
-//! let plan = s.plan_step(&StepInfo { prompt_len: 5, generated: 3, base_temperature: 0.7 });
+//! From "Perpetual Text Generation Using Dynamic Temperature Adjustment" (ICLR 2025
+//! blog track); the defaults are the paper's parameters.
+//!
+//! | strategy | on EOS | temperature | cost | use when |
+//! |---|---|---|---|---|
+//! | [`SuppressEos`] | take the runner-up of two draws without replacement | unchanged | none | cheapest; pair with [`EndingPhrases`], the model tends to write "The end." |
+//! | [`SuppressEos::hard_mask`] | EOS is masked and never drawn | unchanged | none | the same, one draw |
+//! | [`PostEosResample`] | take the runner-up, then sample at 2.0, −0.1 per token back to base | raised after the event | none | leave the ending's neighbourhood without losing text |
+//! | [`Backstep`] | remove the last 10 tokens (sequence *and* KV cache) and regenerate | unchanged | re-decoding `n` tokens | the ending began a few tokens earlier: rewrite it |
+//! | [`BackstepWithSchedule`] | as `Backstep`, regenerate from 2× base, linear decay, back at base exactly where EOS was | raised over the rewritten span | re-decoding `n` tokens | the paper's most refined method: rewrite *and* move away from the ending |
+//!
+//! Every strategy shares [`Budget`] controls (maximum interventions, accept a natural
+//! EOS after `n` new tokens, a target length) and a [`LoopGuard`] that escalates when
+//! EOS keeps coming back at the same place (longer back step, higher peak) and finally
+//! falls back to the runner-up, so no strategy can loop forever. Temperatures follow a
+//! [`TemperatureSchedule`] from a [`Peak`] back to the chain's base temperature.
+//!
+//! ```
+//! use perpetua_perpetual::{
+//!     BackstepWithSchedule, Budget, EosAction, EosDrawn, EosStrategy, StepInfo, StopAtEos,
+//! };
+//!
+//! // Plain generation: an EOS ends it.
+//! let mut stop = StopAtEos;
+//! let plan = stop.plan_step(&StepInfo { prompt_len: 5, generated: 3, base_temperature: 0.7 });
 //! assert_eq!(plan.temperature, None); // the chain's own temperature
-//! let action = s.on_eos(&EosDrawn { prompt_len: 5, generated: 3, draws: &[2, 17], p_eos: 0.6, base_temperature: 0.7 });
-//! assert_eq!(action, EosAction::Stop);
+//! let eos = EosDrawn { prompt_len: 5, generated: 3, draws: &[2, 17], p_eos: 0.6, base_temperature: 0.7 };
+//! assert_eq!(stop.on_eos(&eos), EosAction::Stop);
+//!
+//! // Method 4: EOS drawn at generated index 40 → back step 10, restart at 2× base.
+//! let mut s = BackstepWithSchedule::new(10)?.with_budget(Budget::unlimited().allow_eos_after(2_000));
+//! let eos = EosDrawn { prompt_len: 5, generated: 40, draws: &[2, 17], p_eos: 0.6, base_temperature: 1.0 };
+//! assert_eq!(s.on_eos(&eos), EosAction::Backstep { n: 10 });
+//! s.on_backstep(10, 30); // the generator removed 10 tokens, 30 remain
+//! let at = |s: &mut BackstepWithSchedule, generated| {
+//!     s.plan_step(&StepInfo { prompt_len: 5, generated, base_temperature: 1.0 }).effective_temperature(1.0)
+//! };
+//! assert_eq!(at(&mut s, 30), 2.0); // the peak where the rewrite starts
+//! assert_eq!(at(&mut s, 35), 1.5); // linear decay
+//! assert_eq!(at(&mut s, 40), 1.0); // exactly base where EOS had been drawn
+//! # Ok::<(), perpetua_perpetual::PerpetualError>(())
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod controls;
+mod ending;
+mod error;
+mod schedule;
+mod strategies;
+
+pub use controls::{Budget, LoopGuard};
+pub use ending::{COMMON_ENDING_PHRASES, EndingMode, EndingPhrases};
+pub use error::{PerpetualError, Result};
+pub use schedule::{CustomSchedule, Peak, ScheduleInput, TemperatureSchedule};
+pub use strategies::{
+    Backstep, BackstepWithSchedule, DEFAULT_BACKSTEP, DEFAULT_RESAMPLE_SPAN, PostEosResample, SuppressEos,
+};
 
 /// What the generator tells a strategy before each step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,6 +91,13 @@ pub struct StepPlan {
     pub draws: usize,
 }
 
+impl StepPlan {
+    /// The temperature this step samples at: the plan's, else `base` (the chain's).
+    pub fn effective_temperature(&self, base: f32) -> f32 {
+        self.temperature.unwrap_or(base)
+    }
+}
+
 impl Default for StepPlan {
     fn default() -> Self {
         Self { temperature: None, mask_eos: false, draws: 1 }
@@ -58,6 +114,9 @@ pub struct EosDrawn<'a> {
     pub generated: usize,
     /// The draws of this step in draw order; `draws[0]` is the EOS id. Holds
     /// `StepPlan::draws` entries, fewer when fewer candidates had non-zero mass.
+    /// Strategies replace an EOS by `draws[1]`: with several EOS ids, the generator
+    /// must not offer another EOS id as a later draw (mask the EOS ids after the first
+    /// draw), or the replacement would write an EOS.
     pub draws: &'a [u32],
     /// Probability of the EOS set under the processed distribution of this step.
     pub p_eos: f32,
@@ -147,4 +206,19 @@ impl<S: EosStrategy + ?Sized> EosStrategy for Box<S> {
     fn reset(&mut self) {
         (**self).reset()
     }
+}
+
+/// A strategy with its defaults, by its [`EosStrategy::name`] (for configs and CLIs):
+/// `stop`, `suppress_eos`, `suppress_eos_masked`, `post_eos_resample`, `backstep`,
+/// `backstep_with_schedule`. Errors: [`PerpetualError::UnknownStrategy`].
+pub fn strategy_by_name(name: &str) -> Result<Box<dyn EosStrategy>> {
+    Ok(match name {
+        "stop" => Box::new(StopAtEos),
+        "suppress_eos" => Box::new(SuppressEos::new()),
+        "suppress_eos_masked" => Box::new(SuppressEos::hard_mask()),
+        "post_eos_resample" => Box::new(PostEosResample::new()),
+        "backstep" => Box::new(Backstep::default()),
+        "backstep_with_schedule" => Box::new(BackstepWithSchedule::default()),
+        other => return Err(PerpetualError::UnknownStrategy(other.to_string())),
+    })
 }
