@@ -49,7 +49,16 @@ impl Candidates {
             logit,
             prob: 0.0,
         }));
-        // Validate in a second pass so the fill loop stays branch-free and vectorisable.
+        // Validate in a second pass so the fill loop stays branch-free and vectorisable;
+        // the check runs over the contiguous input with no early exit (so it
+        // vectorises too), and only a failure pays for locating the culprit.
+        let mut bad = false;
+        for &l in logits {
+            bad |= l.is_nan() | (l == f32::INFINITY);
+        }
+        if !bad {
+            return Ok(());
+        }
         if let Some(c) = self.data.iter().find(|c| c.logit.is_nan() || c.logit == f32::INFINITY) {
             return Err(if c.logit.is_nan() {
                 SamplingError::NanLogit { id: c.id }
@@ -195,6 +204,7 @@ impl Candidates {
             return Ok(());
         }
         let max = match self.max_logit() {
+            Some(m) if m.is_nan() || m == f32::INFINITY => return Err(self.invalid_logit_error()),
             Some(m) if m > f32::NEG_INFINITY => m,
             _ => return Err(SamplingError::EmptyCandidates { stage: "softmax" }),
         };
@@ -203,12 +213,69 @@ impl Candidates {
             c.prob = (c.logit - max).exp();
             sum += f64::from(c.prob);
         }
+        // A NaN or +inf logit (possible only through `from_pairs` or a custom
+        // processor) poisons the sum: report it instead of returning NaN probabilities.
+        if !sum.is_finite() {
+            return Err(self.invalid_logit_error());
+        }
         let inv = (1.0 / sum) as f32;
         for c in &mut self.data {
             c.prob *= inv;
         }
         self.has_probs = true;
         Ok(())
+    }
+}
+
+impl Candidates {
+    /// The first NaN or `+inf` logit as its typed error ([`SamplingError::NanLogit`] /
+    /// [`SamplingError::InfiniteLogit`]); `Ok` when every logit is finite or `-inf`.
+    /// One O(n) pass; processors that cannot detect bad logits as a by-product of their
+    /// own pass call this.
+    pub fn check_logits(&self) -> Result<()> {
+        if self.data.iter().any(|c| c.logit.is_nan() || c.logit == f32::INFINITY) {
+            return Err(self.invalid_logit_error());
+        }
+        Ok(())
+    }
+
+    /// The error for the first NaN / `+inf` logit (called once one is known to exist;
+    /// falls back to `EmptyCandidates` if none is found, which cannot happen then).
+    fn invalid_logit_error(&self) -> SamplingError {
+        match self.data.iter().find(|c| c.logit.is_nan() || c.logit == f32::INFINITY) {
+            Some(c) if c.logit.is_nan() => SamplingError::NanLogit { id: c.id },
+            Some(c) => SamplingError::InfiniteLogit { id: c.id },
+            None => SamplingError::EmptyCandidates { stage: "softmax" },
+        }
+    }
+
+    /// Number of candidates whose logit is not `-inf` (the support of the softmax).
+    pub fn finite_len(&self) -> usize {
+        self.data.iter().filter(|c| c.logit > f32::NEG_INFINITY).count()
+    }
+
+    /// Move the `min(k, n)` best candidates (descending logit, ties by ascending id) to
+    /// the front, in that order, leaving the others after them in unspecified order.
+    /// Nothing is removed, so probabilities stay valid (`has_probs` is kept);
+    /// `is_sorted()` becomes true only when `k >= n - 1`. O(n + k log k).
+    pub fn partial_sort(&mut self, k: usize) {
+        if self.sorted || k == 0 {
+            return;
+        }
+        let n = self.data.len();
+        if k + 1 >= n {
+            self.data.sort_unstable_by(cmp_desc);
+            self.sorted = true;
+            return;
+        }
+        self.data.select_nth_unstable_by(k - 1, cmp_desc);
+        self.data[..k].sort_unstable_by(cmp_desc);
+    }
+
+    /// Crate-internal mutable access that keeps the flags: for processors that
+    /// reorder or filter while maintaining the invariants themselves.
+    pub(crate) fn raw_mut(&mut self) -> &mut Vec<Candidate> {
+        &mut self.data
     }
 }
 

@@ -1,11 +1,19 @@
 use rand::RngCore;
 
+use crate::processors::{RepetitionPenalty, Temperature, TopP};
+use crate::samplers::Multinomial;
 use crate::{Candidates, LogitsProcessor, Result, Sampler, SamplingContext, SamplingError};
 
 /// Ordered processors followed by a sampler: the whole per-step sampling pipeline.
 ///
 /// The chain owns its [`Candidates`] buffer, so a step allocates nothing once the
 /// buffer has grown to the vocabulary size.
+///
+/// A chain runs its processors in exactly the order they were added: reorder freely
+/// ([`insert`](Self::insert), [`remove`](Self::remove), [`move_stage`](Self::move_stage))
+/// and put custom stages (a [`LogitsProcessor`] impl or
+/// [`from_fn`](crate::processors::from_fn)) anywhere. [`ChainBuilder`] assembles the
+/// standard stages in the default order documented on [`Stage`].
 pub struct Chain {
     processors: Vec<Box<dyn LogitsProcessor>>,
     sampler: Box<dyn Sampler>,
@@ -27,6 +35,11 @@ impl Chain {
         Self { processors: Vec::new(), sampler: Box::new(sampler), candidates: Candidates::default() }
     }
 
+    /// A chain with no processors and an already boxed sampler.
+    pub fn from_boxed(sampler: Box<dyn Sampler>) -> Self {
+        Self { processors: Vec::new(), sampler, candidates: Candidates::default() }
+    }
+
     /// Append a processor (builder style).
     pub fn with(mut self, processor: impl LogitsProcessor + 'static) -> Self {
         self.processors.push(Box::new(processor));
@@ -44,6 +57,45 @@ impl Chain {
         self.processors.insert(index, processor);
     }
 
+    /// Remove and return the processor at `index` (`None` when out of range). With
+    /// [`insert`](Self::insert) and [`position`](Self::position) this reorders freely.
+    pub fn remove(&mut self, index: usize) -> Option<Box<dyn LogitsProcessor>> {
+        (index < self.processors.len()).then(|| self.processors.remove(index))
+    }
+
+    /// The index of the first processor named `name` (see [`LogitsProcessor::name`]).
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.processors.iter().position(|p| p.name() == name)
+    }
+
+    /// Move the processor at `from` to index `to` (clamped to the end); the others
+    /// keep their relative order. Out-of-range `from` is a no-op.
+    pub fn move_stage(&mut self, from: usize, to: usize) {
+        if let Some(p) = self.remove(from) {
+            self.insert(to, p);
+        }
+    }
+
+    /// Number of processors (the sampler not counted).
+    pub fn len(&self) -> usize {
+        self.processors.len()
+    }
+
+    /// Whether the chain has no processor (it still samples).
+    pub fn is_empty(&self) -> bool {
+        self.processors.is_empty()
+    }
+
+    /// Replace the sampler.
+    pub fn set_sampler(&mut self, sampler: Box<dyn Sampler>) {
+        self.sampler = sampler;
+    }
+
+    /// The sampler's name.
+    pub fn sampler_name(&self) -> &'static str {
+        self.sampler.name()
+    }
+
     /// The temperature of the first temperature stage, or 1.0 when there is none
     /// (the model's own distribution). Perpetual schedules scale from this base.
     pub fn base_temperature(&self) -> f32 {
@@ -57,13 +109,26 @@ impl Chain {
 
     /// Run every processor on `logits` and return the surviving candidates (not yet
     /// sampled). Errors: NaN / `+inf` logits, a processor error, or an empty set.
+    ///
+    /// A temperature stage directly followed by top-k runs *after* it: the two commute
+    /// (top-k keeps the same ranks whatever positive scale the logits have), and
+    /// rescaling 40 survivors instead of the whole vocabulary is most of a step's cost
+    /// at 49k logits. [`stage_names`](Self::stage_names) still shows the configured order.
     pub fn process(&mut self, logits: &[f32], ctx: &SamplingContext<'_>) -> Result<&mut Candidates> {
         self.candidates.fill_from_logits(logits)?;
-        for p in &mut self.processors {
-            p.process(&mut self.candidates, ctx)?;
-            if self.candidates.is_empty() {
-                return Err(SamplingError::EmptyCandidates { stage: p.name() });
+        let mut i = 0;
+        while i < self.processors.len() {
+            let swap = self.processors[i].is_monotone_rescale()
+                && self.processors.get(i + 1).is_some_and(|next| next.depends_only_on_rank());
+            let order = if swap { [i + 1, i] } else { [i, usize::MAX] };
+            for j in order.into_iter().filter(|&j| j != usize::MAX) {
+                let p = &mut self.processors[j];
+                p.process(&mut self.candidates, ctx)?;
+                if self.candidates.is_empty() {
+                    return Err(SamplingError::EmptyCandidates { stage: p.name() });
+                }
             }
+            i += if swap { 2 } else { 1 };
         }
         Ok(&mut self.candidates)
     }
@@ -109,5 +174,305 @@ impl Chain {
             p.reset();
         }
         self.sampler.reset();
+    }
+}
+
+/// The standard stages, in the default order of [`ChainBuilder`] (the order of the
+/// variants; `Ord` follows it).
+///
+/// The order matches HF transformers' `generate`: logits *processors* (biases,
+/// penalties, bans, length constraints) act on the model's raw logits, then the
+/// *warpers* run: temperature → top-k → top-p → min-p → typical → ε → η. Penalties
+/// first means a penalised token is also judged by the truncation stages after its
+/// penalty; temperature before truncation means top-p/min-p see the tempered
+/// distribution (HF; llama.cpp's default instead tempers last). The stages HF lacks
+/// sit where llama.cpp puts them relative to their neighbours: frequency/presence and
+/// DRY after the repetition penalty, top-nσ and XTC after the other truncations.
+///
+/// | # | stage | HF name / origin |
+/// |---|-------|------------------|
+/// | 1 | [`LogitBias`](Stage::LogitBias) | `sequence_bias` (1-token), OpenAI `logit_bias` |
+/// | 2 | [`RepetitionPenalty`](Stage::RepetitionPenalty) | `repetition_penalty` |
+/// | 3 | [`FrequencyPresencePenalty`](Stage::FrequencyPresencePenalty) | OpenAI |
+/// | 4 | [`Dry`](Stage::Dry) | llama.cpp |
+/// | 5 | [`NoRepeatNGram`](Stage::NoRepeatNGram) | `no_repeat_ngram_size` |
+/// | 6 | [`BannedTokens`](Stage::BannedTokens) | `suppress_tokens` |
+/// | 7 | [`BannedSequences`](Stage::BannedSequences) | `bad_words_ids` |
+/// | 8 | [`AllowList`](Stage::AllowList) | vLLM `allowed_token_ids` |
+/// | 9 | [`MinNewTokens`](Stage::MinNewTokens) | `min_new_tokens` |
+/// | 10 | [`SuppressEos`](Stage::SuppressEos) | — |
+/// | 11 | [`Temperature`](Stage::Temperature) | `temperature` (or dynamic temperature) |
+/// | 12 | [`TopK`](Stage::TopK) | `top_k` |
+/// | 13 | [`TopP`](Stage::TopP) | `top_p` |
+/// | 14 | [`MinP`](Stage::MinP) | `min_p` |
+/// | 15 | [`Typical`](Stage::Typical) | `typical_p` |
+/// | 16 | [`EpsilonCutoff`](Stage::EpsilonCutoff) | `epsilon_cutoff` |
+/// | 17 | [`EtaCutoff`](Stage::EtaCutoff) | `eta_cutoff` |
+/// | 18 | [`TopNSigma`](Stage::TopNSigma) | llama.cpp `top_n_sigma` |
+/// | 19 | [`Xtc`](Stage::Xtc) | llama.cpp XTC |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    /// Additive per-token bias.
+    LogitBias,
+    /// CTRL repetition penalty.
+    RepetitionPenalty,
+    /// OpenAI frequency and presence penalties.
+    FrequencyPresencePenalty,
+    /// DRY repeat penalty.
+    Dry,
+    /// No-repeat n-gram blocking.
+    NoRepeatNGram,
+    /// Banned tokens.
+    BannedTokens,
+    /// Banned token sequences.
+    BannedSequences,
+    /// Allow-list.
+    AllowList,
+    /// EOS masked before a minimum number of new tokens.
+    MinNewTokens,
+    /// EOS always masked.
+    SuppressEos,
+    /// Temperature (fixed or dynamic).
+    Temperature,
+    /// Top-k truncation.
+    TopK,
+    /// Top-p (nucleus) truncation.
+    TopP,
+    /// Min-p truncation.
+    MinP,
+    /// Locally typical truncation.
+    Typical,
+    /// Epsilon cutoff.
+    EpsilonCutoff,
+    /// Eta cutoff.
+    EtaCutoff,
+    /// Top-nσ truncation.
+    TopNSigma,
+    /// Exclude-top-choices (XTC).
+    Xtc,
+}
+
+impl Stage {
+    /// Every stage, in the default order.
+    pub const ALL: [Stage; 19] = [
+        Stage::LogitBias,
+        Stage::RepetitionPenalty,
+        Stage::FrequencyPresencePenalty,
+        Stage::Dry,
+        Stage::NoRepeatNGram,
+        Stage::BannedTokens,
+        Stage::BannedSequences,
+        Stage::AllowList,
+        Stage::MinNewTokens,
+        Stage::SuppressEos,
+        Stage::Temperature,
+        Stage::TopK,
+        Stage::TopP,
+        Stage::MinP,
+        Stage::Typical,
+        Stage::EpsilonCutoff,
+        Stage::EtaCutoff,
+        Stage::TopNSigma,
+        Stage::Xtc,
+    ];
+}
+
+/// Where a custom stage goes relative to a standard one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Anchor {
+    Before(Stage),
+    After(Stage),
+}
+
+/// Assembles a [`Chain`] from standard stages in the default order of [`Stage`], plus
+/// custom stages anchored before or after any standard stage (whether or not that
+/// stage is set).
+///
+/// Setting a stage twice replaces it. Without a sampler, [`build`](Self::build) uses
+/// [`Multinomial`]. For an order other than the default, build and then reorder the
+/// [`Chain`], or assemble a chain by hand with [`Chain::with`].
+///
+/// ```
+/// use perpetua_sampling::{ChainBuilder, Stage, processors::{RepetitionPenalty, Temperature, TopK, from_fn}};
+///
+/// let chain = ChainBuilder::new()
+///     .stage(Stage::TopK, TopK::new(40)?)
+///     .stage(Stage::Temperature, Temperature::new(0.8)?)
+///     .stage(Stage::RepetitionPenalty, RepetitionPenalty::new(1.1)?.with_last_n(64))
+///     .after(Stage::TopK, from_fn("log", |_c, _ctx| Ok(())))
+///     .build();
+/// let names: Vec<_> = chain.stage_names().collect();
+/// assert_eq!(names, ["repetition_penalty", "temperature", "top_k", "log"]);
+/// # Ok::<(), perpetua_sampling::SamplingError>(())
+/// ```
+#[derive(Default)]
+pub struct ChainBuilder {
+    stages: Vec<(Stage, Box<dyn LogitsProcessor>)>,
+    custom: Vec<(Anchor, Box<dyn LogitsProcessor>)>,
+    sampler: Option<Box<dyn Sampler>>,
+}
+
+impl std::fmt::Debug for ChainBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainBuilder")
+            .field("stages", &self.stages.iter().map(|(s, p)| (*s, p.name())).collect::<Vec<_>>())
+            .field("custom", &self.custom.iter().map(|(a, p)| (*a, p.name())).collect::<Vec<_>>())
+            .field("sampler", &self.sampler.as_ref().map(|s| s.name()))
+            .finish()
+    }
+}
+
+impl ChainBuilder {
+    /// An empty builder (no stages; multinomial sampling).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Set (or replace) the standard stage `stage`.
+    pub fn stage(self, stage: Stage, processor: impl LogitsProcessor + 'static) -> Self {
+        self.stage_boxed(stage, Box::new(processor))
+    }
+
+    /// Set (or replace) the standard stage `stage` with a boxed processor.
+    pub fn stage_boxed(mut self, stage: Stage, processor: Box<dyn LogitsProcessor>) -> Self {
+        self.stages.retain(|(s, _)| *s != stage);
+        self.stages.push((stage, processor));
+        self
+    }
+
+    /// Remove the standard stage `stage` if set.
+    pub fn without(mut self, stage: Stage) -> Self {
+        self.stages.retain(|(s, _)| *s != stage);
+        self
+    }
+
+    /// Whether the standard stage `stage` is set.
+    pub fn has(&self, stage: Stage) -> bool {
+        self.stages.iter().any(|(s, _)| *s == stage)
+    }
+
+    /// A custom stage right before `stage`'s position (after earlier custom stages
+    /// anchored there).
+    pub fn before(mut self, stage: Stage, processor: impl LogitsProcessor + 'static) -> Self {
+        self.custom.push((Anchor::Before(stage), Box::new(processor)));
+        self
+    }
+
+    /// A custom stage right after `stage`'s position (after earlier custom stages
+    /// anchored there).
+    pub fn after(mut self, stage: Stage, processor: impl LogitsProcessor + 'static) -> Self {
+        self.custom.push((Anchor::After(stage), Box::new(processor)));
+        self
+    }
+
+    /// The sampler (default [`Multinomial`]).
+    pub fn sampler(mut self, sampler: impl Sampler + 'static) -> Self {
+        self.sampler = Some(Box::new(sampler));
+        self
+    }
+
+    /// The sampler, boxed.
+    pub fn sampler_boxed(mut self, sampler: Box<dyn Sampler>) -> Self {
+        self.sampler = Some(sampler);
+        self
+    }
+
+    /// The chain: for each [`Stage`] in order, its `before` customs, the stage, its
+    /// `after` customs.
+    pub fn build(self) -> Chain {
+        let mut chain = Chain::from_boxed(self.sampler.unwrap_or_else(|| Box::new(Multinomial)));
+        let mut stages: Vec<Option<(Stage, Box<dyn LogitsProcessor>)>> =
+            self.stages.into_iter().map(Some).collect();
+        let mut custom: Vec<Option<(Anchor, Box<dyn LogitsProcessor>)>> =
+            self.custom.into_iter().map(Some).collect();
+        let mut take_custom = |anchor: Anchor, chain: &mut Chain| {
+            for slot in custom.iter_mut() {
+                if slot.as_ref().is_some_and(|(a, _)| *a == anchor)
+                    && let Some((_, p)) = slot.take()
+                {
+                    chain.push(p);
+                }
+            }
+        };
+        for stage in Stage::ALL {
+            take_custom(Anchor::Before(stage), &mut chain);
+            if let Some(slot) = stages.iter_mut().find(|s| s.as_ref().is_some_and(|(s, _)| *s == stage))
+                && let Some((_, p)) = slot.take()
+            {
+                chain.push(p);
+            }
+            take_custom(Anchor::After(stage), &mut chain);
+        }
+        chain
+    }
+}
+
+/// Ready-made settings: temperature, top-p and repetition penalty (over the whole
+/// history, prompt included), multinomial sampling.
+///
+/// | preset | temperature | top-p | repetition |
+/// |--------|-------------|-------|------------|
+/// | [`Conservative`](Preset::Conservative) | 0.3 | 0.85 | 1.1 |
+/// | [`Balanced`](Preset::Balanced) | 0.8 | 0.9 | 1.2 |
+/// | [`Creative`](Preset::Creative) | 1.2 | 0.95 | 1.3 |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Preset {
+    /// Focused, near-deterministic text.
+    Conservative,
+    /// General use.
+    Balanced,
+    /// Varied, surprising text.
+    Creative,
+}
+
+impl Preset {
+    /// The preset's temperature.
+    pub fn temperature(self) -> f32 {
+        match self {
+            Preset::Conservative => 0.3,
+            Preset::Balanced => 0.8,
+            Preset::Creative => 1.2,
+        }
+    }
+
+    /// The preset's top-p.
+    pub fn top_p(self) -> f32 {
+        match self {
+            Preset::Conservative => 0.85,
+            Preset::Balanced => 0.9,
+            Preset::Creative => 0.95,
+        }
+    }
+
+    /// The preset's repetition penalty.
+    pub fn repetition_penalty(self) -> f32 {
+        match self {
+            Preset::Conservative => 1.1,
+            Preset::Balanced => 1.2,
+            Preset::Creative => 1.3,
+        }
+    }
+
+    /// A builder holding the preset's stages; add or replace stages before building.
+    // The preset constants lie inside every constructor's domain (temperature ≥ 0,
+    // 0 < top-p ≤ 1, penalty > 0; all finite), so these constructors cannot fail;
+    // `presets_build_with_their_values` checks each preset.
+    #[allow(clippy::expect_used)]
+    pub fn builder(self) -> ChainBuilder {
+        ChainBuilder::new()
+            .stage(
+                Stage::RepetitionPenalty,
+                RepetitionPenalty::new(self.repetition_penalty()).expect("preset penalty is valid"),
+            )
+            .stage(
+                Stage::Temperature,
+                Temperature::new(self.temperature()).expect("preset temperature is valid"),
+            )
+            .stage(Stage::TopP, TopP::new(self.top_p()).expect("preset top-p is valid"))
+    }
+
+    /// The preset's chain.
+    pub fn chain(self) -> Chain {
+        self.builder().build()
     }
 }

@@ -12,6 +12,10 @@
 //! - [`Sampler`]: picks a token from what is left with a caller-seeded RNG.
 //! - [`Chain`]: ordered processors plus a sampler, itself the thing the generator
 //!   calls once per step.
+//! - [`ChainBuilder`] assembles the standard stages in the default order of [`Stage`]
+//!   (HF's: penalties and masks, then temperature → top-k → top-p → min-p → …);
+//!   [`Preset`]s give ready-made chains; [`SamplingConfig`] reads HF
+//!   `generation_config.json` (serde) and builds a validated chain.
 //!
 //! ```
 //! use perpetua_sampling::{Chain, SamplingContext, processors::{Temperature, TopK}, samplers::Multinomial};
@@ -31,14 +35,18 @@
 
 mod candidates;
 mod chain;
+pub mod config;
 mod context;
 mod error;
 pub mod processors;
 pub mod samplers;
 pub mod stats;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use candidates::{Candidate, Candidates};
-pub use chain::Chain;
+pub use chain::{Chain, ChainBuilder, Preset, Stage};
+pub use config::SamplingConfig;
 pub use context::SamplingContext;
 pub use error::{Result, SamplingError};
 
@@ -70,6 +78,20 @@ pub trait LogitsProcessor: Send {
     /// [`Chain::base_temperature`] so a schedule knows its base); `None` otherwise.
     fn temperature(&self) -> Option<f32> {
         None
+    }
+
+    /// True when this stage only applies one strictly increasing map to every logit
+    /// (a plain temperature `T > 0`, or `T = 0` keeping the argmax). Together with
+    /// [`depends_only_on_rank`](Self::depends_only_on_rank) it lets [`Chain`] run a
+    /// rank-only stage first — same survivors, far fewer logits to rescale.
+    fn is_monotone_rescale(&self) -> bool {
+        false
+    }
+
+    /// True when which candidates survive depends only on their order by logit (top-k),
+    /// so the stage commutes with a [monotone rescale](Self::is_monotone_rescale).
+    fn depends_only_on_rank(&self) -> bool {
+        false
     }
 }
 

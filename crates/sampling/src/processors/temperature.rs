@@ -53,6 +53,10 @@ impl LogitsProcessor for Temperature {
     fn temperature(&self) -> Option<f32> {
         Some(self.temperature)
     }
+
+    fn is_monotone_rescale(&self) -> bool {
+        true
+    }
 }
 
 /// Scale logits by `1/t` (t = 0: keep only the best). Monotone, so order survives.

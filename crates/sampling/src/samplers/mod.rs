@@ -4,7 +4,15 @@ use rand::{Rng, RngCore};
 
 use crate::{Candidates, Result, Sampler, SamplingContext, SamplingError};
 
+mod mirostat;
+
+pub use mirostat::{Mirostat, MirostatV2};
+
 /// Greedy: the highest logit. Ties → the lowest id (documented and tested).
+///
+/// Errors: a NaN or `+inf` logit is [`SamplingError::NanLogit`] /
+/// [`SamplingError::InfiniteLogit`] (never a silent pick); an empty or all-masked set
+/// is [`SamplingError::EmptyCandidates`]. One pass, no sort, RNG unused.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Greedy;
 
@@ -21,6 +29,12 @@ impl Sampler for Greedy {
     ) -> Result<u32> {
         let mut best: Option<(u32, f32)> = None;
         for c in candidates.as_slice() {
+            if c.logit.is_nan() {
+                return Err(SamplingError::NanLogit { id: c.id });
+            }
+            if c.logit == f32::INFINITY {
+                return Err(SamplingError::InfiniteLogit { id: c.id });
+            }
             if c.logit == f32::NEG_INFINITY {
                 continue;
             }
@@ -52,15 +66,21 @@ impl Sampler for Multinomial {
     }
 }
 
-/// One draw from softmax over `candidates` (computing probabilities if needed).
+/// One draw from softmax over `candidates` (computing probabilities if needed):
+/// `P(id) = p_id`, by inverting the cumulative distribution at `u ~ U[0, 1)` in
+/// candidate order. Masked (`-inf`, probability 0) candidates are never drawn.
+///
+/// Errors: NaN / `+inf` logits as their typed errors; an empty or all-masked set is
+/// [`SamplingError::EmptyCandidates`].
 pub fn draw(candidates: &mut Candidates, rng: &mut dyn RngCore) -> Result<u32> {
-    candidates.softmax().map_err(|_| SamplingError::EmptyCandidates { stage: "multinomial" })?;
-    let u: f32 = rng.random::<f32>();
-    let mut acc = 0.0_f32;
+    candidates.softmax().map_err(|e| empty_as(e, "multinomial"))?;
+    // f64 accumulation: summing 10⁵ f32 probabilities in f32 drifts by ~10⁻⁴.
+    let u: f64 = rng.random::<f64>();
+    let mut acc = 0.0_f64;
     let mut last = None;
     for c in candidates.as_slice() {
         if c.prob > 0.0 {
-            acc += c.prob;
+            acc += f64::from(c.prob);
             last = Some(c.id);
             if u < acc {
                 return Ok(c.id);
@@ -85,7 +105,7 @@ pub fn draw_without_replacement(
     out: &mut Vec<u32>,
 ) -> Result<()> {
     out.clear();
-    candidates.softmax().map_err(|_| SamplingError::EmptyCandidates { stage: "draw_without_replacement" })?;
+    candidates.softmax().map_err(|e| empty_as(e, "draw_without_replacement"))?;
     let mut remaining = 1.0_f64;
     while out.len() < k {
         if remaining <= 1e-12 {
@@ -118,4 +138,13 @@ pub fn draw_without_replacement(
         return Err(SamplingError::EmptyCandidates { stage: "draw_without_replacement" });
     }
     Ok(())
+}
+
+/// Rename the stage of an `EmptyCandidates` error; other errors (NaN / `+inf` logits)
+/// pass through unchanged so they are never reported as an empty set.
+fn empty_as(e: SamplingError, stage: &'static str) -> SamplingError {
+    match e {
+        SamplingError::EmptyCandidates { .. } => SamplingError::EmptyCandidates { stage },
+        other => other,
+    }
 }
