@@ -1,0 +1,217 @@
+//! The preallocated, truncatable per-layer KV cache.
+
+use candle_core::{DType, Device, Tensor};
+use perpetua_kv_cache::{CacheError, ForkableCache, KvCache};
+
+use crate::error::{CandleBackendError, Result};
+
+/// Keys and values of every layer, preallocated for `capacity` positions.
+///
+/// Layout per layer: keys and values are each `(n_kv_heads, capacity, head_dim)`;
+/// positions `0..seq_len()` are valid. A forward pass writes its new positions in place
+/// (`slice_set`) and attends over `narrow(1, 0, seq_len)`: no concatenation, no copy of
+/// the past. [`truncate`](KvCache::truncate) only moves the length (O(1)); stale
+/// entries beyond it are overwritten by the next append.
+///
+/// The buffers are allocated zeroed, which the OS maps lazily, so a cache with the full
+/// 8,192-position capacity of SmolLM2 (≈ 377 MB of f32) only commits the pages it uses.
+#[derive(Debug)]
+pub struct LlamaCache {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    len: usize,
+    capacity: usize,
+}
+
+impl LlamaCache {
+    /// An empty cache for `n_layers` layers of `n_kv_heads × head_dim`, holding up to
+    /// `capacity` positions. `capacity == 0` is an error.
+    pub(crate) fn new(
+        n_layers: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        if capacity == 0 {
+            return Err(CandleBackendError::invalid(
+                "cache capacity",
+                capacity,
+                "must hold at least one position",
+            ));
+        }
+        let shape = (n_kv_heads, capacity, head_dim);
+        let mut keys = Vec::with_capacity(n_layers);
+        let mut values = Vec::with_capacity(n_layers);
+        for _ in 0..n_layers {
+            keys.push(Tensor::zeros(shape, DType::F32, device)?);
+            values.push(Tensor::zeros(shape, DType::F32, device)?);
+        }
+        Ok(Self { keys, values, len: 0, capacity })
+    }
+
+    /// Number of layers this cache was built for.
+    pub fn n_layers(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Write `k`, `v` (each `(n_kv_heads, n, head_dim)`, contiguous) of layer `layer` at
+    /// positions `seq_len()..seq_len() + n`, and return the views over
+    /// `0..seq_len() + n`. The length itself is only advanced by [`Self::commit`], so a
+    /// failing forward pass leaves the cache as it was.
+    pub(crate) fn write_and_view(&self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = k.dim(1)?;
+        let (Some(kc), Some(vc)) = (self.keys.get(layer), self.values.get(layer)) else {
+            return Err(CandleBackendError::invalid(
+                "layer",
+                layer,
+                "cache holds fewer layers than the model",
+            ));
+        };
+        kc.slice_set(k, 1, self.len)?;
+        vc.slice_set(v, 1, self.len)?;
+        Ok((kc.narrow(1, 0, self.len + n)?, vc.narrow(1, 0, self.len + n)?))
+    }
+
+    /// Check that `n` more positions fit.
+    pub(crate) fn ensure_room(&self, n: usize) -> Result<(), CacheError> {
+        if self.len + n > self.capacity {
+            return Err(CacheError::CapacityExceeded { needed: self.len + n, capacity: self.capacity });
+        }
+        Ok(())
+    }
+
+    /// Advance the length by `n` after a successful forward pass.
+    pub(crate) fn commit(&mut self, n: usize) {
+        self.len += n;
+    }
+}
+
+impl KvCache for LlamaCache {
+    fn seq_len(&self) -> usize {
+        self.len
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<(), CacheError> {
+        if len > self.len {
+            return Err(CacheError::TruncateBeyondLength { requested: len, len: self.len });
+        }
+        self.len = len;
+        Ok(())
+    }
+}
+
+impl ForkableCache for LlamaCache {
+    /// Copies only the `seq_len()` valid positions of each layer into fresh (lazily
+    /// zeroed) buffers of the same capacity: O(seq_len), not O(capacity).
+    fn fork(&self) -> Result<Self, CacheError> {
+        let backend = |e: candle_core::Error| CacheError::Backend(e.to_string());
+        let copy = |t: &Tensor| -> Result<Tensor, CacheError> {
+            let fresh = Tensor::zeros(t.shape(), t.dtype(), t.device()).map_err(backend)?;
+            if self.len > 0 {
+                let valid = t.narrow(1, 0, self.len).and_then(|v| v.contiguous()).map_err(backend)?;
+                fresh.slice_set(&valid, 1, 0).map_err(backend)?;
+            }
+            Ok(fresh)
+        };
+        Ok(Self {
+            keys: self.keys.iter().map(copy).collect::<Result<_, _>>()?,
+            values: self.values.iter().map(copy).collect::<Result<_, _>>()?,
+            len: self.len,
+            capacity: self.capacity,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(usize),
+        Truncate(usize),
+        Fork,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![(1usize..5).prop_map(Op::Append), (0usize..12).prop_map(Op::Truncate), Just(Op::Fork),]
+    }
+
+    /// Values `(2 heads, n positions, 3 dims)` tagged with a running counter.
+    fn block(n: usize, counter: &mut f32) -> (Tensor, Vec<f32>) {
+        let mut data = Vec::with_capacity(2 * n * 3);
+        for _ in 0..2 * n * 3 {
+            *counter += 1.0;
+            data.push(*counter);
+        }
+        (Tensor::from_vec(data.clone(), (2, n, 3), &Device::Cpu).unwrap(), data)
+    }
+
+    proptest! {
+        /// Against a Vec model: appends land after `seq_len`, truncation keeps exactly the
+        /// prefix (never clamps), capacity is enforced, forks are independent copies.
+        #[test]
+        fn cache_behaves_like_a_truncatable_vec(ops in proptest::collection::vec(op(), 1..30)) {
+            let cap = 10;
+            let mut cache = LlamaCache::new(1, 2, 3, cap, &Device::Cpu).unwrap();
+            // model[h] holds per-position rows of head h.
+            let mut model: Vec<Vec<[f32; 3]>> = vec![Vec::new(), Vec::new()];
+            let mut counter = 0.0;
+            for op in ops {
+                match op {
+                    Op::Append(n) => {
+                        let (k, data) = block(n, &mut counter);
+                        if cache.seq_len() + n > cap {
+                            let full = matches!(cache.ensure_room(n), Err(CacheError::CapacityExceeded { .. }));
+                            prop_assert!(full);
+                            continue;
+                        }
+                        cache.ensure_room(n).unwrap();
+                        let (kv, _) = cache.write_and_view(0, &k, &k).unwrap();
+                        prop_assert_eq!(kv.dims(), &[2, cache.seq_len() + n, 3]);
+                        cache.commit(n);
+                        for (h, rows) in model.iter_mut().enumerate() {
+                            for p in 0..n {
+                                let o = (h * n + p) * 3;
+                                rows.push([data[o], data[o + 1], data[o + 2]]);
+                            }
+                        }
+                    }
+                    Op::Truncate(len) => {
+                        let before = cache.seq_len();
+                        let r = cache.truncate(len);
+                        if len > before {
+                            prop_assert!(r.is_err());
+                            prop_assert_eq!(cache.seq_len(), before);
+                        } else {
+                            prop_assert!(r.is_ok());
+                            for rows in &mut model { rows.truncate(len); }
+                        }
+                    }
+                    Op::Fork => {
+                        let fork = cache.fork().unwrap();
+                        prop_assert_eq!(fork.seq_len(), cache.seq_len());
+                        cache = fork; // continue on the fork; the parent is dropped
+                    }
+                }
+                prop_assert_eq!(cache.seq_len(), model[0].len());
+                let visible: Vec<f32> = cache.keys[0]
+                    .narrow(1, 0, cache.seq_len()).unwrap()
+                    .flatten_all().unwrap().to_vec1().unwrap();
+                let expected: Vec<f32> = model.iter().flatten().flatten().copied().collect();
+                prop_assert_eq!(visible, expected);
+            }
+        }
+    }
+
+    #[test]
+    fn zero_capacity_is_rejected() {
+        assert!(LlamaCache::new(1, 1, 2, 0, &Device::Cpu).is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+
+use perpetua_kv_cache::CacheError;
+
+/// Everything that can go wrong loading or running a model, its cache or tokenizer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CandleBackendError {
+    /// Reading a file failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The model file is not where the path resolution contract says it is.
+    #[error("model file not found at {path}: run `cargo xtask fetch-model`")]
+    ModelNotFound {
+        /// The path that was looked up.
+        path: PathBuf,
+    },
+    /// A GGUF file could not be parsed (bad magic, truncated header, unknown tensor type code).
+    #[error("malformed GGUF file {path}: {reason}")]
+    MalformedGguf {
+        /// The file.
+        path: PathBuf,
+        /// What candle's GGUF reader reported.
+        reason: String,
+    },
+    /// A required metadata key (GGUF) or `config.json` field is absent or has the wrong type.
+    #[error("missing or invalid metadata `{key}`: {reason}")]
+    Metadata {
+        /// The key, e.g. `llama.attention.head_count`.
+        key: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A required weight tensor is absent.
+    #[error("missing tensor `{name}`")]
+    MissingTensor {
+        /// The tensor name, e.g. `blk.3.attn_q.weight`.
+        name: String,
+    },
+    /// A weight tensor has a shape the configuration does not allow.
+    #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]
+    BadShape {
+        /// The tensor name.
+        name: String,
+        /// The shape the configuration implies.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        actual: Vec<usize>,
+    },
+    /// A weight tensor is stored in a type this backend cannot multiply.
+    #[error("tensor `{name}` has unsupported dtype {dtype}")]
+    UnsupportedDtype {
+        /// The tensor name.
+        name: String,
+        /// The dtype, as the file names it.
+        dtype: String,
+    },
+    /// The file describes an architecture other than the llama family.
+    #[error("unsupported architecture `{0}` (expected `llama`)")]
+    UnsupportedArchitecture(String),
+    /// A caller-supplied parameter is out of range.
+    #[error("invalid {name} = {value}: {reason}")]
+    InvalidParameter {
+        /// The parameter name.
+        name: &'static str,
+        /// Its value, rendered.
+        value: String,
+        /// Why it is invalid.
+        reason: &'static str,
+    },
+    /// A cache operation failed (capacity exceeded, truncation beyond the length).
+    #[error("cache: {0}")]
+    Cache(
+        #[from]
+        #[source]
+        CacheError,
+    ),
+    /// The tokenizer could not be built or failed on an input.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The chat template failed to compile or render.
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    /// A tensor operation inside candle failed.
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl CandleBackendError {
+    /// An [`InvalidParameter`](Self::InvalidParameter) error.
+    pub(crate) fn invalid(name: &'static str, value: impl std::fmt::Display, reason: &'static str) -> Self {
+        Self::InvalidParameter { name, value: value.to_string(), reason }
+    }
+
+    pub(crate) fn metadata(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Metadata { key: key.into(), reason: reason.into() }
+    }
+}
+
+/// `Result` with [`CandleBackendError`].
+pub type Result<T, E = CandleBackendError> = std::result::Result<T, E>;

@@ -1,0 +1,811 @@
+//! The llama-architecture forward pass: embeddings → `n_layers` × (RMSNorm →
+//! grouped-query attention with RoPE → residual → RMSNorm → SwiGLU MLP → residual) →
+//! RMSNorm → output projection.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+use candle_core::{DType, Device, Module, Tensor};
+use perpetua_kv_cache::KvCache;
+
+use crate::cache::LlamaCache;
+use crate::error::{CandleBackendError, Result};
+
+/// Hyper-parameters of a llama-family model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Width of the residual stream (`n_embd`).
+    pub hidden_size: usize,
+    /// Width of the SwiGLU hidden layer.
+    pub intermediate_size: usize,
+    /// Number of transformer blocks.
+    pub n_layers: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (`n_heads` must be a multiple: grouped-query attention).
+    pub n_kv_heads: usize,
+    /// Width of one head (`hidden_size / n_heads` for llama).
+    pub head_dim: usize,
+    /// Vocabulary size (rows of the embedding matrix).
+    pub vocab_size: usize,
+    /// RMSNorm epsilon: `y = x / sqrt(mean(x²) + eps) · w`.
+    pub rms_norm_eps: f64,
+    /// RoPE base: `θ_i = base^(−2i/head_dim)`.
+    pub rope_theta: f64,
+    /// Longest context (positions) the model was trained for; the RoPE table covers it.
+    pub max_context: usize,
+    /// RoPE pairing: `true` pairs dimensions `(2i, 2i+1)` (GGUF llama, whose q/k rows are
+    /// permuted by the converter), `false` pairs `(i, i + d/2)` (Hugging Face checkpoints).
+    pub rope_interleaved: bool,
+}
+
+impl LlamaConfig {
+    fn validate(&self) -> Result<()> {
+        let positive = [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("n_kv_heads", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab_size),
+            ("max_context", self.max_context),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(CandleBackendError::invalid(name, value, "must be positive"));
+            }
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return Err(CandleBackendError::invalid("n_kv_heads", self.n_kv_heads, "must divide n_heads"));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(CandleBackendError::invalid("head_dim", self.head_dim, "must be even"));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(CandleBackendError::invalid(
+                "rope_theta",
+                self.rope_theta,
+                "must be finite and positive",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How a model is loaded.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Device the weights and caches live on (default: CPU).
+    pub device: Device,
+    /// Capacity of caches made by [`LanguageModel::new_cache`](perpetua_generator::LanguageModel::new_cache)
+    /// (default: the model's context length). At most the model's context.
+    pub cache_capacity: Option<usize>,
+    /// Re-quantize every quantized matrix to this type at load (e.g. `Q8_0`, whose
+    /// kernels are the fastest candle has on CPUs without AVX2). `None` (default) keeps
+    /// the file's types bit for bit.
+    pub requantize: Option<GgmlDType>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { device: Device::Cpu, cache_capacity: None, requantize: None }
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    /// `[W_q; W_k; W_v]`.
+    qkv: Fused,
+    wo: QMatMul,
+    ffn_norm: Tensor,
+    /// `[W_gate; W_up]`.
+    gate_up: Fused,
+    w_down: QMatMul,
+}
+
+/// Linear maps of one input. Quantized weights of one dtype are stacked row-wise into
+/// a single matmul: each output element is the same dot product of the same quantized
+/// activation row either way, so stacking is exact (bit for bit) and saves a weight
+/// pass setup, an activation quantization and a thread-pool dispatch per map.
+struct Fused {
+    /// Matmuls and the output widths each one yields, in order.
+    parts: Vec<(QMatMul, Vec<usize>)>,
+}
+
+impl Fused {
+    /// One matmul per map.
+    fn separate(maps: Vec<(QMatMul, usize)>) -> Self {
+        Self { parts: maps.into_iter().map(|(m, w)| (m, vec![w])).collect() }
+    }
+
+    /// Stack `(rows_i, cols)` weights into one `(Σ rows_i, cols)` matmul when they share
+    /// a quantized dtype and whole blocks per row; otherwise one matmul each.
+    fn stack(weights: Vec<QTensor>, device: &Device) -> Result<Self> {
+        let dims: Vec<(usize, usize)> =
+            weights.iter().map(|w| w.shape().dims2()).collect::<candle_core::Result<_>>()?;
+        let dtype = weights.first().map(QTensor::dtype);
+        let stackable = dtype.is_some_and(|d| {
+            !matches!(d, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+                && weights.iter().all(|w| w.dtype() == d)
+                && dims.iter().all(|&(_, c)| c == dims[0].1 && c % d.block_size() == 0)
+        });
+        match dtype {
+            Some(dtype) if stackable && weights.len() > 1 => {
+                let mut bytes = Vec::new();
+                for w in &weights {
+                    bytes.extend_from_slice(&w.data()?);
+                }
+                let rows = dims.iter().map(|d| d.0).sum();
+                let stacked = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dtype,
+                    &bytes,
+                    vec![rows, dims[0].1],
+                    device,
+                )?;
+                let widths = dims.iter().map(|d| d.0).collect();
+                Ok(Self { parts: vec![(QMatMul::from_arc(Arc::new(stacked))?, widths)] })
+            }
+            _ => Ok(Self::separate(
+                weights
+                    .into_iter()
+                    .zip(&dims)
+                    .map(|(w, d)| Ok((QMatMul::from_arc(Arc::new(w))?, d.0)))
+                    .collect::<Result<_>>()?,
+            )),
+        }
+    }
+
+    /// The `N` outputs `x·W_iᵀ` (views into the stacked output when fused).
+    fn forward<const N: usize>(&self, x: &Tensor) -> Result<[Tensor; N]> {
+        let mut out = Vec::with_capacity(N);
+        for (m, widths) in &self.parts {
+            let y = m.forward(x)?;
+            if let [_] = widths.as_slice() {
+                out.push(y);
+                continue;
+            }
+            let mut start = 0;
+            for &w in widths {
+                out.push(y.narrow(candle_core::D::Minus1, start, w)?);
+                start += w;
+            }
+        }
+        let got = out.len();
+        out.try_into().map_err(|_| {
+            CandleBackendError::invalid("fused projection outputs", got, "differs from the maps requested")
+        })
+    }
+}
+
+/// A llama-family causal language model on candle, from GGUF or safetensors.
+///
+/// Weights are immutable after loading; every sequence has its own [`LlamaCache`].
+pub struct Llama {
+    config: LlamaConfig,
+    device: Device,
+    embeddings: Tensor,
+    layers: Vec<Layer>,
+    final_norm: Tensor,
+    output: QMatMul,
+    /// `(max_context, head_dim / 2)` tables of `cos(p·θ_i)` and `sin(p·θ_i)`.
+    rope_cos: Tensor,
+    rope_sin: Tensor,
+    cache_capacity: usize,
+}
+
+impl std::fmt::Debug for Llama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Llama")
+            .field("config", &self.config)
+            .field("device", &self.device)
+            .field("cache_capacity", &self.cache_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ggml_dtype_supported(dtype: GgmlDType) -> bool {
+    use GgmlDType as G;
+    matches!(
+        dtype,
+        G::F32
+            | G::F16
+            | G::BF16
+            | G::Q4_0
+            | G::Q4_1
+            | G::Q5_0
+            | G::Q5_1
+            | G::Q8_0
+            | G::Q2K
+            | G::Q3K
+            | G::Q4K
+            | G::Q5K
+            | G::Q6K
+    )
+}
+
+/// Reads tensors of one GGUF file, checking presence, dtype and shape first.
+struct GgufReader {
+    content: gguf_file::Content,
+    reader: BufReader<File>,
+    device: Device,
+}
+
+impl GgufReader {
+    fn tensor(&mut self, name: &str, expected: &[usize]) -> Result<QTensor> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| CandleBackendError::MissingTensor { name: name.to_string() })?;
+        if !ggml_dtype_supported(info.ggml_dtype) {
+            return Err(CandleBackendError::UnsupportedDtype {
+                name: name.to_string(),
+                dtype: format!("{:?}", info.ggml_dtype),
+            });
+        }
+        if info.shape.dims() != expected {
+            return Err(CandleBackendError::BadShape {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                actual: info.shape.dims().to_vec(),
+            });
+        }
+        Ok(self.content.tensor(&mut self.reader, name, &self.device)?)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    fn metadata(&self, key: &str) -> Result<&gguf_file::Value> {
+        self.content.metadata.get(key).ok_or_else(|| CandleBackendError::metadata(key, "absent"))
+    }
+
+    fn metadata_usize(&self, key: &str) -> Result<usize> {
+        let value = self.metadata(key)?;
+        let n = value
+            .to_u32()
+            .map(u64::from)
+            .or_else(|_| value.to_u64())
+            .map_err(|e| CandleBackendError::metadata(key, e.to_string()))?;
+        usize::try_from(n).map_err(|e| CandleBackendError::metadata(key, e.to_string()))
+    }
+
+    fn metadata_f64(&self, key: &str) -> Result<f64> {
+        let value = self.metadata(key)?;
+        value
+            .to_f32()
+            .map(f64::from)
+            .or_else(|_| value.to_f64())
+            .map_err(|e| CandleBackendError::metadata(key, e.to_string()))
+    }
+}
+
+/// Open a GGUF file and parse its header (metadata + tensor directory).
+pub(crate) fn read_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
+    let file = File::open(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            CandleBackendError::ModelNotFound { path: path.to_path_buf() }
+        } else {
+            CandleBackendError::Io { path: path.to_path_buf(), source }
+        }
+    })?;
+    let mut reader = BufReader::new(file);
+    let content = gguf_file::Content::read(&mut reader)
+        .map_err(|e| CandleBackendError::MalformedGguf { path: path.to_path_buf(), reason: e.to_string() })?;
+    Ok((content, reader))
+}
+
+impl Llama {
+    /// Load from a GGUF file, or from a directory holding `config.json` and
+    /// `*.safetensors` (Hugging Face layout).
+    ///
+    /// Errors: [`CandleBackendError::ModelNotFound`] when the path does not exist;
+    /// typed errors for malformed files (missing tensor/metadata, bad shapes,
+    /// unsupported dtypes).
+    pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            Self::from_safetensors_dir(path, options)
+        } else if path.exists() {
+            Self::from_gguf(path, options)
+        } else {
+            Err(CandleBackendError::ModelNotFound { path: path.to_path_buf() })
+        }
+    }
+
+    /// Load a llama-architecture GGUF file. Quantized matrices stay quantized
+    /// (candle's `QMatMul`); the token embedding is dequantized to f32 for lookup and,
+    /// when `output.weight` is absent, reused quantized as the output projection (tied
+    /// embeddings).
+    pub fn from_gguf(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
+        let path = path.as_ref();
+        if let Some(target) = options.requantize
+            && !ggml_dtype_supported(target)
+        {
+            return Err(CandleBackendError::invalid(
+                "requantize",
+                format!("{target:?}"),
+                "is not a weight type candle can multiply",
+            ));
+        }
+        let (content, reader) = read_gguf(path)?;
+        let mut file = GgufReader { content, reader, device: options.device.clone() };
+        let arch = file
+            .metadata("general.architecture")?
+            .to_string()
+            .map_err(|e| CandleBackendError::metadata("general.architecture", e.to_string()))?
+            .clone();
+        if arch != "llama" {
+            return Err(CandleBackendError::UnsupportedArchitecture(arch));
+        }
+        let key = |k: &str| format!("llama.{k}");
+        let hidden_size = file.metadata_usize(&key("embedding_length"))?;
+        let n_heads = file.metadata_usize(&key("attention.head_count"))?;
+        let n_kv_heads = match file.metadata_usize(&key("attention.head_count_kv")) {
+            Ok(n) => n,
+            Err(_) => n_heads,
+        };
+        if n_heads == 0 {
+            return Err(CandleBackendError::metadata(key("attention.head_count"), "zero"));
+        }
+        let head_dim = hidden_size / n_heads;
+        if let Ok(rope_dim) = file.metadata_usize(&key("rope.dimension_count"))
+            && rope_dim != head_dim
+        {
+            return Err(CandleBackendError::metadata(
+                key("rope.dimension_count"),
+                format!("partial rotary ({rope_dim} of {head_dim} dims) is not supported"),
+            ));
+        }
+        let vocab_size = match file.content.tensor_infos.get("token_embd.weight") {
+            Some(info) => info.shape.dims().first().copied().unwrap_or(0),
+            None => return Err(CandleBackendError::MissingTensor { name: "token_embd.weight".into() }),
+        };
+        let config = LlamaConfig {
+            hidden_size,
+            intermediate_size: file.metadata_usize(&key("feed_forward_length"))?,
+            n_layers: file.metadata_usize(&key("block_count"))?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            vocab_size,
+            rms_norm_eps: file.metadata_f64(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_theta: file.metadata_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
+            max_context: file.metadata_usize(&key("context_length"))?,
+            rope_interleaved: true,
+        };
+        config.validate()?;
+        let (h, q_dim, kv_dim, ffn) = (
+            config.hidden_size,
+            config.n_heads * config.head_dim,
+            config.n_kv_heads * config.head_dim,
+            config.intermediate_size,
+        );
+        let device = options.device.clone();
+        let requantize = options.requantize;
+        let norm = |t: QTensor| -> Result<Tensor> { Ok(t.dequantize(&device)?) };
+        let requant = |t: QTensor| -> Result<QTensor> {
+            Ok(match requantize {
+                Some(target) if t.dtype() != target && !matches!(t.dtype(), GgmlDType::F32) => {
+                    QTensor::quantize(&t.dequantize(&device)?, target)?
+                }
+                _ => t,
+            })
+        };
+        let matmul = |t: QTensor| -> Result<QMatMul> { Ok(QMatMul::from_arc(Arc::new(requant(t)?))?) };
+
+        let embd_q = file.tensor("token_embd.weight", &[config.vocab_size, h])?;
+        let embeddings = embd_q.dequantize(&device)?;
+        let output = if file.has("output.weight") {
+            matmul(file.tensor("output.weight", &[config.vocab_size, h])?)?
+        } else {
+            matmul(embd_q)?
+        };
+        let final_norm = norm(file.tensor("output_norm.weight", &[h])?)?;
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let p = format!("blk.{i}");
+            layers.push(Layer {
+                attn_norm: norm(file.tensor(&format!("{p}.attn_norm.weight"), &[h])?)?,
+                qkv: Fused::stack(
+                    vec![
+                        requant(file.tensor(&format!("{p}.attn_q.weight"), &[q_dim, h])?)?,
+                        requant(file.tensor(&format!("{p}.attn_k.weight"), &[kv_dim, h])?)?,
+                        requant(file.tensor(&format!("{p}.attn_v.weight"), &[kv_dim, h])?)?,
+                    ],
+                    &device,
+                )?,
+                wo: matmul(file.tensor(&format!("{p}.attn_output.weight"), &[h, q_dim])?)?,
+                ffn_norm: norm(file.tensor(&format!("{p}.ffn_norm.weight"), &[h])?)?,
+                gate_up: Fused::stack(
+                    vec![
+                        requant(file.tensor(&format!("{p}.ffn_gate.weight"), &[ffn, h])?)?,
+                        requant(file.tensor(&format!("{p}.ffn_up.weight"), &[ffn, h])?)?,
+                    ],
+                    &device,
+                )?,
+                w_down: matmul(file.tensor(&format!("{p}.ffn_down.weight"), &[h, ffn])?)?,
+            });
+        }
+        Self::assemble(config, options, embeddings, layers, final_norm, output)
+    }
+
+    /// Load a Hugging Face llama checkpoint: `config.json` plus one or more
+    /// `*.safetensors` files (f32, f16 or bf16; computed in f32).
+    pub fn from_safetensors_dir(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|source| CandleBackendError::Io { path: config_path.clone(), source })?;
+        let hf: HfLlamaConfig = serde_json::from_str(&text)
+            .map_err(|e| CandleBackendError::metadata("config.json", e.to_string()))?;
+        let config = hf.to_config()?;
+        config.validate()?;
+
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|source| CandleBackendError::Io { path: dir.to_path_buf(), source })?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(CandleBackendError::MissingTensor {
+                name: format!("any *.safetensors file in {}", dir.display()),
+            });
+        }
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for f in &files {
+            tensors.extend(candle_core::safetensors::load(f, &options.device)?);
+        }
+        let mut take = |name: &str, expected: &[usize]| -> Result<Tensor> {
+            let t = tensors
+                .remove(name)
+                .ok_or_else(|| CandleBackendError::MissingTensor { name: name.to_string() })?;
+            if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) {
+                return Err(CandleBackendError::UnsupportedDtype {
+                    name: name.to_string(),
+                    dtype: format!("{:?}", t.dtype()),
+                });
+            }
+            if t.dims() != expected {
+                return Err(CandleBackendError::BadShape {
+                    name: name.to_string(),
+                    expected: expected.to_vec(),
+                    actual: t.dims().to_vec(),
+                });
+            }
+            Ok(t.to_dtype(DType::F32)?)
+        };
+        let (h, q_dim, kv_dim, ffn) = (
+            config.hidden_size,
+            config.n_heads * config.head_dim,
+            config.n_kv_heads * config.head_dim,
+            config.intermediate_size,
+        );
+        let embeddings = take("model.embed_tokens.weight", &[config.vocab_size, h])?;
+        let output = if hf.tie_word_embeddings {
+            QMatMul::Tensor(embeddings.clone())
+        } else {
+            QMatMul::Tensor(take("lm_head.weight", &[config.vocab_size, h])?)
+        };
+        let final_norm = take("model.norm.weight", &[h])?;
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let p = format!("model.layers.{i}");
+            let mut linear = |name: &str, rows: usize, cols: usize| -> Result<QMatMul> {
+                Ok(QMatMul::Tensor(take(&format!("{p}.{name}.weight"), &[rows, cols])?))
+            };
+            layers.push(Layer {
+                qkv: Fused::separate(vec![
+                    (linear("self_attn.q_proj", q_dim, h)?, q_dim),
+                    (linear("self_attn.k_proj", kv_dim, h)?, kv_dim),
+                    (linear("self_attn.v_proj", kv_dim, h)?, kv_dim),
+                ]),
+                wo: linear("self_attn.o_proj", h, q_dim)?,
+                gate_up: Fused::separate(vec![
+                    (linear("mlp.gate_proj", ffn, h)?, ffn),
+                    (linear("mlp.up_proj", ffn, h)?, ffn),
+                ]),
+                w_down: linear("mlp.down_proj", h, ffn)?,
+                attn_norm: take(&format!("{p}.input_layernorm.weight"), &[h])?,
+                ffn_norm: take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            });
+        }
+        Self::assemble(config, options, embeddings, layers, final_norm, output)
+    }
+
+    fn assemble(
+        config: LlamaConfig,
+        options: &LoadOptions,
+        embeddings: Tensor,
+        layers: Vec<Layer>,
+        final_norm: Tensor,
+        output: QMatMul,
+    ) -> Result<Self> {
+        let cache_capacity = options.cache_capacity.unwrap_or(config.max_context);
+        if cache_capacity == 0 || cache_capacity > config.max_context {
+            return Err(CandleBackendError::invalid(
+                "cache_capacity",
+                cache_capacity,
+                "must be in 1..=the model's context length",
+            ));
+        }
+        let (rope_cos, rope_sin) = rope_tables(&config, &options.device)?;
+        Ok(Self {
+            config,
+            device: options.device.clone(),
+            embeddings,
+            layers,
+            final_norm,
+            output,
+            rope_cos,
+            rope_sin,
+            cache_capacity,
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// An empty cache holding up to `capacity` positions (`1..=max_context`).
+    pub fn new_cache_with_capacity(&self, capacity: usize) -> Result<LlamaCache> {
+        if capacity > self.config.max_context {
+            return Err(CandleBackendError::invalid(
+                "cache capacity",
+                capacity,
+                "exceeds the model's context length",
+            ));
+        }
+        LlamaCache::new(
+            self.config.n_layers,
+            self.config.n_kv_heads,
+            self.config.head_dim,
+            capacity,
+            &self.device,
+        )
+    }
+
+    /// Feed `tokens` at positions `cache.seq_len()..` and return the last position's
+    /// logits as a `(vocab_size,)` f32 tensor on the model's device.
+    ///
+    /// Errors (the cache keeps its length): empty `tokens`, an id `>= vocab_size`, a
+    /// cache of another model shape, [`CacheError::CapacityExceeded`](perpetua_kv_cache::CacheError::CapacityExceeded).
+    pub fn forward_logits(&self, tokens: &[u32], cache: &mut LlamaCache) -> Result<Tensor> {
+        let n = tokens.len();
+        if n == 0 {
+            return Err(CandleBackendError::invalid("tokens", "[]", "must not be empty"));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(CandleBackendError::invalid("token id", bad, "is not in the vocabulary"));
+        }
+        if cache.n_layers() != self.layers.len() {
+            return Err(CandleBackendError::invalid(
+                "cache layers",
+                cache.n_layers(),
+                "differs from the model's layer count",
+            ));
+        }
+        cache.ensure_room(n)?;
+        let pos = cache.seq_len();
+        let cfg = &self.config;
+        let eps = cfg.rms_norm_eps as f32;
+
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embeddings.index_select(&ids, 0)?;
+        let cos = self.rope_cos.narrow(0, pos, n)?;
+        let sin = self.rope_sin.narrow(0, pos, n)?;
+
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let [q, k, v] = layer.qkv.forward::<3>(&h)?;
+            let q = self.rope(q.reshape((1, n, cfg.n_heads, cfg.head_dim))?, &cos, &sin)?;
+            let k = self.rope(k.reshape((1, n, cfg.n_kv_heads, cfg.head_dim))?, &cos, &sin)?;
+            let k = k.squeeze(0)?;
+            let v = v.reshape((n, cfg.n_kv_heads, cfg.head_dim))?.transpose(0, 1)?.contiguous()?;
+            let (k_all, v_all) = cache.write_and_view(i, &k, &v)?;
+            // (n, n_heads, head_dim): one contiguous row of heads per query position.
+            let q = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
+            let y = if n == 1 {
+                self.attend(&q, &k_all, &v_all)?
+            } else {
+                // Batch-invariant prefill: each query position runs exactly the decode
+                // computation over its causal prefix (no mask, same matmul shapes), so a
+                // prefill is bit-identical to feeding the same tokens one by one. With a
+                // single batched matmul, gemm's blocking changes the summation order with
+                // the row count, and this quantized model turns those ulp differences
+                // into logit differences of ~0.7 — truncate-and-refeed could not
+                // reproduce a prefill.
+                let rows = (0..n)
+                    .map(|j| {
+                        let visible = pos + j + 1;
+                        self.attend(
+                            &q.narrow(0, j, 1)?,
+                            &k_all.narrow(1, 0, visible)?,
+                            &v_all.narrow(1, 0, visible)?,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&rows, 0)?
+            };
+            x = (layer.wo.forward(&y)? + x)?;
+
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let [gate, up] = layer.gate_up.forward::<2>(&h)?;
+            let gate = candle_nn::ops::silu(&gate)?;
+            x = (layer.w_down.forward(&(gate * up)?)? + x)?;
+        }
+        let last = x.narrow(0, n - 1, 1)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.final_norm, eps)?;
+        let logits = self.output.forward(&last)?.squeeze(0)?;
+        cache.commit(n);
+        Ok(logits)
+    }
+
+    /// Attention of one query position `q` `(1, n_heads, head_dim)` over keys/values
+    /// `(n_kv_heads, visible, head_dim)`; returns `(1, n_heads · head_dim)`.
+    ///
+    /// Grouped-query attention without copying K/V: query head `h` reads the cached
+    /// views of KV head `h / group`; `softmax(q_h·K_jᵀ/√d)·V_j`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let cfg = &self.config;
+        let group = cfg.n_heads / cfg.n_kv_heads;
+        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+        // One query head at a time (m = 1, gemm's gemv path), exactly the products
+        // candle-transformers computes after repeating K/V: batched over the `group`
+        // heads of a KV head (m = group), gemm blocks the reductions differently from
+        // ~86 positions on, and on this quantized model those ulp differences grow into
+        // logit differences of ~0.5 and different greedy tokens. Measured: the batched
+        // form is no faster here (decode at position 4,000 is bound by reading the f32
+        // K/V, ~6 MB per layer, which the per-head loop re-reads from cache).
+        let q = q.reshape((cfg.n_heads, 1, cfg.head_dim))?;
+        let mut heads = Vec::with_capacity(cfg.n_heads);
+        for j in 0..cfg.n_kv_heads {
+            let k_t = k.narrow(0, j, 1)?.t()?;
+            let v_j = v.narrow(0, j, 1)?;
+            for g in 0..group {
+                let q_h = q.narrow(0, j * group + g, 1)?;
+                let att = (q_h.matmul(&k_t)? * scale)?;
+                let att = candle_nn::ops::softmax_last_dim(&att)?;
+                heads.push(att.matmul(&v_j)?);
+            }
+        }
+        Ok(Tensor::cat(&heads, 2)?.reshape((1, cfg.n_heads * cfg.head_dim))?)
+    }
+
+    /// Rotate `(1, n, heads, head_dim)` queries/keys; returns `(1, heads, n, head_dim)`.
+    fn rope(&self, x: Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let x = x.transpose(1, 2)?.contiguous()?;
+        Ok(if self.config.rope_interleaved {
+            candle_nn::rotary_emb::rope_i(&x, cos, sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&x, cos, sin)?
+        })
+    }
+}
+
+/// `(max_context, head_dim/2)` tables `cos(p·θ_i)`, `sin(p·θ_i)` with
+/// `θ_i = base^(−2i/head_dim)`, over the model's whole context (candle-transformers
+/// stops its table at 4,096).
+///
+/// Computed in f32 exactly as candle-transformers and Hugging Face do (`θ_i` in f32,
+/// `p·θ_i` one f32 product, f32 `cos`/`sin`): this quantized model is sensitive enough
+/// that a one-ulp different table (say from f64) moves logits by up to ~0.6 through
+/// flipped activation-quantization roundings, which would break parity with the
+/// reference implementations.
+fn rope_tables(config: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = config.head_dim / 2;
+    let base = config.rope_theta as f32;
+    let inv_freq: Vec<f32> = (0..config.head_dim)
+        .step_by(2)
+        .map(|i| 1f32 / base.powf(i as f32 / config.head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(config.max_context * half);
+    let mut sin = Vec::with_capacity(config.max_context * half);
+    for p in 0..config.max_context {
+        for f in &inv_freq {
+            let angle = p as f32 * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (config.max_context, half), device)?,
+        Tensor::from_vec(sin, (config.max_context, half), device)?,
+    ))
+}
+
+/// The `config.json` fields of a Hugging Face llama checkpoint that the forward uses.
+#[derive(Debug, serde::Deserialize)]
+struct HfLlamaConfig {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: usize,
+    rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    rope_theta: f64,
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+
+impl HfLlamaConfig {
+    fn to_config(&self) -> Result<LlamaConfig> {
+        if self.num_attention_heads == 0 {
+            return Err(CandleBackendError::metadata("num_attention_heads", "zero"));
+        }
+        Ok(LlamaConfig {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            n_layers: self.num_hidden_layers,
+            n_heads: self.num_attention_heads,
+            n_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            head_dim: self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads),
+            vocab_size: self.vocab_size,
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta: self.rope_theta,
+            max_context: self.max_position_embeddings,
+            rope_interleaved: false,
+        })
+    }
+}
+
+impl perpetua_generator::LanguageModel for Llama {
+    type Cache = LlamaCache;
+    type Error = CandleBackendError;
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn max_context(&self) -> usize {
+        self.config.max_context
+    }
+
+    fn new_cache(&self) -> Result<LlamaCache> {
+        self.new_cache_with_capacity(self.cache_capacity)
+    }
+
+    fn forward(&self, tokens: &[u32], cache: &mut LlamaCache, out: &mut Vec<f32>) -> Result<()> {
+        let logits = self.forward_logits(tokens, cache)?;
+        let logits = logits.to_dtype(DType::F32)?;
+        out.clear();
+        // Host copy without an intermediate Vec on CPU.
+        let (storage, layout) = logits.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(cpu) => {
+                let data = cpu.as_slice::<f32>()?;
+                let start = layout.start_offset();
+                let row = data.get(start..start + self.config.vocab_size).ok_or_else(|| {
+                    CandleBackendError::invalid("logits length", data.len(), "shorter than vocab_size")
+                })?;
+                out.extend_from_slice(row);
+            }
+            _ => {
+                drop(storage);
+                out.extend(logits.to_vec1::<f32>()?);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,325 @@
+//! The tokenizer of a llama-family model, rebuilt from GGUF metadata (or read from a
+//! `tokenizer.json`), and its chat template.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+
+use perpetua_generator::{BoxError, ChatMessage, Tokenizer};
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper};
+
+use crate::error::{CandleBackendError, Result};
+use crate::model::read_gguf;
+
+/// GGUF `tokenizer.ggml.token_type` of control tokens (`<|im_start|>`, `<|im_end|>`…).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+
+/// A byte-level BPE tokenizer (GPT-2 style, as SmolLM2 and most llama-family GGUFs
+/// use) plus the model's special tokens, EOS ids and chat template.
+///
+/// From GGUF it rebuilds what llama.cpp does for the `smollm` pre-tokenizer: BPE over
+/// `tokenizer.ggml.tokens` / `merges`, pre-tokenizer `Sequence[Digits(individual),
+/// ByteLevel(add_prefix_space = false, use_regex = true)]`, and every token of type 3
+/// (control) as a special token that is matched verbatim in the input.
+pub struct LlamaTokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Raw bytes of every token id (specials: their text).
+    bytes: Vec<Vec<u8>>,
+    special: Vec<bool>,
+    eos_ids: Vec<u32>,
+    bos_id: Option<u32>,
+    add_bos: bool,
+    chat_template: Option<String>,
+}
+
+impl std::fmt::Debug for LlamaTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaTokenizer")
+            .field("vocab_size", &self.bytes.len())
+            .field("eos_ids", &self.eos_ids)
+            .field("bos_id", &self.bos_id)
+            .field("add_bos", &self.add_bos)
+            .field("has_chat_template", &self.chat_template.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// GPT-2's byte ↔ printable-character table: byte `b` is written as `table[b]`.
+fn byte_to_char_table() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut extra = 0u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        let code = if printable {
+            u32::from(b)
+        } else {
+            extra += 1;
+            255 + extra
+        };
+        // Codes are < 256 + 256, all valid scalar values.
+        table[usize::from(b)] = char::from_u32(code).unwrap_or('\u{FFFD}');
+    }
+    table
+}
+
+/// The bytes a byte-level token string stands for; characters outside the table
+/// (tokens that were added as plain text) contribute their UTF-8.
+fn token_string_to_bytes(token: &str, char_to_byte: &HashMap<char, u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(token.len());
+    for c in token.chars() {
+        match char_to_byte.get(&c) {
+            Some(&b) => out.push(b),
+            None => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out
+}
+
+fn char_to_byte_map() -> HashMap<char, u8> {
+    byte_to_char_table().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
+}
+
+fn tok_err(e: impl std::fmt::Display) -> CandleBackendError {
+    CandleBackendError::Tokenizer(e.to_string())
+}
+
+impl LlamaTokenizer {
+    /// Rebuild the tokenizer from a GGUF file's metadata (`tokenizer.ggml.*`,
+    /// `tokenizer.chat_template`). Only `tokenizer.ggml.model = "gpt2"` (byte-level BPE)
+    /// is supported.
+    pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
+        let (content, _) = read_gguf(path.as_ref())?;
+        let md = &content.metadata;
+        let get = |key: &str| md.get(key).ok_or_else(|| CandleBackendError::metadata(key, "absent"));
+        let string_array = |key: &str| -> Result<Vec<String>> {
+            get(key)?
+                .to_vec()
+                .map_err(|e| CandleBackendError::metadata(key, e.to_string()))?
+                .iter()
+                .map(|v| v.to_string().cloned().map_err(|e| CandleBackendError::metadata(key, e.to_string())))
+                .collect()
+        };
+        let id = |key: &str| -> Option<u32> { md.get(key).and_then(|v| v.to_u32().ok()) };
+
+        let model = get("tokenizer.ggml.model")?
+            .to_string()
+            .map_err(|e| CandleBackendError::metadata("tokenizer.ggml.model", e.to_string()))?;
+        if model != "gpt2" {
+            return Err(CandleBackendError::metadata(
+                "tokenizer.ggml.model",
+                format!("`{model}` is not supported (only byte-level BPE `gpt2`)"),
+            ));
+        }
+        let tokens = string_array("tokenizer.ggml.tokens")?;
+        let merges = string_array("tokenizer.ggml.merges")?;
+        let types: Vec<i64> = match md.get("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .to_vec()
+                .map_err(|e| CandleBackendError::metadata("tokenizer.ggml.token_type", e.to_string()))?
+                .iter()
+                .map(|t| t.to_i32().map(i64::from).unwrap_or(1))
+                .collect(),
+            None => vec![1; tokens.len()],
+        };
+        if types.len() != tokens.len() {
+            return Err(CandleBackendError::metadata(
+                "tokenizer.ggml.token_type",
+                format!("{} entries for {} tokens", types.len(), tokens.len()),
+            ));
+        }
+
+        let vocab: tokenizers::models::bpe::Vocab =
+            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let merges = merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| {
+                    CandleBackendError::metadata("tokenizer.ggml.merges", format!("bad merge `{m}`"))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let pre: Vec<PreTokenizerWrapper> =
+            vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()];
+        inner.with_pre_tokenizer(Some(Sequence::new(pre)));
+        inner.with_decoder(Some(ByteLevel::default()));
+        let special: Vec<bool> = types.iter().map(|&t| t == TOKEN_TYPE_CONTROL).collect();
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&special)
+            .filter(|(_, s)| **s)
+            .map(|(t, _)| AddedToken::from(t.clone(), true))
+            .collect();
+        inner.add_special_tokens(&added);
+
+        let char_to_byte = char_to_byte_map();
+        let bytes = tokens
+            .iter()
+            .zip(&special)
+            .map(|(t, &s)| if s { t.as_bytes().to_vec() } else { token_string_to_bytes(t, &char_to_byte) })
+            .collect();
+        let mut eos_ids: Vec<u32> = [id("tokenizer.ggml.eos_token_id"), id("tokenizer.ggml.eot_token_id")]
+            .into_iter()
+            .flatten()
+            .collect();
+        eos_ids.dedup();
+        let chat_template = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
+        Ok(Self {
+            inner,
+            bytes,
+            special,
+            eos_ids,
+            bos_id: id("tokenizer.ggml.bos_token_id"),
+            add_bos: md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),
+            chat_template,
+        })
+    }
+
+    /// Read a Hugging Face `tokenizer.json` (byte-level BPE). Special tokens are its
+    /// added tokens marked `special`; EOS ids are those among `eos_tokens` (e.g.
+    /// `["<|im_end|>"]`) that exist. No BOS is added and there is no chat template until
+    /// [`with_chat_template`](Self::with_chat_template).
+    pub fn from_tokenizer_json(path: impl AsRef<Path>, eos_tokens: &[&str]) -> Result<Self> {
+        let path = path.as_ref();
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(tok_err)?;
+        let size = inner.get_vocab_size(true);
+        let char_to_byte = char_to_byte_map();
+        let added = inner.get_added_tokens_decoder();
+        let mut special = vec![false; size];
+        let mut bytes = Vec::with_capacity(size);
+        for id in 0..size as u32 {
+            let s = added.get(&id).is_some_and(|t| t.special);
+            if let Some(slot) = special.get_mut(id as usize) {
+                *slot = s;
+            }
+            let text = inner.id_to_token(id).unwrap_or_default();
+            bytes.push(if s { text.into_bytes() } else { token_string_to_bytes(&text, &char_to_byte) });
+        }
+        let eos_ids = eos_tokens.iter().filter_map(|t| inner.token_to_id(t)).collect();
+        Ok(Self { inner, bytes, special, eos_ids, bos_id: None, add_bos: false, chat_template: None })
+    }
+
+    /// Replace the chat template (Jinja, Hugging Face conventions).
+    pub fn with_chat_template(mut self, template: impl Into<String>) -> Self {
+        self.chat_template = Some(template.into());
+        self
+    }
+
+    /// The raw chat template, if any.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// Number of token ids.
+    pub fn vocab_size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The id of a token given by its exact vocabulary string (`"<|im_end|>"`).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Encode, returning a typed error.
+    pub fn encode_ids(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        let mut ids = Vec::with_capacity(enc.get_ids().len() + 1);
+        if add_special && self.add_bos {
+            ids.extend(self.bos_id);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Decode by concatenating token bytes (invalid UTF-8 → U+FFFD).
+    pub fn decode_ids(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        let mut buf = Vec::new();
+        for &id in ids {
+            let i = id as usize;
+            let bytes = self
+                .bytes
+                .get(i)
+                .ok_or_else(|| CandleBackendError::invalid("token id", id, "is not in the vocabulary"))?;
+            if skip_special && self.special.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            buf.extend_from_slice(bytes);
+        }
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// Render the chat template with Hugging Face's Jinja settings (`trim_blocks`,
+    /// `lstrip_blocks`) and variables (`messages`, `add_generation_prompt`,
+    /// `bos_token`, `eos_token`). `None` without a template.
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Option<Result<String>> {
+        let template = self.chat_template.as_deref()?;
+        let token_text = |id: Option<u32>| {
+            id.and_then(|i| self.bytes.get(i as usize))
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        let bos_token = token_text(self.bos_id);
+        let eos_token = token_text(self.eos_ids.first().copied());
+        let render = || -> std::result::Result<String, minijinja::Error> {
+            let mut env = minijinja::Environment::new();
+            env.set_trim_blocks(true);
+            env.set_lstrip_blocks(true);
+            env.add_function(
+                "raise_exception",
+                |msg: String| -> std::result::Result<String, minijinja::Error> {
+                    Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+                },
+            );
+            let tmpl = env.template_from_str(template)?;
+            tmpl.render(minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => bos_token,
+                eos_token => eos_token,
+            })
+        };
+        Some(render().map_err(|e| CandleBackendError::ChatTemplate(e.to_string())))
+    }
+}
+
+impl Tokenizer for LlamaTokenizer {
+    fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, BoxError> {
+        Ok(self.encode_ids(text, add_special)?)
+    }
+
+    fn token_bytes(&self, id: u32) -> Option<Cow<'_, [u8]>> {
+        self.bytes.get(id as usize).map(|b| Cow::Borrowed(b.as_slice()))
+    }
+
+    fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, BoxError> {
+        Ok(self.decode_ids(ids, skip_special)?)
+    }
+
+    fn is_special(&self, id: u32) -> bool {
+        self.special.get(id as usize).copied().unwrap_or(false)
+    }
+
+    fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Option<Result<String, BoxError>> {
+        self.render_chat(messages, add_generation_prompt).map(|r| r.map_err(Into::into))
+    }
+}

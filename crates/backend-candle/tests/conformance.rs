@@ -1,0 +1,70 @@
+//! The kv-cache conformance kit (`perpetua_kv_cache::testing`) on the real model.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use perpetua_candle::{CandleBackendError, Llama, LlamaCache, LlamaTokenizer, LoadOptions};
+use perpetua_generator::LanguageModel;
+use perpetua_kv_cache::testing::{CacheHarness, ConformanceConfig, run_all};
+
+struct Harness(Llama);
+
+impl CacheHarness for Harness {
+    type Cache = LlamaCache;
+    type Error = CandleBackendError;
+
+    fn new_cache(&mut self) -> Result<LlamaCache, CandleBackendError> {
+        self.0.new_cache()
+    }
+
+    fn new_cache_with_capacity(&mut self, capacity: usize) -> Result<LlamaCache, CandleBackendError> {
+        self.0.new_cache_with_capacity(capacity)
+    }
+
+    fn feed(
+        &mut self,
+        cache: &mut LlamaCache,
+        tokens: &[u32],
+        out: &mut Vec<f32>,
+    ) -> Result<(), CandleBackendError> {
+        self.0.forward(tokens, cache, out)
+    }
+}
+
+#[test]
+fn real_model_cache_passes_the_conformance_kit_exactly() {
+    let path = common::model_path();
+    let options = LoadOptions { cache_capacity: Some(128), ..LoadOptions::default() };
+    let model = Llama::load(&path, &options).unwrap();
+    let tokens = LlamaTokenizer::from_gguf(&path)
+        .unwrap()
+        .encode_ids(
+            "The detective dog sniffed the rain-soaked alley, 12 clues in mind, and barked twice.",
+            false,
+        )
+        .unwrap();
+    assert!(tokens.len() >= 16);
+    // Tolerance 0: the forward is batch-invariant, so truncate-and-refeed, forks and
+    // clears reproduce a fresh prefill bit for bit.
+    let config =
+        ConformanceConfig { truncate_to: tokens.len() / 2, tokens, tolerance: 0.0, small_capacity: 24 };
+    let report = run_all(&mut Harness(model), &config).unwrap();
+    println!("{report}");
+    assert_eq!(report.max_abs_diff(), 0.0);
+}
+
+#[test]
+fn fast_configuration_passes_the_conformance_kit_exactly() {
+    let path = common::model_path();
+    let options = LoadOptions {
+        cache_capacity: Some(64),
+        requantize: Some(perpetua_candle::GgmlDType::Q8_0),
+        ..LoadOptions::default()
+    };
+    let model = Llama::load(&path, &options).unwrap();
+    let tokens: Vec<u32> = (0..20).map(|i| 100 + 37 * i).collect();
+    let config = ConformanceConfig { truncate_to: 9, tokens, tolerance: 0.0, small_capacity: 16 };
+    let report = run_all(&mut Harness(model), &config).unwrap();
+    println!("{report}");
+    assert_eq!(report.max_abs_diff(), 0.0);
+}

@@ -1,0 +1,192 @@
+//! The safetensors path on a tiny random llama written by the test: our forward vs
+//! candle-transformers' `llama` on the same weights (f32), f16/bf16 loading, and typed
+//! errors for malformed checkpoints.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use perpetua_candle::{CandleBackendError, Llama, LoadOptions};
+use perpetua_generator::{KvCache, LanguageModel};
+
+const CONFIG: &str = r#"{
+  "hidden_size": 64, "intermediate_size": 96, "vocab_size": 101,
+  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+  "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 64,
+  "tie_word_embeddings": false
+}"#;
+
+fn random_weights() -> HashMap<String, Tensor> {
+    let dev = Device::Cpu;
+    let mut w = HashMap::new();
+    let mut put = |name: String, shape: &[usize], scale: f64| {
+        let t = (Tensor::randn(0f32, 1f32, shape, &dev).unwrap() * scale).unwrap();
+        w.insert(name, t);
+    };
+    put("model.embed_tokens.weight".into(), &[101, 64], 1.0);
+    put("lm_head.weight".into(), &[101, 64], 0.2);
+    put("model.norm.weight".into(), &[64], 1.0);
+    for i in 0..2 {
+        let p = format!("model.layers.{i}");
+        put(format!("{p}.self_attn.q_proj.weight"), &[64, 64], 0.15);
+        put(format!("{p}.self_attn.k_proj.weight"), &[32, 64], 0.15);
+        put(format!("{p}.self_attn.v_proj.weight"), &[32, 64], 0.15);
+        put(format!("{p}.self_attn.o_proj.weight"), &[64, 64], 0.15);
+        put(format!("{p}.mlp.gate_proj.weight"), &[96, 64], 0.15);
+        put(format!("{p}.mlp.up_proj.weight"), &[96, 64], 0.15);
+        put(format!("{p}.mlp.down_proj.weight"), &[64, 96], 0.15);
+        put(format!("{p}.input_layernorm.weight"), &[64], 1.0);
+        put(format!("{p}.post_attention_layernorm.weight"), &[64], 1.0);
+    }
+    w
+}
+
+fn write_checkpoint(dir: &Path, weights: &HashMap<String, Tensor>, dtype: DType) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), CONFIG).unwrap();
+    let converted: HashMap<String, Tensor> =
+        weights.iter().map(|(k, v)| (k.clone(), v.to_dtype(dtype).unwrap())).collect();
+    candle_core::safetensors::save(&converted, dir.join("model.safetensors")).unwrap();
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("perpetua-candle-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn reference_logits(weights: &HashMap<String, Tensor>, tokens: &[u32]) -> Vec<f32> {
+    use candle_transformers::models::llama as hf;
+    let dev = Device::Cpu;
+    let config: hf::LlamaConfig = serde_json::from_str(CONFIG).unwrap();
+    let config = config.into_config(false);
+    let vb = candle_nn::VarBuilder::from_tensors(weights.clone(), DType::F32, &dev);
+    let model = hf::Llama::load(vb, &config).unwrap();
+    let mut cache = hf::Cache::new(true, DType::F32, &config, &dev).unwrap();
+    let input = Tensor::new(tokens, &dev).unwrap().unsqueeze(0).unwrap();
+    model.forward(&input, 0, &mut cache).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn f32_checkpoint_matches_candle_transformers_llama() {
+    let weights = random_weights();
+    let dir = scratch("f32");
+    write_checkpoint(&dir, &weights, DType::F32);
+    let model = Llama::load(&dir, &LoadOptions::default()).unwrap();
+    assert!(!model.config().rope_interleaved);
+    let tokens = [3, 14, 15, 92, 65, 35, 89, 79, 32, 38];
+    let expected = reference_logits(&weights, &tokens);
+
+    let mut cache = model.new_cache().unwrap();
+    assert_eq!(cache.capacity(), 64);
+    let mut logits = Vec::new();
+    model.forward(&tokens, &mut cache, &mut logits).unwrap();
+    let diff = max_abs_diff(&logits, &expected);
+    assert!(diff <= 1e-4, "prefill: max abs diff {diff}");
+
+    // Token by token through the cache gives the same last logits.
+    let mut cache = model.new_cache().unwrap();
+    for &t in &tokens {
+        model.forward(&[t], &mut cache, &mut logits).unwrap();
+    }
+    let diff = max_abs_diff(&logits, &expected);
+    assert!(diff <= 1e-4, "incremental: max abs diff {diff}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn half_precision_checkpoints_load_close_to_f32() {
+    let weights = random_weights();
+    let tokens = [1, 2, 3, 4, 5, 6];
+    // Round the weights to f16 first so the only difference left is the file dtype.
+    let rounded: HashMap<String, Tensor> = weights
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap()))
+        .collect();
+    let dir = scratch("f32-rounded");
+    write_checkpoint(&dir, &rounded, DType::F32);
+    let reference = Llama::load(&dir, &LoadOptions::default()).unwrap();
+    let mut cache = reference.new_cache().unwrap();
+    let mut expected = Vec::new();
+    reference.forward(&tokens, &mut cache, &mut expected).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let dir = scratch("f16");
+    write_checkpoint(&dir, &rounded, DType::F16);
+    let model = Llama::load(&dir, &LoadOptions::default()).unwrap();
+    let mut cache = model.new_cache().unwrap();
+    let mut logits = Vec::new();
+    model.forward(&tokens, &mut cache, &mut logits).unwrap();
+    assert_eq!(logits, expected, "f16 weights are exact in f32");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let dir = scratch("bf16");
+    write_checkpoint(&dir, &weights, DType::BF16);
+    let model = Llama::load(&dir, &LoadOptions::default()).unwrap();
+    let mut cache = model.new_cache().unwrap();
+    model.forward(&tokens, &mut cache, &mut logits).unwrap();
+    let diff = max_abs_diff(&logits, &expected);
+    assert!(diff < 0.1, "bf16 rounding moved logits by {diff}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn malformed_checkpoints_give_typed_errors() {
+    let weights = random_weights();
+
+    let mut missing = weights.clone();
+    missing.remove("model.layers.1.mlp.up_proj.weight");
+    let dir = scratch("missing");
+    write_checkpoint(&dir, &missing, DType::F32);
+    let err = Llama::load(&dir, &LoadOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, CandleBackendError::MissingTensor { name } if name == "model.layers.1.mlp.up_proj.weight"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let mut bad = weights.clone();
+    bad.insert(
+        "model.layers.0.self_attn.k_proj.weight".into(),
+        Tensor::zeros((64, 64), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let dir = scratch("shape");
+    write_checkpoint(&dir, &bad, DType::F32);
+    let err = Llama::load(&dir, &LoadOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, CandleBackendError::BadShape { expected, actual, .. } if expected == &[32, 64] && actual == &[64, 64]),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let mut ints = weights.clone();
+    ints.insert("model.norm.weight".into(), Tensor::zeros(64, DType::U32, &Device::Cpu).unwrap());
+    let dir = scratch("dtype");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), CONFIG).unwrap();
+    candle_core::safetensors::save(&ints, dir.join("model.safetensors")).unwrap();
+    let err = Llama::load(&dir, &LoadOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, CandleBackendError::UnsupportedDtype { name, .. } if name == "model.norm.weight"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let err = Llama::load(scratch("nowhere"), &LoadOptions::default()).unwrap_err();
+    assert!(matches!(err, CandleBackendError::ModelNotFound { .. }));
+    assert!(err.to_string().contains("cargo xtask fetch-model"));
+
+    let dir = scratch("garbage");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("model.gguf");
+    std::fs::write(&file, b"not a gguf file at all").unwrap();
+    let err = Llama::load(&file, &LoadOptions::default()).unwrap_err();
+    assert!(matches!(err, CandleBackendError::MalformedGguf { .. }), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,242 @@
+//! Tokenizer acceptance (issue 4): round trips on ≥ 1,000 varied strings, ids equal to
+//! llama.cpp's for fixed strings, special tokens, EOS, the chat template.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::model_path;
+use perpetua_candle::LlamaTokenizer;
+use perpetua_generator::{ChatMessage, Tokenizer};
+use proptest::prelude::*;
+
+fn tok() -> &'static LlamaTokenizer {
+    static TOK: OnceLock<LlamaTokenizer> = OnceLock::new();
+    TOK.get_or_init(|| LlamaTokenizer::from_gguf(model_path()).expect("tokenizer from GGUF"))
+}
+
+/// Fragments the generator mixes: unicode, emoji (with ZWJ and modifiers), digits,
+/// whitespace runs, code, special tokens.
+const FRAGMENTS: &[&str] = &[
+    "hello",
+    " world",
+    "The",
+    " dog",
+    " detective",
+    "naïve",
+    "café",
+    "Zürich",
+    "Привет",
+    "мир",
+    "日本語",
+    "中文",
+    "한국어",
+    "العربية",
+    "עברית",
+    "🐶",
+    "🕵️‍♂️",
+    "👍🏽",
+    "🎉",
+    "🇫🇷",
+    "0",
+    "7",
+    "42",
+    "123456789",
+    "3.14159",
+    "1e-9",
+    "-273.15",
+    " ",
+    "  ",
+    "    ",
+    "\t",
+    "\n",
+    "\n\n",
+    "\r\n",
+    "\u{a0}",
+    "\u{200b}",
+    "fn main() {",
+    "}",
+    "let x = vec![1, 2, 3];",
+    "def f(x):",
+    "    return x**2",
+    "#include <stdio.h>",
+    "a->b",
+    "x != y",
+    "&&",
+    "||",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<repo_name>",
+    "<",
+    "|",
+    ">",
+    "'s",
+    "'ll",
+    "n't",
+    "\"quoted\"",
+    "(paren)",
+    "[bracket]",
+    "{brace}",
+    "...",
+    "—",
+    "–",
+    "€100",
+    "½",
+    "ﬁ",
+    "Ω",
+    "\u{301}",
+    "e\u{301}",
+    "ÄÖÜß",
+    "ǅ",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "\u{1F600}",
+    "\u{7F}",
+    "\u{1}",
+];
+
+/// Deterministic xorshift so the corpus is the same on every run.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn corpus(n: usize) -> Vec<String> {
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    (0..n)
+        .map(|i| {
+            let parts = 1 + rng.below(12);
+            let mut s = String::new();
+            for _ in 0..parts {
+                match rng.below(5) {
+                    // Random code points from several planes (skipping surrogates).
+                    0 => {
+                        let ranges = [
+                            (0x20, 0x7E),
+                            (0xA0, 0x24F),
+                            (0x370, 0x3FF),
+                            (0x4E00, 0x4EFF),
+                            (0x1F300, 0x1F64F),
+                        ];
+                        let (lo, hi) = ranges[rng.below(ranges.len())];
+                        let c =
+                            char::from_u32(lo + (rng.next() % (hi - lo + 1) as u64) as u32).unwrap_or('?');
+                        s.push(c);
+                    }
+                    // A run of digits or whitespace.
+                    1 => {
+                        let run = 1 + rng.below(8);
+                        let pool = if rng.below(2) == 0 { "0123456789" } else { " \t\n" };
+                        for _ in 0..run {
+                            s.push(pool.as_bytes()[rng.below(pool.len())] as char);
+                        }
+                    }
+                    _ => s.push_str(FRAGMENTS[rng.below(FRAGMENTS.len())]),
+                }
+            }
+            if i % 97 == 0 {
+                s.clear(); // the empty string is a case too
+            }
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn encode_decode_round_trips_on_1200_varied_strings() {
+    let tok = tok();
+    let strings = corpus(1200);
+    let mut tokens = 0;
+    for s in &strings {
+        let ids = tok.encode(s, false).unwrap();
+        tokens += ids.len();
+        assert_eq!(&tok.decode(&ids, false).unwrap(), s, "ids {ids:?}");
+    }
+    println!("{} strings, {tokens} tokens round-tripped", strings.len());
+}
+
+#[test]
+fn ids_equal_llama_cpp_on_fixed_strings() {
+    let data: serde_json::Value = serde_json::from_str(include_str!("data/llama_cpp_ids.json")).unwrap();
+    let cases = data["cases"].as_array().unwrap();
+    assert!(cases.len() >= 20);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let expected: Vec<u32> =
+            case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok().encode(text, false).unwrap(), expected, "text {text:?}");
+    }
+}
+
+#[test]
+fn special_tokens_eos_and_bytes() {
+    let tok = tok();
+    assert_eq!(tok.vocab_size(), 49_152);
+    let im_end = tok.token_id("<|im_end|>").unwrap();
+    assert_eq!(im_end, 2);
+    assert_eq!(tok.eos_ids(), &[2]);
+    assert!(tok.is_special(2) && tok.is_special(tok.token_id("<|im_start|>").unwrap()));
+    assert!(!tok.is_special(tok.token_id("hello").unwrap()));
+    let specials = (0..49_152).filter(|&i| tok.is_special(i)).count();
+    assert_eq!(specials, 17);
+    // "<|im_end|>" in text is the special token, not its characters.
+    assert_eq!(tok.encode("<|im_end|>", false).unwrap(), vec![2]);
+    assert_eq!(tok.decode(&[2], true).unwrap(), "");
+    assert_eq!(&*tok.token_bytes(2).unwrap(), b"<|im_end|>");
+    // " world" is one byte-level token whose bytes start with a space.
+    let ids = tok.encode(" world", false).unwrap();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(&*tok.token_bytes(ids[0]).unwrap(), b" world");
+    assert!(tok.token_bytes(49_152).is_none());
+    assert!(tok.decode(&[49_152], false).is_err());
+    // Concatenated token bytes are the UTF-8 of the text, even mid-character.
+    let text = "🐶 détective";
+    let ids = tok.encode(text, false).unwrap();
+    let bytes: Vec<u8> = ids.iter().flat_map(|&i| tok.token_bytes(i).unwrap().into_owned()).collect();
+    assert_eq!(bytes, text.as_bytes());
+}
+
+#[test]
+fn chat_template_renders_smollm2_chatml() {
+    let rendered =
+        tok().apply_chat_template(&[ChatMessage::user("Hi there")], true).expect("template present").unwrap();
+    assert_eq!(
+        rendered,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let with_system = tok()
+        .apply_chat_template(&[ChatMessage::system("Be brief."), ChatMessage::user("Hi")], false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(with_system, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Byte-level BPE is lossless: decode(encode(s)) == s for every string.
+    #[test]
+    fn round_trip_any_string(s in "\\PC{0,40}") {
+        let ids = tok().encode(&s, false).unwrap();
+        prop_assert_eq!(tok().decode(&ids, false).unwrap(), s);
+    }
+
+    /// Every id encode returns is in the vocabulary and maps to bytes.
+    #[test]
+    fn encoded_ids_have_bytes(s in "[a-z0-9 \\n]{0,40}") {
+        for id in tok().encode(&s, false).unwrap() {
+            prop_assert!(tok().token_bytes(id).is_some());
+        }
+    }
+}
