@@ -111,7 +111,7 @@ fn main() {
     let mut file = std::fs::File::open(&path).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
     let mut reference = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
-    let ours = Llama::load(&path, &LoadOptions::default()).unwrap();
+    let ours = Llama::load(&path, &LoadOptions::exact()).unwrap();
     let t = Instant::now();
     let ours_q8 =
         Llama::load(&path, &LoadOptions { requantize: Some(GgmlDType::Q8_0), ..LoadOptions::default() })

@@ -13,16 +13,16 @@
 //!   template rendered by `minijinja`.
 //!
 //! Numerics: the forward is *batch-invariant* — a prefill is bit-identical to feeding
-//! the same tokens one by one — and, with the file's weight types (the default), its
-//! logits equal candle-transformers' `quantized_llama` decode path bit for bit. So
-//! truncate-and-refeed reproduces a fresh prefill exactly (the kv-cache conformance kit
-//! passes with tolerance 0).
+//! the same tokens one by one — so truncate-and-refeed reproduces a fresh prefill
+//! exactly (the kv-cache conformance kit passes with tolerance 0). With
+//! [`LoadOptions::exact`] (the file's weight types) its logits equal
+//! candle-transformers' `quantized_llama` decode path bit for bit.
 //!
-//! Speed: `LoadOptions { requantize: Some(GgmlDType::Q8_0), .. }` re-quantizes Q4_1
-//! weights to Q8_0 at load (≈ 0.5 s), whose scalar kernel is the fastest candle has on
-//! CPUs without AVX2: measured 123 vs 74 tok/s decode on SmolLM2 Q4_1 (2 threads), at
-//! the cost of exact parity with the file (greedy text diverges after a few dozen
-//! tokens; Q8_0 holds Q4_1 values to within 1/254 of a block's range).
+//! Speed: [`LoadOptions::default`] re-quantizes block-quantized weights (Q4_1 here) to
+//! Q8_0 at load (≈ 0.5 s), whose scalar kernel is the fastest candle has on CPUs
+//! without AVX2: measured 126 vs 78 tok/s decode on SmolLM2 Q4_1 (2 threads), at the
+//! cost of bit parity with the file (greedy text agrees for a few dozen tokens, then
+//! diverges; Q8_0 holds Q4_1 values to within 1/254 of a block's range).
 //!
 //! Devices: CPU by default; the `cuda` and `metal` features enable candle's GPU
 //! backends (pass the device in [`LoadOptions`]).

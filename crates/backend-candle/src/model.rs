@@ -85,15 +85,28 @@ pub struct LoadOptions {
     /// Capacity of caches made by [`LanguageModel::new_cache`](perpetua_generator::LanguageModel::new_cache)
     /// (default: the model's context length). At most the model's context.
     pub cache_capacity: Option<usize>,
-    /// Re-quantize every quantized matrix to this type at load (e.g. `Q8_0`, whose
-    /// kernels are the fastest candle has on CPUs without AVX2). `None` (default) keeps
-    /// the file's types bit for bit.
+    /// Re-quantize every block-quantized matrix (Q4_0, Q4_1, Q4_K, Q6_K, …; never
+    /// F32/F16/BF16) to this type at load. `None` keeps the file's types bit for bit.
+    ///
+    /// Default: `Some(Q8_0)`. candle's Q8_0 kernels are the fastest it has on CPUs
+    /// without AVX2 (Q4_1 has no SIMD path at all), and re-quantizing a ≤ 6-bit weight
+    /// to 8 bits per weight adds at most half a Q8_0 step of rounding: measured on
+    /// SmolLM2 Q4_1, 1.81× decode and 2.6× prefill (docs/PERFORMANCE.md). Use
+    /// [`LoadOptions::exact`] for bit-parity with other runtimes on the same file.
     pub requantize: Option<GgmlDType>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, cache_capacity: None, requantize: None }
+        Self { device: Device::Cpu, cache_capacity: None, requantize: Some(GgmlDType::Q8_0) }
+    }
+}
+
+impl LoadOptions {
+    /// The file's weight types bit for bit (no re-quantization), on the CPU: logits
+    /// then equal candle-transformers' `quantized_llama` on the same file exactly.
+    pub fn exact() -> Self {
+        Self { requantize: None, ..Self::default() }
     }
 }
 
@@ -392,7 +405,10 @@ impl Llama {
         let norm = |t: QTensor| -> Result<Tensor> { Ok(t.dequantize(&device)?) };
         let requant = |t: QTensor| -> Result<QTensor> {
             Ok(match requantize {
-                Some(target) if t.dtype() != target && !matches!(t.dtype(), GgmlDType::F32) => {
+                Some(target)
+                    if t.dtype() != target
+                        && !matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) =>
+                {
                     QTensor::quantize(&t.dequantize(&device)?, target)?
                 }
                 _ => t,

@@ -158,7 +158,7 @@ impl LlamaTokenizer {
             .filter(|(_, s)| **s)
             .map(|(t, _)| AddedToken::from(t.clone(), true))
             .collect();
-        inner.add_special_tokens(&added);
+        inner.add_special_tokens(added).map_err(tok_err)?;
 
         let char_to_byte = char_to_byte_map();
         let bytes = tokens

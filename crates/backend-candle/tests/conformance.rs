@@ -34,7 +34,7 @@ impl CacheHarness for Harness {
 #[test]
 fn real_model_cache_passes_the_conformance_kit_exactly() {
     let path = common::model_path();
-    let options = LoadOptions { cache_capacity: Some(128), ..LoadOptions::default() };
+    let options = LoadOptions { cache_capacity: Some(128), ..LoadOptions::exact() };
     let model = Llama::load(&path, &options).unwrap();
     let tokens = LlamaTokenizer::from_gguf(&path)
         .unwrap()

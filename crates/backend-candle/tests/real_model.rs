@@ -14,7 +14,7 @@ use perpetua_generator::{CacheError, ChatMessage, ForkableCache, KvCache, Langua
 
 /// Small caches keep the tests' memory modest; parity does not depend on capacity.
 fn load(capacity: usize) -> Llama {
-    let options = LoadOptions { cache_capacity: Some(capacity), ..LoadOptions::default() };
+    let options = LoadOptions { cache_capacity: Some(capacity), ..LoadOptions::exact() };
     Llama::load(model_path(), &options).expect("load our model")
 }
 
