@@ -54,7 +54,8 @@ fn model_dir() -> Result<PathBuf> {
     if let Some(cache) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(cache).join("perpetua").join("models"));
     }
-    let home = std::env::var_os("HOME").context("neither PERPETUA_MODEL_DIR, XDG_CACHE_HOME nor HOME is set")?;
+    let home =
+        std::env::var_os("HOME").context("neither PERPETUA_MODEL_DIR, XDG_CACHE_HOME nor HOME is set")?;
     Ok(PathBuf::from(home).join(".cache").join("perpetua").join("models"))
 }
 

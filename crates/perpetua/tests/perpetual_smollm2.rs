@@ -10,7 +10,11 @@ use perpetua::prelude::*;
 
 const PROMPT: &str = "Write a book about a dog that can talk and is a detective.";
 const BUDGET: usize = 2_000;
-const SEED: u64 = 1;
+/// Seeds tried for plain generation, in order; the first whose run ends at EOS within
+/// the budget is the one the strategies use (so each strategy is shown carrying the
+/// model past a point where it really wanted to stop). At T 1.0 some samples fall
+/// into a repetition loop instead of ending, so one seed is not enough.
+const SEEDS: [u64; 4] = [1, 2, 3, 4];
 
 fn load() -> (Llama, LlamaTokenizer) {
     let path = perpetua::candle::default_model_path().expect("model directory");
@@ -20,7 +24,7 @@ fn load() -> (Llama, LlamaTokenizer) {
     (model, tokenizer)
 }
 
-fn run(strategy: Box<dyn EosStrategy>, budget: usize) -> (Generation, f64) {
+fn run(strategy: Box<dyn EosStrategy>, budget: usize, seed: u64) -> (Generation, f64) {
     let (model, tokenizer) = load();
     let eos = tokenizer.eos_ids().to_vec();
     let chain = Chain::new(Multinomial).with(TopK::new(20).unwrap()).with(Temperature::new(1.0).unwrap());
@@ -28,7 +32,7 @@ fn run(strategy: Box<dyn EosStrategy>, budget: usize) -> (Generation, f64) {
         .tokenizer(tokenizer)
         .chain(chain)
         .eos_strategy(strategy)
-        .seed(SEED)
+        .seed(seed)
         .max_new_tokens(budget)
         .build()
         .unwrap();
@@ -59,10 +63,17 @@ fn plain_ends_at_eos_and_every_strategy_reaches_the_budget() {
         "| strategy | new tokens | finish | EOS events | back steps | tokens regenerated | distinct-2 | distinct-3 | wall s |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    let (plain, wall) = run(Box::new(StopAtEos), BUDGET);
-    row("plain (stop at EOS)", &plain, wall);
-    assert_eq!(plain.finish_reason, FinishReason::Eos, "plain generation should stop at its own EOS");
-    assert!(plain.ids.len() < BUDGET);
+    let mut natural_end = None;
+    for seed in SEEDS {
+        let (plain, wall) = run(Box::new(StopAtEos), BUDGET, seed);
+        row(&format!("plain (stop at EOS), seed {seed}"), &plain, wall);
+        if plain.finish_reason == FinishReason::Eos {
+            assert!(plain.ids.len() < BUDGET);
+            natural_end = Some(seed);
+            break;
+        }
+    }
+    let seed = natural_end.expect("plain generation never stopped at its own EOS within the budget");
 
     let strategies: Vec<(&str, Box<dyn EosStrategy>)> = vec![
         ("suppress", Box::new(SuppressEos::new())),
@@ -71,8 +82,8 @@ fn plain_ends_at_eos_and_every_strategy_reaches_the_budget() {
         ("backstep 10 + schedule", Box::new(BackstepWithSchedule::new(10).unwrap())),
     ];
     for (name, strategy) in strategies {
-        let (out, wall) = run(strategy, BUDGET);
-        row(name, &out, wall);
+        let (out, wall) = run(strategy, BUDGET, seed);
+        row(&format!("{name}, seed {seed}"), &out, wall);
         assert_eq!(out.finish_reason, FinishReason::MaxNewTokens, "{name} did not reach the budget");
         assert_eq!(out.ids.len(), BUDGET, "{name}");
         assert!(
