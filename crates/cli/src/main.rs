@@ -220,7 +220,7 @@ fn run_streaming<M: perpetua::generator::LanguageModel>(
                 while token_ends.len() > holdback_tokens {
                     let end = token_ends.pop_front().unwrap_or(text.len());
                     if end > printed {
-                        let _ = stdout.write_all(text[printed..end].as_bytes());
+                        let _ = stdout.write_all(&text.as_bytes()[printed..end]);
                         printed = end;
                     }
                 }
@@ -238,7 +238,7 @@ fn run_streaming<M: perpetua::generator::LanguageModel>(
             }
             Event::Finished { text: rest, .. } => {
                 text.push_str(&rest);
-                let _ = stdout.write_all(text[printed.min(text.len())..].as_bytes());
+                let _ = stdout.write_all(&text.as_bytes()[printed.min(text.len())..]);
                 printed = text.len();
                 let _ = writeln!(stdout);
             }

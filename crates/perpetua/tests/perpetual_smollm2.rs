@@ -27,7 +27,9 @@ fn load() -> (Llama, LlamaTokenizer) {
 fn run(strategy: Box<dyn EosStrategy>, budget: usize, seed: u64) -> (Generation, f64) {
     let (model, tokenizer) = load();
     let eos = tokenizer.eos_ids().to_vec();
-    let chain = Chain::new(Multinomial).with(TopK::new(20).unwrap()).with(Temperature::new(1.0).unwrap());
+    let chain = Chain::new(Multinomial)
+        .with(TopK::new(20).expect("top-k"))
+        .with(Temperature::new(1.0).expect("temperature"));
     let mut generator = Generator::builder(model)
         .tokenizer(tokenizer)
         .chain(chain)
@@ -35,9 +37,9 @@ fn run(strategy: Box<dyn EosStrategy>, budget: usize, seed: u64) -> (Generation,
         .seed(seed)
         .max_new_tokens(budget)
         .build()
-        .unwrap();
+        .expect("generator");
     let start = std::time::Instant::now();
-    let out = generator.generate(vec![ChatMessage::user(PROMPT)]).unwrap();
+    let out = generator.generate(vec![ChatMessage::user(PROMPT)]).expect("generation");
     let wall = start.elapsed().as_secs_f64();
     assert!(out.ids.iter().all(|id| !eos.contains(id)), "the output holds an EOS id");
     (out, wall)
