@@ -10,36 +10,11 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor as CandleLogitsProcessor, Sampling};
-use perpetua_sampling::processors::{
-    FrequencyPresencePenalty, MinP, RepetitionPenalty, Temperature, TopK, TopP,
-};
+use perpetua_benches::{full_chain, history, lm_like_logits, penalties};
+use perpetua_sampling::processors::{MinP, Temperature, TopK, TopP};
 use perpetua_sampling::samplers::Multinomial;
 use perpetua_sampling::{Chain, SamplingContext};
-use rand::Rng;
-use rand::seq::SliceRandom;
 use rand_chacha::{ChaCha8Rng, rand_core::SeedableRng};
-
-/// Identical to `lm_like_logits` in benches/sampling.rs.
-fn lm_like_logits(vocab: usize, seed: u64) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut out: Vec<f32> = (0..vocab)
-        .map(|rank| {
-            let u: f32 = rng.random::<f32>().max(f32::MIN_POSITIVE);
-            let v: f32 = rng.random();
-            let noise = (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos();
-            -1.1 * ((rank + 1) as f32).ln() + 0.5 * noise
-        })
-        .collect();
-    out.shuffle(&mut rng);
-    out
-}
-
-/// Identical to `history` in benches/sampling.rs.
-fn history(vocab: usize) -> Vec<u32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let pool: Vec<u32> = (0..48).map(|_| rng.random_range(0..vocab as u32)).collect();
-    (0..96).map(|_| pool[rng.random_range(0..pool.len())]).collect()
-}
 
 /// (minimum, median) in µs over `runs` calls.
 fn measure(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
@@ -52,12 +27,6 @@ fn measure(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
         .collect();
     times.sort_by(f64::total_cmp);
     (times[0], times[runs / 2])
-}
-
-fn penalties() -> Chain {
-    Chain::new(Multinomial)
-        .with(RepetitionPenalty::new(1.1).expect("valid").with_last_n(64))
-        .with(FrequencyPresencePenalty::new(0.2, 0.3).expect("valid").with_last_n(64))
 }
 
 fn main() {
@@ -85,12 +54,9 @@ fn main() {
         });
         report(vocab, &format!("top-p 0.95, T 0.8 (nucleus {nucleus})"), ours, "candle TopP", theirs);
 
-        // The benchmark's full chain, in the default (HF) order: T before top-k.
-        let mut full = penalties()
-            .with(Temperature::new(0.8).expect("valid"))
-            .with(TopK::new(40).expect("valid"))
-            .with(TopP::new(0.95).expect("valid"))
-            .with(MinP::new(0.05).expect("valid"));
+        // The benchmark's full chain, configured in the default (HF) order: T before
+        // top-k (the chain itself runs top-k first: they commute).
+        let mut full = full_chain();
         let ours = measure(runs, || {
             std::hint::black_box(full.sample(&logits, &ctx, &mut rng).expect("sample"));
         });
