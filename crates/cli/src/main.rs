@@ -129,8 +129,9 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
     let chain = config.chain()?;
 
     let t0 = std::time::Instant::now();
-    let model = Llama::load(&model_path, &LoadOptions::default())
-        .with_context(|| format!("loading {}", model_path.display()))?;
+    let options = if args.exact_weights { LoadOptions::exact() } else { LoadOptions::default() };
+    let model =
+        Llama::load(&model_path, &options).with_context(|| format!("loading {}", model_path.display()))?;
     let tokenizer = LlamaTokenizer::from_gguf(&model_path)?;
     if verbose > 0 {
         eprintln!(
