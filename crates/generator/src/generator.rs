@@ -195,7 +195,7 @@ pub enum TraceEvent {
 
 /// One step of the optional trace (DESIGN.md §1: the quantities that move before an
 /// EOS). Distribution statistics are of the model's raw distribution at that step.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StepTrace {
     /// Generated index of the step.
     pub index: usize,
@@ -215,7 +215,13 @@ pub struct StepTrace {
     pub temperature: f32,
     /// What happened.
     pub event: TraceEvent,
+    /// The [`TRACE_TOP`] most probable tokens of the raw distribution, most probable
+    /// first (log-probabilities in nats): what EOS competed with at this step.
+    pub top: Vec<Alternative>,
 }
+
+/// Number of raw top candidates recorded per [`StepTrace`].
+pub const TRACE_TOP: usize = 5;
 
 /// Counters of one generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -521,25 +527,25 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
 /// Buffers (logits, draws, candidates) live in the generator and are reused: a decode
 /// step allocates only the text of its token event.
 pub struct Generator<M: LanguageModel> {
-    model: M,
-    tokenizer: Option<Box<dyn Tokenizer + Send>>,
-    chain: Chain,
-    seed: u64,
+    pub(crate) model: M,
+    pub(crate) tokenizer: Option<Box<dyn Tokenizer + Send>>,
+    pub(crate) chain: Chain,
+    pub(crate) seed: u64,
     strategy: Box<dyn EosStrategy>,
-    eos_ids: Vec<u32>,
+    pub(crate) eos_ids: Vec<u32>,
     stops: StopStrings,
     include_stop_string: bool,
-    max_new_tokens: Option<usize>,
+    pub(crate) max_new_tokens: Option<usize>,
     max_time: Option<Duration>,
     min_new_tokens: usize,
     repetition: Option<RepetitionDetection>,
     context_window: Option<usize>,
     sink_tokens: Option<usize>,
-    prefill_chunk: usize,
+    pub(crate) prefill_chunk: usize,
     top_logprobs: usize,
     trace: bool,
     cancel: Option<Arc<AtomicBool>>,
-    skip_special_tokens: bool,
+    pub(crate) skip_special_tokens: bool,
     add_special_tokens: bool,
     logits: Vec<f32>,
     draws: Vec<u32>,
@@ -602,12 +608,12 @@ impl<C: KvCache> Session<C> {
     }
 }
 
-fn model_err<E: std::error::Error + Send + Sync + 'static>(e: E) -> GenerateError {
+pub(crate) fn model_err<E: std::error::Error + Send + Sync + 'static>(e: E) -> GenerateError {
     GenerateError::Model(Box::new(e))
 }
 
 /// Feed `tokens` in chunks of `chunk` (logits of the last chunk land in `logits`).
-fn feed_chunks<M: LanguageModel>(
+pub(crate) fn feed_chunks<M: LanguageModel>(
     model: &M,
     cache: &mut M::Cache,
     tokens: &[u32],
@@ -644,8 +650,9 @@ fn processed_set_probability(candidates: &mut Candidates, ids: &[u32]) -> f32 {
     candidates.as_slice().iter().filter(|c| ids.contains(&c.id)).map(|c| c.prob).sum::<f32>().min(1.0)
 }
 
-/// Raw-distribution statistics of one step for the trace: (entropy, varentropy, p_eos).
-type RawStats = Option<(f64, f64, f64)>;
+/// Raw-distribution statistics of one step for the trace: (entropy, varentropy, p_eos,
+/// top candidates).
+type RawStats = Option<(f64, f64, f64, Vec<Alternative>)>;
 
 impl<M: LanguageModel> Generator<M> {
     /// Start building a generator around `model` (owned, `&M` or `Arc<M>`).
@@ -692,6 +699,22 @@ impl<M: LanguageModel> Generator<M> {
     /// Change the seed for the following generations.
     pub fn set_seed(&mut self, seed: u64) {
         self.seed = seed;
+    }
+
+    /// The tokenizer, when one was given.
+    pub fn tokenizer(&self) -> Option<&(dyn Tokenizer + Send)> {
+        self.tokenizer.as_deref()
+    }
+
+    /// Change the new-token limit for the following generations (`None`: no limit
+    /// but the other stop criteria).
+    pub fn set_max_new_tokens(&mut self, n: Option<usize>) {
+        self.max_new_tokens = n;
+    }
+
+    /// Turn the per-step trace on or off for the following generations.
+    pub fn set_trace(&mut self, on: bool) {
+        self.trace = on;
     }
 
     /// Replace the EOS strategy.
@@ -780,6 +803,8 @@ impl<M: LanguageModel> Generator<M> {
     ) -> Session<M::Cache> {
         self.chain.reset();
         self.strategy.reset();
+        // A temperature override from the EOS strategy needs a temperature stage.
+        self.chain.ensure_temperature_stage();
         let base_temperature = self.chain.base_temperature();
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(stream);
@@ -951,7 +976,9 @@ impl<M: LanguageModel> Generator<M> {
         let lse = stats::log_sum_exp(&self.logits)?;
         let raw: RawStats = if s.trace.is_some() {
             let (h, v) = stats::entropy_varentropy(&self.logits)?;
-            Some((h, v, stats::set_probability(&self.logits, &self.eos_ids)?))
+            let mut top = Vec::with_capacity(TRACE_TOP);
+            top_alternatives(&self.logits, lse, TRACE_TOP, &mut top);
+            Some((h, v, stats::set_probability(&self.logits, &self.eos_ids)?, top))
         } else {
             None
         };
@@ -1186,7 +1213,7 @@ fn push_trace<C>(
     temperature: f32,
     event: TraceEvent,
 ) {
-    if let (Some(trace), Some((entropy, varentropy, p_eos))) = (s.trace.as_mut(), raw) {
+    if let (Some(trace), Some((entropy, varentropy, p_eos, top))) = (s.trace.as_mut(), raw) {
         trace.push(StepTrace {
             index,
             token,
@@ -1197,6 +1224,7 @@ fn push_trace<C>(
             chosen_prob: (f64::from(chosen_logit) - lse).exp() as f32,
             temperature,
             event,
+            top,
         });
     }
 }

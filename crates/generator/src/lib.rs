@@ -22,6 +22,11 @@
 //!   iterator of [`Event`]s), [`Generator::generate_with`] (a callback), and
 //!   [`Generator::generate_n`] (`n` samples sharing one prefill through
 //!   [`ForkableCache::fork`]).
+//! - Decoding beyond sampling, with the same builder: [`Generator::beam_search`]
+//!   (length penalty, HF early stopping, n-best), [`Generator::speculative`] (a draft
+//!   model, exact acceptance rule, both caches truncated on rejection) and
+//!   [`Generator::cot_decode`] (chain-of-thought decoding). Watermarking is a sampling
+//!   stage: `perpetua_sampling::processors::Watermark`.
 //!
 //! The feature `testing` adds [`testing`]: a deterministic fake model whose cache
 //! passes the kv-cache conformance kit, and a byte-level tokenizer.
@@ -61,6 +66,7 @@
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod decoding;
 mod detok;
 mod error;
 mod generator;
@@ -68,11 +74,15 @@ mod stop;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use decoding::{
+    AnswerSpan, BeamConfig, BeamHypothesis, BeamSearchOutput, CotConfig, CotOutput, CotPath, EarlyStopping,
+    SpeculativeConfig, SpeculativeOutput, SpeculativeStats,
+};
 pub use detok::IncrementalDecoder;
 pub use error::GenerateError;
 pub use generator::{
     Alternative, Counts, Event, FinishReason, Generation, Generator, GeneratorBuilder, Prompt, StepTrace,
-    Stream, Timings, TraceEvent,
+    Stream, TRACE_TOP, Timings, TraceEvent,
 };
 pub use stop::{RepetitionDetection, StopStrings};
 
@@ -107,6 +117,41 @@ pub trait LanguageModel {
     /// Errors leave the cache at its length before the call.
     fn forward(&self, tokens: &[u32], cache: &mut Self::Cache, out: &mut Vec<f32>)
     -> Result<(), Self::Error>;
+
+    /// Feed `tokens` like [`forward`](Self::forward), but write the logits of *every*
+    /// fed position: `out` (cleared first) holds `tokens.len() × vocab_size` values,
+    /// row `i` predicting the token after `tokens[i]`. Speculative decoding verifies
+    /// all draft tokens with one call.
+    ///
+    /// The default feeds the tokens one at a time through `forward` (correct for every
+    /// model, no faster than a loop); backends that compute every position's hidden
+    /// state in a prefill override it with one batched pass.
+    ///
+    /// Errors leave the cache at its length before the call.
+    fn forward_all(
+        &self,
+        tokens: &[u32],
+        cache: &mut Self::Cache,
+        out: &mut Vec<f32>,
+    ) -> Result<(), Self::Error> {
+        out.clear();
+        if tokens.is_empty() {
+            // Let the backend report empty input its own way.
+            return self.forward(tokens, cache, out);
+        }
+        let start = cache.seq_len();
+        let mut row = Vec::with_capacity(self.vocab_size());
+        for t in tokens {
+            if let Err(e) = self.forward(std::slice::from_ref(t), cache, &mut row) {
+                // Best effort: `start <= seq_len` always holds here, so this cannot fail
+                // on a conforming cache.
+                let _ = cache.truncate(start);
+                return Err(e);
+            }
+            out.extend_from_slice(&row);
+        }
+        Ok(())
+    }
 }
 
 /// One message of a chat conversation.
@@ -189,6 +234,14 @@ impl<M: LanguageModel + ?Sized> LanguageModel for &M {
     ) -> Result<(), Self::Error> {
         (**self).forward(tokens, cache, out)
     }
+    fn forward_all(
+        &self,
+        tokens: &[u32],
+        cache: &mut Self::Cache,
+        out: &mut Vec<f32>,
+    ) -> Result<(), Self::Error> {
+        (**self).forward_all(tokens, cache, out)
+    }
 }
 
 impl<M: LanguageModel + ?Sized> LanguageModel for std::sync::Arc<M> {
@@ -210,6 +263,14 @@ impl<M: LanguageModel + ?Sized> LanguageModel for std::sync::Arc<M> {
         out: &mut Vec<f32>,
     ) -> Result<(), Self::Error> {
         (**self).forward(tokens, cache, out)
+    }
+    fn forward_all(
+        &self,
+        tokens: &[u32],
+        cache: &mut Self::Cache,
+        out: &mut Vec<f32>,
+    ) -> Result<(), Self::Error> {
+        (**self).forward_all(tokens, cache, out)
     }
 }
 

@@ -237,3 +237,37 @@ fn ending_phrases_are_banned_through_the_chain() {
     let banned = run(true);
     assert!(banned.starts_with(" The en") && !banned.starts_with(" The end"), "{banned:?}");
 }
+
+/// Regression: a chain with no temperature stage (what `SamplingConfig` builds for
+/// temperature 1, HF skipping no-op warpers) must still apply the strategies'
+/// temperature schedules — the generator inserts a `Temperature(1.0)` stage for them.
+/// Before the fix, `PostEosResample` generated exactly what `SuppressEos` did.
+#[test]
+fn schedules_apply_without_an_explicit_temperature_stage() {
+    let config = perpetua_sampling::SamplingConfig {
+        temperature: Some(1.0),
+        top_k: Some(20),
+        ..perpetua_sampling::SamplingConfig::default()
+    };
+    let run = |strategy: Box<dyn EosStrategy>| {
+        let mut g = Generator::builder(model_with_eos_at(&[30]))
+            .tokenizer(ByteTokenizer::new())
+            .chain(config.chain().unwrap())
+            .seed(11)
+            .eos_strategy(strategy)
+            .max_new_tokens(60)
+            .build()
+            .unwrap();
+        assert_eq!(g.chain_mut().stage_names().collect::<Vec<_>>(), ["top_k"]);
+        let out = g.generate(prompt_ids()).unwrap();
+        assert_eq!(g.chain_mut().stage_names().collect::<Vec<_>>(), ["temperature", "top_k"]);
+        out
+    };
+    let suppress = run(Box::new(SuppressEos::new()));
+    let resample = run(Box::new(PostEosResample::new()));
+    assert_eq!(suppress.ids[..30], resample.ids[..30], "identical up to the EOS");
+    assert_ne!(suppress.ids[31..41], resample.ids[31..41], "the hot span after the EOS must differ");
+    let plain_backstep = run(Box::new(Backstep::new(10).unwrap()));
+    let dynamic = run(Box::new(BackstepWithSchedule::new(10).unwrap()));
+    assert_ne!(plain_backstep.ids, dynamic.ids);
+}

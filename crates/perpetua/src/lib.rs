@@ -32,6 +32,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub use perpetua_analysis as analysis;
 pub use perpetua_generator as generator;
 pub use perpetua_kv_cache as kv_cache;
 pub use perpetua_perpetual as perpetual;
@@ -40,22 +41,40 @@ pub use perpetua_sampling as sampling;
 #[cfg(feature = "candle")]
 pub use perpetua_candle as candle;
 
-pub mod metrics;
+/// Text-quality metrics (distinct-n, repeated n-grams, mean log-probability).
+pub use perpetua_analysis::metrics;
+
+/// Decoding beyond sampling, from [`generator`]: beam search, speculative decoding,
+/// chain-of-thought decoding, and the watermark stage and detector from [`sampling`].
+pub mod decoding {
+    pub use perpetua_generator::{
+        AnswerSpan, BeamConfig, BeamHypothesis, BeamSearchOutput, CotConfig, CotOutput, CotPath,
+        EarlyStopping, SpeculativeConfig, SpeculativeOutput, SpeculativeStats,
+    };
+    pub use perpetua_sampling::processors::{GreenList, Watermark, WatermarkDetector, WatermarkScore};
+}
 
 /// The names most programs need.
 pub mod prelude {
     #[cfg(feature = "candle")]
     pub use perpetua_candle::{Llama, LlamaCache, LlamaTokenizer, LoadOptions};
     pub use perpetua_generator::{
-        ChatMessage, Event, FinishReason, GenerateError, Generation, Generator, LanguageModel, Prompt,
-        Tokenizer,
+        BeamConfig, ChatMessage, CotConfig, EarlyStopping, Event, FinishReason, GenerateError, Generation,
+        Generator, LanguageModel, Prompt, SpeculativeConfig, Tokenizer,
     };
     pub use perpetua_kv_cache::{ForkableCache, KvCache};
     pub use perpetua_perpetual::{
         Backstep, BackstepWithSchedule, Budget, EosStrategy, LoopGuard, Peak, PostEosResample, StopAtEos,
         SuppressEos, TemperatureSchedule,
     };
-    pub use perpetua_sampling::processors::{MinP, RepetitionPenalty, Temperature, TopK, TopP};
+    pub use perpetua_sampling::processors::{
+        MinP, RepetitionPenalty, Temperature, TopK, TopP, Watermark, WatermarkDetector,
+    };
     pub use perpetua_sampling::samplers::{Greedy, Multinomial};
     pub use perpetua_sampling::{Chain, Preset, SamplingConfig};
 }
+
+/// The README's code blocks, compiled as doctests so the front-page example cannot rot.
+#[cfg(all(doctest, feature = "candle"))]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -102,6 +102,47 @@ impl Chain {
         self.processors.iter().find_map(|p| p.temperature()).unwrap_or(1.0)
     }
 
+    /// Make sure a temperature stage exists, so that a temperature *override* (the
+    /// schedules of the perpetual EOS strategies, via
+    /// [`SamplingContext::with_temperature_override`]) has a stage to act on: when no
+    /// processor reports a [`temperature`](crate::LogitsProcessor::temperature), insert
+    /// `Temperature(1.0)` where HF's order puts temperature — before the first
+    /// truncation stage (top-k, top-p, min-p, typical, top-nσ, ε/η cutoffs, XTC), else
+    /// last. A temperature of 1 leaves the distribution unchanged, so without an
+    /// override nothing changes. Returns whether a stage was inserted. The
+    /// [`Generator`](https://docs.rs/perpetua-generator) calls it before every run:
+    /// chains built from [`SamplingConfig`](crate::SamplingConfig) with
+    /// `temperature = 1` have no temperature stage (HF skips no-op warpers).
+    ///
+    /// ```
+    /// use perpetua_sampling::{Chain, processors::TopK, samplers::Multinomial};
+    /// let mut chain = Chain::new(Multinomial).with(TopK::new(20)?);
+    /// assert!(chain.ensure_temperature_stage());
+    /// assert_eq!(chain.stage_names().collect::<Vec<_>>(), ["temperature", "top_k"]);
+    /// assert!(!chain.ensure_temperature_stage()); // already there
+    /// # Ok::<(), perpetua_sampling::SamplingError>(())
+    /// ```
+    pub fn ensure_temperature_stage(&mut self) -> bool {
+        if self.processors.iter().any(|p| p.temperature().is_some()) {
+            return false;
+        }
+        const TRUNCATION: [&str; 8] =
+            ["top_k", "top_p", "min_p", "typical", "top_n_sigma", "epsilon_cutoff", "eta_cutoff", "xtc"];
+        let at = self
+            .processors
+            .iter()
+            .position(|p| TRUNCATION.contains(&p.name()))
+            .unwrap_or(self.processors.len());
+        // 1.0 is a valid temperature: `new` cannot fail here, but never panic.
+        match crate::processors::Temperature::new(1.0) {
+            Ok(t) => {
+                self.processors.insert(at, Box::new(t));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// The processors' names in order.
     pub fn stage_names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.processors.iter().map(|p| p.name())

@@ -373,3 +373,88 @@ pub fn check_sampler<S: Sampler>(make: impl Fn() -> S) {
         check_invalid_logits_error(None, &mut make(), &logits, &ctx, seed)
     });
 }
+
+// ------------------------------------------------------------ statistics
+
+/// `ln Γ(x)` for `x > 0` (Lanczos, g = 7, 9 terms; |error| < 1e-13).
+pub fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    let x = x - 1.0;
+    let mut a = G[0];
+    let t = x + 7.5;
+    for (i, g) in G.iter().enumerate().skip(1) {
+        a += g / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+/// Regularised upper incomplete gamma `Q(a, x)` (series below `a + 1`, Lentz's
+/// continued fraction above; Numerical Recipes §6.2).
+pub fn gamma_q(a: f64, x: f64) -> f64 {
+    let front = (-x + a * x.ln() - ln_gamma(a)).exp();
+    if x < a + 1.0 {
+        let (mut ap, mut del) = (a, 1.0 / a);
+        let mut sum = del;
+        for _ in 0..10_000 {
+            ap += 1.0;
+            del *= x / ap;
+            sum += del;
+            if del.abs() < sum.abs() * 1e-15 {
+                break;
+            }
+        }
+        1.0 - sum * front
+    } else {
+        let tiny = 1e-300;
+        let mut b = x + 1.0 - a;
+        let (mut c, mut d) = (1.0 / tiny, 1.0 / b);
+        let mut h = d;
+        for i in 1..10_000 {
+            let an = -(i as f64) * (i as f64 - a);
+            b += 2.0;
+            d = an * d + b;
+            if d.abs() < tiny {
+                d = tiny;
+            }
+            c = b + an / c;
+            if c.abs() < tiny {
+                c = tiny;
+            }
+            d = 1.0 / d;
+            let del = d * c;
+            h *= del;
+            if (del - 1.0).abs() < 1e-15 {
+                break;
+            }
+        }
+        front * h
+    }
+}
+
+/// Pearson's chi-square of `observed` counts against `expected_probs` (over the
+/// total of `observed` draws) and its p-value with `cells − 1` degrees of freedom:
+/// the statistical tests of samplers and decoders use it to compare an empirical
+/// distribution with an exact one.
+pub fn chi_square(observed: &[u64], expected_probs: &[f64]) -> (f64, f64) {
+    let n: u64 = observed.iter().sum();
+    let stat: f64 = observed
+        .iter()
+        .zip(expected_probs)
+        .map(|(&o, &p)| {
+            let e = p * n as f64;
+            (o as f64 - e).powi(2) / e
+        })
+        .sum();
+    let df = (observed.len() - 1) as f64;
+    (stat, gamma_q(df / 2.0, stat / 2.0))
+}

@@ -15,6 +15,7 @@ mod top_k;
 mod top_n_sigma;
 mod top_p;
 mod typical;
+mod watermark;
 mod xtc;
 
 pub use closure::{FnProcessor, from_fn};
@@ -30,4 +31,5 @@ pub use top_k::TopK;
 pub use top_n_sigma::TopNSigma;
 pub use top_p::TopP;
 pub use typical::Typical;
+pub use watermark::{GreenList, Watermark, WatermarkDetector, WatermarkScore};
 pub use xtc::Xtc;
