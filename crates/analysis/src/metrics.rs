@@ -42,17 +42,12 @@ pub fn repeated_ngram_rate(ids: &[u32], n: usize) -> Option<f64> {
 pub fn mean_logprob(rows: &[crate::TraceRow]) -> Option<f64> {
     let mut last: std::collections::BTreeMap<usize, f64> = std::collections::BTreeMap::new();
     for r in rows {
-        match r.event.as_str() {
-            "token" | "eos_avoided" => {
-                last.insert(r.index, r.chosen_prob);
-            }
+        if let Some(removed) = r.backstep_removed() {
             // A back step removes the indices at and after where it lands.
-            e if e.starts_with("backstep:") => {
-                let removed: usize = e["backstep:".len()..].parse().unwrap_or(0);
-                let keep_below = r.index.saturating_sub(removed);
-                last.retain(|&i, _| i < keep_below);
-            }
-            _ => {}
+            let keep_below = r.index.saturating_sub(removed);
+            last.retain(|&i, _| i < keep_below);
+        } else if matches!(r.event.as_str(), "token" | "eos_avoided") {
+            last.insert(r.index, r.chosen_prob);
         }
     }
     if last.is_empty() {

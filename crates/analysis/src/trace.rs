@@ -47,6 +47,11 @@ impl TraceRow {
         self.event != "token"
     }
 
+    /// Tokens removed when this step's EOS became a back step (`backstep:<removed>`).
+    pub fn backstep_removed(&self) -> Option<usize> {
+        self.event.strip_prefix("backstep:")?.parse().ok()
+    }
+
     /// The top candidates as `(id, probability)`; malformed entries are skipped.
     pub fn top_candidates(&self) -> Vec<(u32, f64)> {
         self.top
