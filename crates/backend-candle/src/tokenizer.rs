@@ -25,6 +25,7 @@ const TOKEN_TYPE_CONTROL: i64 = 3;
 /// `tokenizer.ggml.tokens` / `merges`, pre-tokenizer `Sequence[Digits(individual),
 /// ByteLevel(add_prefix_space = false, use_regex = true)]`, and every token of type 3
 /// (control) as a special token that is matched verbatim in the input.
+#[derive(Clone)]
 pub struct LlamaTokenizer {
     inner: tokenizers::Tokenizer,
     /// Raw bytes of every token id (specials: their text).
@@ -171,13 +172,28 @@ impl LlamaTokenizer {
             .flatten()
             .collect();
         eos_ids.dedup();
+        let bos_id = id("tokenizer.ggml.bos_token_id");
+        for (key, value) in [
+            ("tokenizer.ggml.eos_token_id", id("tokenizer.ggml.eos_token_id")),
+            ("tokenizer.ggml.eot_token_id", id("tokenizer.ggml.eot_token_id")),
+            ("tokenizer.ggml.bos_token_id", bos_id),
+        ] {
+            if let Some(v) = value
+                && v as usize >= tokens.len()
+            {
+                return Err(CandleBackendError::metadata(
+                    key,
+                    format!("token id {v} is outside the vocabulary of {} tokens", tokens.len()),
+                ));
+            }
+        }
         let chat_template = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
         Ok(Self {
             inner,
             bytes,
             special,
             eos_ids,
-            bos_id: id("tokenizer.ggml.bos_token_id"),
+            bos_id,
             add_bos: md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),
             chat_template,
         })

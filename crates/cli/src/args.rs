@@ -152,6 +152,9 @@ pub enum PresetArg {
 }
 
 #[derive(Debug, Args)]
+// `--min-p -1` must reach our validation (one line naming the flag), not be taken
+// for an unknown flag by clap.
+#[command(allow_negative_numbers = true)]
 pub struct GenerateArgs {
     /// The prompt. Read from stdin when absent.
     pub prompt: Option<String>,
@@ -202,6 +205,12 @@ pub struct GenerateArgs {
     /// Presence penalty (OpenAI).
     #[arg(long)]
     pub presence_penalty: Option<f32>,
+
+    /// Repair NaN / +inf logits from the model instead of stopping with an error (NaN
+    /// tokens are masked, +inf tokens take all the mass; repairs are counted in --json
+    /// and logged with -v). HF `remove_invalid_values`.
+    #[arg(long)]
+    pub remove_invalid_values: bool,
 
     /// RNG seed: the same seed gives the same text.
     #[arg(long, default_value_t = 42)]

@@ -112,12 +112,20 @@ fn sampling_config(args: &GenerateArgs) -> Result<SamplingConfig> {
     if args.top_k.is_some() {
         config.top_k = args.top_k;
     }
+    if args.remove_invalid_values {
+        config.remove_invalid_values = Some(true);
+    }
     config.validate()?;
     Ok(config)
 }
 
 fn strategy(args: &GenerateArgs) -> Result<Box<dyn EosStrategy>> {
-    let peak = args.peak_times.map(Peak::times).transpose()?;
+    let peak = args
+        .peak_times
+        .map(Peak::times)
+        .transpose()
+        .with_context(|| format!("--peak-times {}", args.peak_times.unwrap_or_default()))?;
+    let flag = || format!("--backstep {}", args.backstep);
     Ok(match args.strategy {
         StrategyArg::None => Box::new(StopAtEos),
         StrategyArg::Suppress => Box::new(SuppressEos::new()),
@@ -128,9 +136,9 @@ fn strategy(args: &GenerateArgs) -> Result<Box<dyn EosStrategy>> {
                 None => s,
             })
         }
-        StrategyArg::Backstep => Box::new(Backstep::new(args.backstep)?),
+        StrategyArg::Backstep => Box::new(Backstep::new(args.backstep).with_context(flag)?),
         StrategyArg::Dynamic => {
-            let s = BackstepWithSchedule::new(args.backstep)?;
+            let s = BackstepWithSchedule::new(args.backstep).with_context(flag)?;
             Box::new(match peak {
                 Some(p) => s.with_peak(p)?,
                 None => s,
@@ -152,6 +160,10 @@ fn read_prompt(args: &GenerateArgs) -> Result<String> {
 }
 
 fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
+    // Every flag is validated before the model is looked up or read.
+    let config = sampling_config(args)?;
+    let chain = config.chain()?;
+    let eos_strategy = strategy(args)?;
     let model_path = match &args.model {
         Some(p) => p.clone(),
         None => default_model_path()?,
@@ -160,8 +172,6 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         bail!("model not found at {}: run `cargo xtask fetch-model` (or pass --model)", model_path.display());
     }
     let prompt_text = read_prompt(args)?;
-    let config = sampling_config(args)?;
-    let chain = config.chain()?;
 
     let t0 = std::time::Instant::now();
     let options = if args.exact_weights { LoadOptions::exact() } else { LoadOptions::default() };
@@ -192,7 +202,7 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         .max_new_tokens(args.max_new_tokens)
         .stop_strings(args.stop.iter().cloned())
         .trace(args.trace.is_some());
-    builder = builder.eos_strategy(strategy(args)?);
+    builder = builder.eos_strategy(eos_strategy);
     let mut generator = builder.build()?;
 
     let output = if args.json {

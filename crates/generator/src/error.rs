@@ -80,6 +80,17 @@ pub enum GenerateError {
         /// What it answered and why that is invalid.
         action: String,
     },
+    /// Code called by the generator panicked: a model backend, a custom processor or
+    /// sampler, an EOS strategy, or the `generate_with` callback. The panic is caught at
+    /// the step boundary (see the crate docs, "Panics"); inside a run it arrives wrapped
+    /// in [`PartialGeneration`](Self::PartialGeneration) with the output so far.
+    #[error("panic in {during}: {message}")]
+    Panicked {
+        /// Where: `"prefill"`, `"decode step"` or `"on_event callback"`.
+        during: &'static str,
+        /// The panic payload when it was a string, else `"<non-string panic payload>"`.
+        message: String,
+    },
     /// Generation failed midway: `output` holds everything generated before `source`.
     #[error("generation failed after {} tokens: {source}", output.ids.len())]
     PartialGeneration {
@@ -95,6 +106,18 @@ impl GenerateError {
     /// Shorthand for [`GenerateError::InvalidParameter`].
     pub fn invalid(name: &'static str, value: impl std::fmt::Display, reason: &'static str) -> Self {
         Self::InvalidParameter { name, value: value.to_string(), reason }
+    }
+
+    /// A [`Panicked`](Self::Panicked) error from a caught panic payload.
+    pub(crate) fn from_panic(during: &'static str, payload: Box<dyn std::any::Any + Send>) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "<non-string panic payload>".to_owned()
+        };
+        Self::Panicked { during, message }
     }
 
     /// The partial output of a [`PartialGeneration`](Self::PartialGeneration).

@@ -3,13 +3,14 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use perpetua_perpetual::{EosAction, EosDrawn, EosStrategy, StepInfo, StopAtEos};
 use perpetua_sampling::samplers::{Multinomial, draw_without_replacement};
-use perpetua_sampling::{Candidates, Chain, SamplingContext, stats};
+use perpetua_sampling::{Candidates, Chain, NonFinitePolicy, SamplingContext, stats};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 
@@ -243,6 +244,12 @@ pub struct Counts {
     pub eos_avoided: usize,
     /// Context rolls.
     pub context_rolls: usize,
+    /// NaN / `+inf` logits repaired under [`NonFinitePolicy::Sanitize`] (0 under the
+    /// default policy, where the first one is an error).
+    ///
+    /// [`NonFinitePolicy::Sanitize`]: perpetua_sampling::NonFinitePolicy::Sanitize
+    #[serde(default)]
+    pub sanitized_logits: usize,
 }
 
 /// Wall-clock times of one generation.
@@ -330,6 +337,7 @@ pub struct GeneratorBuilder<M: LanguageModel> {
     cancel: Option<Arc<AtomicBool>>,
     skip_special_tokens: bool,
     add_special_tokens: bool,
+    non_finite: Option<perpetua_sampling::NonFinitePolicy>,
 }
 
 impl<M: LanguageModel> GeneratorBuilder<M> {
@@ -344,6 +352,18 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
     /// distribution at temperature 1).
     pub fn chain(mut self, chain: Chain) -> Self {
         self.chain = Some(chain);
+        self
+    }
+
+    /// What to do with NaN / `+inf` logits from the model: sets the chain's
+    /// [`NonFinitePolicy`](perpetua_sampling::NonFinitePolicy) (the generator follows the
+    /// chain's policy, whichever way it was set). Default `Error`: the step fails with
+    /// [`SamplingError::NanLogit`](perpetua_sampling::SamplingError::NanLogit) /
+    /// `InfiniteLogit` inside a [`GenerateError::PartialGeneration`] carrying every token
+    /// so far. `Sanitize` masks NaN tokens, gives `+inf` tokens all the mass, counts the
+    /// repairs in [`Counts::sanitized_logits`] and logs a `tracing` warning.
+    pub fn non_finite_policy(mut self, policy: perpetua_sampling::NonFinitePolicy) -> Self {
+        self.non_finite = Some(policy);
         self
     }
 
@@ -494,7 +514,13 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
         Ok(Generator {
             model: self.model,
             tokenizer: self.tokenizer,
-            chain: self.chain.unwrap_or_else(|| Chain::new(Multinomial)),
+            chain: {
+                let mut chain = self.chain.unwrap_or_else(|| Chain::new(Multinomial));
+                if let Some(policy) = self.non_finite {
+                    chain.set_non_finite_policy(policy);
+                }
+                chain
+            },
             seed: self.seed,
             strategy: self.strategy,
             eos_ids,
@@ -678,6 +704,7 @@ impl<M: LanguageModel> Generator<M> {
             cancel: None,
             skip_special_tokens: true,
             add_special_tokens: true,
+            non_finite: None,
         }
     }
 
@@ -843,7 +870,8 @@ impl<M: LanguageModel> Generator<M> {
         let ids = self.encode_prompt(prompt.into())?;
         let mut cache = self.model.new_cache().map_err(model_err)?;
         let window = self.window_for(&cache, ids.len())?;
-        let prefill = self.prefill(&ids, &mut cache)?;
+        let prefill = panic::catch_unwind(AssertUnwindSafe(|| self.prefill(&ids, &mut cache)))
+            .unwrap_or_else(|payload| Err(GenerateError::from_panic("prefill", payload)))?;
         let session = self.start_session(ids, cache, window, prefill, started, 0);
         Ok(Stream { generator: self, session, queue: VecDeque::new(), done: false })
     }
@@ -873,8 +901,12 @@ impl<M: LanguageModel> Generator<M> {
         let mut stream = self.stream(prompt)?;
         while let Some(item) = stream.next() {
             let event = item?;
-            if on_event(&event).is_break() {
-                stream.cancel();
+            match panic::catch_unwind(AssertUnwindSafe(|| on_event(&event))) {
+                Ok(flow) if flow.is_break() => stream.cancel(),
+                Ok(_) => {}
+                Err(payload) => {
+                    return Err(stream.fail(GenerateError::from_panic("on_event callback", payload)));
+                }
             }
         }
         Ok(stream.into_output())
@@ -959,6 +991,23 @@ impl<M: LanguageModel> Generator<M> {
         let vocab = self.model.vocab_size();
         if self.logits.len() != vocab {
             return Err(GenerateError::LogitsLength { got: self.logits.len(), expected: vocab });
+        }
+        if self.chain.non_finite_policy() == NonFinitePolicy::Sanitize {
+            let repaired = perpetua_sampling::sanitize_logits(&mut self.logits);
+            if repaired > 0 {
+                s.counts.sanitized_logits += repaired;
+                tracing::warn!(
+                    position = generated,
+                    repaired,
+                    "non-finite logits from the model were sanitized"
+                );
+                if self.logits.iter().all(|&l| l == f32::NEG_INFINITY) {
+                    return Err(perpetua_sampling::SamplingError::EmptyCandidates {
+                        stage: "sanitize_non_finite",
+                    }
+                    .into());
+                }
+            }
         }
 
         let plan = self.strategy.plan_step(&StepInfo {
@@ -1283,6 +1332,17 @@ impl<M: LanguageModel> Stream<'_, M> {
         &self.session.cache
     }
 
+    /// End the session with `source` as the reason: the
+    /// [`PartialGeneration`](GenerateError::PartialGeneration) error carrying the
+    /// output so far.
+    fn fail(&mut self, source: GenerateError) -> GenerateError {
+        self.queue.clear();
+        self.done = true;
+        self.session.finish = Some(FinishReason::Error);
+        self.session.timings.decode = self.session.decode_started.elapsed();
+        GenerateError::PartialGeneration { output: Box::new(self.session.output()), source: Box::new(source) }
+    }
+
     /// The result; an unfinished stream is cancelled first.
     pub fn into_output(mut self) -> Generation {
         self.cancel();
@@ -1301,17 +1361,16 @@ impl<M: LanguageModel> Iterator for Stream<'_, M> {
             if self.done {
                 return None;
             }
-            if let Err(source) = self.generator.step(&mut self.session, &mut self.queue) {
+            // Panics in code the step calls (backend, custom stages, strategy) are caught
+            // here so the output so far survives; the session ends with it.
+            let step = panic::catch_unwind(AssertUnwindSafe(|| {
+                self.generator.step(&mut self.session, &mut self.queue)
+            }))
+            .unwrap_or_else(|payload| Err(GenerateError::from_panic("decode step", payload)));
+            if let Err(source) = step {
                 // Events of the failed step are dropped; the output keeps every token
                 // accepted before it.
-                self.queue.clear();
-                self.done = true;
-                self.session.finish = Some(FinishReason::Error);
-                self.session.timings.decode = self.session.decode_started.elapsed();
-                return Some(Err(GenerateError::PartialGeneration {
-                    output: Box::new(self.session.output()),
-                    source: Box::new(source),
-                }));
+                return Some(Err(self.fail(source)));
             }
             if self.session.finish.is_some() {
                 self.done = true;

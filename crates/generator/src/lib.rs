@@ -28,6 +28,30 @@
 //!   [`Generator::cot_decode`] (chain-of-thought decoding). Watermarking is a sampling
 //!   stage: `perpetua_sampling::processors::Watermark`.
 //!
+//! # Failures, bad logits and panics
+//!
+//! - **Nothing generated is lost.** An error after the first decode step is
+//!   [`GenerateError::PartialGeneration`]: the output so far (text, ids, counts, trace)
+//!   with finish reason `Error`, and the cause.
+//! - **NaN / `+inf` logits** from the model are an error by default
+//!   ([`SamplingError::NanLogit`](perpetua_sampling::SamplingError::NanLogit) /
+//!   `InfiniteLogit`, naming the token id) and are never sampled silently.
+//!   [`GeneratorBuilder::non_finite_policy`]`(Sanitize)` (HF `remove_invalid_values`)
+//!   masks NaN tokens and gives `+inf` tokens all the mass, counting each repair in
+//!   [`Counts::sanitized_logits`].
+//! - **Panics** in code the generator calls — the backend's `forward`, custom
+//!   processors and samplers, the EOS strategy, the [`Generator::generate_with`]
+//!   callback — are caught at the step boundary with `catch_unwind` and returned as
+//!   [`GenerateError::Panicked`] (inside `PartialGeneration` once tokens exist). The
+//!   run ends; the generator stays usable (the next run resets the chain and the
+//!   strategy; the cache was the run's own). The panic hook still runs (the default
+//!   one prints the message), and with `panic = "abort"` nothing can be caught. Code
+//!   the caller runs between [`Stream`] items is the caller's own. Beam search,
+//!   speculative and CoT decoding do not catch panics.
+//! - **Threads.** `Generator<M>` is `Send` when `M` is; a model is shared read-only as
+//!   `Arc<M>` (every backend here is `Sync`), with one generator — and so one cache —
+//!   per thread. The same seed gives the same tokens on any thread.
+//!
 //! The feature `testing` adds [`testing`]: a deterministic fake model whose cache
 //! passes the kv-cache conformance kit, and a byte-level tokenizer.
 //!

@@ -69,6 +69,33 @@ impl Candidates {
         Ok(())
     }
 
+    /// Refill like [`fill_from_logits`](Self::fill_from_logits), but repair non-finite
+    /// logits instead of failing (the [`NonFinitePolicy::Sanitize`](crate::NonFinitePolicy)
+    /// policy, cf. HF's `InfNanRemoveLogitsProcessor`), as [`sanitize_logits`] does.
+    /// Returns how many NaN / `+inf` logits there were.
+    ///
+    /// ```
+    /// use perpetua_sampling::Candidates;
+    /// let mut c = Candidates::default();
+    /// assert_eq!(c.fill_from_logits_sanitized(&[0.5, f32::NAN, 2.0]), 1);
+    /// assert_eq!(c.as_slice()[1].logit, f32::NEG_INFINITY); // NaN: masked
+    /// assert_eq!(c.fill_from_logits_sanitized(&[0.5, f32::INFINITY, 2.0]), 1);
+    /// let logits: Vec<f32> = c.as_slice().iter().map(|c| c.logit).collect();
+    /// assert_eq!(logits, [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY]); // +inf takes all the mass
+    /// ```
+    pub fn fill_from_logits_sanitized(&mut self, logits: &[f32]) -> usize {
+        self.data.clear();
+        self.sorted = false;
+        self.has_probs = false;
+        let any_pos_inf = logits.contains(&f32::INFINITY);
+        let mut replaced = 0;
+        self.data.extend(logits.iter().enumerate().map(|(i, &logit)| {
+            replaced += usize::from(logit.is_nan() || logit == f32::INFINITY);
+            Candidate { id: i as u32, logit: sanitize_logit(logit, any_pos_inf), prob: 0.0 }
+        }));
+        replaced
+    }
+
     /// Build from (id, logit) pairs (tests, small vocabularies).
     pub fn from_pairs(pairs: impl IntoIterator<Item = (u32, f32)>) -> Self {
         let data = pairs.into_iter().map(|(id, logit)| Candidate { id, logit, prob: 0.0 }).collect();
@@ -284,6 +311,37 @@ impl Candidates {
 #[inline]
 pub(crate) fn cmp_desc(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
     b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id))
+}
+
+/// One logit under [`sanitize_logits`]; `any_pos_inf`: whether the vector has a `+inf`.
+#[inline]
+fn sanitize_logit(logit: f32, any_pos_inf: bool) -> f32 {
+    if logit.is_nan() {
+        f32::NEG_INFINITY
+    } else if any_pos_inf {
+        if logit == f32::INFINITY { 0.0 } else { f32::NEG_INFINITY }
+    } else {
+        logit
+    }
+}
+
+/// The [`NonFinitePolicy::Sanitize`](crate::NonFinitePolicy) repair, in place: a NaN
+/// becomes `-inf` (masked: a NaN token is never chosen); if any logit is `+inf`, the
+/// softmax limit is taken exactly: the `+inf` tokens become `0.0` and every other token
+/// `-inf`, so they share all the mass equally whatever temperature follows (a finite
+/// stand-in such as `f32::MAX` would overflow back to `+inf` under a temperature
+/// below 1). Returns how many logits were NaN or `+inf`.
+///
+/// For callers that need finite statistics (entropy, log-sum-exp) over raw logits
+/// before any chain runs, as the generator does under `Sanitize`.
+pub fn sanitize_logits(logits: &mut [f32]) -> usize {
+    let any_pos_inf = logits.contains(&f32::INFINITY);
+    let mut replaced = 0;
+    for l in logits {
+        replaced += usize::from(l.is_nan() || *l == f32::INFINITY);
+        *l = sanitize_logit(*l, any_pos_inf);
+    }
+    replaced
 }
 
 #[cfg(test)]

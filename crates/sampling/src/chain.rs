@@ -18,6 +18,31 @@ pub struct Chain {
     processors: Vec<Box<dyn LogitsProcessor>>,
     sampler: Box<dyn Sampler>,
     candidates: Candidates,
+    non_finite: NonFinitePolicy,
+    sanitized: usize,
+}
+
+/// What a [`Chain`] does with NaN and `+inf` logits from the model.
+///
+/// The default is [`Error`](Self::Error): a model that emits NaN is broken, and
+/// sampling from a repaired distribution would silently pick tokens the model never
+/// meant. [`Sanitize`](Self::Sanitize) is the opt-in repair of HF's
+/// `InfNanRemoveLogitsProcessor` (`remove_invalid_values=True`; see
+/// [`sanitize_logits`](crate::sanitize_logits) for the exact rule), and it is counted, never
+/// silent: [`Chain::last_sanitized`] tells how many logits the last step repaired (the
+/// generator sums them into `Counts::sanitized_logits`). `-inf` is always allowed: it
+/// means "masked".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum NonFinitePolicy {
+    /// A NaN logit is [`SamplingError::NanLogit`], `+inf` is
+    /// [`SamplingError::InfiniteLogit`] (the default).
+    #[default]
+    Error,
+    /// NaN → `-inf` (masked, never chosen); `+inf` tokens take all the mass (shared
+    /// equally); if nothing finite is left, [`SamplingError::EmptyCandidates`] with stage
+    /// `"sanitize_non_finite"`.
+    Sanitize,
 }
 
 impl std::fmt::Debug for Chain {
@@ -32,12 +57,52 @@ impl std::fmt::Debug for Chain {
 impl Chain {
     /// A chain with no processors and the given sampler.
     pub fn new(sampler: impl Sampler + 'static) -> Self {
-        Self { processors: Vec::new(), sampler: Box::new(sampler), candidates: Candidates::default() }
+        Self::from_boxed(Box::new(sampler))
     }
 
     /// A chain with no processors and an already boxed sampler.
     pub fn from_boxed(sampler: Box<dyn Sampler>) -> Self {
-        Self { processors: Vec::new(), sampler, candidates: Candidates::default() }
+        Self {
+            processors: Vec::new(),
+            sampler,
+            candidates: Candidates::default(),
+            non_finite: NonFinitePolicy::Error,
+            sanitized: 0,
+        }
+    }
+
+    /// Set the [`NonFinitePolicy`] (builder style).
+    ///
+    /// ```
+    /// use perpetua_sampling::{Chain, NonFinitePolicy, SamplingContext, SamplingError, samplers::Greedy};
+    /// let logits = [0.5_f32, f32::NAN, 2.0];
+    /// let ctx = SamplingContext::new(&[], 0);
+    /// let mut strict = Chain::new(Greedy);
+    /// assert_eq!(strict.process(&logits, &ctx).err(), Some(SamplingError::NanLogit { id: 1 }));
+    /// let mut lenient = Chain::new(Greedy).with_non_finite_policy(NonFinitePolicy::Sanitize);
+    /// assert_eq!(lenient.process(&logits, &ctx)?.finite_len(), 2); // the NaN token is masked
+    /// assert_eq!(lenient.last_sanitized(), 1);
+    /// # Ok::<(), SamplingError>(())
+    /// ```
+    pub fn with_non_finite_policy(mut self, policy: NonFinitePolicy) -> Self {
+        self.non_finite = policy;
+        self
+    }
+
+    /// Set the [`NonFinitePolicy`].
+    pub fn set_non_finite_policy(&mut self, policy: NonFinitePolicy) {
+        self.non_finite = policy;
+    }
+
+    /// The [`NonFinitePolicy`] in force.
+    pub fn non_finite_policy(&self) -> NonFinitePolicy {
+        self.non_finite
+    }
+
+    /// How many logits the last [`process`](Self::process) repaired under
+    /// [`NonFinitePolicy::Sanitize`] (always 0 under `Error`).
+    pub fn last_sanitized(&self) -> usize {
+        self.sanitized
     }
 
     /// Append a processor (builder style).
@@ -149,14 +214,26 @@ impl Chain {
     }
 
     /// Run every processor on `logits` and return the surviving candidates (not yet
-    /// sampled). Errors: NaN / `+inf` logits, a processor error, or an empty set.
+    /// sampled). Errors: NaN / `+inf` logits (unless the [`NonFinitePolicy`] is
+    /// `Sanitize`), a processor error, or an empty set.
     ///
     /// A temperature stage directly followed by top-k runs *after* it: the two commute
     /// (top-k keeps the same ranks whatever positive scale the logits have), and
     /// rescaling 40 survivors instead of the whole vocabulary is most of a step's cost
     /// at 49k logits. [`stage_names`](Self::stage_names) still shows the configured order.
     pub fn process(&mut self, logits: &[f32], ctx: &SamplingContext<'_>) -> Result<&mut Candidates> {
-        self.candidates.fill_from_logits(logits)?;
+        match self.non_finite {
+            NonFinitePolicy::Error => {
+                self.sanitized = 0;
+                self.candidates.fill_from_logits(logits)?;
+            }
+            NonFinitePolicy::Sanitize => {
+                self.sanitized = self.candidates.fill_from_logits_sanitized(logits);
+                if self.sanitized > 0 && self.candidates.finite_len() == 0 {
+                    return Err(SamplingError::EmptyCandidates { stage: "sanitize_non_finite" });
+                }
+            }
+        }
         let mut i = 0;
         while i < self.processors.len() {
             let swap = self.processors[i].is_monotone_rescale()
@@ -351,6 +428,7 @@ pub struct ChainBuilder {
     stages: Vec<(Stage, Box<dyn LogitsProcessor>)>,
     custom: Vec<(Anchor, Box<dyn LogitsProcessor>)>,
     sampler: Option<Box<dyn Sampler>>,
+    non_finite: NonFinitePolicy,
 }
 
 impl std::fmt::Debug for ChainBuilder {
@@ -367,6 +445,12 @@ impl ChainBuilder {
     /// An empty builder (no stages; multinomial sampling).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The [`NonFinitePolicy`] of the built chain (default `Error`).
+    pub fn non_finite_policy(mut self, policy: NonFinitePolicy) -> Self {
+        self.non_finite = policy;
+        self
     }
 
     /// Set (or replace) the standard stage `stage`.
@@ -421,7 +505,8 @@ impl ChainBuilder {
     /// The chain: for each [`Stage`] in order, its `before` customs, the stage, its
     /// `after` customs.
     pub fn build(self) -> Chain {
-        let mut chain = Chain::from_boxed(self.sampler.unwrap_or_else(|| Box::new(Multinomial)));
+        let mut chain = Chain::from_boxed(self.sampler.unwrap_or_else(|| Box::new(Multinomial)))
+            .with_non_finite_policy(self.non_finite);
         let mut stages: Vec<Option<(Stage, Box<dyn LogitsProcessor>)>> =
             self.stages.into_iter().map(Some).collect();
         let mut custom: Vec<Option<(Anchor, Box<dyn LogitsProcessor>)>> =

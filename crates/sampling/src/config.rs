@@ -174,6 +174,10 @@ pub struct SamplingConfig {
     /// Mask every EOS id at every step (ours).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suppress_eos: Option<bool>,
+    /// HF `remove_invalid_values`: repair NaN / `+inf` logits instead of failing
+    /// ([`NonFinitePolicy::Sanitize`](crate::NonFinitePolicy)). Default off: an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remove_invalid_values: Option<bool>,
     /// OpenAI `logit_bias`: token id (a JSON object key, so a string) → additive bias.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logit_bias: Option<BTreeMap<String, f32>>,
@@ -308,6 +312,9 @@ impl SamplingConfig {
         }
         if self.suppress_eos == Some(true) {
             b = b.stage(Stage::SuppressEos, SuppressEos::new());
+        }
+        if self.remove_invalid_values == Some(true) {
+            b = b.non_finite_policy(crate::NonFinitePolicy::Sanitize);
         }
 
         // Warpers: validated even when greedy skips them, so a typo never hides.

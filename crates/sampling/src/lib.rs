@@ -44,8 +44,8 @@ pub mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use candidates::{Candidate, Candidates};
-pub use chain::{Chain, ChainBuilder, Preset, Stage};
+pub use candidates::{Candidate, Candidates, sanitize_logits};
+pub use chain::{Chain, ChainBuilder, NonFinitePolicy, Preset, Stage};
 pub use config::SamplingConfig;
 pub use context::SamplingContext;
 pub use error::{Result, SamplingError};

@@ -213,12 +213,21 @@ impl LogitsProcessor for Dry {
         if s.dense.len() < candidates.len() {
             s.dense.resize(candidates.len(), 0);
         }
+        let mut max_candidate: Option<u32> = None;
         for i in 0..n - 1 {
             let len = s.repeat[i];
             if len as usize >= self.allowed_length {
                 let token = w[i + 1];
                 let t = token as usize;
                 if t >= s.dense.len() {
+                    // Beyond the vocabulary-sized table: only grow for an id some
+                    // candidate has (a history id outside the vocabulary cannot be
+                    // penalised, and must not size an allocation).
+                    let max_candidate = *max_candidate
+                        .get_or_insert_with(|| candidates.as_slice().iter().map(|c| c.id).max().unwrap_or(0));
+                    if token > max_candidate {
+                        continue;
+                    }
                     s.dense.resize(t + 1, 0);
                 }
                 if s.dense[t] == 0 {

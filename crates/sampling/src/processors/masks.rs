@@ -47,6 +47,14 @@ impl IdLookup {
         if self.misses.is_empty() {
             return;
         }
+        // Only ids some candidate has can match: ids beyond the largest candidate id
+        // (a caller's id outside the vocabulary) are dropped here, so the table is
+        // sized by the candidates, never by an arbitrary caller id.
+        let max_candidate = slice.iter().map(|c| c.id).max().unwrap_or(0);
+        self.misses.retain(|&j| ids[j as usize] <= max_candidate);
+        if self.misses.is_empty() {
+            return;
+        }
         let max_id = self.misses.iter().map(|&j| ids[j as usize]).max().unwrap_or(0) as usize;
         if self.slot.len() <= max_id {
             self.slot.resize(max_id + 1, u32::MAX);
@@ -246,30 +254,47 @@ impl LogitsProcessor for BannedSequences {
 /// among the candidates, or all of them are at `-inf`.
 #[derive(Debug, Clone)]
 pub struct AllowList {
-    /// `allowed[id]`, dense up to the largest allowed id.
+    /// `allowed[id]`, dense up to the largest allowed id below [`Self::DENSE_LIMIT`].
     allowed: Vec<bool>,
+    /// Allowed ids at or above `DENSE_LIMIT`, sorted: a caller's huge id must not size
+    /// an allocation.
+    far: Vec<u32>,
 }
 
 impl AllowList {
+    /// Ids below this live in a dense table (at most 1 MiB); larger ones (beyond every
+    /// real vocabulary) in a sorted list.
+    const DENSE_LIMIT: u32 = 1 << 20;
+
     /// An allow-list of `ids`. Errors when `ids` is empty.
     pub fn new(ids: impl IntoIterator<Item = u32>) -> Result<Self> {
         let mut allowed = Vec::new();
+        let mut far = Vec::new();
         for id in ids {
+            if id >= Self::DENSE_LIMIT {
+                far.push(id);
+                continue;
+            }
             let i = id as usize;
             if allowed.len() <= i {
                 allowed.resize(i + 1, false);
             }
             allowed[i] = true;
         }
-        if allowed.is_empty() {
+        if allowed.is_empty() && far.is_empty() {
             return Err(SamplingError::invalid("allow_list", "[]", "must list at least one token id"));
         }
-        Ok(Self { allowed })
+        far.sort_unstable();
+        far.dedup();
+        Ok(Self { allowed, far })
     }
 
     /// Whether `id` is allowed.
     pub fn allows(&self, id: u32) -> bool {
-        self.allowed.get(id as usize).copied().unwrap_or(false)
+        match self.allowed.get(id as usize) {
+            Some(&a) => a,
+            None => id >= Self::DENSE_LIMIT && self.far.binary_search(&id).is_ok(),
+        }
     }
 }
 
@@ -279,8 +304,7 @@ impl LogitsProcessor for AllowList {
     }
 
     fn process(&mut self, candidates: &mut Candidates, _ctx: &SamplingContext<'_>) -> Result<()> {
-        let allowed = &self.allowed;
-        candidates.retain(|c| allowed.get(c.id as usize).copied().unwrap_or(false));
+        candidates.retain(|c| self.allows(c.id));
         ensure_finite_left(candidates, "allow_list")
     }
 }

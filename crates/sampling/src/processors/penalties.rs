@@ -18,44 +18,67 @@ fn window<'a>(ctx: &SamplingContext<'a>, last_n: usize, include_prompt: bool) ->
     if last_n == 0 { source } else { &source[source.len().saturating_sub(last_n)..] }
 }
 
+/// Ids below this are counted in a dense table (at most 4 MiB); vocabularies are far
+/// smaller (SmolLM2 49,152; Llama 3 128,256; Gemma 3 262,144).
+const DENSE_LIMIT: usize = 1 << 20;
+
 /// Occurrence counts of the distinct tokens of a window, without allocating per step.
 #[derive(Debug, Clone, Default)]
 struct TokenCounts {
     /// `dense[id]` = count of `id` in the window being counted; all zero between steps.
+    /// Grows to the largest id seen, but never past [`DENSE_LIMIT`]: a history id far
+    /// outside any vocabulary must not size an allocation.
     dense: Vec<u32>,
-    /// Distinct ids of the window, in first-seen order.
+    /// Counts of ids at or beyond [`DENSE_LIMIT`] (outside every real vocabulary; rare),
+    /// searched linearly.
+    far: Vec<(u32, u32)>,
+    /// Distinct ids of the window: those below `DENSE_LIMIT` in first-seen order, then
+    /// the others.
     ids: Vec<u32>,
     /// `counts[j]` = occurrences of `ids[j]`.
     counts: Vec<u32>,
 }
 
 impl TokenCounts {
-    /// Count `window`. `vocab_hint` presizes the dense table and `window_hint` (the
-    /// configured window length, 0 = unbounded) the id lists, so that after the first
-    /// call nothing grows: not even while a bounded window fills up.
+    /// Count `window`. `vocab_hint` sizes the dense table and `window_hint` (the
+    /// configured window length, 0 = unbounded; capped by the vocabulary, which bounds
+    /// the distinct ids) presizes the id lists, so that after the first call nothing
+    /// grows: not even while a bounded window fills up.
     fn count(&mut self, window: &[u32], vocab_hint: usize, window_hint: usize) {
         self.ids.clear();
         self.counts.clear();
         if self.dense.len() < vocab_hint {
             self.dense.resize(vocab_hint, 0);
         }
-        let distinct_max = window_hint.max(window.len());
+        let distinct_max = window_hint.min(vocab_hint).max(window.len().min(vocab_hint));
         self.ids.reserve(distinct_max);
         self.counts.reserve(distinct_max);
         for &t in window {
             let i = t as usize;
-            if i >= self.dense.len() {
+            if i >= self.dense.len() && i < DENSE_LIMIT {
                 self.dense.resize(i + 1, 0);
             }
-            if self.dense[i] == 0 {
-                self.ids.push(t);
+            match self.dense.get_mut(i) {
+                Some(count) => {
+                    if *count == 0 {
+                        self.ids.push(t);
+                    }
+                    *count += 1;
+                }
+                None => match self.far.iter_mut().find(|(id, _)| *id == t) {
+                    Some((_, count)) => *count += 1,
+                    None => self.far.push((t, 1)),
+                },
             }
-            self.dense[i] += 1;
         }
         for &t in &self.ids {
             let i = t as usize;
             self.counts.push(self.dense[i]);
             self.dense[i] = 0;
+        }
+        for (t, count) in self.far.drain(..) {
+            self.ids.push(t);
+            self.counts.push(count);
         }
     }
 }

@@ -1,0 +1,92 @@
+//! The `perpetua` binary as a user meets it (issue 8): `--help` lists every flag with
+//! its default, and each invalid flag value gives one line naming the flag and its
+//! allowed range, a non-zero exit code and no backtrace. Invalid values are rejected
+//! before the model is read, so these run without it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn perpetua(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_perpetua"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        // A model path that does not exist: nothing here may need the model.
+        .env("PERPETUA_MODEL_DIR", "/nonexistent/perpetua-cli-test")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn generate_help_lists_every_flag_with_its_default() {
+    let (code, help, _) = perpetua(&["generate", "--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--model",
+        "--temperature",
+        "--top-k",
+        "--top-p",
+        "--min-p",
+        "--repetition-penalty",
+        "--frequency-penalty",
+        "--presence-penalty",
+        "--seed",
+        "--max-new-tokens",
+        "--stop",
+        "--preset",
+        "--strategy",
+        "--backstep",
+        "--config",
+        "--json",
+        "--trace",
+        "--remove-invalid-values",
+    ] {
+        assert!(help.contains(flag), "`{flag}` missing from --help:\n{help}");
+    }
+    for default in ["[default: 42]", "[default: 512]", "[default: none]", "[default: 10]"] {
+        assert!(help.contains(default), "`{default}` missing from --help:\n{help}");
+    }
+}
+
+#[test]
+fn invalid_flag_values_give_one_line_naming_the_flag() {
+    let cases: [(&[&str], &str); 9] = [
+        (&["--temperature", "nan"], "`temperature` = NaN: must be finite and >= 0"),
+        (&["--temperature", "-1"], "`temperature` = -1"),
+        (&["--top-p", "1.5"], "`top_p` = 1.5: must be in (0, 1]"),
+        (&["--top-p", "0"], "`top_p` = 0"),
+        (&["--min-p", "-1"], "`min_p` = -1: must be in [0, 1]"),
+        (&["--repetition-penalty", "0"], "`repetition_penalty` = 0"),
+        (&["--strategy", "backstep", "--backstep", "0"], "--backstep 0"),
+        (&["--strategy", "dynamic", "--peak-times", "-2"], "--peak-times -2"),
+        (&["--config", "/nonexistent/generation_config.json"], "generation_config.json"),
+    ];
+    for (flags, named) in cases {
+        let mut args = vec!["generate"];
+        args.extend_from_slice(flags);
+        args.push("hello");
+        let (code, stdout, stderr) = perpetua(&args);
+        assert_eq!(code, 1, "{flags:?}: exit code; stderr: {stderr}");
+        assert!(stdout.is_empty(), "{flags:?}: stdout not empty: {stdout}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{flags:?}: expected one line, got:\n{stderr}");
+        assert!(lines[0].starts_with("perpetua: error: "), "{flags:?}: {stderr}");
+        assert!(lines[0].contains(named), "{flags:?}: `{stderr}` does not name `{named}`");
+        assert!(!stderr.contains("backtrace") && !stderr.contains("panicked"), "{flags:?}: {stderr}");
+    }
+}
+
+#[test]
+fn unparsable_values_are_clap_errors_naming_the_flag() {
+    let (code, _, stderr) = perpetua(&["generate", "--max-new-tokens", "many", "hello"]);
+    assert_eq!(code, 2);
+    let first = stderr.lines().next().unwrap();
+    assert!(first.contains("'many'") && first.contains("--max-new-tokens"), "{stderr}");
+    let (code, _, stderr) = perpetua(&["generate", "--strategy", "forever", "hello"]);
+    assert_eq!(code, 2);
+    assert!(stderr.lines().next().unwrap().contains("forever"), "{stderr}");
+}
