@@ -7,10 +7,20 @@
 //!
 //! - `eval [--quick]`: the strategy evaluation on the default model (`perpetua eval`
 //!   over `eval/prompts.txt`), writing `docs/EVALUATION.md` and `docs/eval/`.
+//! - `bench [--quick]`: end-to-end benchmark on the default model (issue 10): our
+//!   `Generator` vs candle-transformers' `quantized_llama` vs llama.cpp
+//!   (`llama-cpp-python` 0.3.36 in a virtual environment under `target/bench-venv`), each
+//!   measurement in its own process, 2 threads, same GGUF and prompt ids; prefill/decode
+//!   tok/s, decode at positions 100/2,000/6,000, peak RSS, sampling share, perpetual
+//!   overhead. Rewrites the marked section of `docs/PERFORMANCE.md` (`--quick`:
+//!   `target/bench/BENCH.md`); raw JSON in `target/bench/`. Code: `xtask/src/bench.rs`,
+//!   `benches/examples/e2e.rs`, `xtask/bench_llama_cpp.py`.
 //!
 //! The model directory is `$PERPETUA_MODEL_DIR`, else `$XDG_CACHE_HOME/perpetua/models`,
 //! else `$HOME/.cache/perpetua/models` (`perpetua_models::model_dir`, shared with the
 //! candle backend and the CLI).
+
+mod bench;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -24,7 +34,12 @@ tasks:
   ci            fetch-model, fmt --check, clippy -D warnings, all tests
   eval          strategy evaluation on the default model: 20 prompts x 5 strategies,
                 writes docs/EVALUATION.md and docs/eval/ (--quick: 5 prompts, 500 tokens,
-                written to target/eval-quick/)";
+                written to target/eval-quick/)
+  bench         end to end vs candle-transformers and llama.cpp (llama-cpp-python in
+                target/bench-venv): 3 rounds, 128 tokens, positions 100/2,000/6,000,
+                RSS, sampling share, perpetual overhead; writes the marked section of
+                docs/PERFORMANCE.md and target/bench/*.json (--quick: 1 round, 32 tokens,
+                a 500-token perpetual run, written to target/bench/BENCH.md)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,6 +47,11 @@ fn main() -> ExitCode {
         Some("fetch-model") => fetch_model().map(|path| println!("{}", path.display())),
         Some("ci") => ci(),
         Some("eval") => eval(args.get(1).map(String::as_str) == Some("--quick")),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            None => fetch_model().and_then(|model| bench::bench(false, model)),
+            Some("--quick") => fetch_model().and_then(|model| bench::bench(true, model)),
+            Some(other) => Err(anyhow::anyhow!("bench: unknown option `{other}` (only --quick)")),
+        },
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())
@@ -52,7 +72,7 @@ fn fetch_model() -> Result<PathBuf> {
     Ok(perpetua_models::fetch(&perpetua_models::DEFAULT_MODEL, &mut |line| eprintln!("xtask: {line}"))?)
 }
 
-fn cargo(args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     eprintln!("xtask: cargo {}", args.join(" "));
     let status = Command::new(&cargo).args(args).status().with_context(|| format!("running {cargo}"))?;

@@ -7,10 +7,15 @@
 //! cached row exactly once: for each KV head it scores all `group` query heads against
 //! a key row while it is in L1, then accumulates all `group` outputs from each value row.
 //!
-//! Work is split over KV heads (rayon); each head's computation is sequential and
-//! independent of the thread count, so results are deterministic and identical whether
-//! a position is computed in decode or as one row of a prefill (batch invariance, which
-//! truncate-and-refeed relies on).
+//! Work is split over (KV head, chunk of [`CHUNK`] positions) items (rayon), as in
+//! flash-decoding: each item computes its chunk's softmax numerator with its own maximum,
+//! and a short sequential pass rescales and sums the chunks. With SmolLM2's 3 KV heads,
+//! splitting over heads alone left one of 2 threads idle a third of the time; chunks
+//! keep both busy at long context. The chunking depends only on the number of visible
+//! positions and every sum runs in a fixed order, so results are deterministic,
+//! independent of the thread count, and identical whether a position is computed in
+//! decode or as one row of a prefill (batch invariance, which truncate-and-refeed
+//! relies on).
 
 use std::cell::RefCell;
 
@@ -18,7 +23,13 @@ use rayon::prelude::*;
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Positions per work item. Small enough that two threads balance over three KV heads
+/// from a few hundred positions on; large enough that the per-item overhead (a task,
+/// one rescale) stays negligible.
+pub(crate) const CHUNK: usize = 256;
 
 /// Geometry of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -77,9 +88,10 @@ fn exp_nonpositive(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// `row ← softmax(row)`, in `LANES` partial maxima and sums (vectorised) reduced in a
-/// fixed order.
-fn softmax_in_place(row: &mut [f32]) {
+/// `row ← e^(row − max)`; returns `(max, Σ row)`: a softmax numerator, in `LANES`
+/// partial maxima and sums (vectorised) reduced in a fixed order. Chunks are normalised
+/// together afterwards.
+fn exp_shifted_in_place(row: &mut [f32]) -> (f32, f32) {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let (chunks, tail) = row.split_at(row.len() - row.len() % LANES);
     for c in chunks.chunks_exact(LANES) {
@@ -101,9 +113,57 @@ fn softmax_in_place(row: &mut [f32]) {
         *s = exp_nonpositive(*s - max);
         sum += *s;
     }
-    let inv = 1.0 / sum;
-    for s in row.iter_mut() {
-        *s *= inv;
+    (max, sum)
+}
+
+/// Columns per register block of [`weighted_sums_blocked`]: 4 AVX vectors.
+const BLOCK: usize = 32;
+
+/// `p[gi·(d+2) + 2 + c] = Σ_t scores[gi·len + t] · v[t·d + c]` for every query head `gi`
+/// of the group (the `d + 2` layout of the partials; the first two slots untouched).
+/// Groups of 1–4 heads with `d` a multiple of 32 take the register-blocked kernel,
+/// anything else the plain loop; both sum over `t` in order.
+fn weighted_value_sums(scores: &[f32], len: usize, v: &[f32], d: usize, group: usize, p: &mut [f32]) {
+    if d.is_multiple_of(BLOCK) {
+        match group {
+            1 => return weighted_sums_blocked::<1>(scores, len, v, d, p),
+            2 => return weighted_sums_blocked::<2>(scores, len, v, d, p),
+            3 => return weighted_sums_blocked::<3>(scores, len, v, d, p),
+            4 => return weighted_sums_blocked::<4>(scores, len, v, d, p),
+            _ => {}
+        }
+    }
+    let per_head = d + 2;
+    for (t, v_t) in v.chunks_exact(d).enumerate() {
+        for (gi, acc) in p.chunks_exact_mut(per_head).enumerate() {
+            let w = scores[gi * len + t];
+            for (a, &x) in acc[2..].iter_mut().zip(v_t) {
+                *a += w * x;
+            }
+        }
+    }
+}
+
+/// The value sums of `G` query heads, 32 columns at a time, with the `G × 32`
+/// accumulators in registers for the whole pass over the positions (the plain loop
+/// loads and stores them for every position). Same order of additions per column.
+fn weighted_sums_blocked<const G: usize>(scores: &[f32], len: usize, v: &[f32], d: usize, p: &mut [f32]) {
+    let per_head = d + 2;
+    for col in (0..d).step_by(BLOCK) {
+        let mut acc = [[0.0_f32; BLOCK]; G];
+        for (t, v_t) in v.chunks_exact(d).enumerate() {
+            let Some(x) = v_t.get(col..col + BLOCK) else { return };
+            for (g, acc_g) in acc.iter_mut().enumerate() {
+                let w = scores[g * len + t];
+                for c in 0..BLOCK {
+                    acc_g[c] += w * x[c];
+                }
+            }
+        }
+        for (g, acc_g) in acc.iter().enumerate() {
+            let at = g * per_head + 2 + col;
+            p[at..at + BLOCK].copy_from_slice(acc_g);
+        }
     }
 }
 
@@ -125,34 +185,65 @@ pub(crate) fn attend_one(g: Geometry, q: &[f32], k: &[f32], v: &[f32], visible: 
     debug_assert_eq!(out.len(), g.n_heads * d);
     debug_assert!(k.len() >= g.n_kv_heads * g.head_stride * d && visible <= g.head_stride);
     let scale = 1.0 / (d as f32).sqrt();
-    out.par_chunks_mut(group * d).enumerate().for_each(|(j, out_j)| {
+    let chunks = visible.div_ceil(CHUNK).max(1);
+    // Per item and query head of its group: the chunk's max, its sum, then `d` sums.
+    let per_head = d + 2;
+    let item = group * per_head;
+    // Taken out of the thread-local (not borrowed) across the parallel section: a rayon
+    // worker waiting here may run another sequence's attention, which then simply finds
+    // an empty buffer.
+    let mut partials = PARTIALS.with_borrow_mut(std::mem::take);
+    partials.clear();
+    partials.resize(g.n_kv_heads * chunks * item, 0.0);
+    partials.par_chunks_mut(item).enumerate().for_each(|(task, p)| {
+        let (j, c) = (task / chunks, task % chunks);
+        let (start, end) = (c * CHUNK, ((c + 1) * CHUNK).min(visible));
+        let len = end - start;
         let base = j * g.head_stride * d;
-        let k_j = &k[base..base + visible * d];
-        let v_j = &v[base..base + visible * d];
+        let k_c = &k[base + start * d..base + end * d];
+        let v_c = &v[base + start * d..base + end * d];
         let q_j = &q[j * group * d..(j + 1) * group * d];
         SCORES.with_borrow_mut(|scores| {
-            // scores[gi * visible + t] = q_gi · k_t / √d
+            // scores[gi * len + t] = q_gi · k_t / √d
             scores.clear();
-            scores.resize(group * visible, 0.0);
-            for (t, k_t) in k_j.chunks_exact(d).enumerate() {
+            scores.resize(group * len, 0.0);
+            for (t, k_t) in k_c.chunks_exact(d).enumerate() {
                 for (gi, q_g) in q_j.chunks_exact(d).enumerate() {
-                    scores[gi * visible + t] = dot(q_g, k_t) * scale;
+                    scores[gi * len + t] = dot(q_g, k_t) * scale;
                 }
             }
-            for row in scores.chunks_exact_mut(visible.max(1)) {
-                softmax_in_place(row);
+            for (gi, row) in scores.chunks_exact_mut(len.max(1)).enumerate() {
+                let (max, sum) = exp_shifted_in_place(row);
+                p[gi * per_head] = max;
+                p[gi * per_head + 1] = sum;
             }
-            out_j.fill(0.0);
-            for (t, v_t) in v_j.chunks_exact(d).enumerate() {
-                for (gi, o) in out_j.chunks_exact_mut(d).enumerate() {
-                    let p = scores[gi * visible + t];
-                    for (o, &x) in o.iter_mut().zip(v_t) {
-                        *o += p * x;
-                    }
-                }
-            }
+            weighted_value_sums(scores, len, v_c, d, group, p);
         });
     });
+    // Combine the chunks in order: out_h = Σ_c e^(m_c − M) acc_c / Σ_c e^(m_c − M) s_c.
+    for (h, o) in out.chunks_exact_mut(d).enumerate() {
+        let (j, gi) = (h / group, h % group);
+        let part = |c: usize| {
+            let at = (j * chunks + c) * item + gi * per_head;
+            &partials[at..at + per_head]
+        };
+        let max = (0..chunks).map(|c| part(c)[0]).fold(f32::NEG_INFINITY, f32::max);
+        o.fill(0.0);
+        let mut z = 0.0;
+        for c in 0..chunks {
+            let p = part(c);
+            let w = exp_nonpositive(p[0] - max);
+            z += w * p[1];
+            for (o, &a) in o.iter_mut().zip(&p[2..]) {
+                *o += w * a;
+            }
+        }
+        let inv = 1.0 / z;
+        for o in o.iter_mut() {
+            *o *= inv;
+        }
+    }
+    PARTIALS.with_borrow_mut(|slot| *slot = partials);
 }
 
 #[cfg(test)]
@@ -188,11 +279,14 @@ mod tests {
     }
 
     fn case() -> impl Strategy<Value = (Geometry, Vec<f32>, Vec<f32>, Vec<f32>, usize)> {
-        (1usize..4, 1usize..4, 1usize..20, 1usize..40).prop_flat_map(|(n_kv, group, d, cap)| {
-            let g = Geometry { n_heads: n_kv * group, n_kv_heads: n_kv, head_dim: d, head_stride: cap };
-            let vals = |n| proptest::collection::vec(-4.0f32..4.0, n);
-            (Just(g), vals(g.n_heads * d), vals(n_kv * cap * d), vals(n_kv * cap * d), 1..=cap)
-        })
+        // Capacities up to 2.5 chunks, so multi-chunk combination is covered.
+        (1usize..4, 1usize..4, 1usize..20, prop_oneof![1usize..40, 200usize..(CHUNK * 5 / 2)]).prop_flat_map(
+            |(n_kv, group, d, cap)| {
+                let g = Geometry { n_heads: n_kv * group, n_kv_heads: n_kv, head_dim: d, head_stride: cap };
+                let vals = |n| proptest::collection::vec(-4.0f32..4.0, n);
+                (Just(g), vals(g.n_heads * d), vals(n_kv * cap * d), vals(n_kv * cap * d), 1..=cap)
+            },
+        )
     }
 
     proptest! {
@@ -243,6 +337,67 @@ mod tests {
             attend_one(g, &q, &k, &v, visible, &mut a);
             attend_one(g, &q, &poisoned_k, &poisoned_v, visible, &mut b);
             prop_assert_eq!(a, b);
+        }
+    }
+
+    /// The plain loop, for comparison with the blocked kernel.
+    fn plain(scores: &[f32], len: usize, v: &[f32], d: usize, group: usize) -> Vec<f32> {
+        let mut p = vec![0.0; group * (d + 2)];
+        for (t, v_t) in v.chunks_exact(d).enumerate() {
+            for (gi, acc) in p.chunks_exact_mut(d + 2).enumerate() {
+                for (a, &x) in acc[2..].iter_mut().zip(v_t) {
+                    *a += scores[gi * len + t] * x;
+                }
+            }
+        }
+        p
+    }
+
+    proptest! {
+        #[test]
+        fn blocked_value_sums_equal_the_plain_loop_bit_for_bit(
+            group in 1usize..6, blocks in 1usize..4, len in 1usize..70, seed in 0u32..1000,
+        ) {
+            let d = blocks * BLOCK;
+            let f = |i: usize| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 2001) as f32 / 1000.0 - 1.0;
+            let scores: Vec<f32> = (0..group * len).map(|i| f(i).abs()).collect();
+            let v: Vec<f32> = (0..len * d).map(|i| f(i + 7)).collect();
+            let mut p = vec![0.0; group * (d + 2)];
+            weighted_value_sums(&scores, len, &v, d, group, &mut p);
+            prop_assert_eq!(p, plain(&scores, len, &v, d, group));
+        }
+    }
+
+    /// `cargo test --release -p perpetua-candle --lib value_sums_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore = "timing, run by hand"]
+    fn value_sums_timing() {
+        let (d, group, len) = (64, 3, CHUNK);
+        let scores: Vec<f32> = (0..group * len).map(|i| (i % 7) as f32 / 7.0).collect();
+        let v: Vec<f32> = (0..len * d).map(|i| (i % 13) as f32 / 13.0).collect();
+        let mut p = vec![0.0; group * (d + 2)];
+        let reps = 20_000;
+        for round in 0..3 {
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                p.fill(0.0);
+                weighted_value_sums(std::hint::black_box(&scores), len, &v, d, group, &mut p);
+            }
+            let blocked = t.elapsed();
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(plain(std::hint::black_box(&scores), len, &v, d, group));
+            }
+            let plain_t = t.elapsed();
+            println!("round {round}: blocked {blocked:?}, plain {plain_t:?} ({} reps)", reps);
+        }
+    }
+
+    /// `row ← softmax(row)` through the kernel's numerator.
+    fn softmax_in_place(row: &mut [f32]) {
+        let (_, sum) = exp_shifted_in_place(row);
+        for x in row.iter_mut() {
+            *x /= sum;
         }
     }
 

@@ -1022,7 +1022,7 @@ impl<M: LanguageModel> Generator<M> {
         }
 
         // Raw-distribution quantities, before any mask.
-        let lse = stats::log_sum_exp(&self.logits)?;
+        let lse = stats::log_sum_exp_fast(&self.logits)?;
         let raw: RawStats = if s.trace.is_some() {
             let (h, v) = stats::entropy_varentropy(&self.logits)?;
             let mut top = Vec::with_capacity(TRACE_TOP);

@@ -27,6 +27,55 @@ pub fn log_sum_exp(logits: &[f32]) -> Result<f64> {
     Ok(m + sum.ln())
 }
 
+/// [`log_sum_exp`] for the per-step hot path (the generator's token log-probabilities):
+/// the same checks and errors, but `e^x` by a vectorisable polynomial (relative error
+/// ≤ 3e-7 per term) summed in 4 f64 lanes, so the result is within ~3e-7 of
+/// [`log_sum_exp`] — about 10× faster over a 49k vocabulary, where the f64 `exp` loop
+/// was 4 % of a SmolLM2 decode step.
+///
+/// ```
+/// use perpetua_sampling::stats::{log_sum_exp, log_sum_exp_fast};
+/// let logits: Vec<f32> = (0..1000).map(|i| (i % 17) as f32 * 0.7 - 3.0).collect();
+/// let (exact, fast) = (log_sum_exp(&logits)?, log_sum_exp_fast(&logits)?);
+/// assert!((exact - fast).abs() < 1e-6, "{exact} vs {fast}");
+/// # Ok::<(), perpetua_sampling::SamplingError>(())
+/// ```
+pub fn log_sum_exp_fast(logits: &[f32]) -> Result<f64> {
+    const LANES: usize = 8;
+    let mut max_lanes = [f32::NEG_INFINITY; LANES];
+    let mut bad = false;
+    let (chunks, tail) = logits.split_at(logits.len() - logits.len() % LANES);
+    for c in chunks.chunks_exact(LANES) {
+        for l in 0..LANES {
+            bad |= c[l].is_nan() | (c[l] == f32::INFINITY);
+            max_lanes[l] = if c[l] > max_lanes[l] { c[l] } else { max_lanes[l] };
+        }
+    }
+    for &x in tail {
+        bad |= x.is_nan() | (x == f32::INFINITY);
+    }
+    if bad {
+        // The exact routine names the first offending id.
+        return log_sum_exp(logits);
+    }
+    let max = tail.iter().chain(&max_lanes).copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return Err(SamplingError::EmptyCandidates { stage: "log_sum_exp" });
+    }
+    let mut sums = [0.0_f64; 4];
+    let (chunks, tail) = logits.split_at(logits.len() - logits.len() % 4);
+    for c in chunks.chunks_exact(4) {
+        for l in 0..4 {
+            sums[l] += f64::from(crate::processors::exp_neg(max - c[l]));
+        }
+    }
+    let mut sum = sums.iter().sum::<f64>();
+    for &x in tail {
+        sum += f64::from(crate::processors::exp_neg(max - x));
+    }
+    Ok(f64::from(max) + sum.ln())
+}
+
 /// `out[i] = softmax(logits)[i]` (`out` resized to `logits.len()`, reused).
 pub fn softmax_into(logits: &[f32], out: &mut Vec<f32>) -> Result<()> {
     let lse = log_sum_exp(logits)?;

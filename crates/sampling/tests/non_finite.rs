@@ -106,3 +106,16 @@ fn config_remove_invalid_values_selects_sanitize() {
     let mut greedy = Chain::new(Greedy);
     assert_eq!(greedy.sample(&[1.0, f32::NAN], &ctx, &mut rng), Err(SamplingError::NanLogit { id: 1 }));
 }
+
+proptest! {
+    /// The generator's fast log-sum-exp agrees with the exact one within 1e-6 and
+    /// fails the same way on NaN / +inf / all `-inf`.
+    #[test]
+    fn fast_log_sum_exp_matches_the_exact_one(logits in prop::collection::vec(logit(), 1..300)) {
+        use perpetua_sampling::stats::{log_sum_exp, log_sum_exp_fast};
+        match (log_sum_exp(&logits), log_sum_exp_fast(&logits)) {
+            (Ok(a), Ok(b)) => prop_assert!((a - b).abs() <= 1e-6 * (1.0 + a.abs()), "{a} vs {b}"),
+            (a, b) => prop_assert_eq!(a, b),
+        }
+    }
+}

@@ -30,6 +30,7 @@ pub use temperature::Temperature;
 pub use top_k::TopK;
 pub use top_n_sigma::TopNSigma;
 pub use top_p::TopP;
+pub(crate) use top_p::exp_neg;
 pub use typical::Typical;
 pub use watermark::{GreenList, Watermark, WatermarkDetector, WatermarkScore};
 pub use xtc::Xtc;

@@ -1,0 +1,453 @@
+//! The Rust contenders of `cargo xtask bench` (issue 10): one measurement per process,
+//! printed as one JSON object on stdout, so that the peak RSS (`VmHWM`) is that of a
+//! single contender. `cargo xtask bench` builds this example in release, runs it (and
+//! `xtask/bench_llama_cpp.py` for llama.cpp) in alternating rounds and writes the report.
+//!
+//! ```text
+//! e2e --mode tokens --out target/bench/tokens.json
+//! e2e --contender perpetua|perpetua-exact|candle-transformers --mode greedy|sampled \
+//!     --tokens-file target/bench/tokens.json --new-tokens 128
+//! e2e --contender perpetua|perpetua-exact|candle-transformers --mode position \
+//!     --tokens-file target/bench/tokens.json --position 2000 --steps 32
+//! e2e --contender perpetua --mode perpetual --tokens-file target/bench/tokens.json --new-tokens 2000
+//! ```
+//!
+//! - `tokens`: the chat prompt ("Write a book about a dog that can talk and is a
+//!   detective." through the model's chat template, exactly as `Generator` encodes a
+//!   `Prompt::Chat`) and the filler ids (a story text tokenized and repeated) that every
+//!   contender, llama.cpp included, then reads, so all run the same token ids.
+//! - `greedy` / `sampled`: prefill the prompt, then `--new-tokens` decode steps (EOS
+//!   never ends the run). Ours runs the `Generator` (default `LoadOptions`: Q8_0 repack
+//!   and fused attention; `perpetua-exact`: `LoadOptions::exact()`), greedy or T 1.0 /
+//!   top-k 20 / seed 1; candle-transformers runs `quantized_llama::ModelWeights` with a
+//!   `LogitsProcessor` loop (`Sampling::ArgMax` or `Sampling::TopK { k: 20, temperature: 1.0 }`).
+//! - `position`: fill the cache to `--position` positions with filler ids (chunks of
+//!   512), then time `--steps` greedy decode steps. candle-transformers' RoPE table ends
+//!   at `quantized_llama::MAX_SEQ_LEN` (4,096): beyond it the run is reported as skipped.
+//! - `perpetual`: a `BackstepWithSchedule` run (back step 10, T 1.0, top-k 20, seed 1)
+//!   of `--new-tokens`, then a plain `StopAtEos` run doing the same number of forward
+//!   passes (`min_new_tokens` = `max_new_tokens` = that count).
+//!
+//! Threads: set `RAYON_NUM_THREADS` and `CANDLE_NUM_THREADS` (the xtask sets both to 2).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
+use perpetua_candle::{Llama, LlamaTokenizer, LoadOptions, default_model_path};
+use perpetua_generator::{ChatMessage, Generation, Generator, Prompt, Tokenizer};
+use perpetua_perpetual::{BackstepWithSchedule, StopAtEos};
+use perpetua_sampling::Chain;
+use perpetua_sampling::processors::{Temperature, TopK};
+use perpetua_sampling::samplers::{Greedy, Multinomial};
+use serde_json::{Value, json};
+
+/// The benchmark's user message (rendered through the chat template).
+const PROMPT: &str = "Write a book about a dog that can talk and is a detective.";
+
+/// Real text for filling the cache at long positions: tokenized, then repeated.
+const FILLER: &str = "Rex was not an ordinary dog. On the morning the baker's bicycle went missing, \
+he trotted down Harbour Street, sniffed the cold air and said, quite clearly, \"Somebody oiled \
+that chain last night.\" Mrs Alder dropped her basket of apples. The postman laughed until he \
+saw that the dog was serious. Rex followed the smell of oil past the fish market, through the \
+churchyard and along the canal, where the water was brown and slow. He noticed a bootprint with \
+a crack across the heel, a torn ticket for the evening ferry, and a trail of flour that stopped \
+at a green door. Inside, an old sailor was repairing nets by lamplight. \"You have flour on your \
+sleeve,\" Rex said, \"and a ticket for a ferry that left without you.\" The sailor put down his \
+needle and told him a long story about debts, a lost brother and a bicycle that was only borrowed. \
+By the time the church bell rang noon, the bicycle was back outside the bakery, the brother had \
+been found working on a barge upriver, and the whole town was talking about the detective who \
+walked on four legs and never forgot a smell. ";
+
+/// Seed of every sampled run.
+const SEED: u64 = 1;
+
+struct Args {
+    mode: String,
+    contender: Option<String>,
+    tokens_file: Option<PathBuf>,
+    out: Option<PathBuf>,
+    model: Option<PathBuf>,
+    new_tokens: usize,
+    position: usize,
+    steps: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        mode: String::new(),
+        contender: None,
+        tokens_file: None,
+        out: None,
+        model: None,
+        new_tokens: 128,
+        position: 100,
+        steps: 32,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| anyhow!("{flag} needs a value"));
+        match flag.as_str() {
+            "--mode" => args.mode = value()?,
+            "--contender" => args.contender = Some(value()?),
+            "--tokens-file" => args.tokens_file = Some(value()?.into()),
+            "--out" => args.out = Some(value()?.into()),
+            "--model" => args.model = Some(value()?.into()),
+            "--new-tokens" => args.new_tokens = value()?.parse().context("--new-tokens")?,
+            "--position" => args.position = value()?.parse().context("--position")?,
+            "--steps" => args.steps = value()?.parse().context("--steps")?,
+            other => bail!("unknown argument `{other}` (see the module docs of benches/examples/e2e.rs)"),
+        }
+    }
+    if args.mode.is_empty() {
+        bail!("--mode is required: tokens, greedy, sampled, position or perpetual");
+    }
+    Ok(args)
+}
+
+/// Peak resident set size of this process (`VmHWM`), MiB.
+fn peak_rss_mib() -> Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).ok_or_else(|| anyhow!("no VmHWM"))?;
+    let kib: f64 = line.split_whitespace().nth(1).ok_or_else(|| anyhow!("bad VmHWM line"))?.parse()?;
+    Ok(kib / 1024.0)
+}
+
+fn rate(n: usize, seconds: f64) -> f64 {
+    if seconds > 0.0 { n as f64 / seconds } else { 0.0 }
+}
+
+fn env_threads(name: &str) -> Value {
+    std::env::var(name).map(Value::String).unwrap_or(Value::Null)
+}
+
+struct Tokens {
+    prompt: Vec<u32>,
+    filler: Vec<u32>,
+}
+
+fn read_tokens(path: &Option<PathBuf>) -> Result<Tokens> {
+    let path = path.as_ref().ok_or_else(|| anyhow!("--tokens-file is required"))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let ids = |key: &str| -> Result<Vec<u32>> {
+        v[key]
+            .as_array()
+            .ok_or_else(|| anyhow!("{}: no `{key}` array", path.display()))?
+            .iter()
+            .map(|x| {
+                x.as_u64().and_then(|x| u32::try_from(x).ok()).ok_or_else(|| anyhow!("bad token id {x}"))
+            })
+            .collect()
+    };
+    Ok(Tokens { prompt: ids("prompt")?, filler: ids("filler")? })
+}
+
+fn tokenizer(path: &std::path::Path) -> Result<LlamaTokenizer> {
+    LlamaTokenizer::from_gguf(path).with_context(|| format!("tokenizer of {}", path.display()))
+}
+
+/// `--mode tokens`: write the prompt and filler ids.
+fn write_tokens(path: &std::path::Path, out: &Option<PathBuf>) -> Result<Value> {
+    let out = out.as_ref().ok_or_else(|| anyhow!("--out is required with --mode tokens"))?;
+    let tok = tokenizer(path)?;
+    let messages = vec![ChatMessage::user(PROMPT)];
+    let text = tok
+        .apply_chat_template(&messages, true)
+        .ok_or_else(|| anyhow!("the model has no chat template"))?
+        .map_err(|e| anyhow!(e))?;
+    let prompt = tok.encode(&text, false).map_err(|e| anyhow!(e))?;
+    // The Generator's own encoding of the same conversation must give the same ids.
+    let model = Llama::load(path, &LoadOptions::exact())?;
+    let generator = Generator::builder(model).tokenizer(tok.clone()).build()?;
+    let from_generator = generator.encode_prompt(Prompt::Chat(messages))?;
+    if from_generator != prompt {
+        bail!("chat prompt ids differ between the tokenizer and Generator::encode_prompt");
+    }
+    let piece = tok.encode(FILLER, false).map_err(|e| anyhow!(e))?;
+    let mut filler = Vec::new();
+    while filler.len() < 6_000 + 512 {
+        filler.extend_from_slice(&piece);
+    }
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let body = json!({ "prompt_text": text, "prompt": prompt, "filler": filler });
+    std::fs::write(out, serde_json::to_string(&body)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(json!({ "mode": "tokens", "prompt_tokens": prompt.len(), "filler_tokens": filler.len(),
+               "filler_piece_tokens": piece.len(), "out": out.display().to_string() }))
+}
+
+fn greedy_chain() -> Chain {
+    Chain::new(Greedy)
+}
+
+fn sampled_chain() -> Result<Chain> {
+    Ok(Chain::new(Multinomial).with(TopK::new(20)?).with(Temperature::new(1.0)?))
+}
+
+fn load_ours(path: &std::path::Path, contender: &str) -> Result<Llama> {
+    let options = match contender {
+        "perpetua" => LoadOptions::default(),
+        "perpetua-exact" => LoadOptions::exact(),
+        other => bail!("not one of ours: {other}"),
+    };
+    Ok(Llama::load(path, &options)?)
+}
+
+/// Ours: a Generator with `chain` that runs exactly `n` decode steps from `prompt`.
+fn ours_run(
+    model: &Llama,
+    tok: &LlamaTokenizer,
+    chain: Chain,
+    prompt: &[u32],
+    n: usize,
+) -> Result<Generation> {
+    let mut generator = Generator::builder(model)
+        .tokenizer(tok.clone())
+        .chain(chain)
+        .seed(SEED)
+        .eos_strategy(StopAtEos)
+        .min_new_tokens(n)
+        .max_new_tokens(n)
+        .build()?;
+    Ok(generator.generate(Prompt::Ids(prompt.to_vec()))?)
+}
+
+fn generation_json(g: &Generation) -> Value {
+    json!({
+        "prefill_tokens": g.counts.prefill_tokens,
+        "forward_passes": g.counts.forward_passes,
+        "generated_tokens": g.counts.generated_tokens,
+        "prefill_s": g.timings.prefill.as_secs_f64(),
+        "decode_s": g.timings.decode.as_secs_f64(),
+        "forward_s": g.timings.forward.as_secs_f64(),
+        "sampling_s": g.timings.sampling.as_secs_f64(),
+        "prefill_tok_s": g.prefill_tokens_per_second(),
+        "decode_tok_s": g.decode_tokens_per_second(),
+        "sampling_share": g.sampling_share(),
+    })
+}
+
+fn candle_load(path: &std::path::Path) -> Result<ModelWeights> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file)?;
+    Ok(ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?)
+}
+
+fn candle_forward(model: &mut ModelWeights, tokens: &[u32], pos: usize) -> Result<Tensor> {
+    let input = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
+    Ok(model.forward(&input, pos)?.squeeze(0)?)
+}
+
+/// candle-transformers: prefill the prompt (one forward), sample, then `n` decode steps.
+fn candle_run(model: &mut ModelWeights, sampling: Sampling, prompt: &[u32], n: usize) -> Result<Value> {
+    let mut lp = LogitsProcessor::from_sampling(SEED, sampling);
+    let t = Instant::now();
+    let logits = candle_forward(model, prompt, 0)?;
+    let mut next = lp.sample(&logits)?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    let mut ids = vec![next];
+    let t = Instant::now();
+    for i in 0..n {
+        let logits = candle_forward(model, &[next], prompt.len() + i)?;
+        next = lp.sample(&logits)?;
+        ids.push(next);
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+    Ok(json!({
+        "prefill_tokens": prompt.len(),
+        "forward_passes": n,
+        "prefill_s": prefill_s,
+        "decode_s": decode_s,
+        "prefill_tok_s": rate(prompt.len(), prefill_s),
+        "decode_tok_s": rate(n, decode_s),
+        "ids": ids,
+    }))
+}
+
+/// The first `position + 1` filler ids: `position` fill the cache, the last is the
+/// first decode step's input.
+fn position_fill(filler: &[u32], position: usize) -> Result<&[u32]> {
+    if filler.len() < position + 1 {
+        bail!("the filler has {} ids, position {position} needs {}", filler.len(), position + 1);
+    }
+    Ok(&filler[..position + 1])
+}
+
+/// `4096` → `4,096`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(v) => {
+            println!("{v}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("e2e: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<Value> {
+    let args = parse_args()?;
+    let path = match &args.model {
+        Some(p) => p.clone(),
+        None => default_model_path()?,
+    };
+    if !path.exists() {
+        bail!("model file {} is missing: run `cargo xtask fetch-model`", path.display());
+    }
+    if args.mode == "tokens" {
+        return write_tokens(&path, &args.out);
+    }
+    let contender = args.contender.clone().ok_or_else(|| anyhow!("--contender is required"))?;
+    let tokens = read_tokens(&args.tokens_file)?;
+    let started = Instant::now();
+    let mut out = match (contender.as_str(), args.mode.as_str()) {
+        ("perpetua" | "perpetua-exact", mode @ ("greedy" | "sampled")) => {
+            let model = load_ours(&path, &contender)?;
+            let load_s = started.elapsed().as_secs_f64();
+            let tok = tokenizer(&path)?;
+            let chain = if mode == "greedy" { greedy_chain() } else { sampled_chain()? };
+            let g = ours_run(&model, &tok, chain, &tokens.prompt, args.new_tokens)?;
+            let mut v = generation_json(&g);
+            v["load_s"] = json!(load_s);
+            // The first generated id, then the rest: comparable with the other contenders'
+            // `ids` (their first id comes from the prefill's logits).
+            v["ids"] = json!(g.ids);
+            v
+        }
+        ("perpetua" | "perpetua-exact", "position") => {
+            let model = load_ours(&path, &contender)?;
+            let tok = tokenizer(&path)?;
+            let ids = position_fill(&tokens.filler, args.position)?;
+            // Prefill `position` ids, then `steps` decode steps (the first feeds the last id).
+            let g = ours_run(&model, &tok, greedy_chain(), ids, args.steps)?;
+            let mut v = generation_json(&g);
+            v["position"] = json!(args.position);
+            v["steps"] = json!(args.steps);
+            v["fill_s"] = json!(g.timings.prefill.as_secs_f64());
+            v
+        }
+        ("candle-transformers", mode @ ("greedy" | "sampled")) => {
+            let mut model = candle_load(&path)?;
+            let load_s = started.elapsed().as_secs_f64();
+            let sampling =
+                if mode == "greedy" { Sampling::ArgMax } else { Sampling::TopK { k: 20, temperature: 1.0 } };
+            let mut v = candle_run(&mut model, sampling, &tokens.prompt, args.new_tokens)?;
+            v["load_s"] = json!(load_s);
+            v
+        }
+        ("candle-transformers", "position") => {
+            // Check first: the RoPE table (cos/sin) has MAX_SEQ_LEN rows, and positions
+            // beyond it are an error, not a slowdown.
+            if args.position + args.steps > MAX_SEQ_LEN {
+                json!({
+                    "position": args.position,
+                    "steps": args.steps,
+                    "skipped": format!("n/a (RoPE table ends at {})", thousands(MAX_SEQ_LEN)),
+                })
+            } else {
+                let mut model = candle_load(&path)?;
+                let ids = position_fill(&tokens.filler, args.position)?;
+                let t = Instant::now();
+                let mut pos = 0;
+                for chunk in ids[..args.position].chunks(512) {
+                    candle_forward(&mut model, chunk, pos)?;
+                    pos += chunk.len();
+                }
+                let fill_s = t.elapsed().as_secs_f64();
+                let mut lp = LogitsProcessor::from_sampling(SEED, Sampling::ArgMax);
+                let mut next = ids[args.position];
+                let t = Instant::now();
+                for i in 0..args.steps {
+                    let logits = candle_forward(&mut model, &[next], args.position + i)?;
+                    next = lp.sample(&logits)?;
+                }
+                let decode_s = t.elapsed().as_secs_f64();
+                json!({
+                    "position": args.position,
+                    "steps": args.steps,
+                    "fill_s": fill_s,
+                    "decode_s": decode_s,
+                    "decode_tok_s": rate(args.steps, decode_s),
+                })
+            }
+        }
+        ("perpetua", "perpetual") => {
+            let model = load_ours(&path, &contender)?;
+            let tok = tokenizer(&path)?;
+            let mut generator = Generator::builder(&model)
+                .tokenizer(tok.clone())
+                .chain(sampled_chain()?)
+                .seed(SEED)
+                .eos_strategy(BackstepWithSchedule::new(10)?)
+                .max_new_tokens(args.new_tokens)
+                .build()?;
+            let t = Instant::now();
+            let perpetual = generator.generate(Prompt::Ids(tokens.prompt.clone()))?;
+            let perpetual_wall = t.elapsed().as_secs_f64();
+            let passes = perpetual.counts.forward_passes;
+            let mut generator = Generator::builder(&model)
+                .tokenizer(tok.clone())
+                .chain(sampled_chain()?)
+                .seed(SEED)
+                .eos_strategy(StopAtEos)
+                .min_new_tokens(passes)
+                .max_new_tokens(passes)
+                .build()?;
+            let t = Instant::now();
+            let plain = generator.generate(Prompt::Ids(tokens.prompt.clone()))?;
+            let plain_wall = t.elapsed().as_secs_f64();
+            let c = perpetual.counts;
+            json!({
+                "new_tokens": args.new_tokens,
+                "perpetual": generation_json(&perpetual),
+                "perpetual_wall_s": perpetual_wall,
+                "perpetual_finish": format!("{:?}", perpetual.finish_reason),
+                "backsteps": c.backsteps,
+                "tokens_removed": c.tokens_removed,
+                "eos_avoided": c.eos_avoided,
+                "context_rolls": c.context_rolls,
+                "plain": generation_json(&plain),
+                "plain_wall_s": plain_wall,
+                "plain_finish": format!("{:?}", plain.finish_reason),
+                // The issue's identity, and the exact accounting: a back step's own step
+                // (the one that drew EOS) is a forward pass that keeps no token.
+                "identity_generated_plus_removed": c.forward_passes == c.generated_tokens + c.tokens_removed,
+                "identity_with_eos_steps":
+                    c.forward_passes == c.generated_tokens + c.tokens_removed + c.backsteps,
+                "no_reprefill": c.prefill_tokens + 1 == c.prompt_tokens && c.context_rolls == 0,
+            })
+        }
+        (c, m) => bail!("unknown contender/mode `{c}` / `{m}`"),
+    };
+    out["contender"] = json!(contender);
+    out["mode"] = json!(args.mode);
+    out["prompt_tokens"] = json!(tokens.prompt.len());
+    out["threads"] = json!({
+        "candle": candle_core::utils::get_num_threads(),
+        "RAYON_NUM_THREADS": env_threads("RAYON_NUM_THREADS"),
+        "CANDLE_NUM_THREADS": env_threads("CANDLE_NUM_THREADS"),
+    });
+    out["peak_rss_mib"] = json!(peak_rss_mib()?);
+    out["wall_s"] = json!(started.elapsed().as_secs_f64());
+    Ok(out)
+}

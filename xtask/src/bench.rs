@@ -1,0 +1,871 @@
+//! `cargo xtask bench [--quick]`: end-to-end benchmark on the default model against
+//! candle-transformers and llama.cpp (issue 10).
+//!
+//! Every measurement runs in its own process (peak RSS per contender, no shared thread
+//! pools), 2 threads each, the same GGUF and the same prompt token ids, contenders
+//! alternating over the rounds; the best round counts per metric. The Rust contenders
+//! are `benches/examples/e2e.rs` (built with `cargo build --release`, the workspace's
+//! `-C target-cpu=native`); llama.cpp is `xtask/bench_llama_cpp.py` on
+//! `llama-cpp-python` (built with `GGML_NATIVE=ON`) in a virtual environment under
+//! `target/bench-venv`. The full run rewrites the marked section of
+//! `docs/PERFORMANCE.md`; `--quick` writes `target/bench/BENCH.md`. Raw JSON:
+//! `target/bench/`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+
+/// The llama.cpp binding, pinned.
+const LLAMA_CPP_PYTHON: &str = "llama-cpp-python==0.3.36";
+/// Threads for every contender.
+const THREADS: usize = 2;
+/// Positions of the long-context decode measurement.
+const POSITIONS: [usize; 3] = [100, 2_000, 6_000];
+/// Greedy decode steps timed at each position.
+const POSITION_STEPS: usize = 32;
+/// Markers of the generated section in docs/PERFORMANCE.md.
+const START: &str = "<!-- xtask-bench:start -->";
+const END: &str = "<!-- xtask-bench:end -->";
+const HEADING: &str =
+    "## `cargo xtask bench`: end to end against candle-transformers and llama.cpp (issue 10)";
+
+const PERPETUA: &str = "perpetua";
+const PERPETUA_EXACT: &str = "perpetua-exact";
+const CANDLE: &str = "candle-transformers";
+const LLAMA_CPP: &str = "llama.cpp";
+
+struct Config {
+    quick: bool,
+    rounds: usize,
+    new_tokens: usize,
+    perpetual_tokens: usize,
+}
+
+struct Paths {
+    root: PathBuf,
+    out_dir: PathBuf,
+    e2e: PathBuf,
+    python: PathBuf,
+    script: PathBuf,
+    tokens: PathBuf,
+    model: PathBuf,
+}
+
+/// Run the benchmark. `model` is the fetched default model.
+pub fn bench(quick: bool, model: PathBuf) -> Result<()> {
+    let started = Instant::now();
+    let config = if quick {
+        Config { quick, rounds: 1, new_tokens: 32, perpetual_tokens: 500 }
+    } else {
+        Config { quick, rounds: 3, new_tokens: 128, perpetual_tokens: 2_000 }
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or_else(|| anyhow!("xtask has no parent directory"))?
+        .to_path_buf();
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    };
+    let out_dir = target.join("bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let load_before = load_average();
+
+    let python = ensure_venv(&target)?;
+    crate::cargo(&["build", "--release", "-p", "perpetua-benches", "--example", "e2e"])?;
+    let paths = Paths {
+        e2e: target.join("release").join("examples").join("e2e"),
+        script: root.join("xtask").join("bench_llama_cpp.py"),
+        tokens: out_dir.join("tokens.json"),
+        root,
+        out_dir,
+        python,
+        model,
+    };
+
+    let tokens = run_json(
+        Command::new(&paths.e2e)
+            .arg("--mode")
+            .arg("tokens")
+            .arg("--model")
+            .arg(&paths.model)
+            .arg("--out")
+            .arg(&paths.tokens),
+        "e2e --mode tokens",
+    )?;
+    eprintln!(
+        "xtask: bench: prompt {} tokens, filler {} tokens ({})",
+        tokens["prompt_tokens"],
+        tokens["filler_tokens"],
+        paths.tokens.display()
+    );
+
+    let mut runs: Vec<Value> = Vec::new();
+    let mut record = |mut v: Value, round: usize| {
+        v["round"] = json!(round);
+        eprintln!("xtask: bench: {}", summary(&v));
+        runs.push(v);
+    };
+    for round in 0..config.rounds {
+        eprintln!("xtask: bench: round {}/{}", round + 1, config.rounds);
+        for mode in ["greedy", "sampled"] {
+            for contender in rotated(&[PERPETUA, PERPETUA_EXACT, CANDLE, LLAMA_CPP], round) {
+                if mode == "sampled" && contender == PERPETUA_EXACT {
+                    continue;
+                }
+                let n = config.new_tokens.to_string();
+                record(contender_run(&paths, contender, mode, &["--new-tokens", &n])?, round);
+            }
+        }
+        for position in POSITIONS {
+            for contender in rotated(&[PERPETUA, CANDLE, LLAMA_CPP], round) {
+                let (p, s) = (position.to_string(), POSITION_STEPS.to_string());
+                record(
+                    contender_run(&paths, contender, "position", &["--position", &p, "--steps", &s])?,
+                    round,
+                );
+            }
+        }
+        let n = config.perpetual_tokens.to_string();
+        record(contender_run(&paths, PERPETUA, "perpetual", &["--new-tokens", &n])?, round);
+    }
+    let load_after = load_average();
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let raw = json!({
+        "quick": config.quick,
+        "rounds": config.rounds,
+        "new_tokens": config.new_tokens,
+        "perpetual_tokens": config.perpetual_tokens,
+        "threads": THREADS,
+        "elapsed_s": elapsed,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "tokens": tokens,
+        "runs": runs,
+    });
+    let raw_path = paths.out_dir.join(if quick { "results-quick.json" } else { "results.json" });
+    std::fs::write(&raw_path, serde_json::to_string_pretty(&raw)?)
+        .with_context(|| format!("writing {}", raw_path.display()))?;
+
+    let markdown = report(&config, &paths, &raw)?;
+    println!("{markdown}");
+    if quick {
+        let path = paths.out_dir.join("BENCH.md");
+        std::fs::write(&path, &markdown).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "xtask: bench: wrote {} and {} ({:.1} min)",
+            path.display(),
+            raw_path.display(),
+            elapsed / 60.0
+        );
+    } else {
+        let path = paths.root.join("docs").join("PERFORMANCE.md");
+        write_section(&path, &markdown)?;
+        eprintln!(
+            "xtask: bench: rewrote the marked section of {} and wrote {} ({:.1} min)",
+            path.display(),
+            raw_path.display(),
+            elapsed / 60.0
+        );
+    }
+    Ok(())
+}
+
+/// `items` rotated left by `round`: contenders alternate who goes first.
+fn rotated<'a>(items: &[&'a str], round: usize) -> Vec<&'a str> {
+    let mut v = items.to_vec();
+    let len = v.len();
+    v.rotate_left(round % len);
+    v
+}
+
+/// One contender process; its JSON object.
+fn contender_run(paths: &Paths, contender: &str, mode: &str, extra: &[&str]) -> Result<Value> {
+    let mut cmd = if contender == LLAMA_CPP {
+        let mut cmd = Command::new(&paths.python);
+        cmd.arg(&paths.script).arg("--threads").arg(THREADS.to_string());
+        cmd
+    } else {
+        let mut cmd = Command::new(&paths.e2e);
+        cmd.arg("--contender").arg(contender);
+        cmd
+    };
+    cmd.arg("--mode")
+        .arg(mode)
+        .arg("--model")
+        .arg(&paths.model)
+        .arg("--tokens-file")
+        .arg(&paths.tokens)
+        .args(extra)
+        .env("RAYON_NUM_THREADS", THREADS.to_string())
+        .env("CANDLE_NUM_THREADS", THREADS.to_string())
+        .env("OMP_NUM_THREADS", THREADS.to_string());
+    let mut v = run_json(&mut cmd, &format!("{contender} --mode {mode} {}", extra.join(" ")))?;
+    if contender == LLAMA_CPP {
+        v["contender"] = json!(LLAMA_CPP);
+    }
+    Ok(v)
+}
+
+/// Run `cmd`, stderr passed through; parse the last line of its stdout as JSON.
+fn run_json(cmd: &mut Command, what: &str) -> Result<Value> {
+    let output = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {what}"))?;
+    if !output.status.success() {
+        bail!("{what} failed ({})", output.status);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .ok_or_else(|| anyhow!("{what} printed nothing"))?;
+    serde_json::from_str(line).with_context(|| format!("{what}: not JSON: {line}"))
+}
+
+/// One progress line per run.
+fn summary(v: &Value) -> String {
+    let name = format!("{} {}", v["contender"].as_str().unwrap_or("?"), v["mode"].as_str().unwrap_or("?"));
+    if let Some(skipped) = v["skipped"].as_str() {
+        return format!("{name} at {}: {skipped}", v["position"]);
+    }
+    match v["mode"].as_str() {
+        Some("position") => format!(
+            "{name} at {}: decode {:.1} tok/s (fill {:.1} s)",
+            v["position"],
+            num(&v["decode_tok_s"]),
+            num(&v["fill_s"])
+        ),
+        Some("perpetual") => format!(
+            "{name}: {} forward passes, {} back steps; {:.2} ms/pass vs plain {:.2} ms/pass",
+            v["perpetual"]["forward_passes"],
+            v["backsteps"],
+            1e3 * num(&v["perpetual_wall_s"]) / num(&v["perpetual"]["forward_passes"]).max(1.0),
+            1e3 * num(&v["plain_wall_s"]) / num(&v["plain"]["forward_passes"]).max(1.0),
+        ),
+        _ => format!(
+            "{name}: prefill {:.1} tok/s, decode {:.1} tok/s, peak RSS {:.0} MiB",
+            num(&v["prefill_tok_s"]),
+            num(&v["decode_tok_s"]),
+            num(&v["peak_rss_mib"])
+        ),
+    }
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn load_average() -> Value {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| json!(s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")))
+        .unwrap_or(Value::Null)
+}
+
+// --- the Python environment -------------------------------------------------------
+
+fn python_imports_llama_cpp(python: &Path) -> bool {
+    Command::new(python)
+        .args(["-c", "import llama_cpp, numpy"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `target/bench-venv` with llama-cpp-python and numpy; reused when it imports them.
+fn ensure_venv(target: &Path) -> Result<PathBuf> {
+    let venv = target.join("bench-venv");
+    let python = venv.join("bin").join("python");
+    if python.exists() && python_imports_llama_cpp(&python) {
+        eprintln!("xtask: bench: reusing {} (imports llama_cpp)", venv.display());
+        return Ok(python);
+    }
+    if !python.exists() {
+        let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+        let version = Command::new(&python3).arg("--version").output();
+        match version {
+            Ok(o) if o.status.success() => {}
+            _ => bail!(
+                "`{python3}` not found: the llama.cpp contender needs Python 3 with the venv module and pip \
+                 (Debian/Ubuntu: apt install python3 python3-venv python3-pip; or set PYTHON=/path/to/python3)"
+            ),
+        }
+        eprintln!("xtask: bench: creating {} ({python3} -m venv)", venv.display());
+        let status = Command::new(&python3)
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .stdout(Stdio::from(std::io::stderr()))
+            .status()
+            .with_context(|| format!("running {python3} -m venv"))?;
+        if !status.success() || !python.exists() {
+            bail!(
+                "`{python3} -m venv {}` failed: install Python's venv module with ensurepip \
+                 (Debian/Ubuntu: apt install python3-venv)",
+                venv.display()
+            );
+        }
+    }
+    let pip_ok = Command::new(&python)
+        .args(["-m", "pip", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !pip_ok {
+        bail!(
+            "pip is missing in {}: install pip for Python 3 (Debian/Ubuntu: apt install python3-pip python3-venv), \
+             then delete that directory and rerun",
+            venv.display()
+        );
+    }
+    match cached_wheel() {
+        Some(wheel) => eprintln!(
+            "xtask: bench: installing {LLAMA_CPP_PYTHON} and numpy into {} (pip will reuse the cached wheel {})",
+            venv.display(),
+            wheel.display()
+        ),
+        None => eprintln!(
+            "xtask: bench: installing {LLAMA_CPP_PYTHON} and numpy into {}: no cached wheel, so pip builds \
+             llama.cpp from the sdist with CMAKE_ARGS=-DGGML_NATIVE=ON — this takes several minutes",
+            venv.display()
+        ),
+    }
+    // pip's progress goes to stderr: stdout carries only the report.
+    let status = Command::new(&python)
+        .args(["-m", "pip", "install", "--disable-pip-version-check", LLAMA_CPP_PYTHON, "numpy"])
+        .env("CMAKE_ARGS", "-DGGML_NATIVE=ON")
+        .stdout(Stdio::from(std::io::stderr()))
+        .status()
+        .context("running pip install")?;
+    if !status.success() {
+        bail!(
+            "`pip install {LLAMA_CPP_PYTHON} numpy` failed ({status}); a source build needs a C++ compiler and cmake"
+        );
+    }
+    if !python_imports_llama_cpp(&python) {
+        bail!("{} still cannot `import llama_cpp, numpy` after pip install", python.display());
+    }
+    Ok(python)
+}
+
+/// A cached llama-cpp-python 0.3.36 wheel in pip's cache, if any.
+fn cached_wheel() -> Option<PathBuf> {
+    let cache = match std::env::var_os("PIP_CACHE_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => match std::env::var_os("XDG_CACHE_HOME") {
+            Some(dir) => PathBuf::from(dir).join("pip"),
+            None => PathBuf::from(std::env::var_os("HOME")?).join(".cache").join("pip"),
+        },
+    };
+    find_file(&cache.join("wheels"), "llama_cpp_python-0.3.36-", 8)
+}
+
+fn find_file(dir: &Path, prefix: &str, depth: usize) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if depth > 0
+                && let Some(found) = find_file(&path, prefix, depth - 1)
+            {
+                return Some(found);
+            }
+        } else if entry.file_name().to_string_lossy().starts_with(prefix) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+// --- the report -------------------------------------------------------------------
+
+/// The best (largest) `key` over the runs of `contender` in `mode`.
+fn best(runs: &[Value], contender: &str, mode: &str, key: &str, position: Option<usize>) -> Option<f64> {
+    select(runs, contender, mode, position).filter_map(|v| v[key].as_f64()).reduce(f64::max)
+}
+
+fn select<'a>(
+    runs: &'a [Value],
+    contender: &'a str,
+    mode: &'a str,
+    position: Option<usize>,
+) -> impl Iterator<Item = &'a Value> + 'a {
+    runs.iter().filter(move |v| {
+        v["contender"] == contender
+            && v["mode"] == mode
+            && position.is_none_or(|p| v["position"].as_u64() == Some(p as u64))
+    })
+}
+
+fn fmt_rate(x: Option<f64>) -> String {
+    x.map_or_else(|| "–".to_string(), |x| format!("{x:.1}"))
+}
+
+fn fmt_ratio(x: Option<f64>, base: Option<f64>) -> String {
+    match (x, base) {
+        (Some(x), Some(b)) if b > 0.0 => format!("{:.2}×", x / b),
+        _ => "–".to_string(),
+    }
+}
+
+fn cpu_facts() -> (String, usize, String) {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or_else(|| "unknown".to_string(), |(_, v)| v.trim().to_string());
+    let cores = info.lines().filter(|l| l.starts_with("processor")).count();
+    let flags: Vec<&str> = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.split_whitespace().collect())
+        .unwrap_or_default();
+    let simd = ["avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni"]
+        .iter()
+        .filter(|f| flags.contains(f))
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    (model, cores, simd)
+}
+
+fn command_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(|| "unknown".to_string(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// `version` of `package` in Cargo.lock.
+fn locked_version(root: &Path, package: &str) -> String {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
+    let needle = format!("name = \"{package}\"");
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == needle
+            && let Some(v) = lines.next().and_then(|l| l.trim().strip_prefix("version = "))
+        {
+            return v.trim_matches('"').to_string();
+        }
+    }
+    "unknown".to_string()
+}
+
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Leading ids two runs share.
+fn common_prefix(a: &Value, b: &Value) -> Option<(usize, usize)> {
+    let (a, b) = (a["ids"].as_array()?, b["ids"].as_array()?);
+    let n = a.len().min(b.len());
+    Some((a.iter().zip(b).take_while(|(x, y)| x == y).count(), n))
+}
+
+fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
+    let runs = raw["runs"].as_array().ok_or_else(|| anyhow!("no runs"))?.as_slice();
+    let rounds = config.rounds;
+    let mut md = String::new();
+    let (cpu, cores, simd) = cpu_facts();
+    let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let rustc = command_line(&std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string()), &["--version"]);
+    let llama = select(runs, LLAMA_CPP, "greedy", None).next();
+    let versions = llama.map(|v| &v["versions"]);
+    let field = |k: &str| versions.and_then(|v| v[k].as_str()).unwrap_or("unknown").to_string();
+    let model_name = paths.model.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let prompt_tokens = raw["tokens"]["prompt_tokens"].as_u64().unwrap_or(0);
+
+    if config.quick {
+        writeln!(md, "# `cargo xtask bench --quick` (smoke test: not for quoting)\n")?;
+    }
+    if config.quick {
+        writeln!(
+            md,
+            "_Generated by `cargo xtask bench --quick` on {date} (every run rewrites this file)._\n"
+        )?;
+    } else {
+        writeln!(
+            md,
+            "_Generated by `cargo xtask bench` on {date}; rerun it to refresh (everything between the \
+             markers is rewritten)._\n"
+        )?;
+    }
+    writeln!(md, "**Setup.**")?;
+    writeln!(
+        md,
+        "- Machine: {cpu}, {cores} logical cores (SIMD: {simd}); **{THREADS} threads for every contender**. \
+         Load average (1/5/15 min) before {} and after {}.",
+        raw["load_average_before"].as_str().unwrap_or("?"),
+        raw["load_average_after"].as_str().unwrap_or("?")
+    )?;
+    writeln!(
+        md,
+        "- Model: `{model_name}` (SmolLM2-135M-Instruct, Q4_1 GGUF, `perpetua_candle::default_model_path()`), \
+         the same file for all."
+    )?;
+    writeln!(
+        md,
+        "- Prompt: \"Write a book about a dog that can talk and is a detective.\" through the chat template, \
+         {prompt_tokens} token ids, written once to `target/bench/tokens.json` and read by every contender \
+         (llama.cpp gets the same ids as a list). Decode: {} new tokens (EOS never ends a run). Long-context \
+         rows fill the cache with a story text tokenized and repeated, then time {POSITION_STEPS} greedy steps.",
+        config.new_tokens
+    )?;
+    writeln!(
+        md,
+        "- Contenders, each measurement in its own process (peak RSS = that process's `VmHWM`), alternating \
+         over {rounds} round(s), best round per metric:"
+    )?;
+    writeln!(
+        md,
+        "  - **perpetua**: `Generator` on the candle backend, default `LoadOptions` (Q4_1 → Q8_0 at load, \
+         fused attention); greedy (`Greedy`) and sampled (T 1.0, top-k 20, seed 1). **perpetua exact**: \
+         `LoadOptions::exact()` (the file's Q4_1, reference attention: bit parity with candle-transformers), greedy."
+    )?;
+    writeln!(
+        md,
+        "  - **candle-transformers {}**: `quantized_llama::ModelWeights` + `LogitsProcessor` loop \
+         (`Sampling::ArgMax`; `Sampling::TopK {{ k: 20, temperature: 1.0 }}`, seed 1).",
+        locked_version(&paths.root, "candle-transformers")
+    )?;
+    writeln!(
+        md,
+        "  - **llama.cpp** via llama-cpp-python {} (Python {}): greedy = argmax of the last logits after \
+         `eval([tok])`; sampled = its own sampler chain (`generate`, top_k=20, temp=1.0, seed 1); \
+         `n_threads` = `n_threads_batch` = {THREADS}; KV cache f16, `n_ctx` sized to the run.",
+        field("llama_cpp_python"),
+        field("python")
+    )?;
+    writeln!(
+        md,
+        "- Build flags: **same flags** — the Rust contenders are built by `cargo build --release` with the \
+         workspace's `-C target-cpu=native` (`.cargo/config.toml`), llama.cpp with `GGML_NATIVE=ON`. \
+         llama.cpp's system info: `{}`. {rustc}; candle-core {}.",
+        field("system_info"),
+        locked_version(&paths.root, "candle-core")
+    )?;
+    writeln!(md, "- Commands:\n")?;
+    writeln!(md, "```text")?;
+    writeln!(md, "cargo xtask bench{}", if config.quick { " --quick" } else { "" })?;
+    writeln!(md, "# each measurement, one process (RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2):")?;
+    writeln!(
+        md,
+        "target/release/examples/e2e --contender perpetua|perpetua-exact|candle-transformers \\\n    \
+         --mode greedy|sampled|position|perpetual --tokens-file target/bench/tokens.json \
+         [--new-tokens N] [--position P --steps {POSITION_STEPS}]"
+    )?;
+    writeln!(
+        md,
+        "target/bench-venv/bin/python xtask/bench_llama_cpp.py --model MODEL --tokens-file target/bench/tokens.json \\\n    \
+         --mode greedy|sampled|position --threads {THREADS} [--new-tokens N] [--position P --steps {POSITION_STEPS}]"
+    )?;
+    writeln!(md, "```\n")?;
+    writeln!(
+        md,
+        "Raw JSON: `target/bench/{}` (every run). The whole run took {:.1} min.\n",
+        if config.quick { "results-quick.json" } else { "results.json" },
+        num(&raw["elapsed_s"]) / 60.0
+    )?;
+
+    // Prefill / decode / RSS.
+    writeln!(
+        md,
+        "**Prefill, decode and peak RSS** (ratio = this row ÷ the baseline, same mode; for RSS lower is better):\n"
+    )?;
+    writeln!(
+        md,
+        "| contender | mode | prefill tok/s | ÷ llama.cpp | ÷ candle-tf | decode tok/s | ÷ llama.cpp | ÷ candle-tf | peak RSS MiB | ÷ llama.cpp | ÷ candle-tf |"
+    )?;
+    writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    let rows = [
+        (PERPETUA, "greedy", "perpetua (Q8_0, fused)"),
+        (PERPETUA_EXACT, "greedy", "perpetua exact (Q4_1)"),
+        (CANDLE, "greedy", "candle-transformers"),
+        (LLAMA_CPP, "greedy", "llama.cpp"),
+        (PERPETUA, "sampled", "perpetua (Q8_0, fused)"),
+        (CANDLE, "sampled", "candle-transformers"),
+        (LLAMA_CPP, "sampled", "llama.cpp"),
+    ];
+    for (contender, mode, label) in rows {
+        let get = |c: &str, key: &str| best(runs, c, mode, key, None);
+        let cells: Vec<String> = ["prefill_tok_s", "decode_tok_s", "peak_rss_mib"]
+            .iter()
+            .flat_map(|key| {
+                let x = get(contender, key);
+                let value = if *key == "peak_rss_mib" {
+                    x.map_or_else(|| "–".to_string(), |x| format!("{x:.0}"))
+                } else {
+                    fmt_rate(x)
+                };
+                [value, fmt_ratio(x, get(LLAMA_CPP, key)), fmt_ratio(x, get(CANDLE, key))]
+            })
+            .collect();
+        writeln!(md, "| {label} | {mode} | {} |", cells.join(" | "))?;
+    }
+    writeln!(md)?;
+    writeln!(
+        md,
+        "Prefill: perpetua's `Generator` prefills all prompt tokens but the last ({} here; the first decode \
+         step feeds the last), the others all {prompt_tokens}; each rate is its own tokens ÷ its own time. \
+         Decode: {} one-token forward passes with sampling (and, for perpetua, incremental detokenization), \
+         ÷ their wall time. Peak RSS: `VmHWM` of that row's process (largest over the rounds); \
+         llama.cpp's includes the Python interpreter and numpy, and its memory-mapped weights count as \
+         resident pages once touched.\n",
+        prompt_tokens.saturating_sub(1),
+        config.new_tokens
+    )?;
+
+    // Greedy agreement.
+    let first = |c: &'static str| select(runs, c, "greedy", None).next();
+    let mut agreement = Vec::new();
+    for (a, b) in [(PERPETUA_EXACT, CANDLE), (PERPETUA, CANDLE), (PERPETUA, LLAMA_CPP), (CANDLE, LLAMA_CPP)] {
+        if let (Some(x), Some(y)) = (first(a), first(b))
+            && let Some((same, n)) = common_prefix(x, y)
+        {
+            agreement.push(format!("{a} vs {b}: first {same}/{n}"));
+        }
+    }
+    writeln!(
+        md,
+        "Greedy token agreement (leading ids in common): {}. Not expected to be total: perpetua's \
+         `Generator` prefills all prompt ids but the last and feeds that one in the first decode step, the \
+         others prefill all of them in one batch, and batched and one-row kernels round differently; the \
+         default path also re-quantizes to Q8_0 and sums attention in another order, and llama.cpp has its \
+         own kernels and an f16 KV cache. One near tie flips a token and the texts part.\n",
+        agreement.join("; ")
+    )?;
+
+    // Long context.
+    writeln!(
+        md,
+        "**Decode at long context** ({POSITION_STEPS} greedy steps after filling the cache to the position \
+         with filler ids in chunks of 512; tok/s; perpetua with its default `LoadOptions`):\n"
+    )?;
+    writeln!(
+        md,
+        "| position | perpetua | candle-transformers | llama.cpp | perpetua ÷ llama.cpp | perpetua ÷ candle-tf |"
+    )?;
+    writeln!(md, "|---:|---:|---:|---:|---:|---:|")?;
+    for position in POSITIONS {
+        let get = |c: &str| best(runs, c, "position", "decode_tok_s", Some(position));
+        let skipped =
+            |c: &'static str| select(runs, c, "position", Some(position)).find_map(|v| v["skipped"].as_str());
+        let cell = |c: &'static str| match (get(c), skipped(c)) {
+            (Some(x), _) => format!("{x:.1}"),
+            (None, Some(s)) => s.to_string(),
+            (None, None) => "–".to_string(),
+        };
+        let ours = get(PERPETUA);
+        let candle_ratio = match (get(CANDLE), skipped(CANDLE)) {
+            (None, Some(s)) => s.to_string(),
+            (c, _) => fmt_ratio(ours, c),
+        };
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {candle_ratio} |",
+            thousands(position),
+            cell(PERPETUA),
+            cell(CANDLE),
+            cell(LLAMA_CPP),
+            fmt_ratio(ours, get(LLAMA_CPP)),
+        )?;
+    }
+    writeln!(md)?;
+
+    // Sampling share.
+    writeln!(
+        md,
+        "**Share of a decode step spent sampling** in perpetua's generator (`timings.sampling` ÷ \
+         `timings.decode`; lowest over the rounds; goal ≤ 2 %):\n"
+    )?;
+    writeln!(md, "| mode | sampling per step | decode per step | share | goal ≤ 2 % |")?;
+    writeln!(md, "|---|---:|---:|---:|---|")?;
+    let mut share_met = true;
+    for mode in ["greedy", "sampled"] {
+        let pick = select(runs, PERPETUA, mode, None)
+            .min_by(|a, b| num(&a["sampling_share"]).total_cmp(&num(&b["sampling_share"])));
+        if let Some(v) = pick {
+            let passes = num(&v["forward_passes"]).max(1.0);
+            let share = num(&v["sampling_share"]);
+            share_met &= share <= 0.02;
+            writeln!(
+                md,
+                "| {mode} | {:.1} µs | {:.2} ms | {:.2} % | {} |",
+                1e6 * num(&v["sampling_s"]) / passes,
+                1e3 * num(&v["decode_s"]) / passes,
+                100.0 * share,
+                if share <= 0.02 { "met" } else { "**not met**" }
+            )?;
+        }
+    }
+    writeln!(md)?;
+
+    // Perpetual overhead.
+    let perpetual: Vec<&Value> = select(runs, PERPETUA, "perpetual", None).collect();
+    let per_pass = |v: &Value, run: &str| {
+        1e3 * num(&v[format!("{run}_wall_s")]) / num(&v[run]["forward_passes"]).max(1.0)
+    };
+    let best_of = |run: &str| perpetual.iter().map(|v| per_pass(v, run)).reduce(f64::min);
+    let mut backstep_held = None;
+    if let Some(first) = perpetual.first() {
+        let c = &first["perpetual"];
+        let (passes, generated) = (num(&c["forward_passes"]), num(&c["generated_tokens"]));
+        let (backsteps, removed) = (num(&first["backsteps"]), num(&first["tokens_removed"]));
+        let identity = first["identity_generated_plus_removed"].as_bool().unwrap_or(false);
+        let exact = first["identity_with_eos_steps"].as_bool().unwrap_or(false);
+        let no_reprefill = first["no_reprefill"].as_bool().unwrap_or(false);
+        let same_counts = perpetual.iter().all(|v| v["perpetual"]["forward_passes"] == c["forward_passes"]);
+        let (p, q) = (best_of("perpetual"), best_of("plain"));
+        writeln!(
+            md,
+            "**Perpetual overhead**: `BackstepWithSchedule` (back step 10, T 1.0, top-k 20, seed 1), {} new tokens, \
+             against a plain `StopAtEos` run with `min_new_tokens` = `max_new_tokens` = the perpetual run's forward \
+             passes (wall time of `generate`, prefill included, ÷ forward passes; best round):\n",
+            thousands(config.perpetual_tokens)
+        )?;
+        writeln!(md, "| run | forward passes | ms per forward pass | ratio |")?;
+        writeln!(md, "|---|---:|---:|---:|")?;
+        writeln!(
+            md,
+            "| perpetual (`BackstepWithSchedule`) | {passes} | {} | {} |",
+            p.map_or_else(|| "–".to_string(), |x| format!("{x:.2}")),
+            fmt_ratio(p, q)
+        )?;
+        writeln!(
+            md,
+            "| plain (`StopAtEos`, same passes) | {} | {} | 1.00× |\n",
+            first["plain"]["forward_passes"],
+            q.map_or_else(|| "–".to_string(), |x| format!("{x:.2}"))
+        )?;
+        writeln!(
+            md,
+            "Back steps: {backsteps} ({removed} tokens removed), {generated} tokens kept, finish {}{}. \
+             Check `forward_passes == generated tokens + tokens removed by back steps`: {passes} vs {} → **{}**; \
+             counting also each back step's own step (the forward pass that drew the EOS and keeps no token): \
+             {passes} vs {} → **{}**. No re-prefill (prefill tokens = prompt − 1, no context roll): **{}**.\n",
+            first["perpetual_finish"].as_str().unwrap_or("?"),
+            if same_counts { "" } else { " (counts differed between rounds: see the raw JSON)" },
+            generated + removed,
+            if identity { "held" } else { "did not hold" },
+            generated + removed + backsteps,
+            if exact { "held" } else { "did not hold" },
+            if no_reprefill { "held" } else { "did not hold" },
+        )?;
+        backstep_held = Some(exact && no_reprefill);
+    }
+
+    // Goals.
+    let ours = best(runs, PERPETUA, "greedy", "decode_tok_s", None);
+    let theirs = best(runs, LLAMA_CPP, "greedy", "decode_tok_s", None);
+    let ours_s = best(runs, PERPETUA, "sampled", "decode_tok_s", None);
+    let theirs_s = best(runs, LLAMA_CPP, "sampled", "decode_tok_s", None);
+    let goal = |x: Option<f64>, b: Option<f64>| match (x, b) {
+        (Some(x), Some(b)) if b > 0.0 => {
+            format!("{:.2}× ({})", x / b, if x / b >= 0.8 { "met" } else { "**not met**" })
+        }
+        _ => "–".to_string(),
+    };
+    writeln!(md, "**Issue 10's goals, where this run stands:**\n")?;
+    writeln!(
+        md,
+        "- Decode ≥ 0.8× llama.cpp on the same GGUF and threads: greedy {}, sampled {}.",
+        goal(ours, theirs),
+        goal(ours_s, theirs_s)
+    )?;
+    writeln!(md, "- Sampling ≤ 2 % of a decode step: {}.", if share_met { "met" } else { "**not met**" })?;
+    writeln!(
+        md,
+        "- A back step costs only its regenerated forward passes (no re-prefill): {}.",
+        match backstep_held {
+            Some(true) => "held (counts above)",
+            Some(false) => "**did not hold** (counts above)",
+            None => "not measured",
+        }
+    )?;
+    if config.quick {
+        writeln!(
+            md,
+            "\n_`--quick`: 1 round, {} decode tokens, a {}-token perpetual run. Smoke-test numbers — on a shared \
+             or loaded machine they say that everything runs, not how fast._",
+            config.new_tokens, config.perpetual_tokens
+        )?;
+    }
+    Ok(md)
+}
+
+/// Replace what lies between the markers in `path`, appending the section (heading and
+/// markers) when the markers are absent.
+fn write_section(path: &Path, markdown: &str) -> Result<()> {
+    let doc = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let updated = replace_section(&doc, markdown).with_context(|| format!("{}", path.display()))?;
+    std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `doc` with `markdown` between the markers (only that part changes), or with the
+/// section appended when it has neither marker.
+fn replace_section(doc: &str, markdown: &str) -> Result<String> {
+    Ok(match (doc.find(START), doc.find(END)) {
+        (Some(s), Some(e)) if s < e => {
+            format!("{}{START}\n{}\n{}", &doc[..s], markdown.trim_end(), &doc[e..])
+        }
+        (None, None) => {
+            format!("{}\n\n{HEADING}\n\n{START}\n{}\n{END}\n", doc.trim_end(), markdown.trim_end())
+        }
+        _ => bail!("the markers {START} / {END} are broken (one missing or out of order)"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn section_is_replaced_between_the_markers_only() {
+        let doc = format!("# P\n\nbefore\n\n{HEADING}\n\n{START}\nold\ntext\n{END}\n\nafter\n");
+        let out = replace_section(&doc, "new\n").expect("markers present");
+        assert_eq!(out, format!("# P\n\nbefore\n\n{HEADING}\n\n{START}\nnew\n{END}\n\nafter\n"));
+        // Idempotent.
+        assert_eq!(replace_section(&out, "new").expect("markers present"), out);
+    }
+
+    #[test]
+    fn section_is_appended_when_absent_and_broken_markers_are_errors() {
+        let out = replace_section("# P\n\ntext\n", "table").expect("no markers");
+        assert_eq!(out, format!("# P\n\ntext\n\n{HEADING}\n\n{START}\ntable\n{END}\n"));
+        assert!(replace_section(&format!("x {START} y"), "t").is_err());
+        assert!(replace_section(&format!("{END} x {START}"), "t").is_err());
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(thousands(4096), "4,096");
+        assert_eq!(thousands(100), "100");
+        assert_eq!(thousands(2_000_000), "2,000,000");
+        assert_eq!(rotated(&["a", "b", "c"], 1), vec!["b", "c", "a"]);
+        assert_eq!(rotated(&["a", "b", "c"], 3), vec!["a", "b", "c"]);
+        assert_eq!(fmt_ratio(Some(3.0), Some(2.0)), "1.50×");
+        assert_eq!(fmt_ratio(Some(3.0), None), "–");
+    }
+}
