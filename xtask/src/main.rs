@@ -82,9 +82,12 @@ pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Features every check builds with: the test kits (not `--all-features`, which would
-/// pull in `cuda`/`metal`, unbuildable without those toolkits).
-const TEST_FEATURES: &str = "perpetua-sampling/testing,perpetua-kv-cache/testing,perpetua-generator/testing";
+/// Features every check builds with: the test kits and the facade's `burn` backend (its
+/// perpetual real-model test, `crates/perpetua/tests/perpetual_burn.rs`); not
+/// `--all-features`, which would pull in `cuda`/`metal`/`wgpu`, unbuildable without
+/// those toolkits. One feature set for clippy and test, so dependencies build once.
+const TEST_FEATURES: &str =
+    "perpetua-sampling/testing,perpetua-kv-cache/testing,perpetua-generator/testing,perpetua/burn";
 
 /// The README's test command: everything CI checks.
 fn ci() -> Result<()> {

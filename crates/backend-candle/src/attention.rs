@@ -24,6 +24,41 @@ use rayon::prelude::*;
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One chunk of keys / values widened to f32 (f16 caches only).
+    static WIDE: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// An element type the KV cache may store: `f32`, or `f16` (half the bytes to read
+/// per position, which is what decode at long context is bound by).
+pub(crate) trait KvElem: Copy + Send + Sync {
+    /// `src` as f32: `src` itself for f32; for f16 widened into `buf` (F16C, 8 lanes
+    /// at a time under `target-cpu=native`) and returned from there.
+    fn widen<'a>(src: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32];
+}
+
+impl KvElem for f32 {
+    #[inline]
+    fn widen<'a>(src: &'a [f32], _buf: &'a mut Vec<f32>) -> &'a [f32] {
+        src
+    }
+}
+
+impl KvElem for half::f16 {
+    #[inline]
+    fn widen<'a>(src: &'a [half::f16], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        // Grown once, never re-zeroed: every element read is written first.
+        if buf.len() < src.len() {
+            buf.resize(src.len(), 0.0);
+        }
+        let dst = &mut buf[..src.len()];
+        // Element by element: with F16C compiled in (`target-cpu=native`), `to_f32`
+        // inlines to `vcvtph2ps` and the loop vectorises; `convert_to_f32_slice` calls
+        // its kernel through a function pointer per 8 elements.
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+        dst
+    }
 }
 
 /// Positions per work item. Small enough that two threads balance over three KV heads
@@ -48,7 +83,9 @@ const LANES: usize = 8;
 
 /// `Σ a_i b_i` over equal-length slices, in `LANES` independent partial sums (so the
 /// compiler vectorises it), then reduced in a fixed order. Also the few-row linear
-/// kernel's dot product (`model.rs`).
+/// kernel's dot product (`model.rs`). (Measured: splitting the sum over 4 × `LANES`
+/// accumulators to shorten the dependency chain vectorised worse and ran 3× slower on
+/// 64-wide heads; `dot_timing` below.)
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0_f32; LANES];
@@ -178,7 +215,18 @@ fn weighted_sums_blocked<const G: usize>(scores: &[f32], len: usize, v: &[f32], 
 /// steady-state decode allocates nothing here.
 /// Callers guarantee the slice lengths (checked by `debug_assert`s; the caller in
 /// `model.rs` validates them and returns an error before calling).
-pub(crate) fn attend_one(g: Geometry, q: &[f32], k: &[f32], v: &[f32], visible: usize, out: &mut [f32]) {
+///
+/// `T` is the cache's element type: f16 rows are widened to f32 one chunk at a time
+/// (into per-thread buffers) and then go through exactly the f32 arithmetic, so an f16
+/// cache gives the same result as an f32 cache holding the same (f16-rounded) values.
+pub(crate) fn attend_one<T: KvElem>(
+    g: Geometry,
+    q: &[f32],
+    k: &[T],
+    v: &[T],
+    visible: usize,
+    out: &mut [f32],
+) {
     let d = g.head_dim;
     let group = g.n_heads / g.n_kv_heads;
     debug_assert_eq!(q.len(), g.n_heads * d);
@@ -200,24 +248,26 @@ pub(crate) fn attend_one(g: Geometry, q: &[f32], k: &[f32], v: &[f32], visible: 
         let (start, end) = (c * CHUNK, ((c + 1) * CHUNK).min(visible));
         let len = end - start;
         let base = j * g.head_stride * d;
-        let k_c = &k[base + start * d..base + end * d];
-        let v_c = &v[base + start * d..base + end * d];
         let q_j = &q[j * group * d..(j + 1) * group * d];
-        SCORES.with_borrow_mut(|scores| {
-            // scores[gi * len + t] = q_gi · k_t / √d
-            scores.clear();
-            scores.resize(group * len, 0.0);
-            for (t, k_t) in k_c.chunks_exact(d).enumerate() {
-                for (gi, q_g) in q_j.chunks_exact(d).enumerate() {
-                    scores[gi * len + t] = dot(q_g, k_t) * scale;
+        WIDE.with_borrow_mut(|(k_buf, v_buf)| {
+            SCORES.with_borrow_mut(|scores| {
+                let k_c = T::widen(&k[base + start * d..base + end * d], k_buf);
+                let v_c = T::widen(&v[base + start * d..base + end * d], v_buf);
+                // scores[gi * len + t] = q_gi · k_t / √d
+                scores.clear();
+                scores.resize(group * len, 0.0);
+                for (t, k_t) in k_c.chunks_exact(d).enumerate() {
+                    for (gi, q_g) in q_j.chunks_exact(d).enumerate() {
+                        scores[gi * len + t] = dot(q_g, k_t) * scale;
+                    }
                 }
-            }
-            for (gi, row) in scores.chunks_exact_mut(len.max(1)).enumerate() {
-                let (max, sum) = exp_shifted_in_place(row);
-                p[gi * per_head] = max;
-                p[gi * per_head + 1] = sum;
-            }
-            weighted_value_sums(scores, len, v_c, d, group, p);
+                for (gi, row) in scores.chunks_exact_mut(len.max(1)).enumerate() {
+                    let (max, sum) = exp_shifted_in_place(row);
+                    p[gi * per_head] = max;
+                    p[gi * per_head + 1] = sum;
+                }
+                weighted_value_sums(scores, len, v_c, d, group, p);
+            })
         });
     });
     // Combine the chunks in order: out_h = Σ_c e^(m_c − M) acc_c / Σ_c e^(m_c − M) s_c.
@@ -322,6 +372,19 @@ mod tests {
         }
 
         #[test]
+        fn f16_cache_equals_f32_cache_of_the_rounded_values((g, q, k, v, visible) in case()) {
+            let to16 = |x: &[f32]| x.iter().map(|&x| half::f16::from_f32(x)).collect::<Vec<_>>();
+            let (k16, v16) = (to16(&k), to16(&v));
+            let widen = |x: &[half::f16]| x.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+            let (k32, v32) = (widen(&k16), widen(&v16));
+            let mut a = vec![0.0; g.n_heads * g.head_dim];
+            let mut b = vec![0.0; g.n_heads * g.head_dim];
+            attend_one(g, &q, &k16, &v16, visible, &mut a);
+            attend_one(g, &q, &k32, &v32, visible, &mut b);
+            prop_assert_eq!(a, b);
+        }
+
+        #[test]
         fn positions_beyond_visible_are_ignored((g, q, k, v, visible) in case()) {
             let mut poisoned_k = k.clone();
             let mut poisoned_v = v.clone();
@@ -390,6 +453,104 @@ mod tests {
             }
             let plain_t = t.elapsed();
             println!("round {round}: blocked {blocked:?}, plain {plain_t:?} ({} reps)", reps);
+        }
+    }
+
+    /// Decode-step attention cost at a long position, SmolLM2's geometry (9 query / 3 KV
+    /// heads of 64, 30 layers), f32 vs f16 cache:
+    /// `cargo test --release -p perpetua-candle --lib attend_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore = "timing, run by hand"]
+    fn attend_timing() {
+        let visible: usize = std::env::var("VISIBLE").ok().and_then(|v| v.parse().ok()).unwrap_or(4000);
+        let g = Geometry { n_heads: 9, n_kv_heads: 3, head_dim: 64, head_stride: visible + 96 };
+        let n = g.n_kv_heads * g.head_stride * g.head_dim;
+        let f = |i: usize| ((i as u32).wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0 - 1.0;
+        // 30 layers' worth of distinct buffers, so the caches really come from memory.
+        let k32: Vec<Vec<f32>> = (0..30).map(|l| (0..n).map(|i| f(i + l)).collect()).collect();
+        let v32: Vec<Vec<f32>> = (0..30).map(|l| (0..n).map(|i| f(i + 7 * l + 3)).collect()).collect();
+        let k16: Vec<Vec<half::f16>> =
+            k32.iter().map(|k| k.iter().map(|&x| half::f16::from_f32(x)).collect()).collect();
+        let v16: Vec<Vec<half::f16>> =
+            v32.iter().map(|v| v.iter().map(|&x| half::f16::from_f32(x)).collect()).collect();
+        let q: Vec<f32> = (0..g.n_heads * g.head_dim).map(|i| f(i + 11) / 4.0).collect();
+        let mut out = vec![0.0; g.n_heads * g.head_dim];
+        let steps = 20;
+        for round in 0..3 {
+            let t = std::time::Instant::now();
+            for _ in 0..steps {
+                for l in 0..30 {
+                    attend_one(g, &q, &k32[l], &v32[l], visible, &mut out);
+                }
+            }
+            let a = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
+            let t = std::time::Instant::now();
+            for _ in 0..steps {
+                for l in 0..30 {
+                    attend_one(g, &q, &k16[l], &v16[l], visible, &mut out);
+                }
+            }
+            let b = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
+            println!(
+                "round {round}: visible {visible}: f32 cache {a:.2} ms/token, f16 cache {b:.2} ms/token (30 layers)"
+            );
+        }
+    }
+
+    /// `dot` over 4 × `LANES` accumulators (shorter dependency chains), for `dot_timing`.
+    fn dot_four_chains(a: &[f32], b: &[f32]) -> f32 {
+        const ACCS: usize = 4;
+        let n = a.len().min(b.len());
+        let (xa, xr) = a[..n].as_chunks::<LANES>();
+        let (ya, yr) = b[..n].as_chunks::<LANES>();
+        let mut acc = [[0.0_f32; LANES]; ACCS];
+        let mut xq = xa.chunks_exact(ACCS);
+        let mut yq = ya.chunks_exact(ACCS);
+        for (xs, ys) in (&mut xq).zip(&mut yq) {
+            for ((acc_k, x), y) in acc.iter_mut().zip(xs).zip(ys) {
+                for l in 0..LANES {
+                    acc_k[l] += x[l] * y[l];
+                }
+            }
+        }
+        for ((acc_k, x), y) in acc.iter_mut().zip(xq.remainder()).zip(yq.remainder()) {
+            for l in 0..LANES {
+                acc_k[l] += x[l] * y[l];
+            }
+        }
+        let mut lanes = [0.0_f32; LANES];
+        for acc_k in &acc {
+            for l in 0..LANES {
+                lanes[l] += acc_k[l];
+            }
+        }
+        lanes.iter().sum::<f32>() + xr.iter().zip(yr).map(|(x, y)| x * y).sum::<f32>()
+    }
+
+    /// `cargo test --release -p perpetua-candle --lib dot_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore = "timing, run by hand"]
+    fn dot_timing() {
+        let rows = 4096;
+        let k: Vec<f32> = (0..rows * 64).map(|i| (i % 17) as f32 / 17.0).collect();
+        let q: Vec<f32> = (0..64).map(|i| (i % 5) as f32 / 5.0).collect();
+        for round in 0..3 {
+            let t = std::time::Instant::now();
+            let mut s = 0.0;
+            for _ in 0..200 {
+                for k_t in k.chunks_exact(64) {
+                    s += dot_four_chains(std::hint::black_box(&q), k_t);
+                }
+            }
+            let four = t.elapsed();
+            let t = std::time::Instant::now();
+            for _ in 0..200 {
+                for k_t in k.chunks_exact(64) {
+                    s += dot(std::hint::black_box(&q), k_t);
+                }
+            }
+            let one = t.elapsed();
+            println!("round {round}: dot (1 accumulator) {one:?}, 4 accumulators {four:?} ({s})");
         }
     }
 

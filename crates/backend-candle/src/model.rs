@@ -49,7 +49,36 @@ pub struct LlamaConfig {
 pub const MAX_CONTEXT: usize = 1 << 21;
 
 impl LlamaConfig {
-    fn validate(&self) -> Result<()> {
+    /// Row-major `(max_context, head_dim/2)` tables `cos(p·θ_i)`, `sin(p·θ_i)` with
+    /// `θ_i = base^(−2i/head_dim)`, over the model's whole context (candle-transformers
+    /// stops its table at 4,096).
+    ///
+    /// Computed in f32 exactly as candle-transformers and Hugging Face do (`θ_i` in f32,
+    /// `p·θ_i` one f32 product, f32 `cos`/`sin`): this quantized model is sensitive enough
+    /// that a one-ulp different table (say from f64) moves logits by up to ~0.6 through
+    /// flipped activation-quantization roundings, which would break parity with the
+    /// reference implementations.
+    ///
+    /// Shared by every backend (the burn backend rotates by the same angles).
+    pub fn rope_tables(&self) -> (Vec<f32>, Vec<f32>) {
+        let base = self.rope_theta as f32;
+        let inv_freq: Vec<f32> = (0..self.head_dim)
+            .step_by(2)
+            .map(|i| 1f32 / base.powf(i as f32 / self.head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(self.max_context * inv_freq.len());
+        let mut sin = Vec::with_capacity(self.max_context * inv_freq.len());
+        for p in 0..self.max_context {
+            for f in &inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        (cos, sin)
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
         let positive = [
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
@@ -115,6 +144,33 @@ pub struct LoadOptions {
     pub requantize: Option<GgmlDType>,
     /// The attention kernel (default: [`Attention::Fused`]).
     pub attention: Attention,
+    /// Element type of the KV cache (default: [`KvDtype::F16`]).
+    pub kv_dtype: KvDtype,
+}
+
+/// Element type the KV cache stores keys and values in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum KvDtype {
+    /// IEEE half precision: half the memory and half the bytes read per decode step,
+    /// which is what decode at long context is bound by (measured in
+    /// docs/PERFORMANCE.md). Keys and values are rounded to 11 significant bits as
+    /// they are written (relative error ≤ 2⁻¹¹, the precision llama.cpp's default
+    /// cache also keeps); attention itself still computes in f32.
+    #[default]
+    F16,
+    /// f32: the values exactly as computed. [`LoadOptions::exact`] uses it (bit parity
+    /// with candle-transformers).
+    F32,
+}
+
+impl KvDtype {
+    fn dtype(self) -> DType {
+        match self {
+            Self::F16 => DType::F16,
+            Self::F32 => DType::F32,
+        }
+    }
 }
 
 /// Which attention implementation the forward pass uses.
@@ -141,16 +197,17 @@ impl Default for LoadOptions {
             cache_capacity: None,
             requantize: Some(GgmlDType::Q8_0),
             attention: Attention::Fused,
+            kv_dtype: KvDtype::F16,
         }
     }
 }
 
 impl LoadOptions {
-    /// The file's weight types bit for bit (no re-quantization) and the reference
-    /// attention, on the CPU: logits then equal candle-transformers' `quantized_llama`
-    /// on the same file exactly.
+    /// The file's weight types bit for bit (no re-quantization), an f32 KV cache and
+    /// the reference attention, on the CPU: logits then equal candle-transformers'
+    /// `quantized_llama` on the same file exactly.
     pub fn exact() -> Self {
-        Self { requantize: None, attention: Attention::Reference, ..Self::default() }
+        Self { requantize: None, attention: Attention::Reference, kv_dtype: KvDtype::F32, ..Self::default() }
     }
 }
 
@@ -264,6 +321,8 @@ pub struct Llama {
     cache_capacity: usize,
     /// [`Attention::Fused`] on a CPU device.
     fused_attention: bool,
+    /// Element type of the caches this model makes.
+    kv_dtype: DType,
 }
 
 impl std::fmt::Debug for Llama {
@@ -297,14 +356,70 @@ fn ggml_dtype_supported(dtype: GgmlDType) -> bool {
 }
 
 /// Reads tensors of one GGUF file, checking presence, dtype and shape first.
-struct GgufReader {
+pub(crate) struct GgufReader {
     content: gguf_file::Content,
     reader: BufReader<File>,
     device: Device,
 }
 
 impl GgufReader {
-    fn tensor(&mut self, name: &str, expected: &[usize]) -> Result<QTensor> {
+    /// Open `path` and parse its header ([`read_gguf`]); tensors are read on `device`.
+    pub(crate) fn open(path: &Path, device: &Device) -> Result<Self> {
+        let (content, reader) = read_gguf(path)?;
+        Ok(Self { content, reader, device: device.clone() })
+    }
+
+    /// The llama hyper-parameters from the metadata (`llama.*` keys), validated.
+    pub(crate) fn llama_config(&self) -> Result<LlamaConfig> {
+        let arch = self
+            .metadata("general.architecture")?
+            .to_string()
+            .map_err(|e| CandleBackendError::metadata("general.architecture", e.to_string()))?
+            .clone();
+        if arch != "llama" {
+            return Err(CandleBackendError::UnsupportedArchitecture(arch));
+        }
+        let key = |k: &str| format!("llama.{k}");
+        let hidden_size = self.metadata_usize(&key("embedding_length"))?;
+        let n_heads = self.metadata_usize(&key("attention.head_count"))?;
+        let n_kv_heads = match self.metadata_usize(&key("attention.head_count_kv")) {
+            Ok(n) => n,
+            Err(_) => n_heads,
+        };
+        if n_heads == 0 {
+            return Err(CandleBackendError::metadata(key("attention.head_count"), "zero"));
+        }
+        let head_dim = hidden_size / n_heads;
+        if let Ok(rope_dim) = self.metadata_usize(&key("rope.dimension_count"))
+            && rope_dim != head_dim
+        {
+            return Err(CandleBackendError::metadata(
+                key("rope.dimension_count"),
+                format!("partial rotary ({rope_dim} of {head_dim} dims) is not supported"),
+            ));
+        }
+        let vocab_size = match self.content.tensor_infos.get("token_embd.weight") {
+            Some(info) => info.shape.dims().first().copied().unwrap_or(0),
+            None => return Err(CandleBackendError::MissingTensor { name: "token_embd.weight".into() }),
+        };
+        let config = LlamaConfig {
+            hidden_size,
+            intermediate_size: self.metadata_usize(&key("feed_forward_length"))?,
+            n_layers: self.metadata_usize(&key("block_count"))?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            vocab_size,
+            rms_norm_eps: self.metadata_f64(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_theta: self.metadata_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
+            max_context: self.metadata_usize(&key("context_length"))?,
+            rope_interleaved: true,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub(crate) fn tensor(&mut self, name: &str, expected: &[usize]) -> Result<QTensor> {
         let info = self
             .content
             .tensor_infos
@@ -326,7 +441,7 @@ impl GgufReader {
         Ok(self.content.tensor(&mut self.reader, name, &self.device)?)
     }
 
-    fn has(&self, name: &str) -> bool {
+    pub(crate) fn has(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }
 
@@ -463,53 +578,8 @@ impl Llama {
                 "is not a weight type candle can multiply",
             ));
         }
-        let (content, reader) = read_gguf(path)?;
-        let mut file = GgufReader { content, reader, device: options.device.clone() };
-        let arch = file
-            .metadata("general.architecture")?
-            .to_string()
-            .map_err(|e| CandleBackendError::metadata("general.architecture", e.to_string()))?
-            .clone();
-        if arch != "llama" {
-            return Err(CandleBackendError::UnsupportedArchitecture(arch));
-        }
-        let key = |k: &str| format!("llama.{k}");
-        let hidden_size = file.metadata_usize(&key("embedding_length"))?;
-        let n_heads = file.metadata_usize(&key("attention.head_count"))?;
-        let n_kv_heads = match file.metadata_usize(&key("attention.head_count_kv")) {
-            Ok(n) => n,
-            Err(_) => n_heads,
-        };
-        if n_heads == 0 {
-            return Err(CandleBackendError::metadata(key("attention.head_count"), "zero"));
-        }
-        let head_dim = hidden_size / n_heads;
-        if let Ok(rope_dim) = file.metadata_usize(&key("rope.dimension_count"))
-            && rope_dim != head_dim
-        {
-            return Err(CandleBackendError::metadata(
-                key("rope.dimension_count"),
-                format!("partial rotary ({rope_dim} of {head_dim} dims) is not supported"),
-            ));
-        }
-        let vocab_size = match file.content.tensor_infos.get("token_embd.weight") {
-            Some(info) => info.shape.dims().first().copied().unwrap_or(0),
-            None => return Err(CandleBackendError::MissingTensor { name: "token_embd.weight".into() }),
-        };
-        let config = LlamaConfig {
-            hidden_size,
-            intermediate_size: file.metadata_usize(&key("feed_forward_length"))?,
-            n_layers: file.metadata_usize(&key("block_count"))?,
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            vocab_size,
-            rms_norm_eps: file.metadata_f64(&key("attention.layer_norm_rms_epsilon"))?,
-            rope_theta: file.metadata_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
-            max_context: file.metadata_usize(&key("context_length"))?,
-            rope_interleaved: true,
-        };
-        config.validate()?;
+        let mut file = GgufReader::open(path, &options.device)?;
+        let config = file.llama_config()?;
         let (h, q_dim, kv_dim, ffn) = (
             config.hidden_size,
             config.n_heads * config.head_dim,
@@ -571,49 +641,9 @@ impl Llama {
     /// Load a Hugging Face llama checkpoint: `config.json` plus one or more
     /// `*.safetensors` files (f32, f16 or bf16; computed in f32).
     pub fn from_safetensors_dir(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|source| CandleBackendError::Io { path: config_path.clone(), source })?;
-        let hf: HfLlamaConfig = serde_json::from_str(&text)
-            .map_err(|e| CandleBackendError::metadata("config.json", e.to_string()))?;
-        let config = hf.to_config()?;
-        config.validate()?;
-
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|source| CandleBackendError::Io { path: dir.to_path_buf(), source })?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(CandleBackendError::MissingTensor {
-                name: format!("any *.safetensors file in {}", dir.display()),
-            });
-        }
-        let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        for f in &files {
-            tensors.extend(candle_core::safetensors::load(f, &options.device)?);
-        }
-        let mut take = |name: &str, expected: &[usize]| -> Result<Tensor> {
-            let t = tensors
-                .remove(name)
-                .ok_or_else(|| CandleBackendError::MissingTensor { name: name.to_string() })?;
-            if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) {
-                return Err(CandleBackendError::UnsupportedDtype {
-                    name: name.to_string(),
-                    dtype: format!("{:?}", t.dtype()),
-                });
-            }
-            if t.dims() != expected {
-                return Err(CandleBackendError::BadShape {
-                    name: name.to_string(),
-                    expected: expected.to_vec(),
-                    actual: t.dims().to_vec(),
-                });
-            }
-            Ok(t.to_dtype(DType::F32)?)
-        };
+        let mut st = SafetensorsDir::open(dir.as_ref(), &options.device)?;
+        let (hf, config) = (st.hf.clone(), st.config.clone());
+        let mut take = |name: &str, expected: &[usize]| st.take(name, expected);
         let (h, q_dim, kv_dim, ffn) = (
             config.hidden_size,
             config.n_heads * config.head_dim,
@@ -680,6 +710,7 @@ impl Llama {
             rope_sin,
             cache_capacity,
             fused_attention: options.attention == Attention::Fused && options.device.is_cpu(),
+            kv_dtype: options.kv_dtype.dtype(),
         })
     }
 
@@ -707,6 +738,7 @@ impl Llama {
             self.config.n_kv_heads,
             self.config.head_dim,
             capacity,
+            self.kv_dtype,
             &self.device,
         )
     }
@@ -785,6 +817,13 @@ impl Llama {
             let k = k.squeeze(0)?;
             let v = v.reshape((n, cfg.n_kv_heads, cfg.head_dim))?.transpose(0, 1)?.contiguous()?;
             let (k_all, v_all) = cache.write_and_view(i, &k, &v)?;
+            // The reference paths compute with candle matmuls in f32: widen an f16
+            // cache's views (the fused kernel reads f16 directly).
+            let (k_all, v_all) = if self.fused_attention || k_all.dtype() == DType::F32 {
+                (k_all, v_all)
+            } else {
+                (k_all.to_dtype(DType::F32)?, v_all.to_dtype(DType::F32)?)
+            };
             // (n, n_heads, head_dim): one contiguous row of heads per query position.
             let q = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
             let y = if self.fused_attention {
@@ -876,7 +915,11 @@ impl Llama {
                 "fused attention runs on the CPU",
             ));
         };
-        let (qs, ks, vs) = (qs.as_slice::<f32>()?, ks.as_slice::<f32>()?, vs.as_slice::<f32>()?);
+        let qs = qs.as_slice::<f32>()?;
+        let kv = match (ks, vs) {
+            (candle_core::CpuStorage::F16(ks), candle_core::CpuStorage::F16(vs)) => Kv::F16(ks, vs),
+            _ => Kv::F32(ks.as_slice::<f32>()?, vs.as_slice::<f32>()?),
+        };
         // The cache views are `narrow`s of `(n_kv_heads, capacity, head_dim)` buffers:
         // offset 0, head stride `capacity · head_dim`, rows contiguous.
         let head_stride = k_layout.stride().first().copied().unwrap_or(0) / cfg.head_dim.max(1);
@@ -886,8 +929,7 @@ impl Llama {
             && v_layout.start_offset() == 0
             && k_layout.stride() == v_layout.stride()
             && k_layout.stride().get(1..) == Some(&[cfg.head_dim, 1][..])
-            && ks.len() >= needed
-            && vs.len() >= needed
+            && kv.len() >= needed
             && pos + n <= head_stride
             && qs.len() >= q_layout.start_offset() + n * width;
         if !layout_ok {
@@ -906,7 +948,10 @@ impl Llama {
         let qs = &qs[q_layout.start_offset()..q_layout.start_offset() + n * width];
         let mut out = vec![0.0_f32; n * width];
         for (i, (q_i, out_i)) in qs.chunks_exact(width).zip(out.chunks_exact_mut(width)).enumerate() {
-            attention::attend_one(geometry, q_i, ks, vs, pos + i + 1, out_i);
+            match kv {
+                Kv::F32(ks, vs) => attention::attend_one(geometry, q_i, ks, vs, pos + i + 1, out_i),
+                Kv::F16(ks, vs) => attention::attend_one(geometry, q_i, ks, vs, pos + i + 1, out_i),
+            }
         }
         drop((q_store, k_store, v_store));
         Ok(Tensor::from_vec(out, (n, width), &self.device)?)
@@ -923,40 +968,95 @@ impl Llama {
     }
 }
 
-/// `(max_context, head_dim/2)` tables `cos(p·θ_i)`, `sin(p·θ_i)` with
-/// `θ_i = base^(−2i/head_dim)`, over the model's whole context (candle-transformers
-/// stops its table at 4,096).
-///
-/// Computed in f32 exactly as candle-transformers and Hugging Face do (`θ_i` in f32,
-/// `p·θ_i` one f32 product, f32 `cos`/`sin`): this quantized model is sensitive enough
-/// that a one-ulp different table (say from f64) moves logits by up to ~0.6 through
-/// flipped activation-quantization roundings, which would break parity with the
-/// reference implementations.
-fn rope_tables(config: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
-    let half = config.head_dim / 2;
-    let base = config.rope_theta as f32;
-    let inv_freq: Vec<f32> = (0..config.head_dim)
-        .step_by(2)
-        .map(|i| 1f32 / base.powf(i as f32 / config.head_dim as f32))
-        .collect();
-    let mut cos = Vec::with_capacity(config.max_context * half);
-    let mut sin = Vec::with_capacity(config.max_context * half);
-    for p in 0..config.max_context {
-        for f in &inv_freq {
-            let angle = p as f32 * f;
-            cos.push(angle.cos());
-            sin.push(angle.sin());
+/// A layer's cache buffers as the fused kernel reads them.
+#[derive(Clone, Copy)]
+enum Kv<'a> {
+    F32(&'a [f32], &'a [f32]),
+    F16(&'a [half::f16], &'a [half::f16]),
+}
+
+impl Kv<'_> {
+    /// Elements in the shorter of the two buffers.
+    fn len(&self) -> usize {
+        match self {
+            Self::F32(k, v) => k.len().min(v.len()),
+            Self::F16(k, v) => k.len().min(v.len()),
         }
     }
+}
+
+/// The RoPE tables ([`LlamaConfig::rope_tables`]) as `(max_context, head_dim/2)` tensors.
+fn rope_tables(config: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let (cos, sin) = config.rope_tables();
+    let half = config.head_dim / 2;
     Ok((
         Tensor::from_vec(cos, (config.max_context, half), device)?,
         Tensor::from_vec(sin, (config.max_context, half), device)?,
     ))
 }
 
+/// The tensors of a Hugging Face llama checkpoint directory, taken out one by one.
+pub(crate) struct SafetensorsDir {
+    pub(crate) hf: HfLlamaConfig,
+    pub(crate) config: LlamaConfig,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl SafetensorsDir {
+    /// Read `config.json` (validated) and every `*.safetensors` file of `dir`.
+    pub(crate) fn open(dir: &Path, device: &Device) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|source| CandleBackendError::Io { path: config_path.clone(), source })?;
+        let hf: HfLlamaConfig = serde_json::from_str(&text)
+            .map_err(|e| CandleBackendError::metadata("config.json", e.to_string()))?;
+        let config = hf.to_config()?;
+        config.validate()?;
+
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|source| CandleBackendError::Io { path: dir.to_path_buf(), source })?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(CandleBackendError::MissingTensor {
+                name: format!("any *.safetensors file in {}", dir.display()),
+            });
+        }
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for f in &files {
+            tensors.extend(candle_core::safetensors::load(f, device)?);
+        }
+        Ok(Self { hf, config, tensors })
+    }
+
+    /// Remove tensor `name`, checking its dtype (f32/f16/bf16) and shape; as f32.
+    pub(crate) fn take(&mut self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| CandleBackendError::MissingTensor { name: name.to_string() })?;
+        if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) {
+            return Err(CandleBackendError::UnsupportedDtype {
+                name: name.to_string(),
+                dtype: format!("{:?}", t.dtype()),
+            });
+        }
+        if t.dims() != expected {
+            return Err(CandleBackendError::BadShape {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                actual: t.dims().to_vec(),
+            });
+        }
+        Ok(t.to_dtype(DType::F32)?)
+    }
+}
+
 /// The `config.json` fields of a Hugging Face llama checkpoint that the forward uses.
-#[derive(Debug, serde::Deserialize)]
-struct HfLlamaConfig {
+#[derive(Debug, Clone, serde::Deserialize)]
+pub(crate) struct HfLlamaConfig {
     hidden_size: usize,
     intermediate_size: usize,
     num_hidden_layers: usize,
@@ -969,7 +1069,7 @@ struct HfLlamaConfig {
     rope_theta: f64,
     max_position_embeddings: usize,
     #[serde(default)]
-    tie_word_embeddings: bool,
+    pub(crate) tie_word_embeddings: bool,
 }
 
 fn default_rope_theta() -> f64 {
@@ -977,7 +1077,7 @@ fn default_rope_theta() -> f64 {
 }
 
 impl HfLlamaConfig {
-    fn to_config(&self) -> Result<LlamaConfig> {
+    pub(crate) fn to_config(&self) -> Result<LlamaConfig> {
         if self.num_attention_heads == 0 {
             return Err(CandleBackendError::metadata("num_attention_heads", "zero"));
         }

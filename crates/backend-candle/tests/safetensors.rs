@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use perpetua_candle::{CandleBackendError, Llama, LoadOptions};
+use perpetua_candle::{CandleBackendError, KvDtype, Llama, LoadOptions};
 use perpetua_generator::{KvCache, LanguageModel};
 
 const CONFIG: &str = r#"{
@@ -78,7 +78,10 @@ fn f32_checkpoint_matches_candle_transformers_llama() {
     let weights = random_weights();
     let dir = scratch("f32");
     write_checkpoint(&dir, &weights, DType::F32);
-    let model = Llama::load(&dir, &LoadOptions::default()).unwrap();
+    // f32 cache: the reference keeps keys/values in f32 (the default f16 cache is
+    // checked against it below).
+    let exact_cache = LoadOptions { kv_dtype: KvDtype::F32, ..LoadOptions::default() };
+    let model = Llama::load(&dir, &exact_cache).unwrap();
     assert!(!model.config().rope_interleaved);
     let tokens = [3, 14, 15, 92, 65, 35, 89, 79, 32, 38];
     let expected = reference_logits(&weights, &tokens);
@@ -97,6 +100,14 @@ fn f32_checkpoint_matches_candle_transformers_llama() {
     }
     let diff = max_abs_diff(&logits, &expected);
     assert!(diff <= 1e-4, "incremental: max abs diff {diff}");
+
+    // The default f16 cache: keys/values rounded to 11 significant bits.
+    let model = Llama::load(&dir, &LoadOptions::default()).unwrap();
+    let mut cache = model.new_cache().unwrap();
+    model.forward(&tokens, &mut cache, &mut logits).unwrap();
+    let diff = max_abs_diff(&logits, &expected);
+    println!("f16 cache: max abs diff {diff:e}");
+    assert!(diff <= 1e-2, "f16 cache: max abs diff {diff}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

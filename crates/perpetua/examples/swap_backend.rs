@@ -13,10 +13,15 @@
 //! Default: 60 new tokens. Needs the model (`cargo xtask fetch-model`).
 //!
 //! Other backends slot in the same way: anything implementing `LanguageModel` (and a
-//! `Tokenizer`) goes through `run` unchanged. The burn backend (crate `perpetua-burn`,
-//! issue 7) will be one more such type behind a facade feature (`burn`), e.g.
-//! `run("burn", perpetua::burn::Llama::load(&path, ..)?, ..)`. The device is chosen by
-//! Cargo features and `LoadOptions`: build with `--features cuda` (or `metal`) and load
+//! `Tokenizer`) goes through `run` unchanged. Built with `--features burn` (or
+//! `burn-flex`), the example runs a third time on the burn backend
+//! (`perpetua::burn::Llama`, f32 weights on burn's CPU backend):
+//!
+//! ```text
+//! cargo run --release -p perpetua --features burn-flex --example swap_backend
+//! ```
+//!
+//! For candle the device is chosen by Cargo features and `LoadOptions`: build with `--features cuda` (or `metal`) and load
 //! with `LoadOptions { device: perpetua::candle::Device::new_cuda(0)?, ..LoadOptions::default() }`
 //! (`Device::new_metal(0)?` on macOS); the CPU is the default.
 
@@ -67,6 +72,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let exact = Llama::load(&path, &LoadOptions::exact())?;
     println!("loaded exact (file's Q4_1, reference attention) in {:.2} s", t.elapsed().as_secs_f64());
     let b = run("exact", exact, LlamaTokenizer::from_gguf(&path)?, tokens)?;
+
+    #[cfg(any(feature = "burn", feature = "burn-flex"))]
+    {
+        // A third implementation on another tensor library: burn, f32 weights, on the
+        // device `LoadOptions::default()` picks (the enabled CPU backend here).
+        let t = Instant::now();
+        let burn = perpetua::burn::Llama::load(&path, &perpetua::burn::LoadOptions::default())?;
+        println!("loaded burn ({:?}, f32) in {:.2} s", burn.device(), t.elapsed().as_secs_f64());
+        let c = run("burn", burn, LlamaTokenizer::from_gguf(&path)?, tokens)?;
+        let same = b.ids.iter().zip(&c.ids).take_while(|(x, y)| x == y).count();
+        println!("burn vs exact: first {same} tokens identical");
+    }
 
     // Same model, slightly different numbers: the greedy paths agree until a near-tie
     // between the two best tokens flips (if it ever does), then go their own ways.

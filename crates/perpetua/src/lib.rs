@@ -2,7 +2,10 @@
 //!
 //! This facade re-exports the workspace crates and gathers the common names in
 //! [`prelude`]. Backends are Cargo features: `candle` (the default) brings
-//! [`candle`] (llama-family GGUF/safetensors models on candle).
+//! [`candle`] (llama-family GGUF/safetensors models on candle); `burn` brings `burn`
+//! (the same models on burn's CPU `ndarray` backend), `burn-flex` burn's faster Flex
+//! CPU backend, `burn-wgpu` and `burn-cuda` burn's GPU backends. Both implement [`generator::LanguageModel`], so a
+//! `Generator` and every perpetual strategy run on either unchanged.
 //!
 //! One screen, from a model file to perpetual text (SmolLM2-135M-Instruct, fetched by
 //! `cargo xtask fetch-model`):
@@ -40,6 +43,12 @@ pub use perpetua_sampling as sampling;
 
 #[cfg(feature = "candle")]
 pub use perpetua_candle as candle;
+
+/// The burn backend (features `burn`, `burn-wgpu`, `burn-cuda`). Its types share the
+/// candle backend's names (`Llama`, `LlamaCache`, `LoadOptions`): use them through
+/// this module (`perpetua::burn::Llama`); the [`prelude`] keeps the candle ones.
+#[cfg(any(feature = "burn", feature = "burn-flex", feature = "burn-wgpu", feature = "burn-cuda"))]
+pub use perpetua_burn as burn;
 
 /// Text-quality metrics (distinct-n, repeated n-grams, mean log-probability).
 pub use perpetua_analysis::metrics;

@@ -1,0 +1,114 @@
+//! Issue 7 acceptance on the real model (SmolLM2-135M-Instruct Q4_1): the burn model's
+//! logits equal the candle backend's with `f32` weights within 1e-3 on three prompts
+//! (after the prefill and after one decode step), and 64 greedy tokens are identical.
+//!
+//! Needs the model (`cargo xtask fetch-model`; the README test command fetches it).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use perpetua_candle::{Attention, GgmlDType, KvDtype};
+use perpetua_generator::{ChatMessage, LanguageModel};
+
+const TOLERANCE: f32 = 1e-3;
+
+fn model_path() -> PathBuf {
+    let path = perpetua_burn::default_model_path().unwrap();
+    assert!(path.is_file(), "model missing at {}: run `cargo xtask fetch-model`", path.display());
+    path
+}
+
+/// The reference: the candle backend with every matrix dequantized to f32, an f32 KV
+/// cache and candle's own matmuls for attention.
+fn candle_f32(path: &PathBuf) -> perpetua_candle::Llama {
+    let options = perpetua_candle::LoadOptions {
+        requantize: Some(GgmlDType::F32),
+        attention: Attention::Reference,
+        kv_dtype: KvDtype::F32,
+        cache_capacity: Some(512),
+        ..perpetua_candle::LoadOptions::default()
+    };
+    perpetua_candle::Llama::load(path, &options).unwrap()
+}
+
+fn burn(path: &PathBuf) -> perpetua_burn::Llama {
+    let options = perpetua_burn::LoadOptions { cache_capacity: Some(512), ..Default::default() };
+    perpetua_burn::Llama::load(path, &options).unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[test]
+fn logits_match_the_candle_backend_in_f32_on_three_prompts() {
+    let path = model_path();
+    let (reference, model) = (candle_f32(&path), burn(&path));
+    let tokenizer = perpetua_burn::LlamaTokenizer::from_gguf(&path).unwrap();
+    let prompts = [
+        "The capital of France is",
+        "fn main() {\n    let v: Vec<u32> = (1..=10).map(|x| x * x).collect();",
+        "Once upon a time, in a city of 1,234,567 people, a dog 🐕 learned to talk.",
+    ];
+    for prompt in prompts {
+        let ids = tokenizer.encode_ids(prompt, false).unwrap();
+        let (mut c_cache, mut b_cache) = (reference.new_cache().unwrap(), model.new_cache().unwrap());
+        let (mut c_logits, mut b_logits) = (Vec::new(), Vec::new());
+        reference.forward(&ids, &mut c_cache, &mut c_logits).unwrap();
+        model.forward(&ids, &mut b_cache, &mut b_logits).unwrap();
+        let prefill = max_abs_diff(&c_logits, &b_logits);
+        // One decode step on top of the prefilled cache.
+        let next = argmax(&c_logits);
+        assert_eq!(next, argmax(&b_logits), "{prompt:?}: different argmax after the prefill");
+        reference.forward(&[next], &mut c_cache, &mut c_logits).unwrap();
+        model.forward(&[next], &mut b_cache, &mut b_logits).unwrap();
+        let decode = max_abs_diff(&c_logits, &b_logits);
+        println!("{prompt:?} ({} tokens): max |Δ| prefill {prefill:.2e}, decode {decode:.2e}", ids.len());
+        assert!(prefill <= TOLERANCE, "{prompt:?}: prefill logits differ by {prefill}");
+        assert!(decode <= TOLERANCE, "{prompt:?}: decode logits differ by {decode}");
+    }
+}
+
+#[test]
+fn greedy_64_tokens_are_identical_to_the_candle_backend() {
+    let path = model_path();
+    let (reference, model) = (candle_f32(&path), burn(&path));
+    let tokenizer = perpetua_burn::LlamaTokenizer::from_gguf(&path).unwrap();
+    let prompt = tokenizer
+        .render_chat(&[ChatMessage::user("Write a book about a dog that can talk and is a detective.")], true)
+        .expect("the GGUF has a chat template")
+        .unwrap();
+    let prompt = tokenizer.encode_ids(&prompt, false).unwrap();
+
+    let c_ids = greedy(&reference, &prompt, 64);
+    let b_ids = greedy(&model, &prompt, 64);
+    println!("candle f32: {:?}", tokenizer.decode_ids(&c_ids, false).unwrap());
+    println!("burn:       {:?}", tokenizer.decode_ids(&b_ids, false).unwrap());
+    assert_eq!(c_ids.len(), 64);
+    assert_eq!(c_ids, b_ids);
+}
+
+/// `n` greedy tokens after `prompt` (argmax, no stopping).
+fn greedy<M: LanguageModel>(model: &M, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = model.new_cache().unwrap();
+    let mut logits = Vec::new();
+    model.forward(prompt, &mut cache, &mut logits).unwrap();
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let next = argmax(&logits);
+        ids.push(next);
+        model.forward(&[next], &mut cache, &mut logits).unwrap();
+    }
+    ids
+}

@@ -1,0 +1,190 @@
+//! A llama checkpoint as plain `f32` arrays, for backends that bring their own tensor
+//! library (the burn backend): the same GGUF / safetensors reading, validation and
+//! typed errors as [`Llama::load`](crate::Llama::load), with every quantized matrix
+//! dequantized on the CPU (GGUF Q4_1 → f32 is exact: each weight is `d·q + m`).
+
+use std::path::Path;
+
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
+
+use crate::error::{CandleBackendError, Result};
+use crate::model::{GgufReader, LlamaConfig, SafetensorsDir};
+
+/// A row-major `rows × cols` matrix (`data[r · cols + c]`), in the orientation of the
+/// checkpoint: a linear map's weight is `(out_features, in_features)`.
+#[derive(Clone, PartialEq)]
+pub struct DenseMatrix {
+    /// Rows (`out_features` for a linear map, `vocab_size` for embeddings).
+    pub rows: usize,
+    /// Columns (`in_features`).
+    pub cols: usize,
+    /// `rows · cols` values, row after row.
+    pub data: Vec<f32>,
+}
+
+impl std::fmt::Debug for DenseMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DenseMatrix({} × {})", self.rows, self.cols)
+    }
+}
+
+/// The weights of one transformer block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseLayer {
+    /// RMSNorm weight before attention, `hidden_size` values.
+    pub attn_norm: Vec<f32>,
+    /// Query projection `(n_heads · head_dim, hidden_size)`.
+    pub wq: DenseMatrix,
+    /// Key projection `(n_kv_heads · head_dim, hidden_size)`.
+    pub wk: DenseMatrix,
+    /// Value projection `(n_kv_heads · head_dim, hidden_size)`.
+    pub wv: DenseMatrix,
+    /// Attention output projection `(hidden_size, n_heads · head_dim)`.
+    pub wo: DenseMatrix,
+    /// RMSNorm weight before the MLP, `hidden_size` values.
+    pub ffn_norm: Vec<f32>,
+    /// SwiGLU gate `(intermediate_size, hidden_size)`.
+    pub w_gate: DenseMatrix,
+    /// SwiGLU up projection `(intermediate_size, hidden_size)`.
+    pub w_up: DenseMatrix,
+    /// SwiGLU down projection `(hidden_size, intermediate_size)`.
+    pub w_down: DenseMatrix,
+}
+
+/// A whole llama-family checkpoint in `f32`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseWeights {
+    /// Hyper-parameters (validated). `rope_interleaved` says how RoPE pairs dimensions:
+    /// `true` for GGUF (whose q/k rows the converter permuted), `false` for Hugging Face.
+    pub config: LlamaConfig,
+    /// Token embeddings `(vocab_size, hidden_size)`.
+    pub embeddings: DenseMatrix,
+    /// The transformer blocks, in order.
+    pub layers: Vec<DenseLayer>,
+    /// Final RMSNorm weight, `hidden_size` values.
+    pub final_norm: Vec<f32>,
+    /// Output projection `(vocab_size, hidden_size)`; `None` when tied to the embeddings.
+    pub output: Option<DenseMatrix>,
+}
+
+impl DenseWeights {
+    /// Load a GGUF file or a Hugging Face safetensors directory (`config.json` +
+    /// `*.safetensors`), dequantizing every tensor to `f32`.
+    ///
+    /// Errors: exactly those of [`Llama::load`](crate::Llama::load) —
+    /// [`CandleBackendError::ModelNotFound`], malformed files, missing tensors, bad
+    /// shapes, unsupported dtypes or architectures.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            Self::from_safetensors_dir(path)
+        } else if path.exists() {
+            Self::from_gguf(path)
+        } else {
+            Err(CandleBackendError::ModelNotFound { path: path.to_path_buf() })
+        }
+    }
+
+    /// Load a llama-architecture GGUF file (any type [`Llama::from_gguf`](crate::Llama::from_gguf)
+    /// reads), dequantized.
+    pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
+        let mut file = GgufReader::open(path.as_ref(), &Device::Cpu)?;
+        let config = file.llama_config()?;
+        let (h, q_dim, kv_dim, ffn) = dims(&config);
+        let mut read = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let t: QTensor = file.tensor(name, shape)?;
+            Ok(t.dequantize(&Device::Cpu)?)
+        };
+        let embeddings = matrix(read("token_embd.weight", &[config.vocab_size, h])?)?;
+        let final_norm = vector(read("output_norm.weight", &[h])?)?;
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let p = format!("blk.{i}");
+            let mut m = |name: &str, rows: usize, cols: usize| {
+                matrix(read(&format!("{p}.{name}.weight"), &[rows, cols])?)
+            };
+            let (wq, wk, wv) = (m("attn_q", q_dim, h)?, m("attn_k", kv_dim, h)?, m("attn_v", kv_dim, h)?);
+            let wo = m("attn_output", h, q_dim)?;
+            let (w_gate, w_up, w_down) =
+                (m("ffn_gate", ffn, h)?, m("ffn_up", ffn, h)?, m("ffn_down", h, ffn)?);
+            layers.push(DenseLayer {
+                attn_norm: vector(read(&format!("{p}.attn_norm.weight"), &[h])?)?,
+                wq,
+                wk,
+                wv,
+                wo,
+                ffn_norm: vector(read(&format!("{p}.ffn_norm.weight"), &[h])?)?,
+                w_gate,
+                w_up,
+                w_down,
+            });
+        }
+        let output = if file.has("output.weight") {
+            Some(matrix(file.tensor("output.weight", &[config.vocab_size, h])?.dequantize(&Device::Cpu)?)?)
+        } else {
+            None
+        };
+        Ok(Self { config, embeddings, layers, final_norm, output })
+    }
+
+    /// Load a Hugging Face llama checkpoint directory (f32 / f16 / bf16, as f32).
+    pub fn from_safetensors_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let mut st = SafetensorsDir::open(dir.as_ref(), &Device::Cpu)?;
+        let config = st.config.clone();
+        let (h, q_dim, kv_dim, ffn) = dims(&config);
+        let embeddings = matrix(st.take("model.embed_tokens.weight", &[config.vocab_size, h])?)?;
+        let output = if st.hf.tie_word_embeddings {
+            None
+        } else {
+            Some(matrix(st.take("lm_head.weight", &[config.vocab_size, h])?)?)
+        };
+        let final_norm = vector(st.take("model.norm.weight", &[h])?)?;
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let p = format!("model.layers.{i}");
+            let mut m = |name: &str, rows: usize, cols: usize| {
+                matrix(st.take(&format!("{p}.{name}.weight"), &[rows, cols])?)
+            };
+            let (wq, wk, wv) = (
+                m("self_attn.q_proj", q_dim, h)?,
+                m("self_attn.k_proj", kv_dim, h)?,
+                m("self_attn.v_proj", kv_dim, h)?,
+            );
+            let wo = m("self_attn.o_proj", h, q_dim)?;
+            let (w_gate, w_up, w_down) =
+                (m("mlp.gate_proj", ffn, h)?, m("mlp.up_proj", ffn, h)?, m("mlp.down_proj", h, ffn)?);
+            layers.push(DenseLayer {
+                attn_norm: vector(st.take(&format!("{p}.input_layernorm.weight"), &[h])?)?,
+                wq,
+                wk,
+                wv,
+                wo,
+                ffn_norm: vector(st.take(&format!("{p}.post_attention_layernorm.weight"), &[h])?)?,
+                w_gate,
+                w_up,
+                w_down,
+            });
+        }
+        Ok(Self { config, embeddings, layers, final_norm, output })
+    }
+
+    /// The output projection: [`output`](Self::output), or the embeddings when tied.
+    pub fn output_or_embeddings(&self) -> &DenseMatrix {
+        self.output.as_ref().unwrap_or(&self.embeddings)
+    }
+}
+
+/// `(hidden, q_dim, kv_dim, ffn)` widths.
+fn dims(c: &LlamaConfig) -> (usize, usize, usize, usize) {
+    (c.hidden_size, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.intermediate_size)
+}
+
+fn matrix(t: Tensor) -> Result<DenseMatrix> {
+    let (rows, cols) = t.dims2()?;
+    Ok(DenseMatrix { rows, cols, data: t.flatten_all()?.to_vec1::<f32>()? })
+}
+
+fn vector(t: Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}

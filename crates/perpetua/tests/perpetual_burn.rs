@@ -1,0 +1,92 @@
+//! The perpetual real-model test on the burn backend (issue 7; feature `burn`, or
+//! `burn-flex`): SmolLM2-135M-Instruct dequantized to f32 on burn's CPU backend,
+//! through the same `Generator` and EOS strategies as on candle. Plain generation ends
+//! at its own EOS before the budget; each of the four strategies carries the model
+//! past EOS to the full budget without ever emitting it.
+//!
+//! Shorter than `perpetual_smollm2.rs` (2,000 tokens on candle): burn runs f32 weights
+//! at a fraction of the candle backend's speed (docs/PERFORMANCE.md), so the prompt asks
+//! for one sentence and the budget is 96 tokens — enough for the model to want to stop
+//! well inside it.
+//!
+//! Run: `cargo test -p perpetua --features burn --test perpetual_burn -- --nocapture`
+//! (`cargo xtask ci` runs it). Needs the model (`cargo xtask fetch-model`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use perpetua::burn::{Llama, LlamaTokenizer, LoadOptions};
+use perpetua::prelude::{
+    Backstep, BackstepWithSchedule, Chain, ChatMessage, EosStrategy, FinishReason, Generation, Generator,
+    Multinomial, PostEosResample, StopAtEos, SuppressEos, Temperature, Tokenizer, TopK,
+};
+
+const PROMPT: &str = "Write one sentence about a dog who solves mysteries.";
+const BUDGET: usize = 96;
+const SEEDS: [u64; 6] = [1, 2, 3, 4, 5, 6];
+
+fn run(model: &Llama, tokenizer: &LlamaTokenizer, strategy: Box<dyn EosStrategy>, seed: u64) -> Generation {
+    let eos = tokenizer.eos_ids().to_vec();
+    let chain = Chain::new(Multinomial).with(TopK::new(20).unwrap()).with(Temperature::new(1.0).unwrap());
+    let mut generator = Generator::builder(model)
+        .tokenizer(tokenizer.clone())
+        .chain(chain)
+        .eos_strategy(strategy)
+        .seed(seed)
+        .max_new_tokens(BUDGET)
+        .build()
+        .unwrap();
+    let out = generator.generate(vec![ChatMessage::user(PROMPT)]).unwrap();
+    assert!(out.ids.iter().all(|id| !eos.contains(id)), "the output holds an EOS id");
+    out
+}
+
+fn row(name: &str, out: &Generation) {
+    println!(
+        "| {name} | {} | {:?} | {} | {} | {:.1} | {:?} |",
+        out.ids.len(),
+        out.finish_reason,
+        out.counts.eos_avoided + out.counts.backsteps,
+        out.counts.tokens_removed,
+        out.decode_tokens_per_second(),
+        out.text.chars().take(120).collect::<String>(),
+    );
+}
+
+#[test]
+fn on_burn_plain_ends_at_eos_and_every_strategy_reaches_the_budget() {
+    let path = perpetua::burn::default_model_path().unwrap();
+    assert!(path.is_file(), "model missing at {}: run `cargo xtask fetch-model`", path.display());
+    let model = Llama::load(&path, &LoadOptions { cache_capacity: Some(512), ..Default::default() }).unwrap();
+    let tokenizer = LlamaTokenizer::from_gguf(&path).unwrap();
+    println!("burn device: {:?}", model.device());
+    println!("| strategy | new tokens | finish | EOS events | tokens regenerated | decode tok/s | text |");
+    println!("|---|---|---|---|---|---|---|");
+
+    let mut natural_end = None;
+    for seed in SEEDS {
+        let plain = run(&model, &tokenizer, Box::new(StopAtEos), seed);
+        row(&format!("plain (stop at EOS), seed {seed}"), &plain);
+        if plain.finish_reason == FinishReason::Eos {
+            assert!(plain.ids.len() < BUDGET);
+            natural_end = Some(seed);
+            break;
+        }
+    }
+    let seed = natural_end.expect("plain generation never stopped at its own EOS within the budget");
+
+    let strategies: Vec<(&str, Box<dyn EosStrategy>)> = vec![
+        ("suppress", Box::new(SuppressEos::new())),
+        ("post-eos resample", Box::new(PostEosResample::new())),
+        ("backstep 10", Box::new(Backstep::new(10).unwrap())),
+        ("backstep 10 + schedule", Box::new(BackstepWithSchedule::new(10).unwrap())),
+    ];
+    for (name, strategy) in strategies {
+        let out = run(&model, &tokenizer, strategy, seed);
+        row(&format!("{name}, seed {seed}"), &out);
+        assert_eq!(out.finish_reason, FinishReason::MaxNewTokens, "{name} did not reach the budget");
+        assert_eq!(out.ids.len(), BUDGET, "{name}");
+        assert!(
+            out.counts.eos_avoided + out.counts.backsteps > 0,
+            "{name}: the model never drew EOS, so the strategy was not exercised"
+        );
+    }
+}
