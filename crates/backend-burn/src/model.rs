@@ -87,7 +87,12 @@ impl Llama {
 
     /// Build the model from weights already in memory (consumed: each matrix is
     /// transposed once into the `(in, out)` layout the matmuls read).
+    ///
+    /// Errors: [`BurnBackendError::Load`] when [`DenseWeights::validate`] refuses the
+    /// weights (an invalid configuration, a layer count or tensor shape that does not
+    /// match it), [`BurnBackendError::InvalidParameter`] for the cache capacity.
     pub fn from_dense(weights: DenseWeights, options: &LoadOptions) -> Result<Self> {
+        weights.validate()?;
         let DenseWeights { config, embeddings, layers, final_norm, output } = weights;
         let cache_capacity = options.cache_capacity.unwrap_or(config.max_context);
         if cache_capacity == 0 || cache_capacity > config.max_context {

@@ -75,6 +75,26 @@ fn safetensors_checkpoint_matches_the_candle_backend() {
     }
     println!("max |Δ logit| over 5 positions: {worst:e}");
     assert!(worst <= 1e-4, "burn vs candle on the safetensors checkpoint: {worst}");
+
+    // A cache made by a model of another shape (one layer fewer) is refused, typed,
+    // and the model's own cache is untouched by the attempt.
+    let mut weights = perpetua_burn::DenseWeights::load(&dir).unwrap();
+    weights.layers.pop();
+    // Inconsistent hand-edited weights are refused before any tensor is built.
+    let err = perpetua_burn::Llama::from_dense(weights.clone(), &perpetua_burn::LoadOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("differs from config.n_layers"), "{err}");
+    let mut bad = weights.clone();
+    bad.config.n_layers -= 1;
+    bad.layers[0].w_up.data.pop();
+    let err = perpetua_burn::Llama::from_dense(bad, &perpetua_burn::LoadOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("layers[0].w_up"), "{err}");
+    weights.config.n_layers -= 1;
+    let shallow = perpetua_burn::Llama::from_dense(weights, &perpetua_burn::LoadOptions::default()).unwrap();
+    let mut foreign = shallow.new_cache().unwrap();
+    let err = burn.forward(&[1], &mut foreign, &mut b_logits).unwrap_err();
+    assert!(matches!(err, perpetua_burn::BurnBackendError::InvalidParameter { name: "cache", .. }), "{err}");
+    shallow.forward(&[1, 2], &mut foreign, &mut b_logits).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -169,6 +169,60 @@ impl DenseWeights {
         Ok(Self { config, embeddings, layers, final_norm, output })
     }
 
+    /// Check what a hand-built (or edited) value must satisfy before a backend sizes
+    /// tensors from it: a valid [`LlamaConfig`], `config.n_layers` layers, and every
+    /// matrix and norm vector of the shape the configuration implies, with
+    /// `rows · cols` values. The loaders return validated weights.
+    ///
+    /// Errors: [`CandleBackendError::InvalidParameter`] for the configuration,
+    /// [`CandleBackendError::BadShape`] naming the first tensor that does not fit.
+    pub fn validate(&self) -> Result<()> {
+        let c = &self.config;
+        c.validate()?;
+        if self.layers.len() != c.n_layers {
+            return Err(CandleBackendError::invalid(
+                "layers",
+                self.layers.len(),
+                "differs from config.n_layers",
+            ));
+        }
+        let (h, q_dim, kv_dim, ffn) = dims(c);
+        let check = |name: String, m: &DenseMatrix, rows: usize, cols: usize| -> Result<()> {
+            if m.rows != rows || m.cols != cols || m.data.len() != rows.saturating_mul(cols) {
+                return Err(CandleBackendError::BadShape {
+                    name,
+                    expected: vec![rows, cols],
+                    actual: vec![m.rows, m.cols, m.data.len()],
+                });
+            }
+            Ok(())
+        };
+        let norm = |name: String, v: &[f32]| -> Result<()> {
+            if v.len() != h {
+                return Err(CandleBackendError::BadShape { name, expected: vec![h], actual: vec![v.len()] });
+            }
+            Ok(())
+        };
+        check("embeddings".into(), &self.embeddings, c.vocab_size, h)?;
+        if let Some(output) = &self.output {
+            check("output".into(), output, c.vocab_size, h)?;
+        }
+        norm("final_norm".into(), &self.final_norm)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let name = |t: &str| format!("layers[{i}].{t}");
+            norm(name("attn_norm"), &l.attn_norm)?;
+            norm(name("ffn_norm"), &l.ffn_norm)?;
+            check(name("wq"), &l.wq, q_dim, h)?;
+            check(name("wk"), &l.wk, kv_dim, h)?;
+            check(name("wv"), &l.wv, kv_dim, h)?;
+            check(name("wo"), &l.wo, h, q_dim)?;
+            check(name("w_gate"), &l.w_gate, ffn, h)?;
+            check(name("w_up"), &l.w_up, ffn, h)?;
+            check(name("w_down"), &l.w_down, h, ffn)?;
+        }
+        Ok(())
+    }
+
     /// The output projection: [`output`](Self::output), or the embeddings when tied.
     pub fn output_or_embeddings(&self) -> &DenseMatrix {
         self.output.as_ref().unwrap_or(&self.embeddings)
