@@ -233,7 +233,12 @@ impl Candidates {
         let max = match self.max_logit() {
             Some(m) if m.is_nan() || m == f32::INFINITY => return Err(self.invalid_logit_error()),
             Some(m) if m > f32::NEG_INFINITY => m,
-            _ => return Err(SamplingError::EmptyCandidates { stage: "softmax" }),
+            // No finite maximum: a NaN the maximum skipped over ([NaN, -inf]) is
+            // reported as the NaN it is, not as an empty candidate set.
+            _ => {
+                self.check_logits()?;
+                return Err(SamplingError::EmptyCandidates { stage: "softmax" });
+            }
         };
         let mut sum = 0.0_f64;
         for c in &mut self.data {
