@@ -1,63 +1,70 @@
 //! Fused grouped-query attention for one query position on the CPU.
 //!
-//! Decode at long context is bound by reading the cached keys and values: at position
-//! 4,000, SmolLM2 holds 6 MB of f32 K/V per layer. The reference path (candle matmuls,
-//! one query head at a time, bit-identical to candle-transformers) reads each KV head
-//! once per query head of its group — three times for SmolLM2. This kernel reads every
-//! cached row exactly once: for each KV head it scores all `group` query heads against
-//! a key row while it is in L1, then accumulates all `group` outputs from each value row.
+//! The reference path (candle matmuls, one query head at a time, bit-identical to
+//! candle-transformers) reads each KV head once per query head of its group — three
+//! times for SmolLM2. This kernel reads every cached row exactly once: for each KV head
+//! it scores all `group` query heads against a block of key rows held in registers, then
+//! accumulates all `group` outputs from each value row.
 //!
-//! Work is split over (KV head, chunk of [`CHUNK`] positions) items (rayon), as in
-//! flash-decoding: each item computes its chunk's softmax numerator with its own maximum,
-//! and a short sequential pass rescales and sums the chunks. With SmolLM2's 3 KV heads,
+//! Work is split over (KV head, chunk of [`CHUNK`] positions) items, run on candle's
+//! CPU thread pool ([`run_tasks`]), as in flash-decoding: each item computes its chunk's
+//! softmax numerator with its own maximum, and a short sequential pass rescales and sums
+//! the chunks. With SmolLM2's 3 KV heads,
 //! splitting over heads alone left one of 2 threads idle a third of the time; chunks
 //! keep both busy at long context. The chunking depends only on the number of visible
 //! positions and every sum runs in a fixed order, so results are deterministic,
 //! independent of the thread count, and identical whether a position is computed in
 //! decode or as one row of a prefill (batch invariance, which truncate-and-refeed
 //! relies on).
+//!
+//! The inner loops are whole-vector fused multiply-adds on `[f32; LANES]` arrays, which
+//! LLVM turns into one AVX instruction each, with enough independent accumulators to
+//! cover the FMA latency; f16 caches are widened in registers as rows are loaded. Once
+//! the arithmetic is that cheap, a full decode step at long context waits on the cache
+//! rows coming from DRAM (the model's weights have evicted them from L3), so the score
+//! loop prefetches the key and value rows it will read next (docs/PERFORMANCE.md).
 
 use std::cell::RefCell;
-
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// One chunk of keys / values widened to f32 (f16 caches only).
-    static WIDE: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// One task's output (see [`run_tasks`]).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// All tasks' outputs, shared across the pool's threads (see [`run_tasks`]).
+    static SHARED: RefCell<Vec<AtomicU32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An element type the KV cache may store: `f32`, or `f16` (half the bytes to read
-/// per position, which is what decode at long context is bound by).
+/// Width of the kernels' vectors: one AVX register of f32.
+const LANES: usize = 8;
+
+/// An element type the KV cache may store: `f32`, or `f16` (half the bytes per
+/// position and half the cache memory).
 pub(crate) trait KvElem: Copy + Send + Sync {
-    /// `src` as f32: `src` itself for f32; for f16 widened into `buf` (F16C, 8 lanes
-    /// at a time under `target-cpu=native`) and returned from there.
-    fn widen<'a>(src: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32];
+    /// The value as f32 (exact for both types).
+    fn get(self) -> f32;
+
+    /// `LANES` values as f32: a plain load for f32; for f16 one `vcvtph2ps` under
+    /// `target-cpu=native` (F16C), so the conversion happens in registers, with no
+    /// widened copy of the rows written to memory and read back.
+    #[inline(always)]
+    fn lanes(x: &[Self; LANES]) -> [f32; LANES] {
+        std::array::from_fn(|l| x[l].get())
+    }
 }
 
 impl KvElem for f32 {
-    #[inline]
-    fn widen<'a>(src: &'a [f32], _buf: &'a mut Vec<f32>) -> &'a [f32] {
-        src
+    #[inline(always)]
+    fn get(self) -> f32 {
+        self
     }
 }
 
 impl KvElem for half::f16 {
-    #[inline]
-    fn widen<'a>(src: &'a [half::f16], buf: &'a mut Vec<f32>) -> &'a [f32] {
-        // Grown once, never re-zeroed: every element read is written first.
-        if buf.len() < src.len() {
-            buf.resize(src.len(), 0.0);
-        }
-        let dst = &mut buf[..src.len()];
-        // Element by element: with F16C compiled in (`target-cpu=native`), `to_f32`
-        // inlines to `vcvtph2ps` and the loop vectorises; `convert_to_f32_slice` calls
-        // its kernel through a function pointer per 8 elements.
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = s.to_f32();
-        }
-        dst
+    #[inline(always)]
+    fn get(self) -> f32 {
+        self.to_f32()
     }
 }
 
@@ -78,8 +85,6 @@ pub(crate) struct Geometry {
     /// Positions between two KV heads in the cache buffers (`capacity`).
     pub head_stride: usize,
 }
-
-const LANES: usize = 8;
 
 /// `Σ a_i b_i` over equal-length slices, in `LANES` independent partial sums (so the
 /// compiler vectorises it), then reduced in a fixed order. Also the few-row linear
@@ -103,6 +108,173 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `a·b + c`: one fused multiply-add (a single rounding) where the target has FMA
+/// (`target-cpu=native` on any x86 since Haswell, aarch64), else a multiply and an add.
+/// Chosen at compile time, so a build is deterministic. (Rust never contracts
+/// `a * b + c` by itself; with separate instructions the kernel loops paid for twice
+/// the arithmetic, with the add's latency on every accumulator chain.)
+#[inline(always)]
+fn fmadd(a: f32, b: f32, c: f32) -> f32 {
+    if cfg!(target_feature = "fma") { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// [`fmadd`] lane by lane: one vector FMA.
+#[inline(always)]
+fn fmadd_lanes(a: [f32; LANES], b: [f32; LANES], c: [f32; LANES]) -> [f32; LANES] {
+    std::array::from_fn(|l| fmadd(a[l], b[l], c[l]))
+}
+
+/// `Σ_l v[l]` in the fixed order `((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7))`: the order
+/// [`sum_lanes_of_rows`] uses, so a score is the same bits whichever of the two
+/// computes it.
+#[inline(always)]
+fn sum_lanes(v: [f32; LANES]) -> f32 {
+    ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))
+}
+
+/// The pairwise sums of `a` and `b` in the layout of x86's `vhaddps` (pairs within each
+/// 128-bit half), which LLVM emits for it.
+#[inline(always)]
+fn hadd(a: [f32; LANES], b: [f32; LANES]) -> [f32; LANES] {
+    [a[0] + a[1], a[2] + a[3], b[0] + b[1], b[2] + b[3], a[4] + a[5], a[6] + a[7], b[4] + b[5], b[6] + b[7]]
+}
+
+/// `[sum_lanes(a[0]), …, sum_lanes(a[7])]`, bit for bit, as a transposing reduction:
+/// seven horizontal adds and one add for eight rows instead of eight separate
+/// reductions.
+#[inline(always)]
+fn sum_lanes_of_rows(a: &[[f32; LANES]; POS_BLOCK]) -> [f32; POS_BLOCK] {
+    let g0 = hadd(hadd(a[0], a[1]), hadd(a[2], a[3]));
+    let g1 = hadd(hadd(a[4], a[5]), hadd(a[6], a[7]));
+    // g0 = [lo(a0), lo(a1), lo(a2), lo(a3) | hi(a0), …, hi(a3)], lo = (v0+v1)+(v2+v3).
+    [
+        g0[0] + g0[4],
+        g0[1] + g0[5],
+        g0[2] + g0[6],
+        g0[3] + g0[7],
+        g1[0] + g1[4],
+        g1[1] + g1[5],
+        g1[2] + g1[6],
+        g1[3] + g1[7],
+    ]
+}
+
+/// How far ahead of the rows being scored [`key_scores`] asks for key and value rows:
+/// two blocks. The hardware prefetcher stops at every 4 KiB page (32 rows of f16), and
+/// at long context the rows come from DRAM: without the hint, the scores loop waited on
+/// its loads.
+const PREFETCH_ROWS: usize = 2 * POS_BLOCK;
+
+/// Hint the CPU to bring `s[i]`'s cache line into L1 (nothing if `i` is out of range or
+/// the target is not x86-64).
+#[inline(always)]
+#[allow(unsafe_code)]
+fn prefetch<T>(s: &[T], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(x) = s.get(i) {
+        // SAFETY: `prefetcht0` is a hint: it never faults and changes no program state,
+        // and the address is that of an element of `s`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((x as *const T).cast())
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (s, i);
+}
+
+/// Positions per register block of [`key_scores`]: `G × POS_BLOCK` accumulators of
+/// `LANES` (24 registers for SmolLM2's group of 3: AVX-512 machines have 32), each key
+/// row loaded (and, for f16, widened) once for the whole group, the eight sums of each
+/// head reduced together.
+const POS_BLOCK: usize = LANES;
+
+/// `scores[g·len + t] = (q_g · k_t) · scale` for the `G` query heads of a group and the
+/// first `len` key rows of `k` (`d` a multiple of [`LANES`]).
+///
+/// Every score is the same computation — `LANES` lane accumulators fed by fused
+/// multiply-adds over `d` in order, then the fixed-order [`sum_lanes`] — whether its
+/// row falls in a block of [`POS_BLOCK`] or in the tail, so a position's score does not
+/// depend on where the chunk ends (batch invariance). The blocks are for throughput:
+/// `G × POS_BLOCK` independent chains hide the FMA latency a lone dot product waits on.
+fn key_scores<T: KvElem, const G: usize>(
+    q: &[f32],
+    k: &[T],
+    v: &[T],
+    d: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let per_row = d / LANES;
+    let (q_lanes, _) = q[..G * d].as_chunks::<LANES>();
+    let q_g: [&[[f32; LANES]]; G] = std::array::from_fn(|g| &q_lanes[g * per_row..(g + 1) * per_row]);
+    let (k_lanes, _) = k[..len * d].as_chunks::<LANES>();
+    let mut blocks = k_lanes.chunks_exact(POS_BLOCK * per_row);
+    let mut t = 0;
+    let line = 64 / std::mem::size_of::<T>();
+    for block in &mut blocks {
+        let ahead = (t + PREFETCH_ROWS) * d;
+        for i in (ahead..ahead + POS_BLOCK * d).step_by(line) {
+            prefetch(k, i);
+            prefetch(v, i);
+        }
+        let rows: [&[[T; LANES]]; POS_BLOCK] =
+            std::array::from_fn(|p| &block[p * per_row..(p + 1) * per_row]);
+        let mut acc = [[[0.0_f32; LANES]; POS_BLOCK]; G];
+        for c in 0..per_row {
+            for (p, row) in rows.iter().enumerate() {
+                let kv = T::lanes(&row[c]);
+                for (acc_g, q_row) in acc.iter_mut().zip(&q_g) {
+                    acc_g[p] = fmadd_lanes(q_row[c], kv, acc_g[p]);
+                }
+            }
+        }
+        for (g, acc_g) in acc.iter().enumerate() {
+            let sums = sum_lanes_of_rows(acc_g);
+            for (s, x) in scores[g * len + t..g * len + t + POS_BLOCK].iter_mut().zip(sums) {
+                *s = x * scale;
+            }
+        }
+        t += POS_BLOCK;
+    }
+    for row in blocks.remainder().chunks_exact(per_row) {
+        let mut acc = [[0.0_f32; LANES]; G];
+        for (c, x) in row.iter().enumerate() {
+            let kv = T::lanes(x);
+            for (acc_g, q_row) in acc.iter_mut().zip(&q_g) {
+                *acc_g = fmadd_lanes(q_row[c], kv, *acc_g);
+            }
+        }
+        for (g, &a) in acc.iter().enumerate() {
+            scores[g * len + t] = sum_lanes(a) * scale;
+        }
+        t += 1;
+    }
+}
+
+/// The scores (`scores[g·len + t]`) of a group of query heads (`q_j`, `group × d`)
+/// against the `len = k.len() / d` key rows of `k` (`v`: the matching value rows, only
+/// prefetched): [`key_scores`] for groups of 1–4 and `d` a multiple of [`LANES`] (every
+/// llama-family model we know of), a scalar loop otherwise.
+fn scores_of_group<T: KvElem>(q_j: &[f32], k: &[T], v: &[T], d: usize, scale: f32, scores: &mut [f32]) {
+    let (group, len) = (q_j.len() / d, k.len() / d);
+    if d.is_multiple_of(LANES) {
+        match group {
+            1 => return key_scores::<T, 1>(q_j, k, v, d, len, scale, scores),
+            2 => return key_scores::<T, 2>(q_j, k, v, d, len, scale, scores),
+            3 => return key_scores::<T, 3>(q_j, k, v, d, len, scale, scores),
+            4 => return key_scores::<T, 4>(q_j, k, v, d, len, scale, scores),
+            _ => {}
+        }
+    }
+    for (t, k_t) in k.chunks_exact(d).take(len).enumerate() {
+        for (gi, q_g) in q_j.chunks_exact(d).enumerate() {
+            let s = q_g.iter().zip(k_t).fold(0.0, |acc, (&x, y)| fmadd(x, y.get(), acc));
+            scores[gi * len + t] = s * scale;
+        }
+    }
+}
+
 /// `e^x` for `x <= 0` (softmax after subtracting the maximum), branch-free so loops
 /// over it vectorise: Cody–Waite range reduction `x = n·ln 2 + r`, `|r| <= ln 2 / 2`,
 /// Cephes' degree-5 polynomial for `e^r`, and `2^n` built in the exponent bits.
@@ -110,19 +282,35 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// the maximum's 1); NaN stays NaN.
 #[inline(always)]
 fn exp_nonpositive(x: f32) -> f32 {
+    exp_nonpositive_lanes([x; LANES])[0]
+}
+
+/// [`exp_nonpositive`] of `LANES` values, each step written as a whole-vector
+/// operation for LLVM's vectoriser. [`exp_nonpositive`] is this function's lane 0, so
+/// scalar and vector callers get the same bits.
+#[inline(always)]
+fn exp_nonpositive_lanes(x: [f32; LANES]) -> [f32; LANES] {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = if x < -87.0 { -87.0 } else { x }; // NaN fails the test and passes through
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    const C: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+    use std::array::from_fn as lanes;
+    let x: [f32; LANES] = lanes(|l| if x[l] < -87.0 { -87.0 } else { x[l] }); // NaN fails the test and passes through
+    let n: [f32; LANES] = lanes(|l| (x[l] * std::f32::consts::LOG2_E + 0.5).floor());
+    let r: [f32; LANES] = lanes(|l| fmadd(-n[l], LN2_LO, fmadd(-n[l], LN2_HI, x[l])));
+    let p: [f32; LANES] = lanes(|l| {
+        let r = r[l];
+        let mut p = fmadd(C[0], r, C[1]);
+        p = fmadd(p, r, C[2]);
+        p = fmadd(p, r, C[3]);
+        p = fmadd(p, r, C[4]);
+        fmadd(p, r, C[5])
+    });
+    let y: [f32; LANES] = lanes(|l| fmadd(p[l] * r[l], r[l], r[l] + 1.0));
+    // 2^n without a float→int conversion (Rust's saturating `as i32` does not
+    // vectorise on x86): n + 127 + 2^23 is exact for n in [−125, 0] and holds n + 127 in
+    // its low mantissa bits; shifted by 23 they become the exponent field, and the
+    // magic's own bits fall off the top.
+    lanes(|l| y[l] * f32::from_bits((n[l] + (127.0 + 8_388_608.0)).to_bits() << 23))
 }
 
 /// `row ← e^(row − max)`; returns `(max, Σ row)`: a softmax numerator, in `LANES`
@@ -139,11 +327,10 @@ fn exp_shifted_in_place(row: &mut [f32]) -> (f32, f32) {
     let max = tail.iter().chain(&lanes).copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sums = [0.0_f32; LANES];
     let split = chunks.len();
-    for c in row[..split].chunks_exact_mut(LANES) {
-        for l in 0..LANES {
-            c[l] = exp_nonpositive(c[l] - max);
-            sums[l] += c[l];
-        }
+    let (vectors, _) = row[..split].as_chunks_mut::<LANES>();
+    for c in vectors {
+        *c = exp_nonpositive_lanes(std::array::from_fn(|l| c[l] - max));
+        sums = std::array::from_fn(|l| sums[l] + c[l]);
     }
     let mut sum = sums.iter().sum::<f32>();
     for s in &mut row[split..] {
@@ -153,55 +340,118 @@ fn exp_shifted_in_place(row: &mut [f32]) -> (f32, f32) {
     (max, sum)
 }
 
-/// Columns per register block of [`weighted_sums_blocked`]: 4 AVX vectors.
-const BLOCK: usize = 32;
-
 /// `p[gi·(d+2) + 2 + c] = Σ_t scores[gi·len + t] · v[t·d + c]` for every query head `gi`
 /// of the group (the `d + 2` layout of the partials; the first two slots untouched).
-/// Groups of 1–4 heads with `d` a multiple of 32 take the register-blocked kernel,
-/// anything else the plain loop; both sum over `t` in order.
-fn weighted_value_sums(scores: &[f32], len: usize, v: &[f32], d: usize, group: usize, p: &mut [f32]) {
-    if d.is_multiple_of(BLOCK) {
-        match group {
-            1 => return weighted_sums_blocked::<1>(scores, len, v, d, p),
-            2 => return weighted_sums_blocked::<2>(scores, len, v, d, p),
-            3 => return weighted_sums_blocked::<3>(scores, len, v, d, p),
-            4 => return weighted_sums_blocked::<4>(scores, len, v, d, p),
+///
+/// The register-blocked kernel keeps `G × V` vectors of accumulators for a whole pass
+/// over the positions: all 64 columns of a head at once for groups of up to 3 (24
+/// registers: AVX-512 machines have 32), 32 columns per pass for groups of 4. Anything
+/// else takes the plain loop. Every variant sums over `t` in order with [`fmadd`], so
+/// they agree bit for bit.
+fn weighted_value_sums<T: KvElem>(
+    scores: &[f32],
+    len: usize,
+    v: &[T],
+    d: usize,
+    group: usize,
+    p: &mut [f32],
+) {
+    const WIDE: usize = 8; // vectors per pass: 64 columns
+    const NARROW: usize = 4; // 32 columns
+    let wide = d.is_multiple_of(WIDE * LANES);
+    if d.is_multiple_of(NARROW * LANES) {
+        match (group, wide) {
+            (1, true) => return weighted_sums_blocked::<T, 1, WIDE>(scores, len, v, d, p),
+            (2, true) => return weighted_sums_blocked::<T, 2, WIDE>(scores, len, v, d, p),
+            (3, true) => return weighted_sums_blocked::<T, 3, WIDE>(scores, len, v, d, p),
+            (1, false) => return weighted_sums_blocked::<T, 1, NARROW>(scores, len, v, d, p),
+            (2, false) => return weighted_sums_blocked::<T, 2, NARROW>(scores, len, v, d, p),
+            (3, false) => return weighted_sums_blocked::<T, 3, NARROW>(scores, len, v, d, p),
+            (4, _) => return weighted_sums_blocked::<T, 4, NARROW>(scores, len, v, d, p),
             _ => {}
         }
     }
     let per_head = d + 2;
-    for (t, v_t) in v.chunks_exact(d).enumerate() {
+    for (t, v_t) in v.chunks_exact(d).take(len).enumerate() {
         for (gi, acc) in p.chunks_exact_mut(per_head).enumerate() {
             let w = scores[gi * len + t];
             for (a, &x) in acc[2..].iter_mut().zip(v_t) {
-                *a += w * x;
+                *a = fmadd(w, x.get(), *a);
             }
         }
     }
 }
 
-/// The value sums of `G` query heads, 32 columns at a time, with the `G × 32`
-/// accumulators in registers for the whole pass over the positions (the plain loop
-/// loads and stores them for every position). Same order of additions per column.
-fn weighted_sums_blocked<const G: usize>(scores: &[f32], len: usize, v: &[f32], d: usize, p: &mut [f32]) {
+/// The value sums of `G` query heads, `V · LANES` columns per pass over the positions,
+/// with the `G × V` accumulator vectors in registers throughout (the plain loop loads and
+/// stores them for every position). Same order of additions per column as the plain
+/// loop.
+fn weighted_sums_blocked<T: KvElem, const G: usize, const V: usize>(
+    scores: &[f32],
+    len: usize,
+    v: &[T],
+    d: usize,
+    p: &mut [f32],
+) {
     let per_head = d + 2;
-    for col in (0..d).step_by(BLOCK) {
-        let mut acc = [[0.0_f32; BLOCK]; G];
-        for (t, v_t) in v.chunks_exact(d).enumerate() {
-            let Some(x) = v_t.get(col..col + BLOCK) else { return };
+    let width = V * LANES;
+    for col in (0..d).step_by(width) {
+        let mut acc = [[[0.0_f32; LANES]; V]; G];
+        for (t, v_t) in v.chunks_exact(d).take(len).enumerate() {
+            let Some(x) = v_t.get(col..col + width) else { return };
+            let (x, _) = x.as_chunks::<LANES>();
+            let x: [[f32; LANES]; V] = std::array::from_fn(|i| T::lanes(&x[i]));
             for (g, acc_g) in acc.iter_mut().enumerate() {
-                let w = scores[g * len + t];
-                for c in 0..BLOCK {
-                    acc_g[c] += w * x[c];
+                let w = [scores[g * len + t]; LANES];
+                for (a, x_i) in acc_g.iter_mut().zip(&x) {
+                    *a = fmadd_lanes(w, *x_i, *a);
                 }
             }
         }
         for (g, acc_g) in acc.iter().enumerate() {
             let at = g * per_head + 2 + col;
-            p[at..at + BLOCK].copy_from_slice(acc_g);
+            for (dst, a) in p[at..at + width].chunks_exact_mut(LANES).zip(acc_g) {
+                dst.copy_from_slice(a);
+            }
         }
     }
+}
+
+/// `out[i·width..(i + 1)·width]` ← the `width` values `task(i, ·)` writes, for every
+/// `i < n`, run on candle's CPU thread pool (`candle_core::utils::barrier_pool`; the
+/// calling thread takes tasks too, from a shared cursor).
+///
+/// Why candle's pool and not rayon's: the quantized matmuls before and after attention
+/// run on it, and its workers spin for a while (`CANDLE_BARRIER_POOL_SPIN_LIMIT`, 25,000
+/// pauses by default) before parking. With attention on rayon, that spinning took a core
+/// from rayon's workers on every layer (a third of all samples at position 4,000 with 2
+/// threads); on the same pool the spin is what makes the hand-off cheap.
+///
+/// Each task writes into a per-thread scratch slice, copied into a shared buffer of
+/// atomics (relaxed stores; the pool's completion barrier orders them before the
+/// reads), so no `unsafe` is needed to share the output and steady state allocates
+/// nothing.
+pub(crate) fn run_tasks(n: usize, width: usize, out: &mut Vec<f32>, task: impl Fn(usize, &mut [f32]) + Sync) {
+    let mut shared = SHARED.with_borrow_mut(std::mem::take);
+    if shared.len() < n * width {
+        shared.resize_with(n * width, || AtomicU32::new(0));
+    }
+    let cells = &shared[..n * width];
+    candle_core::utils::barrier_pool().execute_chunked(n, |range| {
+        SCRATCH.with_borrow_mut(|p| {
+            p.clear();
+            p.resize(width, 0.0);
+            for i in range {
+                task(i, p);
+                for (cell, x) in cells[i * width..(i + 1) * width].iter().zip(p.iter()) {
+                    cell.store(x.to_bits(), Ordering::Relaxed);
+                }
+            }
+        });
+    });
+    out.clear();
+    out.extend(cells.iter().map(|c| f32::from_bits(c.load(Ordering::Relaxed))));
+    SHARED.with_borrow_mut(|slot| *slot = shared);
 }
 
 /// Attention of one query position over `visible` cached positions.
@@ -216,9 +466,9 @@ fn weighted_sums_blocked<const G: usize>(scores: &[f32], len: usize, v: &[f32], 
 /// Callers guarantee the slice lengths (checked by `debug_assert`s; the caller in
 /// `model.rs` validates them and returns an error before calling).
 ///
-/// `T` is the cache's element type: f16 rows are widened to f32 one chunk at a time
-/// (into per-thread buffers) and then go through exactly the f32 arithmetic, so an f16
-/// cache gives the same result as an f32 cache holding the same (f16-rounded) values.
+/// `T` is the cache's element type: f16 rows are widened exactly to f32 as they are
+/// loaded and then go through the f32 arithmetic, so an f16 cache gives the same result
+/// as an f32 cache holding the same (f16-rounded) values.
 pub(crate) fn attend_one<T: KvElem>(
     g: Geometry,
     q: &[f32],
@@ -237,37 +487,28 @@ pub(crate) fn attend_one<T: KvElem>(
     // Per item and query head of its group: the chunk's max, its sum, then `d` sums.
     let per_head = d + 2;
     let item = group * per_head;
-    // Taken out of the thread-local (not borrowed) across the parallel section: a rayon
-    // worker waiting here may run another sequence's attention, which then simply finds
-    // an empty buffer.
+    // Taken out of the thread-local (not borrowed) across the parallel section: the
+    // calling thread runs tasks too, and they use the other thread-locals.
     let mut partials = PARTIALS.with_borrow_mut(std::mem::take);
-    partials.clear();
-    partials.resize(g.n_kv_heads * chunks * item, 0.0);
-    partials.par_chunks_mut(item).enumerate().for_each(|(task, p)| {
+    run_tasks(g.n_kv_heads * chunks, item, &mut partials, |task, p| {
         let (j, c) = (task / chunks, task % chunks);
         let (start, end) = (c * CHUNK, ((c + 1) * CHUNK).min(visible));
         let len = end - start;
         let base = j * g.head_stride * d;
         let q_j = &q[j * group * d..(j + 1) * group * d];
-        WIDE.with_borrow_mut(|(k_buf, v_buf)| {
-            SCORES.with_borrow_mut(|scores| {
-                let k_c = T::widen(&k[base + start * d..base + end * d], k_buf);
-                let v_c = T::widen(&v[base + start * d..base + end * d], v_buf);
-                // scores[gi * len + t] = q_gi · k_t / √d
-                scores.clear();
-                scores.resize(group * len, 0.0);
-                for (t, k_t) in k_c.chunks_exact(d).enumerate() {
-                    for (gi, q_g) in q_j.chunks_exact(d).enumerate() {
-                        scores[gi * len + t] = dot(q_g, k_t) * scale;
-                    }
-                }
-                for (gi, row) in scores.chunks_exact_mut(len.max(1)).enumerate() {
-                    let (max, sum) = exp_shifted_in_place(row);
-                    p[gi * per_head] = max;
-                    p[gi * per_head + 1] = sum;
-                }
-                weighted_value_sums(scores, len, v_c, d, group, p);
-            })
+        let k_c = &k[base + start * d..base + end * d];
+        let v_c = &v[base + start * d..base + end * d];
+        SCORES.with_borrow_mut(|scores| {
+            // scores[gi * len + t] = q_gi · k_t / √d
+            scores.clear();
+            scores.resize(group * len, 0.0);
+            scores_of_group(q_j, k_c, v_c, d, scale, scores);
+            for (gi, row) in scores.chunks_exact_mut(len.max(1)).enumerate() {
+                let (max, sum) = exp_shifted_in_place(row);
+                p[gi * per_head] = max;
+                p[gi * per_head + 1] = sum;
+            }
+            weighted_value_sums(scores, len, v_c, d, group, p);
         });
     });
     // Combine the chunks in order: out_h = Σ_c e^(m_c − M) acc_c / Σ_c e^(m_c − M) s_c.
@@ -403,13 +644,36 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// A key's score is the same bits whether it is scored in a block of
+        /// `POS_BLOCK` rows or alone (the tail path): decode and prefill agree.
+        #[test]
+        fn block_and_tail_scores_agree_bit_for_bit(
+            group in 1usize..5, per_row in 1usize..10, len in 1usize..40, seed in 0u32..1000,
+        ) {
+            let d = per_row * LANES;
+            let f = |i: usize| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 2001) as f32 / 500.0 - 2.0;
+            let q: Vec<f32> = (0..group * d).map(f).collect();
+            let k: Vec<f32> = (0..len * d).map(|i| f(i + 101)).collect();
+            let mut all = vec![0.0; group * len];
+            scores_of_group(&q, &k, &k, d, 0.125, &mut all);
+            for t in 0..len {
+                let mut one = vec![0.0; group];
+                scores_of_group(&q, &k[t * d..(t + 1) * d], &k, d, 0.125, &mut one);
+                for gi in 0..group {
+                    prop_assert_eq!(all[gi * len + t].to_bits(), one[gi].to_bits(), "t {} head {}", t, gi);
+                }
+            }
+        }
+    }
+
     /// The plain loop, for comparison with the blocked kernel.
     fn plain(scores: &[f32], len: usize, v: &[f32], d: usize, group: usize) -> Vec<f32> {
         let mut p = vec![0.0; group * (d + 2)];
         for (t, v_t) in v.chunks_exact(d).enumerate() {
             for (gi, acc) in p.chunks_exact_mut(d + 2).enumerate() {
                 for (a, &x) in acc[2..].iter_mut().zip(v_t) {
-                    *a += scores[gi * len + t] * x;
+                    *a = fmadd(scores[gi * len + t], x, *a);
                 }
             }
         }
@@ -421,7 +685,7 @@ mod tests {
         fn blocked_value_sums_equal_the_plain_loop_bit_for_bit(
             group in 1usize..6, blocks in 1usize..4, len in 1usize..70, seed in 0u32..1000,
         ) {
-            let d = blocks * BLOCK;
+            let d = blocks * 4 * LANES;
             let f = |i: usize| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 2001) as f32 / 1000.0 - 1.0;
             let scores: Vec<f32> = (0..group * len).map(|i| f(i).abs()).collect();
             let v: Vec<f32> = (0..len * d).map(|i| f(i + 7)).collect();
@@ -463,10 +727,12 @@ mod tests {
     #[ignore = "timing, run by hand"]
     fn attend_timing() {
         let visible: usize = std::env::var("VISIBLE").ok().and_then(|v| v.parse().ok()).unwrap_or(4000);
+        // SAME=1: every layer reads layer 0's buffers (cache-resident: the arithmetic
+        // alone); unset: 30 distinct layers' buffers, which come from memory.
+        let same = std::env::var_os("SAME").is_some();
         let g = Geometry { n_heads: 9, n_kv_heads: 3, head_dim: 64, head_stride: visible + 96 };
         let n = g.n_kv_heads * g.head_stride * g.head_dim;
         let f = |i: usize| ((i as u32).wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0 - 1.0;
-        // 30 layers' worth of distinct buffers, so the caches really come from memory.
         let k32: Vec<Vec<f32>> = (0..30).map(|l| (0..n).map(|i| f(i + l)).collect()).collect();
         let v32: Vec<Vec<f32>> = (0..30).map(|l| (0..n).map(|i| f(i + 7 * l + 3)).collect()).collect();
         let k16: Vec<Vec<half::f16>> =
@@ -476,23 +742,25 @@ mod tests {
         let q: Vec<f32> = (0..g.n_heads * g.head_dim).map(|i| f(i + 11) / 4.0).collect();
         let mut out = vec![0.0; g.n_heads * g.head_dim];
         let steps = 20;
+        let layer = |l: usize| if same { 0 } else { l };
         for round in 0..3 {
             let t = std::time::Instant::now();
             for _ in 0..steps {
                 for l in 0..30 {
-                    attend_one(g, &q, &k32[l], &v32[l], visible, &mut out);
+                    attend_one(g, &q, &k32[layer(l)], &v32[layer(l)], visible, &mut out);
                 }
             }
             let a = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
             let t = std::time::Instant::now();
             for _ in 0..steps {
                 for l in 0..30 {
-                    attend_one(g, &q, &k16[l], &v16[l], visible, &mut out);
+                    attend_one(g, &q, &k16[layer(l)], &v16[layer(l)], visible, &mut out);
                 }
             }
             let b = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
             println!(
-                "round {round}: visible {visible}: f32 cache {a:.2} ms/token, f16 cache {b:.2} ms/token (30 layers)"
+                "round {round}: visible {visible}: f32 cache {a:.2} ms/token, f16 cache {b:.2} ms/token (30 layers{})",
+                if same { ", one layer's buffers" } else { "" }
             );
         }
     }

@@ -1181,21 +1181,20 @@ fn linear_rows(m: &QMatMul, x: &Tensor) -> Result<Tensor> {
     let ws = cpu.as_slice::<f32>()?.get(start..start + out_dim * k).ok_or_else(|| {
         CandleBackendError::invalid("weight length", out_dim * k, "exceeds the weight storage")
     })?;
-    // out_t[j · n + r] = W_j · x_r, in chunks of output features across threads.
-    let mut out_t = vec![0.0_f32; out_dim * n];
+    // out_t[j · n + r] = W_j · x_r, in chunks of output features across candle's
+    // threads (the last chunk padded, then cut off).
     const FEATURES: usize = 64;
-    {
-        use rayon::prelude::*;
-        out_t.par_chunks_mut(FEATURES * n).enumerate().for_each(|(c, chunk)| {
-            for (f, out) in chunk.chunks_exact_mut(n).enumerate() {
-                let j = c * FEATURES + f;
-                let w_j = &ws[j * k..(j + 1) * k];
-                for (r, o) in out.iter_mut().enumerate() {
-                    *o = attention::dot(w_j, &xs[r * k..(r + 1) * k]);
-                }
+    let mut out_t = Vec::new();
+    attention::run_tasks(out_dim.div_ceil(FEATURES), FEATURES * n, &mut out_t, |c, chunk| {
+        for (f, out) in chunk.chunks_exact_mut(n).enumerate() {
+            let j = c * FEATURES + f;
+            let Some(w_j) = ws.get(j * k..(j + 1) * k) else { break };
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = attention::dot(w_j, &xs[r * k..(r + 1) * k]);
             }
-        });
-    }
+        }
+    });
+    out_t.truncate(out_dim * n);
     drop(storage);
     Ok(Tensor::from_vec(out_t, (out_dim, n), x.device())?.t()?.contiguous()?)
 }
