@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use perpetua::analysis::blocks::{BlockStats, block_means, blocks_before_eos, blocks_before_eos_runs};
 use perpetua::analysis::eval::{EvalConfig, EvalReport, PLAIN, run_eval};
 use perpetua::analysis::{TraceRow, plot, trace};
-use perpetua::candle::{Llama, LlamaTokenizer, LoadOptions, default_model_path};
+use perpetua::candle::{Llama, LlamaTokenizer, default_model_path};
 use perpetua::generator::Generator;
 use perpetua::sampling::SamplingConfig;
 
@@ -134,7 +134,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     };
     config.validate()?;
 
-    let options = if args.exact_weights { LoadOptions::exact() } else { LoadOptions::default() };
+    let options = crate::args::load_options(args.exact_weights, args.kv_cache);
     let model =
         Llama::load(&model_path, &options).with_context(|| format!("loading {}", model_path.display()))?;
     let tokenizer = LlamaTokenizer::from_gguf(&model_path)?;

@@ -116,6 +116,9 @@ pub struct EvalArgs {
     /// Keep the file's weight types bit for bit (see `generate --help`).
     #[arg(long)]
     pub exact_weights: bool,
+    /// Element type of the KV cache (see `generate --help`).
+    #[arg(long, value_enum)]
+    pub kv_cache: Option<KvCacheType>,
     /// Directory for eval.json, traces and plots.
     #[arg(long, value_name = "DIR", default_value = "target/eval")]
     pub out: PathBuf,
@@ -167,6 +170,12 @@ pub struct GenerateArgs {
     /// weights are re-quantized to Q8_0 at load, ~1.8× faster decode).
     #[arg(long)]
     pub exact_weights: bool,
+
+    /// Element type of the KV cache: f16 (the default: half the memory, and decode at
+    /// long context reads half the bytes) or f32 (the values exactly as computed; the
+    /// default under --exact-weights).
+    #[arg(long, value_enum)]
+    pub kv_cache: Option<KvCacheType>,
 
     /// Feed the prompt as raw text instead of through the model's chat template.
     #[arg(long)]
@@ -240,4 +249,67 @@ pub struct GenerateArgs {
     /// the name ends in .json (`perpetua analyze` reads both).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
+}
+
+/// `--kv-cache`: the element type of the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvCacheType {
+    /// IEEE half precision (the default).
+    F16,
+    /// f32, exactly as computed (the default under `--exact-weights`).
+    F32,
+}
+
+impl KvCacheType {
+    /// The backend's [`perpetua::candle::KvDtype`].
+    pub fn dtype(self) -> perpetua::candle::KvDtype {
+        match self {
+            Self::F16 => perpetua::candle::KvDtype::F16,
+            Self::F32 => perpetua::candle::KvDtype::F32,
+        }
+    }
+}
+
+/// Load options from `--exact-weights` and `--kv-cache` (which overrides the cache type
+/// `--exact-weights` implies).
+pub fn load_options(exact_weights: bool, kv_cache: Option<KvCacheType>) -> perpetua::candle::LoadOptions {
+    let mut options = if exact_weights {
+        perpetua::candle::LoadOptions::exact()
+    } else {
+        perpetua::candle::LoadOptions::default()
+    };
+    if let Some(kv) = kv_cache {
+        options.kv_dtype = kv.dtype();
+    }
+    options
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use perpetua::candle::KvDtype;
+
+    #[test]
+    fn kv_cache_flag_overrides_what_exact_weights_implies() {
+        assert_eq!(load_options(false, None).kv_dtype, KvDtype::F16);
+        assert_eq!(load_options(true, None).kv_dtype, KvDtype::F32);
+        assert_eq!(load_options(true, Some(KvCacheType::F16)).kv_dtype, KvDtype::F16);
+        assert_eq!(load_options(false, Some(KvCacheType::F32)).kv_dtype, KvDtype::F32);
+        // The flag changes the cache only, never the weights.
+        assert_eq!(
+            format!("{:?}", load_options(true, Some(KvCacheType::F16)).requantize),
+            format!("{:?}", perpetua::candle::LoadOptions::exact().requantize)
+        );
+    }
+
+    #[test]
+    fn kv_cache_flag_parses() {
+        let cli = Cli::try_parse_from(["perpetua", "generate", "--kv-cache", "f32", "hi"]);
+        let Ok(Cli { command: Command::Generate(args), .. }) = cli else { panic!("{cli:?}") };
+        assert_eq!(args.kv_cache, Some(KvCacheType::F32));
+        let cli = Cli::try_parse_from(["perpetua", "generate", "hi"]);
+        let Ok(Cli { command: Command::Generate(args), .. }) = cli else { panic!("{cli:?}") };
+        assert_eq!(args.kv_cache, None);
+        assert!(Cli::try_parse_from(["perpetua", "generate", "--kv-cache", "q8", "hi"]).is_err());
+    }
 }

@@ -9,7 +9,7 @@ use std::io::{IsTerminal, Read, Write};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use perpetua::analysis::trace;
-use perpetua::candle::{Llama, LlamaTokenizer, LoadOptions, default_model_path};
+use perpetua::candle::{Llama, LlamaTokenizer, default_model_path};
 use perpetua::generator::{ChatMessage, Event, FinishReason, GenerateError, Generation, Generator, Prompt};
 use perpetua::perpetual::{
     Backstep, BackstepWithSchedule, EosStrategy, Peak, PostEosResample, StopAtEos, SuppressEos,
@@ -174,7 +174,7 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
     let prompt_text = read_prompt(args)?;
 
     let t0 = std::time::Instant::now();
-    let options = if args.exact_weights { LoadOptions::exact() } else { LoadOptions::default() };
+    let options = crate::args::load_options(args.exact_weights, args.kv_cache);
     let model =
         Llama::load(&model_path, &options).with_context(|| format!("loading {}", model_path.display()))?;
     let tokenizer = LlamaTokenizer::from_gguf(&model_path)?;
