@@ -11,6 +11,7 @@
 //! - `candle` — the candle backend's defaults (Q8_0 weights, f16 KV cache, fused
 //!   attention);
 //! - `candle-kv32` — the same with an f32 KV cache (the default before the f16 cache);
+//! - `candle-q8` — the same with the 8-bit KV cache (`KvDtype::Q8`);
 //! - `candle-f32` — the candle backend with f32 weights, an f32 KV cache and reference
 //!   attention: the
 //!   parity reference of the burn backend, doing the same arithmetic in f32;
@@ -94,7 +95,7 @@ fn parse_args() -> Result<Args, BoxError> {
     Ok(args)
 }
 
-const CONTENDERS: [&str; 4] = ["candle", "candle-kv32", "candle-f32", "burn"];
+const CONTENDERS: [&str; 5] = ["candle", "candle-kv32", "candle-q8", "candle-f32", "burn"];
 
 enum Contender {
     Candle(perpetua_candle::Llama),
@@ -112,6 +113,14 @@ fn load(name: &str, path: &Path, capacity: usize) -> Result<Contender, BoxError>
             &perpetua_candle::LoadOptions {
                 cache_capacity: Some(capacity),
                 kv_dtype: perpetua_candle::KvDtype::F32,
+                ..Default::default()
+            },
+        )?),
+        "candle-q8" => Contender::Candle(perpetua_candle::Llama::load(
+            path,
+            &perpetua_candle::LoadOptions {
+                cache_capacity: Some(capacity),
+                kv_dtype: perpetua_candle::KvDtype::Q8,
                 ..Default::default()
             },
         )?),

@@ -68,6 +68,15 @@ impl KvElem for half::f16 {
     }
 }
 
+/// Q8 codes (`KvDtype::Q8`): the code minus its zero point, before the row's scale,
+/// which the kernel applies per row (to the score, and to the softmax weight).
+impl KvElem for u8 {
+    #[inline(always)]
+    fn get(self) -> f32 {
+        f32::from(self) - crate::cache::Q8_ZERO
+    }
+}
+
 /// Positions per work item. Small enough that two threads balance over three KV heads
 /// from a few hundred positions on; large enough that the per-item overhead (a task,
 /// one rescale) stays negligible.
@@ -417,6 +426,15 @@ fn weighted_sums_blocked<T: KvElem, const G: usize, const V: usize>(
     }
 }
 
+/// `scores[g·len + t] *= row_scales[t]` for every head `g` (Q8 caches).
+fn scale_rows(scores: &mut [f32], len: usize, row_scales: &[f32]) {
+    for row in scores.chunks_exact_mut(len.max(1)) {
+        for (s, &r) in row.iter_mut().zip(row_scales) {
+            *s *= r;
+        }
+    }
+}
+
 /// `out[i·width..(i + 1)·width]` ← the `width` values `task(i, ·)` writes, for every
 /// `i < n`, run on candle's CPU thread pool (`candle_core::utils::barrier_pool`; the
 /// calling thread takes tasks too, from a shared cursor).
@@ -468,12 +486,15 @@ pub(crate) fn run_tasks(n: usize, width: usize, out: &mut Vec<f32>, task: impl F
 ///
 /// `T` is the cache's element type: f16 rows are widened exactly to f32 as they are
 /// loaded and then go through the f32 arithmetic, so an f16 cache gives the same result
-/// as an f32 cache holding the same (f16-rounded) values.
+/// as an f32 cache holding the same (f16-rounded) values. Q8 codes come with `scales`
+/// (keys', values'; `n_kv_heads × head_stride`, one per row): a key row's scale
+/// multiplies its score, a value row's scale its softmax weight (after the softmax sum,
+/// which stays that of the unscaled weights).
 pub(crate) fn attend_one<T: KvElem>(
     g: Geometry,
     q: &[f32],
-    k: &[T],
-    v: &[T],
+    (k, v): (&[T], &[T]),
+    scales: Option<(&[f32], &[f32])>,
     visible: usize,
     out: &mut [f32],
 ) {
@@ -498,15 +519,23 @@ pub(crate) fn attend_one<T: KvElem>(
         let q_j = &q[j * group * d..(j + 1) * group * d];
         let k_c = &k[base + start * d..base + end * d];
         let v_c = &v[base + start * d..base + end * d];
+        let rows = j * g.head_stride + start..j * g.head_stride + end;
+        let row_scales = scales.map(|(ks, vs)| (&ks[rows.clone()], &vs[rows]));
         SCORES.with_borrow_mut(|scores| {
             // scores[gi * len + t] = q_gi · k_t / √d
             scores.clear();
             scores.resize(group * len, 0.0);
             scores_of_group(q_j, k_c, v_c, d, scale, scores);
+            if let Some((ks, _)) = row_scales {
+                scale_rows(scores, len, ks);
+            }
             for (gi, row) in scores.chunks_exact_mut(len.max(1)).enumerate() {
                 let (max, sum) = exp_shifted_in_place(row);
                 p[gi * per_head] = max;
                 p[gi * per_head + 1] = sum;
+            }
+            if let Some((_, vs)) = row_scales {
+                scale_rows(scores, len, vs);
             }
             weighted_value_sums(scores, len, v_c, d, group, p);
         });
@@ -605,7 +634,7 @@ mod tests {
         #[test]
         fn matches_textbook_attention((g, q, k, v, visible) in case()) {
             let mut out = vec![f32::NAN; g.n_heads * g.head_dim];
-            attend_one(g, &q, &k, &v, visible, &mut out);
+            attend_one(g, &q, (&k, &v), None, visible, &mut out);
             let want = reference(g, &q, &k, &v, visible);
             for (i, (&a, &b)) in out.iter().zip(&want).enumerate() {
                 prop_assert!((f64::from(a) - b).abs() <= 1e-4 * (1.0 + b.abs()), "out[{i}] = {a}, want {b}");
@@ -620,9 +649,32 @@ mod tests {
             let (k32, v32) = (widen(&k16), widen(&v16));
             let mut a = vec![0.0; g.n_heads * g.head_dim];
             let mut b = vec![0.0; g.n_heads * g.head_dim];
-            attend_one(g, &q, &k16, &v16, visible, &mut a);
-            attend_one(g, &q, &k32, &v32, visible, &mut b);
+            attend_one(g, &q, (&k16, &v16), None, visible, &mut a);
+            attend_one(g, &q, (&k32, &v32), None, visible, &mut b);
             prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn q8_cache_matches_textbook_attention_of_the_decoded_values((g, q, k, v, visible) in case()) {
+            let (mut kc, mut ks, mut vc, mut vs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            crate::cache::quantize_q8(&k, g.head_dim, &mut kc, &mut ks);
+            crate::cache::quantize_q8(&v, g.head_dim, &mut vc, &mut vs);
+            let decode = |codes: &[u8], scales: &[f32]| -> Vec<f32> {
+                codes.chunks_exact(g.head_dim).zip(scales)
+                    .flat_map(|(row, &s)| row.iter().map(move |&c| c.get() * s))
+                    .collect()
+            };
+            let (k8, v8) = (decode(&kc, &ks), decode(&vc, &vs));
+            // Quantization itself: each value within half a step of its row's scale.
+            for ((&x, &y), s) in k.iter().zip(&k8).zip(ks.iter().flat_map(|&s| std::iter::repeat_n(s, g.head_dim))) {
+                prop_assert!((x - y).abs() <= 0.5 * s * (1.0 + 1e-5) + 1e-7, "{x} decoded as {y} (scale {s})");
+            }
+            let mut out = vec![f32::NAN; g.n_heads * g.head_dim];
+            attend_one(g, &q, (&kc, &vc), Some((&ks, &vs)), visible, &mut out);
+            let want = reference(g, &q, &k8, &v8, visible);
+            for (i, (&a, &b)) in out.iter().zip(&want).enumerate() {
+                prop_assert!((f64::from(a) - b).abs() <= 1e-4 * (1.0 + b.abs()), "out[{i}] = {a}, want {b}");
+            }
         }
 
         #[test]
@@ -638,8 +690,8 @@ mod tests {
             }
             let mut a = vec![0.0; g.n_heads * g.head_dim];
             let mut b = vec![0.0; g.n_heads * g.head_dim];
-            attend_one(g, &q, &k, &v, visible, &mut a);
-            attend_one(g, &q, &poisoned_k, &poisoned_v, visible, &mut b);
+            attend_one(g, &q, (&k, &v), None, visible, &mut a);
+            attend_one(g, &q, (&poisoned_k, &poisoned_v), None, visible, &mut b);
             prop_assert_eq!(a, b);
         }
     }
@@ -739,6 +791,12 @@ mod tests {
             k32.iter().map(|k| k.iter().map(|&x| half::f16::from_f32(x)).collect()).collect();
         let v16: Vec<Vec<half::f16>> =
             v32.iter().map(|v| v.iter().map(|&x| half::f16::from_f32(x)).collect()).collect();
+        let quantize = |x: &[f32]| {
+            let (mut codes, mut scales) = (Vec::new(), Vec::new());
+            crate::cache::quantize_q8(x, g.head_dim, &mut codes, &mut scales);
+            (codes, scales)
+        };
+        let q8: Vec<_> = k32.iter().zip(&v32).map(|(k, v)| (quantize(k), quantize(v))).collect();
         let q: Vec<f32> = (0..g.n_heads * g.head_dim).map(|i| f(i + 11) / 4.0).collect();
         let mut out = vec![0.0; g.n_heads * g.head_dim];
         let steps = 20;
@@ -747,19 +805,27 @@ mod tests {
             let t = std::time::Instant::now();
             for _ in 0..steps {
                 for l in 0..30 {
-                    attend_one(g, &q, &k32[layer(l)], &v32[layer(l)], visible, &mut out);
+                    attend_one(g, &q, (&k32[layer(l)], &v32[layer(l)]), None, visible, &mut out);
                 }
             }
             let a = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
             let t = std::time::Instant::now();
             for _ in 0..steps {
                 for l in 0..30 {
-                    attend_one(g, &q, &k16[layer(l)], &v16[layer(l)], visible, &mut out);
+                    attend_one(g, &q, (&k16[layer(l)], &v16[layer(l)]), None, visible, &mut out);
                 }
             }
             let b = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
+            let t = std::time::Instant::now();
+            for _ in 0..steps {
+                for l in 0..30 {
+                    let (kq, vq) = (&q8[layer(l)].0, &q8[layer(l)].1);
+                    attend_one(g, &q, (&kq.0, &vq.0), Some((&kq.1, &vq.1)), visible, &mut out);
+                }
+            }
+            let c = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
             println!(
-                "round {round}: visible {visible}: f32 cache {a:.2} ms/token, f16 cache {b:.2} ms/token (30 layers{})",
+                "round {round}: visible {visible}: f32 cache {a:.2} ms/token, f16 {b:.2}, q8 {c:.2} (30 layers{})",
                 if same { ", one layer's buffers" } else { "" }
             );
         }

@@ -14,15 +14,50 @@ use crate::error::{CandleBackendError, Result};
 /// entries beyond it are overwritten by the next append.
 ///
 /// The buffers are allocated zeroed, which the OS maps lazily, so a cache with the full
-/// 8,192-position capacity of SmolLM2 (≈ 189 MB in f16, 377 MB in f32) only commits the
-/// pages it uses. The element type is the model's [`KvDtype`](crate::KvDtype); new
-/// keys/values are rounded to it as they are written.
+/// 8,192-position capacity of SmolLM2 (≈ 100 MB in Q8, 189 MB in f16, 377 MB in f32)
+/// only commits the pages it uses. The element type is the model's
+/// [`KvDtype`](crate::KvDtype); new keys/values are rounded to it as they are written.
+/// For [`KvDtype::Q8`](crate::KvDtype::Q8) the buffers hold `u8` codes and two more
+/// `(n_kv_heads, capacity)` f32 tensors per layer hold each row's scale.
 #[derive(Debug)]
 pub struct LlamaCache {
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
+    /// Per layer, the scales of the key rows and of the value rows (Q8 only; empty
+    /// otherwise).
+    scales: Vec<(Tensor, Tensor)>,
     len: usize,
     capacity: usize,
+}
+
+/// The cache of one layer over positions `0..visible`, as a forward pass reads it.
+#[derive(Debug)]
+pub(crate) struct KvView {
+    /// `(n_kv_heads, visible, head_dim)` keys: f32, f16, or Q8 codes (`u8`).
+    pub k: Tensor,
+    /// Values, like `k`.
+    pub v: Tensor,
+    /// Q8 only: `(n_kv_heads, visible)` scales of the key rows and of the value rows.
+    pub scales: Option<(Tensor, Tensor)>,
+}
+
+/// The offset of Q8 codes: code `c` stands for `(c − 128) · scale`.
+pub(crate) const Q8_ZERO: f32 = 128.0;
+
+/// Quantize rows of `d` values to Q8: one scale per row (`max |x| / 127`), codes
+/// `round(x / scale) + 128` in `1..=255`. An all-zero row has scale 0 and codes 128;
+/// a NaN or infinite value makes its row's scale NaN or infinite, so it shows in the
+/// attention output instead of vanishing.
+pub(crate) fn quantize_q8(x: &[f32], d: usize, codes: &mut Vec<u8>, scales: &mut Vec<f32>) {
+    codes.clear();
+    scales.clear();
+    for row in x.chunks_exact(d) {
+        let amax = row.iter().fold(0.0_f32, |m, &v| if v.abs() > m || v.is_nan() { v.abs() } else { m });
+        let scale = amax / 127.0;
+        let inv = if amax > 0.0 && amax.is_finite() { 127.0 / amax } else { 0.0 };
+        codes.extend(row.iter().map(|&v| ((v * inv).round().clamp(-127.0, 127.0) + Q8_ZERO) as u8));
+        scales.push(scale);
+    }
 }
 
 impl LlamaCache {
@@ -46,14 +81,20 @@ impl LlamaCache {
         let shape = (n_kv_heads, capacity, head_dim);
         let mut keys = Vec::with_capacity(n_layers);
         let mut values = Vec::with_capacity(n_layers);
+        let mut scales = Vec::new();
         for _ in 0..n_layers {
             keys.push(Tensor::zeros(shape, dtype, device)?);
             values.push(Tensor::zeros(shape, dtype, device)?);
+            if dtype == DType::U8 {
+                let zeros = || Tensor::zeros((n_kv_heads, capacity), DType::F32, device);
+                scales.push((zeros()?, zeros()?));
+            }
         }
-        Ok(Self { keys, values, len: 0, capacity })
+        Ok(Self { keys, values, scales, len: 0, capacity })
     }
 
-    /// The element type of the stored keys and values.
+    /// The element type of the stored keys and values (`U8` codes for
+    /// [`KvDtype::Q8`](crate::KvDtype::Q8)).
     pub fn dtype(&self) -> DType {
         self.keys.first().map_or(DType::F32, Tensor::dtype)
     }
@@ -63,12 +104,12 @@ impl LlamaCache {
         self.keys.len()
     }
 
-    /// Write `k`, `v` (each `(n_kv_heads, n, head_dim)`, contiguous) of layer `layer` at
-    /// positions `seq_len()..seq_len() + n`, and return the views over
+    /// Write `k`, `v` (each `(n_kv_heads, n, head_dim)` f32, contiguous) of layer
+    /// `layer` at positions `seq_len()..seq_len() + n`, and return the views over
     /// `0..seq_len() + n`. The length itself is only advanced by [`Self::commit`], so a
     /// failing forward pass leaves the cache as it was.
-    pub(crate) fn write_and_view(&self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let n = k.dim(1)?;
+    pub(crate) fn write_and_view(&self, layer: usize, k: &Tensor, v: &Tensor) -> Result<KvView> {
+        let (h, n, d) = k.dims3()?;
         let (Some(kc), Some(vc)) = (self.keys.get(layer), self.values.get(layer)) else {
             return Err(CandleBackendError::invalid(
                 "layer",
@@ -76,9 +117,25 @@ impl LlamaCache {
                 "cache holds fewer layers than the model",
             ));
         };
-        kc.slice_set(&k.to_dtype(kc.dtype())?, 1, self.len)?;
-        vc.slice_set(&v.to_dtype(vc.dtype())?, 1, self.len)?;
-        Ok((kc.narrow(1, 0, self.len + n)?, vc.narrow(1, 0, self.len + n)?))
+        let visible = self.len + n;
+        let scales = if kc.dtype() == DType::U8 {
+            let Some((ks, vs)) = self.scales.get(layer) else {
+                return Err(CandleBackendError::invalid("layer", layer, "Q8 cache without scales"));
+            };
+            let (mut codes, mut row_scales) = (Vec::new(), Vec::new());
+            for (x, cache, scale_cache) in [(k, kc, ks), (v, vc, vs)] {
+                quantize_q8(&x.flatten_all()?.to_vec1::<f32>()?, d, &mut codes, &mut row_scales);
+                let device = cache.device();
+                cache.slice_set(&Tensor::from_slice(&codes, (h, n, d), device)?, 1, self.len)?;
+                scale_cache.slice_set(&Tensor::from_slice(&row_scales, (h, n), device)?, 1, self.len)?;
+            }
+            Some((ks.narrow(1, 0, visible)?, vs.narrow(1, 0, visible)?))
+        } else {
+            kc.slice_set(&k.to_dtype(kc.dtype())?, 1, self.len)?;
+            vc.slice_set(&v.to_dtype(vc.dtype())?, 1, self.len)?;
+            None
+        };
+        Ok(KvView { k: kc.narrow(1, 0, visible)?, v: vc.narrow(1, 0, visible)?, scales })
     }
 
     /// Check that `n` more positions fit.
@@ -129,6 +186,7 @@ impl ForkableCache for LlamaCache {
         Ok(Self {
             keys: self.keys.iter().map(copy).collect::<Result<_, _>>()?,
             values: self.values.iter().map(copy).collect::<Result<_, _>>()?,
+            scales: self.scales.iter().map(|(k, v)| Ok((copy(k)?, copy(v)?))).collect::<Result<_, _>>()?,
             len: self.len,
             capacity: self.capacity,
         })
@@ -181,8 +239,8 @@ mod tests {
                             continue;
                         }
                         cache.ensure_room(n).unwrap();
-                        let (kv, _) = cache.write_and_view(0, &k, &k).unwrap();
-                        prop_assert_eq!(kv.dims(), &[2, cache.seq_len() + n, 3]);
+                        let view = cache.write_and_view(0, &k, &k).unwrap();
+                        prop_assert_eq!(view.k.dims(), &[2, cache.seq_len() + n, 3]);
                         cache.commit(n);
                         for (h, rows) in model.iter_mut().enumerate() {
                             for p in 0..n {
@@ -216,6 +274,20 @@ mod tests {
                 prop_assert_eq!(visible, expected);
             }
         }
+    }
+
+    #[test]
+    fn q8_rows_keep_non_finite_values_visible() {
+        let (mut codes, mut scales) = (Vec::new(), Vec::new());
+        let rows = [0.0, 0.0, 1.0, -2.0, f32::NAN, 1.0, f32::INFINITY, 3.0, 0.5, -0.25];
+        quantize_q8(&rows, 2, &mut codes, &mut scales);
+        assert_eq!((scales[0], &codes[0..2]), (0.0, &[128, 128][..]), "zero row");
+        assert_eq!(scales[1], 2.0 / 127.0);
+        assert_eq!(&codes[2..4], &[128 + 64, 1], "1 → round(63.5) = 64; −2 → −127");
+        assert!(scales[2].is_nan(), "NaN row");
+        assert!(scales[3].is_infinite(), "inf row");
+        assert_eq!(scales[4], 0.5 / 127.0);
+        assert_eq!(&codes[8..10], &[255, 128 - 64]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use perpetua_kv_cache::KvCache;
 
 use crate::attention;
-use crate::cache::LlamaCache;
+use crate::cache::{KvView, LlamaCache};
 use crate::error::{CandleBackendError, Result};
 
 /// Hyper-parameters of a llama-family model.
@@ -162,6 +162,13 @@ pub enum KvDtype {
     /// f32: the values exactly as computed. [`LoadOptions::exact`] uses it (bit parity
     /// with candle-transformers).
     F32,
+    /// 8-bit codes with one f32 scale per cached row (the `head_dim` values of one
+    /// position and KV head): `max |x| / 127`, codes `round(x / scale)`. 68 bytes per
+    /// row of 64 instead of 128 in f16, so decode at long context reads 1.9× fewer
+    /// bytes; each value is off by at most half a step (`max |x| / 254` of its row).
+    /// CPU only (loading with another device is an error); what it costs in logits and
+    /// gains in speed is measured in docs/PERFORMANCE.md.
+    Q8,
 }
 
 impl KvDtype {
@@ -169,6 +176,7 @@ impl KvDtype {
         match self {
             Self::F16 => DType::F16,
             Self::F32 => DType::F32,
+            Self::Q8 => DType::U8,
         }
     }
 }
@@ -698,6 +706,13 @@ impl Llama {
                 "must be in 1..=the model's context length",
             ));
         }
+        if options.kv_dtype == KvDtype::Q8 && !options.device.is_cpu() {
+            return Err(CandleBackendError::invalid(
+                "kv_dtype",
+                "Q8",
+                "the 8-bit KV cache runs on the CPU only; use F16 on other devices",
+            ));
+        }
         let (rope_cos, rope_sin) = rope_tables(&config, &options.device)?;
         Ok(Self {
             config,
@@ -816,18 +831,19 @@ impl Llama {
             let k = self.rope(k.reshape((1, n, cfg.n_kv_heads, cfg.head_dim))?, &cos, &sin)?;
             let k = k.squeeze(0)?;
             let v = v.reshape((n, cfg.n_kv_heads, cfg.head_dim))?.transpose(0, 1)?.contiguous()?;
-            let (k_all, v_all) = cache.write_and_view(i, &k, &v)?;
-            // The reference paths compute with candle matmuls in f32: widen an f16
-            // cache's views (the fused kernel reads f16 directly).
-            let (k_all, v_all) = if self.fused_attention || k_all.dtype() == DType::F32 {
-                (k_all, v_all)
-            } else {
-                (k_all.to_dtype(DType::F32)?, v_all.to_dtype(DType::F32)?)
-            };
+            let view = cache.write_and_view(i, &k, &v)?;
             // (n, n_heads, head_dim): one contiguous row of heads per query position.
             let q = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
+            // The reference paths compute with candle matmuls in f32: widen an f16
+            // cache's views, decode a Q8 cache's (the fused kernel reads both directly).
+            let (k_all, v_all) = match &view.scales {
+                _ if self.fused_attention => (view.k.clone(), view.v.clone()),
+                Some((ks, vs)) => (dequantize_q8(&view.k, ks)?, dequantize_q8(&view.v, vs)?),
+                None if view.k.dtype() == DType::F32 => (view.k.clone(), view.v.clone()),
+                None => (view.k.to_dtype(DType::F32)?, view.v.to_dtype(DType::F32)?),
+            };
             let y = if self.fused_attention {
-                self.attend_fused(&q, &k_all, &v_all, pos)?
+                self.attend_fused(&q, &view, pos)?
             } else if n == 1 {
                 self.attend(&q, &k_all, &v_all)?
             } else {
@@ -899,13 +915,13 @@ impl Llama {
     /// over the cache views `(n_kv_heads, pos + n, head_dim)`; returns
     /// `(n, n_heads · head_dim)`. Row `i` attends to positions `0..=pos + i` with exactly
     /// the computation a one-token decode at that position runs (batch invariance).
-    fn attend_fused(&self, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Result<Tensor> {
+    fn attend_fused(&self, q: &Tensor, view: &KvView, pos: usize) -> Result<Tensor> {
         let cfg = &self.config;
         let n = q.dim(0)?;
         let width = cfg.n_heads * cfg.head_dim;
         let (q_store, q_layout) = q.storage_and_layout();
-        let (k_store, k_layout) = k.storage_and_layout();
-        let (v_store, v_layout) = v.storage_and_layout();
+        let (k_store, k_layout) = view.k.storage_and_layout();
+        let (v_store, v_layout) = view.v.storage_and_layout();
         let (candle_core::Storage::Cpu(qs), candle_core::Storage::Cpu(ks), candle_core::Storage::Cpu(vs)) =
             (&*q_store, &*k_store, &*v_store)
         else {
@@ -916,8 +932,33 @@ impl Llama {
             ));
         };
         let qs = qs.as_slice::<f32>()?;
-        let kv = match (ks, vs) {
-            (candle_core::CpuStorage::F16(ks), candle_core::CpuStorage::F16(vs)) => Kv::F16(ks, vs),
+        // Q8: the scale tensors' storage, `(n_kv_heads, capacity)` like the rows.
+        let scale_store =
+            view.scales.as_ref().map(|(ks, vs)| (ks.storage_and_layout(), vs.storage_and_layout()));
+        let kv = match (ks, vs, &scale_store) {
+            (candle_core::CpuStorage::F16(ks), candle_core::CpuStorage::F16(vs), None) => Kv::F16(ks, vs),
+            (
+                candle_core::CpuStorage::U8(ks),
+                candle_core::CpuStorage::U8(vs),
+                Some(((kss, ksl), (vss, vsl))),
+            ) => {
+                let (candle_core::Storage::Cpu(kss), candle_core::Storage::Cpu(vss)) = (&**kss, &**vss)
+                else {
+                    return Err(CandleBackendError::invalid(
+                        "attention device",
+                        "non-CPU",
+                        "Q8 scales off the CPU",
+                    ));
+                };
+                if ksl.start_offset() != 0 || vsl.start_offset() != 0 {
+                    return Err(CandleBackendError::invalid(
+                        "attention layout",
+                        format!("{ksl:?}"),
+                        "Q8 scales must be the cache's own buffers",
+                    ));
+                }
+                Kv::Q8(ks, vs, kss.as_slice::<f32>()?, vss.as_slice::<f32>()?)
+            }
             _ => Kv::F32(ks.as_slice::<f32>()?, vs.as_slice::<f32>()?),
         };
         // The cache views are `narrow`s of `(n_kv_heads, capacity, head_dim)` buffers:
@@ -930,6 +971,7 @@ impl Llama {
             && k_layout.stride() == v_layout.stride()
             && k_layout.stride().get(1..) == Some(&[cfg.head_dim, 1][..])
             && kv.len() >= needed
+            && kv.scales_len() >= cfg.n_kv_heads * head_stride
             && pos + n <= head_stride
             && qs.len() >= q_layout.start_offset() + n * width;
         if !layout_ok {
@@ -948,12 +990,16 @@ impl Llama {
         let qs = &qs[q_layout.start_offset()..q_layout.start_offset() + n * width];
         let mut out = vec![0.0_f32; n * width];
         for (i, (q_i, out_i)) in qs.chunks_exact(width).zip(out.chunks_exact_mut(width)).enumerate() {
+            let visible = pos + i + 1;
             match kv {
-                Kv::F32(ks, vs) => attention::attend_one(geometry, q_i, ks, vs, pos + i + 1, out_i),
-                Kv::F16(ks, vs) => attention::attend_one(geometry, q_i, ks, vs, pos + i + 1, out_i),
+                Kv::F32(ks, vs) => attention::attend_one(geometry, q_i, (ks, vs), None, visible, out_i),
+                Kv::F16(ks, vs) => attention::attend_one(geometry, q_i, (ks, vs), None, visible, out_i),
+                Kv::Q8(ks, vs, kss, vss) => {
+                    attention::attend_one(geometry, q_i, (ks, vs), Some((kss, vss)), visible, out_i)
+                }
             }
         }
-        drop((q_store, k_store, v_store));
+        drop((q_store, k_store, v_store, scale_store));
         Ok(Tensor::from_vec(out, (n, width), &self.device)?)
     }
 
@@ -973,6 +1019,8 @@ impl Llama {
 enum Kv<'a> {
     F32(&'a [f32], &'a [f32]),
     F16(&'a [half::f16], &'a [half::f16]),
+    /// Codes of keys and values, then the scales of their rows.
+    Q8(&'a [u8], &'a [u8], &'a [f32], &'a [f32]),
 }
 
 impl Kv<'_> {
@@ -981,8 +1029,24 @@ impl Kv<'_> {
         match self {
             Self::F32(k, v) => k.len().min(v.len()),
             Self::F16(k, v) => k.len().min(v.len()),
+            Self::Q8(k, v, _, _) => k.len().min(v.len()),
         }
     }
+
+    /// Rows the scale buffers cover (unbounded without scales).
+    fn scales_len(&self) -> usize {
+        match self {
+            Self::Q8(_, _, ks, vs) => ks.len().min(vs.len()),
+            _ => usize::MAX,
+        }
+    }
+}
+
+/// A Q8 view `(n_kv_heads, visible, head_dim)` decoded to f32 with its
+/// `(n_kv_heads, visible)` row scales, for the reference attention.
+fn dequantize_q8(codes: &Tensor, scales: &Tensor) -> Result<Tensor> {
+    let centred = (codes.to_dtype(DType::F32)? - f64::from(crate::cache::Q8_ZERO))?;
+    Ok(centred.broadcast_mul(&scales.unsqueeze(2)?)?)
 }
 
 /// The RoPE tables ([`LlamaConfig::rope_tables`]) as `(max_context, head_dim/2)` tensors.

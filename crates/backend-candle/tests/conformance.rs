@@ -3,7 +3,7 @@
 
 mod common;
 
-use perpetua_candle::{CandleBackendError, Llama, LlamaCache, LlamaTokenizer, LoadOptions};
+use perpetua_candle::{CandleBackendError, KvDtype, Llama, LlamaCache, LlamaTokenizer, LoadOptions};
 use perpetua_generator::LanguageModel;
 use perpetua_kv_cache::testing::{CacheHarness, ConformanceConfig, run_all};
 
@@ -55,10 +55,23 @@ fn real_model_cache_passes_the_conformance_kit_exactly() {
 
 #[test]
 fn fast_configuration_passes_the_conformance_kit_exactly() {
+    fast_configuration_exactly(KvDtype::F16);
+}
+
+/// The 8-bit cache too: a row's codes and scale depend only on that row's keys/values,
+/// which the batch-invariant forward computes bit for bit alike in a prefill and in
+/// decode.
+#[test]
+fn q8_cache_passes_the_conformance_kit_exactly() {
+    fast_configuration_exactly(KvDtype::Q8);
+}
+
+fn fast_configuration_exactly(kv_dtype: KvDtype) {
     let path = common::model_path();
     let options = LoadOptions {
         cache_capacity: Some(64),
         requantize: Some(perpetua_candle::GgmlDType::Q8_0),
+        kv_dtype,
         ..LoadOptions::default()
     };
     let model = Llama::load(&path, &options).unwrap();

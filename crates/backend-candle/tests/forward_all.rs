@@ -44,6 +44,8 @@ fn forward_all_matches_token_by_token_forward() {
     // Q8_0 (quantized kernels tile rows; batch-invariant attention): equal up to
     // rounding of the output head.
     check(&LoadOptions::default(), 1e-3);
+    // The 8-bit cache: the same keys and values give the same codes.
+    check(&LoadOptions { kv_dtype: KvDtype::Q8, ..LoadOptions::default() }, 1e-3);
     // f32 weights through the few-row kernel, f32 cache: equal up to f32 rounding.
     let f32_weights = LoadOptions { requantize: Some(GgmlDType::F32), ..LoadOptions::default() };
     check(&LoadOptions { kv_dtype: KvDtype::F32, ..f32_weights.clone() }, 1e-3);
