@@ -108,22 +108,19 @@ fn load(name: &str, path: &Path, capacity: usize) -> Result<Contender, BoxError>
             path,
             &perpetua_candle::LoadOptions { cache_capacity: Some(capacity), ..Default::default() },
         )?),
-        "candle-kv32" => Contender::Candle(perpetua_candle::Llama::load(
-            path,
-            &perpetua_candle::LoadOptions {
+        "candle-kv32" | "candle-q8" => {
+            let kv_dtype = if name == "candle-q8" {
+                perpetua_candle::KvDtype::Q8
+            } else {
+                perpetua_candle::KvDtype::F32
+            };
+            let options = perpetua_candle::LoadOptions {
                 cache_capacity: Some(capacity),
-                kv_dtype: perpetua_candle::KvDtype::F32,
+                kv_dtype,
                 ..Default::default()
-            },
-        )?),
-        "candle-q8" => Contender::Candle(perpetua_candle::Llama::load(
-            path,
-            &perpetua_candle::LoadOptions {
-                cache_capacity: Some(capacity),
-                kv_dtype: perpetua_candle::KvDtype::Q8,
-                ..Default::default()
-            },
-        )?),
+            };
+            Contender::Candle(perpetua_candle::Llama::load(path, &options)?)
+        }
         "candle-f32" => Contender::Candle(perpetua_candle::Llama::load(
             path,
             &perpetua_candle::LoadOptions {
