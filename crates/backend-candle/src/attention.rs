@@ -448,7 +448,8 @@ fn scale_rows(scores: &mut [f32], len: usize, row_scales: &[f32]) {
 /// Each task writes into a per-thread scratch slice, copied into a shared buffer of
 /// atomics (relaxed stores; the pool's completion barrier orders them before the
 /// reads), so no `unsafe` is needed to share the output and steady state allocates
-/// nothing.
+/// nothing. Tasks must not run candle operations themselves: the pool admits one
+/// caller at a time, and the calling thread (which runs tasks too) holds it.
 pub(crate) fn run_tasks(n: usize, width: usize, out: &mut Vec<f32>, task: impl Fn(usize, &mut [f32]) + Sync) {
     let mut shared = SHARED.with_borrow_mut(std::mem::take);
     if shared.len() < n * width {
