@@ -58,6 +58,6 @@ mod model;
 pub use burn_tensor::Device;
 pub use cache::LlamaCache;
 pub use error::{BurnBackendError, Result};
-pub use model::{Llama, LoadOptions};
+pub use model::{Llama, LoadOptions, PREFILL_ROWS};
 pub use perpetua_candle::dense::DenseWeights;
 pub use perpetua_candle::{LlamaConfig, LlamaTokenizer, default_model_path};

@@ -13,6 +13,13 @@ use perpetua_kv_cache::KvCache;
 use crate::cache::LlamaCache;
 use crate::error::{BurnBackendError, Result};
 
+/// Positions per batched pass of a multi-token forward. The attention scores of a pass
+/// are a `(kv heads, group · rows, visible)` f32 tensor (plus its mask and softmax), so
+/// an unchunked 4,000-token prompt on SmolLM2 would allocate ≈ 576 MB per layer for
+/// them; 128 rows bound it to ≈ 38 MB at the full 8,192-position context. A
+/// `Generator` already feeds long prompts in chunks; this protects direct callers.
+pub const PREFILL_ROWS: usize = 128;
+
 /// How a model is loaded.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
@@ -170,31 +177,57 @@ impl Llama {
     /// Errors (the cache keeps its length): empty `tokens`, an id `>= vocab_size`, a
     /// cache of another model shape, [`CacheError::CapacityExceeded`](perpetua_kv_cache::CacheError::CapacityExceeded).
     pub fn forward_logits(&self, tokens: &[u32], cache: &mut LlamaCache) -> Result<Tensor<2>> {
-        let x = self.hidden_states(tokens, cache)?;
-        let n = tokens.len();
-        let last = x.slice([n - 1..n, 0..self.config.hidden_size]);
-        let logits = self.rms_norm(last, &self.final_norm).matmul(self.output.clone());
-        cache.commit(n);
-        Ok(logits)
+        let mut last = None;
+        self.in_chunks(tokens, cache, |x| last = Some(x))?;
+        let x = last.ok_or_else(|| BurnBackendError::invalid("tokens", "[]", "must not be empty"))?;
+        let rows = x.dims()[0];
+        let last = x.slice([rows - 1..rows, 0..self.config.hidden_size]);
+        Ok(self.rms_norm(last, &self.final_norm).matmul(self.output.clone()))
     }
 
     /// Like [`forward_logits`](Self::forward_logits), but the logits of *every* fed
     /// position, `(n, vocab_size)` (row `i` predicts the token after `tokens[i]`), from
-    /// one batched pass.
+    /// batched passes of up to [`PREFILL_ROWS`] positions.
     pub fn forward_logits_all(&self, tokens: &[u32], cache: &mut LlamaCache) -> Result<Tensor<2>> {
-        let x = self.hidden_states(tokens, cache)?;
-        let logits = self.rms_norm(x, &self.final_norm).matmul(self.output.clone());
-        cache.commit(tokens.len());
-        Ok(logits)
+        let mut rows = Vec::new();
+        self.in_chunks(tokens, cache, |x| {
+            rows.push(self.rms_norm(x, &self.final_norm).matmul(self.output.clone()))
+        })?;
+        Ok(Tensor::cat(rows, 0))
     }
 
-    /// The residual stream `(n, hidden)` after every layer for `tokens` at positions
-    /// `cache.seq_len()..`: validates the input, writes the new keys/values into the
-    /// cache and leaves committing the length to the caller.
-    fn hidden_states(&self, tokens: &[u32], cache: &mut LlamaCache) -> Result<Tensor<2>> {
+    /// Run `tokens` through [`hidden_states`](Self::hidden_states) [`PREFILL_ROWS`] at a
+    /// time, committing each chunk, and hand each chunk's residual stream to `each`. On
+    /// an error the cache goes back to its length before the call.
+    fn in_chunks(
+        &self,
+        tokens: &[u32],
+        cache: &mut LlamaCache,
+        mut each: impl FnMut(Tensor<2>),
+    ) -> Result<()> {
+        let start = cache.seq_len();
+        // Checked for the whole input first, so a later chunk cannot fail on them.
+        self.check_input(tokens, cache)?;
+        for chunk in tokens.chunks(PREFILL_ROWS) {
+            match self.hidden_states(chunk, cache) {
+                Ok(x) => {
+                    cache.commit(chunk.len());
+                    each(x);
+                }
+                Err(e) => {
+                    let _ = cache.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The errors a forward pass can meet, checked before anything is computed: empty
+    /// `tokens`, an id outside the vocabulary, a cache of another model shape, no room.
+    fn check_input(&self, tokens: &[u32], cache: &LlamaCache) -> Result<()> {
         let cfg = &self.config;
-        let n = tokens.len();
-        if n == 0 {
+        if tokens.is_empty() {
             return Err(BurnBackendError::invalid("tokens", "[]", "must not be empty"));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
@@ -207,7 +240,19 @@ impl Llama {
                 "was made for another model shape",
             ));
         }
-        cache.ensure_room(n)?;
+        cache.ensure_room(tokens.len())?;
+        Ok(())
+    }
+
+    /// The residual stream `(n, hidden)` after every layer for `tokens` at positions
+    /// `cache.seq_len()..`: validates the input, writes the new keys/values into the
+    /// cache and leaves committing the length to the caller. Attention is one batched
+    /// pass with a `(kv heads, group · n, visible)` score tensor, which is why callers go
+    /// through [`in_chunks`](Self::in_chunks).
+    fn hidden_states(&self, tokens: &[u32], cache: &mut LlamaCache) -> Result<Tensor<2>> {
+        let cfg = &self.config;
+        let n = tokens.len();
+        self.check_input(tokens, cache)?;
         let pos = cache.seq_len();
         let (heads, kv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let group = heads / kv;

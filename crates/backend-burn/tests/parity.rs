@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use perpetua_candle::{Attention, GgmlDType, KvDtype};
-use perpetua_generator::{ChatMessage, LanguageModel};
+use perpetua_generator::{ChatMessage, KvCache, LanguageModel};
 
 const TOLERANCE: f32 = 1e-3;
 
@@ -78,6 +78,44 @@ fn logits_match_the_candle_backend_in_f32_on_three_prompts() {
         assert!(prefill <= TOLERANCE, "{prompt:?}: prefill logits differ by {prefill}");
         assert!(decode <= TOLERANCE, "{prompt:?}: decode logits differ by {decode}");
     }
+}
+
+/// A prompt longer than two [`perpetua_burn::PREFILL_ROWS`] chunks: `forward` runs it in
+/// three batched passes, `forward_all` returns every row of them, and both still match
+/// the candle backend (which attends row by row).
+#[test]
+fn a_prompt_of_several_prefill_chunks_matches_the_candle_backend() {
+    let path = model_path();
+    let (reference, model) = (candle_f32(&path), burn(&path));
+    let tokenizer = perpetua_burn::LlamaTokenizer::from_gguf(&path).unwrap();
+    let text = "Rex followed the smell of oil past the fish market and along the canal. ".repeat(20);
+    let ids = tokenizer.encode_ids(&text, false).unwrap();
+    assert!(ids.len() > 2 * perpetua_burn::PREFILL_ROWS, "{} tokens", ids.len());
+    let (mut c_cache, mut b_cache) = (reference.new_cache().unwrap(), model.new_cache().unwrap());
+    let (mut c_logits, mut b_logits) = (Vec::new(), Vec::new());
+    reference.forward(&ids, &mut c_cache, &mut c_logits).unwrap();
+    model.forward(&ids, &mut b_cache, &mut b_logits).unwrap();
+    assert_eq!(b_cache.seq_len(), ids.len());
+    let last = max_abs_diff(&c_logits, &b_logits);
+
+    // forward_all: rows of every chunk, in order; the last row is forward's logits.
+    let mut all = Vec::new();
+    let mut fresh = model.new_cache().unwrap();
+    model.forward_all(&ids, &mut fresh, &mut all).unwrap();
+    let vocab = model.vocab_size();
+    assert_eq!(all.len(), ids.len() * vocab);
+    let all_last = max_abs_diff(&all[(ids.len() - 1) * vocab..], &b_logits);
+    // A row inside the second chunk against candle fed up to that position.
+    let row = perpetua_burn::PREFILL_ROWS + 7;
+    let mut c_row_cache = reference.new_cache().unwrap();
+    reference.forward(&ids[..=row], &mut c_row_cache, &mut c_logits).unwrap();
+    let middle = max_abs_diff(&all[row * vocab..(row + 1) * vocab], &c_logits);
+    println!(
+        "{} tokens: max |Δ| last {last:.2e}, forward_all last vs forward {all_last:.2e}, row {row} {middle:.2e}",
+        ids.len()
+    );
+    assert!(last <= TOLERANCE && middle <= TOLERANCE, "last {last}, row {row} {middle}");
+    assert!(all_last <= TOLERANCE, "forward_all's last row differs from forward by {all_last}");
 }
 
 #[test]
