@@ -86,7 +86,8 @@ pub enum GenerateError {
     /// in [`PartialGeneration`](Self::PartialGeneration) with the output so far.
     #[error("panic in {during}: {message}")]
     Panicked {
-        /// Where: `"prefill"`, `"decode step"` or `"on_event callback"`.
+        /// Where: `"prefill"`, `"decode step"` or `"on_event callback"`; for the
+        /// decoders `"beam search"`, `"speculative decoding"` or `"CoT decoding"`.
         during: &'static str,
         /// The panic payload when it was a string, else `"<non-string panic payload>"`.
         message: String,

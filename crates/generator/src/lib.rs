@@ -47,7 +47,9 @@
 //!   strategy; the cache was the run's own). The panic hook still runs (the default
 //!   one prints the message), and with `panic = "abort"` nothing can be caught. Code
 //!   the caller runs between [`Stream`] items is the caller's own. Beam search,
-//!   speculative and CoT decoding do not catch panics.
+//!   speculative and CoT decoding catch panics at their call boundary: `Panicked`
+//!   names the decoder, with no partial output (they keep several candidates, not one
+//!   sequence).
 //! - **Threads.** `Generator<M>` is `Send` when `M` is; a model is shared read-only as
 //!   `Arc<M>` (every backend here is `Sync`), with one generator — and so one cache —
 //!   per thread. The same seed gives the same tokens on any thread.

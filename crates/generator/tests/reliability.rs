@@ -296,6 +296,46 @@ fn a_panicking_model_in_the_prefill_is_an_error() {
     assert_eq!(g.generate([1u32].as_slice()).unwrap().ids.len(), 5);
 }
 
+/// The decoders (beam search, speculative, CoT) follow the same rule: a panic in the
+/// model or a processor they call becomes `Panicked`, naming the decoder, and the
+/// generator stays usable.
+#[test]
+fn a_panic_inside_a_decoder_is_an_error_naming_the_decoder() {
+    use perpetua_generator::{BeamConfig, CotConfig, SpeculativeConfig};
+    let explodes_after = |n: usize| {
+        let calls = Arc::new(AtomicUsize::new(0));
+        Chain::new(Multinomial).with(from_fn("explodes", move |_candidates, _ctx| {
+            if calls.fetch_add(1, Ordering::Relaxed) == n {
+                panic!("processor bug");
+            }
+            Ok(())
+        }))
+    };
+    let expect = |err: GenerateError, decoder: &str| {
+        assert!(
+            matches!(&err, GenerateError::Panicked { during, message } if *during == decoder && message == "processor bug"),
+            "{err:?}"
+        );
+    };
+
+    let mut g = Generator::builder(model(5)).chain(explodes_after(3)).max_new_tokens(8).build().unwrap();
+    expect(g.beam_search(PROMPT.as_slice(), &BeamConfig::new(2)).unwrap_err(), "beam search");
+    // Still usable: the processor only panics once.
+    assert!(g.beam_search(PROMPT.as_slice(), &BeamConfig::new(2)).is_ok());
+
+    let mut g = Generator::builder(model(6)).chain(explodes_after(3)).max_new_tokens(8).build().unwrap();
+    expect(g.cot_decode(PROMPT.as_slice(), &CotConfig::new(2)).unwrap_err(), "CoT decoding");
+    assert!(g.cot_decode(PROMPT.as_slice(), &CotConfig::new(2)).is_ok());
+
+    let draft = model(7);
+    let mut g = Generator::builder(model(7)).chain(explodes_after(3)).max_new_tokens(8).build().unwrap();
+    expect(
+        g.speculative(&draft, PROMPT.as_slice(), &SpeculativeConfig::new(2)).unwrap_err(),
+        "speculative decoding",
+    );
+    assert!(g.speculative(&draft, PROMPT.as_slice(), &SpeculativeConfig::new(2)).is_ok());
+}
+
 fn assert_send<T: Send>() {}
 fn assert_sync<T: Sync>() {}
 

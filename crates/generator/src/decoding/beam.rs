@@ -185,9 +185,19 @@ where
         prompt: impl Into<Prompt>,
         config: &BeamConfig,
     ) -> Result<BeamSearchOutput, GenerateError> {
+        let prompt = prompt.into();
+        super::catching("beam search", || self.beam_search_impl(prompt, config))
+    }
+
+    /// [`Self::beam_search`] without the panic boundary.
+    fn beam_search_impl(
+        &mut self,
+        prompt: Prompt,
+        config: &BeamConfig,
+    ) -> Result<BeamSearchOutput, GenerateError> {
         config.validate()?;
         let Prefilled { ids: prompt_ids, cache, logits, budget, prefill } =
-            self.prefilled(prompt.into(), true, None)?;
+            self.prefilled(prompt, true, None)?;
         let decode_started = Instant::now();
         let vocab = self.model.vocab_size();
         let width = config.num_beams;

@@ -145,11 +145,17 @@ where
         prompt: impl Into<Prompt>,
         config: &CotConfig,
     ) -> Result<CotOutput, GenerateError> {
+        let prompt = prompt.into();
+        super::catching("CoT decoding", || self.cot_decode_impl(prompt, config))
+    }
+
+    /// [`Self::cot_decode`] without the panic boundary.
+    fn cot_decode_impl(&mut self, prompt: Prompt, config: &CotConfig) -> Result<CotOutput, GenerateError> {
         if config.branches == 0 {
             return Err(GenerateError::invalid("branches", 0, "must be >= 1"));
         }
         let Prefilled { ids: prompt_ids, cache: base, logits: first_logits, budget, prefill } =
-            self.prefilled(prompt.into(), true, None)?;
+            self.prefilled(prompt, true, None)?;
         let vocab = self.model.vocab_size();
         let prompt_len = prompt_ids.len();
         self.chain.reset();

@@ -78,6 +78,19 @@ impl<M: LanguageModel> Generator<M> {
 }
 
 /// A logit vector must have `vocab` entries.
+/// Run a decoder with the generator's panic rule: a panic in the code it calls (the
+/// model, a draft model, custom processors) becomes [`GenerateError::Panicked`] with
+/// `during` naming the decoder. The decoders keep no single partial sequence to return
+/// (beams, branches), so the error carries no output; the generator stays usable (each
+/// decoder resets the chain and builds fresh caches when it starts).
+pub(crate) fn catching<T>(
+    during: &'static str,
+    decoder: impl FnOnce() -> Result<T, GenerateError>,
+) -> Result<T, GenerateError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decoder))
+        .unwrap_or_else(|payload| Err(GenerateError::from_panic(during, payload)))
+}
+
 pub(crate) fn check_len(logits: &[f32], vocab: usize) -> Result<(), GenerateError> {
     if logits.len() != vocab {
         return Err(GenerateError::LogitsLength { got: logits.len(), expected: vocab });

@@ -127,6 +127,17 @@ impl<M: LanguageModel> Generator<M> {
         prompt: impl Into<Prompt>,
         config: &SpeculativeConfig,
     ) -> Result<SpeculativeOutput, GenerateError> {
+        let prompt = prompt.into();
+        super::catching("speculative decoding", || self.speculative_impl(draft, prompt, config))
+    }
+
+    /// [`Self::speculative`] without the panic boundary.
+    fn speculative_impl<D: LanguageModel>(
+        &mut self,
+        draft: &D,
+        prompt: Prompt,
+        config: &SpeculativeConfig,
+    ) -> Result<SpeculativeOutput, GenerateError> {
         config.validate()?;
         let vocab = self.model.vocab_size();
         if draft.vocab_size() != vocab {
@@ -151,7 +162,7 @@ impl<M: LanguageModel> Generator<M> {
         let mut d_cache = draft.new_cache().map_err(model_err)?;
         let d_window = d_cache.capacity().min(draft.max_context());
         let Prefilled { ids, cache: mut t_cache, budget, prefill, .. } =
-            self.prefilled(prompt.into(), false, Some(d_window))?;
+            self.prefilled(prompt, false, Some(d_window))?;
         let prompt_len = ids.len();
         let mut d_logits = Vec::with_capacity(vocab);
         let t0 = Instant::now();
