@@ -6,7 +6,7 @@
 //! alternating over the rounds; the best round counts per metric. The Rust contenders
 //! are `benches/examples/e2e.rs` (built with `cargo build --release`, the workspace's
 //! `-C target-cpu=native`); llama.cpp is `xtask/bench_llama_cpp.py` on
-//! `llama-cpp-python` (built with `GGML_NATIVE=ON`) in a virtual environment under
+//! `llama-cpp-python` (built with `GGML_NATIVE=ON`, AMX excepted) in a virtual environment under
 //! `target/bench-venv`. The full run rewrites the marked section of
 //! `docs/PERFORMANCE.md`; `--quick` writes `target/bench/BENCH.md`. Raw JSON:
 //! `target/bench/`.
@@ -282,6 +282,24 @@ fn python_imports_llama_cpp(python: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// llama.cpp's default build: every instruction set of this CPU.
+const NATIVE: &str = "-DGGML_NATIVE=ON";
+
+/// CMake arguments for llama.cpp: [`NATIVE`], except on a CPU whose flags list AMX.
+/// There a native build's batched matmuls (any prompt of more than a few tokens) died
+/// with SIGILL in this project's VMs, which advertise AMX without enabling its tile
+/// state; such CPUs get the same AVX-512 instruction sets spelled out, AMX off.
+fn llama_cpp_cmake_args() -> &'static str {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if cpuinfo.contains(" amx_tile") {
+        "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+         -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+         -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+    } else {
+        NATIVE
+    }
+}
+
 /// `target/bench-venv` with llama-cpp-python and numpy; reused when it imports them.
 fn ensure_venv(target: &Path) -> Result<PathBuf> {
     let venv = target.join("bench-venv");
@@ -329,22 +347,31 @@ fn ensure_venv(target: &Path) -> Result<PathBuf> {
             venv.display()
         );
     }
-    match cached_wheel() {
+    match cached_wheel().filter(|_| llama_cpp_cmake_args() == NATIVE) {
         Some(wheel) => eprintln!(
             "xtask: bench: installing {LLAMA_CPP_PYTHON} and numpy into {} (pip will reuse the cached wheel {})",
             venv.display(),
             wheel.display()
         ),
         None => eprintln!(
-            "xtask: bench: installing {LLAMA_CPP_PYTHON} and numpy into {}: no cached wheel, so pip builds \
-             llama.cpp from the sdist with CMAKE_ARGS=-DGGML_NATIVE=ON — this takes several minutes",
-            venv.display()
+            "xtask: bench: installing {LLAMA_CPP_PYTHON} and numpy into {}: pip builds llama.cpp from the \
+             sdist with CMAKE_ARGS={} — this takes several minutes",
+            venv.display(),
+            llama_cpp_cmake_args()
         ),
     }
-    // pip's progress goes to stderr: stdout carries only the report.
-    let status = Command::new(&python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", LLAMA_CPP_PYTHON, "numpy"])
-        .env("CMAKE_ARGS", "-DGGML_NATIVE=ON")
+    // pip's progress goes to stderr: stdout carries only the report. A CPU that
+    // advertises AMX gets an explicit AVX-512 build without it (and no cached wheel,
+    // which pip keys by version only): see `llama_cpp_cmake_args`.
+    let cmake_args = llama_cpp_cmake_args();
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "install", "--disable-pip-version-check", LLAMA_CPP_PYTHON, "numpy"]);
+    if cmake_args != NATIVE {
+        eprintln!("xtask: bench: this CPU advertises AMX: building llama.cpp with CMAKE_ARGS={cmake_args}");
+        pip.arg("--no-cache-dir");
+    }
+    let status = pip
+        .env("CMAKE_ARGS", cmake_args)
         .stdout(Stdio::from(std::io::stderr()))
         .status()
         .context("running pip install")?;
@@ -561,8 +588,10 @@ fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
     writeln!(
         md,
         "- Build flags: **same flags** — the Rust contenders are built by `cargo build --release` with the \
-         workspace's `-C target-cpu=native` (`.cargo/config.toml`), llama.cpp with `GGML_NATIVE=ON`. \
-         llama.cpp's system info: `{}`. {rustc}; candle-core {}.",
+         workspace's `-C target-cpu=native` (`.cargo/config.toml`), llama.cpp with `CMAKE_ARGS={}` \
+         (`GGML_NATIVE=ON`, or this CPU's AVX-512 sets without AMX where it advertises AMX: see \
+         `xtask/src/bench.rs`). llama.cpp's system info: `{}`. {rustc}; candle-core {}.",
+        llama_cpp_cmake_args(),
         field("system_info"),
         locked_version(&paths.root, "candle-core")
     )?;
