@@ -245,14 +245,13 @@ impl Llama {
     }
 
     /// The residual stream `(n, hidden)` after every layer for `tokens` at positions
-    /// `cache.seq_len()..`: validates the input, writes the new keys/values into the
-    /// cache and leaves committing the length to the caller. Attention is one batched
-    /// pass with a `(kv heads, group · n, visible)` score tensor, which is why callers go
-    /// through [`in_chunks`](Self::in_chunks).
+    /// `cache.seq_len()..`: writes the new keys/values into the cache and leaves
+    /// committing the length to the caller. Its only caller, [`in_chunks`](Self::in_chunks),
+    /// checks the whole input (ids, cache shape, room) once and bounds `n`: attention
+    /// here is one batched pass with a `(kv heads, group · n, visible)` score tensor.
     fn hidden_states(&self, tokens: &[u32], cache: &mut LlamaCache) -> Result<Tensor<2>> {
         let cfg = &self.config;
         let n = tokens.len();
-        self.check_input(tokens, cache)?;
         let pos = cache.seq_len();
         let (heads, kv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let group = heads / kv;
