@@ -5,15 +5,19 @@
 //! `cargo bench -p perpetua-benches --bench overhead`. The `stage/*` rows have no
 //! external baseline (benches/sampling.rs compares the chains with candle-transformers);
 //! `generator/*` compares a generation against the bare model calls it makes, in the
-//! same run, so the difference is the generator's own cost; `cache/*` needs the
-//! default model (`cargo xtask fetch-model`).
+//! same run, so the difference is the generator's own cost — and the perpetual modes
+//! (loop detection, DRY, anticipation's entropy) against plain generation; `loops/*`
+//! times the loop detector per token over a long text against the step it rides on
+//! (`entropy_fast` and one top-k draw over 49k logits); `cache/*` needs the default
+//! model (`cargo xtask fetch-model`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use perpetua_benches::{VOCABS, history, lm_like_logits};
-use perpetua_generator::testing::FakeModel;
-use perpetua_generator::{Generator, LanguageModel};
+use perpetua_generator::testing::{ByteTokenizer, FakeModel};
+use perpetua_generator::{Generator, LanguageModel, PerpetualMode};
 use perpetua_kv_cache::{ForkableCache, KvCache};
+use perpetua_perpetual::{LoopDetection, LoopDetector};
 use perpetua_sampling::processors::{
     Dry, FrequencyPresencePenalty, MinP, RepetitionPenalty, Temperature, TopK, TopNSigma, TopP, Typical, Xtc,
 };
@@ -88,6 +92,65 @@ fn generator(c: &mut Criterion) {
             b.iter(|| g.generate(prompt.as_slice()).unwrap().ids.len())
         });
     }
+    // The same top-k 20 generation in perpetual modes: what the freshness tools cost per
+    // token on top of it (the fake model never loops, so no back step is regenerated).
+    for spec in ["plain", "dynamic+loop", "perpetual", "perpetual+anticipation"] {
+        let mode = PerpetualMode::parse(spec).unwrap();
+        let mut g = Generator::builder(&model)
+            .tokenizer(ByteTokenizer::new())
+            .chain(Chain::new(Multinomial).with(TopK::new(20).unwrap()))
+            .perpetual(mode)
+            .max_new_tokens(TOKENS)
+            .build()
+            .unwrap();
+        group.bench_function(BenchmarkId::new(format!("generate_64_tokens_topk20_{spec}"), vocab), |b| {
+            b.iter(|| g.generate(prompt.as_slice()).unwrap().ids.len())
+        });
+    }
+    group.finish();
+}
+
+/// The loop detector's per-token work over a 4,096-token text (window 256), against
+/// what a step already does over the logits.
+fn loops(c: &mut Criterion) {
+    let mut group = c.benchmark_group("loops");
+    let vocab = 49_152;
+    let text = history(vocab);
+    let long: Vec<u32> =
+        text.iter().cycle().take(4_096).enumerate().map(|(i, &t)| t ^ (i as u32 % 7)).collect();
+    group.bench_function("detector_observe_per_token_4096", |b| {
+        let mut d = LoopDetector::new(LoopDetection::default()).unwrap();
+        let mut n = 256;
+        d.observe(&long[..n]);
+        b.iter(|| {
+            n = if n + 1 > long.len() { 257 } else { n + 1 };
+            d.observe(&long[..n]).is_some()
+        })
+    });
+    group.bench_function("detector_rebuild_after_backstep_4096", |b| {
+        let mut d = LoopDetector::new(LoopDetection::default()).unwrap();
+        b.iter(|| {
+            d.invalidate();
+            d.observe(&long).is_some()
+        })
+    });
+    let logits = lm_like_logits(vocab, 3);
+    let lse = perpetua_sampling::stats::log_sum_exp_fast(&logits).unwrap();
+    group.bench_function("entropy_fast_49152", |b| {
+        b.iter(|| perpetua_sampling::stats::entropy_fast(&logits, lse))
+    });
+    let mut chain = Chain::new(Multinomial).with(TopK::new(20).unwrap());
+    let ctx = SamplingContext::new(&long, 32);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    group.bench_function("baseline_topk20_draw_49152", |b| {
+        b.iter(|| chain.sample(&logits, &ctx, &mut rng).unwrap())
+    });
+    let mut dry = Chain::new(Multinomial)
+        .with(Dry::new(0.8, 1.75, 2, 0, [vec![13]]).unwrap())
+        .with(TopK::new(20).unwrap());
+    group.bench_function("dry_whole_4096_context_topk20_draw_49152", |b| {
+        b.iter(|| dry.sample(&logits, &ctx, &mut rng).unwrap())
+    });
     group.finish();
 }
 
@@ -117,5 +180,5 @@ fn cache(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, stage, generator, cache);
+criterion_group!(benches, stage, generator, loops, cache);
 criterion_main!(benches);

@@ -9,7 +9,8 @@
 //!     --tokens-file target/bench/tokens.json --new-tokens 128
 //! e2e --contender perpetua|perpetua-exact|candle-transformers --mode position \
 //!     --tokens-file target/bench/tokens.json --position 2000 --steps 32
-//! e2e --contender perpetua --mode perpetual --tokens-file target/bench/tokens.json --new-tokens 2000
+//! e2e --contender perpetua --mode perpetual --tokens-file target/bench/tokens.json --new-tokens 2000 \
+//!     [--spec dynamic|perpetual|…]
 //! ```
 //!
 //! - `tokens`: the chat prompt ("Write a book about a dog that can talk and is a
@@ -24,9 +25,11 @@
 //! - `position`: fill the cache to `--position` positions with filler ids (chunks of
 //!   512), then time `--steps` greedy decode steps. candle-transformers' RoPE table ends
 //!   at `quantized_llama::MAX_SEQ_LEN` (4,096): beyond it the run is reported as skipped.
-//! - `perpetual`: a `BackstepWithSchedule` run (back step 10, T 1.0, top-k 20, seed 1)
-//!   of `--new-tokens`, then a plain `StopAtEos` run doing the same number of forward
-//!   passes (`min_new_tokens` = `max_new_tokens` = that count).
+//! - `perpetual`: a perpetual run of `--new-tokens` in the mode `--spec` (a
+//!   `PerpetualMode` spec; default `dynamic`, i.e. `BackstepWithSchedule`, back step 10;
+//!   `perpetual` is the recommended mode), T 1.0, top-k 20, seed 1, then a plain
+//!   `StopAtEos` run doing the same number of forward passes (`min_new_tokens` =
+//!   `max_new_tokens` = that count).
 //!
 //! Threads: set `RAYON_NUM_THREADS` and `CANDLE_NUM_THREADS` (the xtask sets both to 2).
 
@@ -38,8 +41,8 @@ use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
 use perpetua_candle::{Llama, LlamaTokenizer, LoadOptions, default_model_path};
-use perpetua_generator::{ChatMessage, Generation, Generator, Prompt, Tokenizer};
-use perpetua_perpetual::{BackstepWithSchedule, StopAtEos};
+use perpetua_generator::{ChatMessage, Generation, Generator, PerpetualMode, Prompt, Tokenizer};
+use perpetua_perpetual::StopAtEos;
 use perpetua_sampling::Chain;
 use perpetua_sampling::processors::{Temperature, TopK};
 use perpetua_sampling::samplers::{Greedy, Multinomial};
@@ -74,6 +77,7 @@ struct Args {
     new_tokens: usize,
     position: usize,
     steps: usize,
+    spec: String,
 }
 
 fn parse_args() -> Result<Args> {
@@ -86,6 +90,7 @@ fn parse_args() -> Result<Args> {
         new_tokens: 128,
         position: 100,
         steps: 32,
+        spec: "dynamic".to_string(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -99,6 +104,7 @@ fn parse_args() -> Result<Args> {
             "--new-tokens" => args.new_tokens = value()?.parse().context("--new-tokens")?,
             "--position" => args.position = value()?.parse().context("--position")?,
             "--steps" => args.steps = value()?.parse().context("--steps")?,
+            "--spec" => args.spec = value()?,
             other => bail!("unknown argument `{other}` (see the module docs of benches/examples/e2e.rs)"),
         }
     }
@@ -392,13 +398,14 @@ fn run() -> Result<Value> {
             }
         }
         ("perpetua", "perpetual") => {
+            let mode = PerpetualMode::parse(&args.spec).with_context(|| format!("--spec {}", args.spec))?;
             let model = load_ours(&path, &contender)?;
             let tok = tokenizer(&path)?;
             let mut generator = Generator::builder(&model)
                 .tokenizer(tok.clone())
                 .chain(sampled_chain()?)
                 .seed(SEED)
-                .eos_strategy(BackstepWithSchedule::new(10)?)
+                .perpetual(mode.clone())
                 .max_new_tokens(args.new_tokens)
                 .build()?;
             let t = Instant::now();
@@ -419,21 +426,24 @@ fn run() -> Result<Value> {
             let c = perpetual.counts;
             json!({
                 "new_tokens": args.new_tokens,
+                "spec": mode.spec(),
                 "perpetual": generation_json(&perpetual),
                 "perpetual_wall_s": perpetual_wall,
                 "perpetual_finish": format!("{:?}", perpetual.finish_reason),
                 "backsteps": c.backsteps,
+                "loop_backsteps": c.loop_backsteps,
                 "tokens_removed": c.tokens_removed,
                 "eos_avoided": c.eos_avoided,
                 "context_rolls": c.context_rolls,
                 "plain": generation_json(&plain),
                 "plain_wall_s": plain_wall,
                 "plain_finish": format!("{:?}", plain.finish_reason),
-                // The issue's identity, and the exact accounting: a back step's own step
-                // (the one that drew EOS) is a forward pass that keeps no token.
+                // The issue's identity, and the exact accounting: an EOS back step's own
+                // step (the one that drew EOS) is a forward pass that keeps no token; a
+                // loop back step's step appended its token, which the removed count holds.
                 "identity_generated_plus_removed": c.forward_passes == c.generated_tokens + c.tokens_removed,
-                "identity_with_eos_steps":
-                    c.forward_passes == c.generated_tokens + c.tokens_removed + c.backsteps,
+                "identity_with_eos_steps": c.forward_passes
+                    == c.generated_tokens + c.tokens_removed + (c.backsteps - c.loop_backsteps),
                 "no_reprefill": c.prefill_tokens + 1 == c.prompt_tokens && c.context_rolls == 0,
             })
         }

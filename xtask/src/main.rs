@@ -5,8 +5,12 @@
 //! - `ci`: what `.ci/run` and the README's test command run: fetch-model, `cargo fmt
 //!   --check`, `cargo clippy --workspace --all-targets -D warnings`, and every test.
 //!
-//! - `eval [--quick]`: the strategy evaluation on the default model (`perpetua eval`
-//!   over `eval/prompts.txt`), writing `docs/EVALUATION.md` and `docs/eval/`.
+//! - `eval [acceptance|ablation|--quick]`: the strategy evaluation on the default model
+//!   (`perpetua eval` over `eval/prompts.txt`): the acceptance table (20 prompts × 4,000
+//!   tokens, plain and the recommended mode) and the ablation table (10 prompts × 2,000
+//!   tokens, each EOS method × {nothing, DRY, loop + stale back steps, both, + anticipation}),
+//!   each a section of `docs/EVALUATION.md` with figures and JSON in `docs/eval/`.
+//!   Resumable: finished runs are kept in `target/eval-runs/` and not redone.
 //! - `bench [--quick]`: end-to-end benchmark on the default model (issue 10): our
 //!   `Generator` vs candle-transformers' `quantized_llama` vs llama.cpp
 //!   (`llama-cpp-python` 0.3.36 in a virtual environment under `target/bench-venv`), each
@@ -32,9 +36,12 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   fetch-model   fetch the default model (SmolLM2-135M-Instruct Q4_1) if missing
   ci            fetch-model, fmt --check, clippy -D warnings, all tests
-  eval          strategy evaluation on the default model: 20 prompts x 5 strategies,
-                writes docs/EVALUATION.md and docs/eval/ (--quick: 5 prompts, 500 tokens,
-                written to target/eval-quick/)
+  eval          strategy evaluation on the default model, two sections of
+                docs/EVALUATION.md (figures, JSON in docs/eval/): `acceptance` (20 prompts x
+                4,000 tokens, plain vs perpetual) and `ablation` (10 prompts x 2,000 tokens,
+                4 methods x {-, dry, loop+stale, dry+loop+stale, +anticipation}); `eval acceptance` or
+                `eval ablation` runs one; resumable (runs kept in target/eval-runs/);
+                --quick: 5 prompts, 500 tokens, to target/eval-quick/
   bench         end to end vs candle-transformers and llama.cpp (llama-cpp-python in
                 target/bench-venv): 3 rounds, 128 tokens, positions 100/2,000/6,000,
                 RSS, sampling share, perpetual overhead; writes the marked section of
@@ -46,7 +53,15 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("fetch-model") => fetch_model().map(|path| println!("{}", path.display())),
         Some("ci") => ci(),
-        Some("eval") => eval(args.get(1).map(String::as_str) == Some("--quick")),
+        Some("eval") => match args.get(1).map(String::as_str) {
+            None => eval(EvalRun::Acceptance).and_then(|()| eval(EvalRun::Ablation)),
+            Some("acceptance") => eval(EvalRun::Acceptance),
+            Some("ablation") => eval(EvalRun::Ablation),
+            Some("--quick") => eval(EvalRun::Quick),
+            Some(other) => {
+                Err(anyhow::anyhow!("eval: unknown option `{other}` (acceptance, ablation or --quick)"))
+            }
+        },
         Some("bench") => match args.get(1).map(String::as_str) {
             None => fetch_model().and_then(|model| bench::bench(false, model)),
             Some("--quick") => fetch_model().and_then(|model| bench::bench(true, model)),
@@ -98,20 +113,82 @@ fn ci() -> Result<()> {
     Ok(())
 }
 
+/// Which evaluation `cargo xtask eval` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EvalRun {
+    /// Issue 18's acceptance: 20 prompts × 4,000 tokens, plain and the recommended mode.
+    Acceptance,
+    /// Each EOS method × {nothing, DRY, loop + stale back steps, both, + anticipation}, 10
+    /// prompts × 2,000 tokens.
+    Ablation,
+    /// A few minutes' check: 5 prompts × 500 tokens, under `target/`.
+    Quick,
+}
+
+/// The ablation's strategy specs: plain, then each method with each tool set.
+fn ablation_specs() -> String {
+    let mut specs = vec!["plain".to_string()];
+    for method in ["suppress", "post_eos", "backstep", "dynamic"] {
+        for tools in ["", "+dry", "+loop+stale", "+dry+loop+stale", "+dry+loop+stale+anticipation"] {
+            specs.push(format!("{method}{tools}"));
+        }
+    }
+    specs.join(",")
+}
+
 /// `perpetua eval` on the committed prompt set, built in release with the workspace's
-/// flags. The full run writes the documentation; `--quick` (5 prompts × 5 strategies ×
-/// 1 seed × 500 tokens, the issue's time check) writes under `target/`.
-fn eval(quick: bool) -> Result<()> {
+/// flags. The full runs write sections of `docs/EVALUATION.md` (and `docs/eval/`), keeping
+/// finished runs in `target/eval-runs/`, so an interrupted evaluation resumes.
+fn eval(run: EvalRun) -> Result<()> {
     fetch_model()?;
-    let (out, markdown, extra): (&str, &str, &[&str]) = if quick {
-        (
+    let ablation = ablation_specs();
+    let (out, runs, section, extra): (&str, &str, &str, Vec<&str>) = match run {
+        EvalRun::Acceptance => (
+            "docs/eval",
+            "target/eval-runs",
+            "acceptance",
+            vec![
+                "--max-new-tokens",
+                "4000",
+                "--strategies",
+                "plain,perpetual",
+                "--show-worst-of",
+                "perpetual",
+            ],
+        ),
+        EvalRun::Ablation => (
+            "docs/eval",
+            "target/eval-runs",
+            "ablation",
+            vec![
+                "--prompts-limit",
+                "10",
+                "--max-new-tokens",
+                "2000",
+                "--strategies",
+                &ablation,
+                "--show-worst-of",
+                "dynamic+dry+loop+stale+anticipation",
+                "--worst",
+                "1",
+            ],
+        ),
+        EvalRun::Quick => (
             "target/eval-quick",
-            "target/eval-quick/EVALUATION.md",
-            &["--prompts-limit", "5", "--max-new-tokens", "500"],
-        )
-    } else {
-        ("docs/eval", "docs/EVALUATION.md", &["--max-new-tokens", "1000"])
+            "target/eval-quick/runs",
+            "quick",
+            vec![
+                "--prompts-limit",
+                "5",
+                "--max-new-tokens",
+                "500",
+                "--strategies",
+                "plain,dynamic,perpetual",
+            ],
+        ),
     };
+    let markdown =
+        if run == EvalRun::Quick { "target/eval-quick/EVALUATION.md" } else { "docs/EVALUATION.md" };
     let mut args = vec![
         "run",
         "--release",
@@ -125,9 +202,13 @@ fn eval(quick: bool) -> Result<()> {
         "1",
         "--out",
         out,
+        "--runs",
+        runs,
         "--markdown",
         markdown,
+        "--section",
+        section,
     ];
-    args.extend_from_slice(extra);
+    args.extend(extra);
     cargo(&args)
 }

@@ -252,18 +252,19 @@ pub fn before_eos_figure(
     })
 }
 
-/// Strategy comparison: four bar panels (mean new tokens, share reaching the budget,
-/// distinct-2, repeated-4-gram rate) over `summaries`.
+/// Strategy comparison: four bar panels (share reaching the budget, mean 200-word
+/// window diversity, share of runs with a looped window, forward passes per kept
+/// token) over `summaries`.
 pub fn comparison_figure(summaries: &[StrategySummary], path: &Path) -> Result<()> {
     if summaries.is_empty() {
         return Err(AnalysisError::NoData("no strategies to compare"));
     }
     let metric = |f: fn(&StrategySummary) -> f64| -> Vec<f64> { summaries.iter().map(f).collect() };
     let panels = [
-        ("mean new tokens", metric(|s| s.mean_new_tokens)),
         ("runs reaching the budget (%)", metric(|s| 100.0 * s.reached_budget)),
-        ("distinct-2", metric(|s| s.distinct[1])),
-        ("repeated 4-gram rate", metric(|s| s.repeated_4gram)),
+        ("window diversity (200 words)", metric(|s| s.diversity)),
+        ("runs with a looped window (%)", metric(|s| 100.0 * s.looped)),
+        ("forward passes per kept token", metric(|s| s.passes_per_token)),
     ];
     let names: Vec<&str> = summaries.iter().map(|s| s.strategy.as_str()).collect();
     render!(path, (1200, 860), |root| {

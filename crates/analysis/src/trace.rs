@@ -44,7 +44,13 @@ pub struct TraceRow {
 impl TraceRow {
     /// Whether this step drew an EOS (natural end, avoided, or turned into a back step).
     pub fn is_eos_event(&self) -> bool {
-        self.event != "token"
+        self.event != "token" && self.loop_backstep_removed().is_none()
+    }
+
+    /// Tokens removed when this step's token completed a loop the strategy then cut
+    /// (`loop_backstep:<removed>`, the token at `index` included).
+    pub fn loop_backstep_removed(&self) -> Option<usize> {
+        self.event.strip_prefix("loop_backstep:")?.parse().ok()
     }
 
     /// Tokens removed when this step's EOS became a back step (`backstep:<removed>`).
@@ -70,6 +76,7 @@ pub fn event_name(event: TraceEvent) -> String {
         TraceEvent::Token => "token".into(),
         TraceEvent::EosAvoided => "eos_avoided".into(),
         TraceEvent::Backstep { removed } => format!("backstep:{removed}"),
+        TraceEvent::LoopBackstep { removed } => format!("loop_backstep:{removed}"),
         TraceEvent::Eos => "eos".into(),
     }
 }

@@ -174,7 +174,7 @@ fn eval_runs_every_combination_and_aggregates() {
         strategies: vec!["plain".into(), "suppress_eos".into(), "backstep".into()],
         seeds: vec![1, 2],
         max_new_tokens: 50,
-        chat_template: false,
+        ..EvalConfig::default()
     };
     let mut seen = 0;
     let report = run_eval(&mut generator, &config, &mut |p| {
@@ -267,7 +267,7 @@ mod plots {
             strategies: vec!["plain".into(), "suppress_eos".into()],
             seeds: vec![1],
             max_new_tokens: 20,
-            chat_template: false,
+            ..EvalConfig::default()
         };
         let report = run_eval(&mut generator, &config, &mut |_| {}).unwrap();
         comparison_figure(&report.summaries, &dir.join("compare.png")).unwrap();

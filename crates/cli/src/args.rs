@@ -90,12 +90,14 @@ pub struct EvalArgs {
     /// Use only the first N prompts.
     #[arg(long, value_name = "N")]
     pub prompts_limit: Option<usize>,
-    /// Strategies (comma-separated): plain, suppress_eos, suppress_eos_masked,
-    /// post_eos_resample, backstep, backstep_with_schedule.
+    /// Strategy specs (comma-separated): an EOS method (plain, suppress,
+    /// suppress_masked, post_eos, backstep, dynamic) with `+`-joined tools (dry, loop,
+    /// anticipation, rep), or perpetual (the recommended mode), e.g.
+    /// `plain,dynamic,dynamic+dry+loop,perpetual`.
     #[arg(
         long,
         value_delimiter = ',',
-        default_values_t = ["plain", "suppress_eos", "post_eos_resample", "backstep", "backstep_with_schedule"].map(String::from)
+        default_values_t = ["plain", "suppress", "post_eos", "backstep", "dynamic", "perpetual"].map(String::from)
     )]
     pub strategies: Vec<String>,
     /// Seeds (comma-separated).
@@ -122,9 +124,26 @@ pub struct EvalArgs {
     /// Directory for eval.json, traces and plots.
     #[arg(long, value_name = "DIR", default_value = "target/eval")]
     pub out: PathBuf,
+    /// Keep every finished run in this directory and reuse the runs already there
+    /// (same prompt, strategy, seed, budget, model and chain), so an interrupted
+    /// evaluation resumes where it stopped. Default: `<out>/runs`.
+    #[arg(long, value_name = "DIR")]
+    pub runs: Option<PathBuf>,
     /// Also write a Markdown report (table, plots, block statistics) to this file.
     #[arg(long, value_name = "FILE")]
     pub markdown: Option<PathBuf>,
+    /// Write the report as the section NAME of the Markdown file (between
+    /// `<!-- eval:NAME -->` and `<!-- /eval:NAME -->`, created at the end when missing),
+    /// keeping the rest of the file: several evaluations share one document.
+    #[arg(long, value_name = "NAME", requires = "markdown")]
+    pub section: Option<String>,
+    /// Show the text of the worst window of this many runs per strategy listed in
+    /// `--show-worst-of` (default: the last strategy).
+    #[arg(long, default_value_t = 2)]
+    pub worst: usize,
+    /// Strategies whose worst windows the report shows (comma-separated specs).
+    #[arg(long, value_delimiter = ',')]
+    pub show_worst_of: Vec<String>,
 }
 
 /// The EOS strategy (DESIGN.md §1).
@@ -139,8 +158,11 @@ pub enum StrategyArg {
     /// Remove the last N tokens from the text and the KV cache and regenerate.
     Backstep,
     /// Back step, restarting at a raised temperature that decays back to base exactly
-    /// where EOS had been drawn.
+    /// where EOS had been drawn (the paper's method 4).
     Dynamic,
+    /// Perpetual text that stays fresh: method 4 plus DRY, loop back steps (a
+    /// repetition loop is cut like an EOS) and anticipation. The recommended mode.
+    Perpetual,
 }
 
 /// Sampling presets.
@@ -231,9 +253,44 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub stop: Vec<String>,
 
-    /// What to do when the model draws EOS.
+    /// What to do when the model draws EOS (and, for `perpetual`, when it loops).
     #[arg(long, value_enum, default_value_t = StrategyArg::None)]
     pub strategy: StrategyArg,
+    /// Cut repetition loops like an EOS with any strategy: back step to where the
+    /// repeat began, ban its first token, regenerate hotter (on with `perpetual`).
+    #[arg(long)]
+    pub loop_backstep: bool,
+    /// Also cut stale text (a collapsed vocabulary that repeats nothing verbatim) like a
+    /// loop, within a regeneration budget (implies --loop-backstep; on with `perpetual`).
+    #[arg(long)]
+    pub stale_backstep: bool,
+    /// Raise the temperature when the entropy falls well below its running level,
+    /// before the model ends or loops.
+    #[arg(long)]
+    pub anticipation: bool,
+    /// DRY multiplier (llama.cpp `--dry-multiplier`; 0 = off; `perpetual`: 0.5).
+    #[arg(long)]
+    pub dry_multiplier: Option<f32>,
+    /// DRY base (llama.cpp `--dry-base`, default 1.75).
+    #[arg(long)]
+    pub dry_base: Option<f32>,
+    /// DRY allowed length: repeats up to this long are free (default 2, as llama.cpp;
+    /// `perpetual`: 3).
+    #[arg(long)]
+    pub dry_allowed_length: Option<usize>,
+    /// DRY window in tokens (llama.cpp `--dry-penalty-last-n`: -1 = the whole context,
+    /// the default; 0 = DRY off).
+    #[arg(long)]
+    pub dry_penalty_last_n: Option<i64>,
+    /// A DRY sequence breaker (repeatable; replaces the default "\n", ":", "\"", "*").
+    /// Escapes \n, \t, \\ and \" are understood.
+    #[arg(long)]
+    pub dry_sequence_breaker: Vec<String>,
+    /// Tokens the repetition, frequency and presence penalties look back over
+    /// (llama.cpp `--repeat-last-n`: -1 = the whole context, the default here; 0 =
+    /// penalties off).
+    #[arg(long)]
+    pub repeat_last_n: Option<i64>,
     /// Tokens removed per back step (strategies backstep, dynamic).
     #[arg(long, default_value_t = 10)]
     pub backstep: usize,

@@ -10,10 +10,11 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use perpetua::analysis::trace;
 use perpetua::candle::{Llama, LlamaTokenizer, default_model_path};
-use perpetua::generator::{ChatMessage, Event, FinishReason, GenerateError, Generation, Generator, Prompt};
-use perpetua::perpetual::{
-    Backstep, BackstepWithSchedule, EosStrategy, Peak, PostEosResample, StopAtEos, SuppressEos,
+use perpetua::generator::{
+    BackstepCause, ChatMessage, DryOptions, EosMethod, Event, FinishReason, GenerateError, Generation,
+    Generator, PerpetualMode, Prompt,
 };
+use perpetua::perpetual::{LoopDetection, Peak, Staleness};
 use perpetua::sampling::{Preset, SamplingConfig};
 
 use args::{Cli, Command, GenerateArgs, ModelsAction, PresetArg, StrategyArg};
@@ -112,6 +113,22 @@ fn sampling_config(args: &GenerateArgs) -> Result<SamplingConfig> {
     if args.top_k.is_some() {
         config.top_k = args.top_k;
     }
+    match args.repeat_last_n {
+        None => {}
+        Some(0) => {
+            config.repetition_penalty = None;
+            config.frequency_penalty = None;
+            config.presence_penalty = None;
+        }
+        Some(n) if n < -1 => {
+            bail!("--repeat-last-n must be -1 (whole context), 0 (off) or a token count (got {n})")
+        }
+        Some(n) => {
+            let last_n = usize::try_from(n.max(0)).unwrap_or(0);
+            config.repetition_penalty_last_n = Some(last_n);
+            config.frequency_presence_last_n = Some(last_n);
+        }
+    }
     if args.remove_invalid_values {
         config.remove_invalid_values = Some(true);
     }
@@ -119,32 +136,96 @@ fn sampling_config(args: &GenerateArgs) -> Result<SamplingConfig> {
     Ok(config)
 }
 
-fn strategy(args: &GenerateArgs) -> Result<Box<dyn EosStrategy>> {
+/// Undo the shell-friendly escapes of `--dry-sequence-breaker` (`\n`, `\t`, `\\`, `\"`).
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('\\') => out.push('\\'),
+            Some('"') => out.push('"'),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// The perpetual mode from `--strategy` and the tool flags (`--loop-backstep`,
+/// `--anticipation`, `--dry-*`), validated before the model is loaded.
+fn mode(args: &GenerateArgs) -> Result<PerpetualMode> {
     let peak = args
         .peak_times
         .map(Peak::times)
         .transpose()
         .with_context(|| format!("--peak-times {}", args.peak_times.unwrap_or_default()))?;
-    let flag = || format!("--backstep {}", args.backstep);
-    Ok(match args.strategy {
-        StrategyArg::None => Box::new(StopAtEos),
-        StrategyArg::Suppress => Box::new(SuppressEos::new()),
-        StrategyArg::PostEos => {
-            let s = PostEosResample::new();
-            Box::new(match peak {
-                Some(p) => s.with_peak(p)?,
-                None => s,
-            })
+    if args.backstep == 0 {
+        bail!("--backstep must be at least 1 (got 0)");
+    }
+    let mut mode = match args.strategy {
+        StrategyArg::None => PerpetualMode::method(EosMethod::Stop),
+        StrategyArg::Suppress => PerpetualMode::method(EosMethod::Suppress),
+        StrategyArg::PostEos => PerpetualMode::method(EosMethod::PostEos),
+        StrategyArg::Backstep => PerpetualMode::method(EosMethod::Backstep),
+        StrategyArg::Dynamic => PerpetualMode::method(EosMethod::Dynamic),
+        StrategyArg::Perpetual => PerpetualMode::recommended(),
+    };
+    if matches!(mode.method, EosMethod::Backstep | EosMethod::Dynamic) {
+        mode.backstep = Some(args.backstep);
+    }
+    if matches!(mode.method, EosMethod::PostEos | EosMethod::Dynamic) {
+        mode.peak = peak;
+    }
+    if args.loop_backstep || args.stale_backstep {
+        mode.loop_detection.get_or_insert_with(LoopDetection::default);
+    }
+    if args.stale_backstep {
+        mode.staleness.get_or_insert_with(Staleness::default);
+    }
+    if args.anticipation {
+        mode.anticipation.get_or_insert_with(Default::default);
+    }
+    let dry_flags = args.dry_multiplier.is_some()
+        || args.dry_base.is_some()
+        || args.dry_allowed_length.is_some()
+        || args.dry_penalty_last_n.is_some()
+        || !args.dry_sequence_breaker.is_empty();
+    if dry_flags {
+        let mut dry = mode.dry.take().unwrap_or(DryOptions { multiplier: 0.0, ..DryOptions::default() });
+        if let Some(m) = args.dry_multiplier {
+            dry.multiplier = m;
         }
-        StrategyArg::Backstep => Box::new(Backstep::new(args.backstep).with_context(flag)?),
-        StrategyArg::Dynamic => {
-            let s = BackstepWithSchedule::new(args.backstep).with_context(flag)?;
-            Box::new(match peak {
-                Some(p) => s.with_peak(p)?,
-                None => s,
-            })
+        if let Some(b) = args.dry_base {
+            dry.base = b;
         }
-    })
+        if let Some(l) = args.dry_allowed_length {
+            dry.allowed_length = l;
+        }
+        let mut off = dry.multiplier == 0.0;
+        match args.dry_penalty_last_n {
+            None | Some(-1) => dry.penalty_last_n = 0,
+            Some(0) => off = true,
+            Some(n) if n > 0 => dry.penalty_last_n = usize::try_from(n).unwrap_or(usize::MAX),
+            Some(n) => {
+                bail!("--dry-penalty-last-n must be -1 (whole context), 0 (off) or a token count (got {n})")
+            }
+        }
+        if !args.dry_sequence_breaker.is_empty() {
+            dry.sequence_breakers = args.dry_sequence_breaker.iter().map(|b| unescape(b)).collect();
+        }
+        mode.dry = (!off).then_some(dry);
+    }
+    mode.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(mode)
 }
 
 fn read_prompt(args: &GenerateArgs) -> Result<String> {
@@ -163,7 +244,7 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
     // Every flag is validated before the model is looked up or read.
     let config = sampling_config(args)?;
     let chain = config.chain()?;
-    let eos_strategy = strategy(args)?;
+    let mode = mode(args)?;
     let model_path = match &args.model {
         Some(p) => p.clone(),
         None => default_model_path()?,
@@ -179,11 +260,10 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         Llama::load(&model_path, &options).with_context(|| format!("loading {}", model_path.display()))?;
     let tokenizer = LlamaTokenizer::from_gguf(&model_path)?;
     tracing::info!(
-        "loaded {} in {:.2}s; chain: {:?}; strategy: {:?}",
+        "loaded {} in {:.2}s; chain: {:?}; mode: {mode}",
         model_path.display(),
         t0.elapsed().as_secs_f64(),
         chain,
-        args.strategy
     );
     let prompt = if args.raw || tokenizer.chat_template().is_none() {
         Prompt::Text(prompt_text)
@@ -195,14 +275,14 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         messages.push(ChatMessage::user(prompt_text));
         Prompt::Chat(messages)
     };
-    let mut builder = Generator::builder(model)
+    let builder = Generator::builder(model)
         .tokenizer(tokenizer)
         .chain(chain)
         .seed(args.seed)
         .max_new_tokens(args.max_new_tokens)
         .stop_strings(args.stop.iter().cloned())
-        .trace(args.trace.is_some());
-    builder = builder.eos_strategy(eos_strategy);
+        .trace(args.trace.is_some())
+        .perpetual(mode);
     let mut generator = builder.build()?;
 
     let output = if args.json {
@@ -252,10 +332,17 @@ fn run_streaming<M: perpetua::generator::LanguageModel>(
     prompt: Prompt,
     args: &GenerateArgs,
 ) -> Result<Generation, GenerateError> {
-    let holdback_tokens = match args.strategy {
-        StrategyArg::Backstep | StrategyArg::Dynamic => args.backstep.saturating_mul(4).max(16),
+    // Back steps remove recent text: hold that much back before printing. Loop back
+    // steps remove a repeat (12–64 tokens by default, more when escalated).
+    let mut holdback_tokens = match args.strategy {
+        StrategyArg::Backstep | StrategyArg::Dynamic | StrategyArg::Perpetual => {
+            args.backstep.saturating_mul(4).max(16)
+        }
         _ => 0,
     };
+    if args.loop_backstep || args.stale_backstep || args.strategy == StrategyArg::Perpetual {
+        holdback_tokens = holdback_tokens.max(64);
+    }
     let mut stdout = std::io::stdout().lock();
     let mut text = String::new();
     let mut token_ends: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
@@ -275,8 +362,9 @@ fn run_streaming<M: perpetua::generator::LanguageModel>(
                 }
                 let _ = stdout.flush();
             }
-            Event::Backstep { text_len, from, to, .. } => {
-                tracing::debug!("back step: generated {from} -> {to}");
+            Event::Backstep { text_len, from, to, cause, .. } => {
+                let why = if cause == BackstepCause::Loop { "loop" } else { "EOS" };
+                tracing::debug!("back step ({why}): generated {from} -> {to}");
                 text.truncate(text_len);
                 while token_ends.back().is_some_and(|&e| e > text_len) {
                     token_ends.pop_back();
@@ -310,11 +398,12 @@ fn report(g: &Generation, verbose: u8) {
     let show = verbose > 0 || std::io::stderr().is_terminal();
     if show {
         eprintln!(
-            "\n[{} tokens, finished: {reason}; EOS avoided {}, back steps {} ({} tokens regenerated), context rolls {}; \
+            "\n[{} tokens, finished: {reason}; EOS avoided {}, back steps {} ({} for loops; {} tokens regenerated), context rolls {}; \
              prefill {:.0} tok/s, decode {:.1} tok/s, sampling {:.1}% of decode]",
             g.counts.generated_tokens,
             g.counts.eos_avoided,
             g.counts.backsteps,
+            g.counts.loop_backsteps,
             g.counts.tokens_removed,
             g.counts.context_rolls,
             g.prefill_tokens_per_second(),
@@ -341,4 +430,77 @@ fn print_json(g: &Generation) -> Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Cli;
+
+    fn gen_args(flags: &[&str]) -> GenerateArgs {
+        let mut argv = vec!["perpetua", "generate"];
+        argv.extend_from_slice(flags);
+        argv.push("hi");
+        match Cli::try_parse_from(argv) {
+            Ok(Cli { command: crate::args::Command::Generate(args), .. }) => *args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn perpetual_is_the_recommended_mode_and_flags_adjust_it() {
+        assert_eq!(
+            mode(&gen_args(&["--strategy", "perpetual"])).unwrap().spec(),
+            PerpetualMode::recommended().spec()
+        );
+        assert_eq!(mode(&gen_args(&[])).unwrap().spec(), "plain");
+        let m = mode(&gen_args(&["--strategy", "suppress", "--loop-backstep", "--anticipation"])).unwrap();
+        assert_eq!(m.spec(), "suppress+loop+anticipation");
+        let m = mode(&gen_args(&["--strategy", "backstep", "--stale-backstep"])).unwrap();
+        assert_eq!(m.spec(), "backstep=10+loop+stale");
+        // DRY flags on any strategy; llama.cpp's window semantics (-1 whole, 0 off).
+        let m = mode(&gen_args(&[
+            "--dry-multiplier",
+            "0.8",
+            "--dry-allowed-length",
+            "3",
+            "--dry-penalty-last-n",
+            "512",
+        ]))
+        .unwrap();
+        let dry = m.dry.unwrap();
+        assert_eq!((dry.multiplier, dry.allowed_length, dry.penalty_last_n), (0.8, 3, 512));
+        let m = mode(&gen_args(&["--strategy", "perpetual", "--dry-penalty-last-n", "0"])).unwrap();
+        assert!(m.dry.is_none() && m.loop_detection.is_some());
+        let m = mode(&gen_args(&["--dry-multiplier", "1", "--dry-penalty-last-n", "-1"])).unwrap();
+        assert_eq!(m.dry.unwrap().penalty_last_n, 0);
+        assert!(mode(&gen_args(&["--dry-multiplier", "1", "--dry-penalty-last-n", "-3"])).is_err());
+        let e = mode(&gen_args(&["--dry-multiplier", "-1"])).unwrap_err().to_string();
+        assert!(e.contains("dry_multiplier"), "{e}");
+        let m = mode(&gen_args(&[
+            "--dry-multiplier",
+            "1",
+            "--dry-sequence-breaker",
+            "\\n",
+            "--dry-sequence-breaker",
+            "##",
+        ]))
+        .unwrap();
+        assert_eq!(m.dry.unwrap().sequence_breakers, ["\n", "##"]);
+        assert!(mode(&gen_args(&["--backstep", "0", "--strategy", "dynamic"])).is_err());
+    }
+
+    #[test]
+    fn repeat_last_n_follows_llama_cpp() {
+        let c =
+            sampling_config(&gen_args(&["--repetition-penalty", "1.1", "--repeat-last-n", "64"])).unwrap();
+        assert_eq!((c.repetition_penalty, c.repetition_penalty_last_n), (Some(1.1), Some(64)));
+        let c = sampling_config(&gen_args(&["--repetition-penalty", "1.1", "--repeat-last-n", "0"])).unwrap();
+        assert_eq!(c.repetition_penalty, None);
+        let c =
+            sampling_config(&gen_args(&["--repetition-penalty", "1.1", "--repeat-last-n", "-1"])).unwrap();
+        assert_eq!(c.repetition_penalty_last_n, Some(0));
+        assert!(sampling_config(&gen_args(&["--repeat-last-n", "-2"])).is_err());
+        assert_eq!(unescape("a\\tb\\\\c\\\"\\q"), "a\tb\\c\"\\q");
+    }
 }

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use perpetua_perpetual::{EosAction, EosDrawn, EosStrategy, StepInfo, StopAtEos};
+use perpetua_perpetual::{EosAction, EosDrawn, EosStrategy, StepInfo, StopAtEos, TokenAction, TokenAppended};
 use perpetua_sampling::samplers::{Multinomial, draw_without_replacement};
 use perpetua_sampling::{Candidates, Chain, NonFinitePolicy, SamplingContext, stats};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 
 use crate::{
-    ChatMessage, ForkableCache, GenerateError, IncrementalDecoder, KvCache, LanguageModel,
+    ChatMessage, ForkableCache, GenerateError, IncrementalDecoder, KvCache, LanguageModel, PerpetualMode,
     RepetitionDetection, StopStrings, Tokenizer,
 };
 
@@ -152,6 +152,8 @@ pub enum Event {
         /// Streamed text length (bytes) that remains valid: a consumer truncates the
         /// text it accumulated to this length.
         text_len: usize,
+        /// What the strategy was answering: an EOS draw or a loop it detected.
+        cause: BackstepCause,
     },
     /// The sampling temperature changed (driven by the EOS strategy's plan).
     TemperatureChanged {
@@ -178,6 +180,16 @@ pub enum Event {
     },
 }
 
+/// Why a back step happened ([`Event::Backstep`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BackstepCause {
+    /// An EOS was drawn and the strategy's [`EosAction::Backstep`] rewrote the tail.
+    Eos,
+    /// The strategy's [`EosStrategy::after_token`] found degeneration (a loop) and
+    /// answered [`TokenAction::Backstep`].
+    Loop,
+}
+
 /// What happened at a traced step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TraceEvent {
@@ -187,6 +199,12 @@ pub enum TraceEvent {
     EosAvoided,
     /// An EOS draw caused a back step removing `removed` tokens.
     Backstep {
+        /// Tokens removed.
+        removed: usize,
+    },
+    /// The drawn token was appended, then the strategy found a loop and removed the
+    /// last `removed` generated tokens (this one included).
+    LoopBackstep {
         /// Tokens removed.
         removed: usize,
     },
@@ -236,8 +254,11 @@ pub struct Counts {
     pub generated_tokens: usize,
     /// Decode forward passes (one per step, including regenerated ones).
     pub forward_passes: usize,
-    /// Back steps carried out.
+    /// Back steps carried out (after an EOS draw or a detected loop).
     pub backsteps: usize,
+    /// Of those, back steps a strategy asked for after a token ([`BackstepCause::Loop`]).
+    #[serde(default)]
+    pub loop_backsteps: usize,
     /// Tokens removed by back steps.
     pub tokens_removed: usize,
     /// EOS draws replaced.
@@ -338,9 +359,38 @@ pub struct GeneratorBuilder<M: LanguageModel> {
     skip_special_tokens: bool,
     add_special_tokens: bool,
     non_finite: Option<perpetua_sampling::NonFinitePolicy>,
+    mode: Option<PerpetualMode>,
 }
 
 impl<M: LanguageModel> GeneratorBuilder<M> {
+    /// Perpetual generation in one line: the mode's strategy (replacing any
+    /// [`eos_strategy`](Self::eos_strategy)) and its sampling stages (DRY with breakers
+    /// encoded by the tokenizer, a windowed repetition penalty), inserted into the chain
+    /// before its first warper at [`build`](Self::build).
+    /// [`PerpetualMode::recommended`] is the CLI's `--strategy perpetual`.
+    ///
+    /// ```
+    /// use perpetua_generator::testing::{ByteTokenizer, FakeModel};
+    /// use perpetua_generator::{Generator, PerpetualMode};
+    /// use perpetua_sampling::{Chain, processors::TopK, samplers::Multinomial};
+    ///
+    /// let model = FakeModel::new(ByteTokenizer::VOCAB_SIZE).with_eos(ByteTokenizer::EOS);
+    /// let mut generator = Generator::builder(model)
+    ///     .tokenizer(ByteTokenizer::new())
+    ///     .chain(Chain::new(Multinomial).with(TopK::new(20)?))
+    ///     .perpetual(PerpetualMode::recommended())
+    ///     .max_new_tokens(300)
+    ///     .build()?;
+    /// assert_eq!(generator.chain_mut().stage_names().collect::<Vec<_>>(), ["dry", "top_k"]);
+    /// let out = generator.generate("Once upon a time")?;
+    /// assert_eq!(out.ids.len(), 300); // past every EOS the fake model draws
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn perpetual(mut self, mode: PerpetualMode) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+
     /// The tokenizer: needed for text and chat prompts, stop strings and text deltas.
     /// Without one the generator works on ids only (texts are empty).
     pub fn tokenizer(mut self, tokenizer: impl Tokenizer + Send + 'static) -> Self {
@@ -511,18 +561,30 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
         if self.top_logprobs > vocab {
             return Err(GenerateError::invalid("top_logprobs", self.top_logprobs, "must be <= vocab_size"));
         }
+        let mut strategy = self.strategy;
+        let mut chain = self.chain.unwrap_or_else(|| Chain::new(Multinomial));
+        let mut mode_stages = None;
+        if let Some(mode) = &self.mode {
+            strategy = mode.strategy()?;
+            mode_stages = Some(install_mode_stages(
+                &mut chain,
+                mode,
+                self.tokenizer.as_deref().map(|t| t as &dyn Tokenizer),
+                vocab,
+            )?);
+        }
         Ok(Generator {
             model: self.model,
             tokenizer: self.tokenizer,
             chain: {
-                let mut chain = self.chain.unwrap_or_else(|| Chain::new(Multinomial));
                 if let Some(policy) = self.non_finite {
                     chain.set_non_finite_policy(policy);
                 }
                 chain
             },
             seed: self.seed,
-            strategy: self.strategy,
+            strategy,
+            mode_stages,
             eos_ids,
             stops,
             include_stop_string: self.include_stop_string,
@@ -558,6 +620,8 @@ pub struct Generator<M: LanguageModel> {
     pub(crate) chain: Chain,
     pub(crate) seed: u64,
     strategy: Box<dyn EosStrategy>,
+    /// Where the perpetual mode's stages sit in the chain: `(index, count)`.
+    mode_stages: Option<(usize, usize)>,
     pub(crate) eos_ids: Vec<u32>,
     stops: StopStrings,
     include_stop_string: bool,
@@ -614,6 +678,13 @@ impl<C: KvCache> Session<C> {
         self.tokens.len() - self.prompt_len
     }
 
+    /// Generated tokens a back step can remove: all of them, except that after a
+    /// context roll the cache can only drop what was fed since (`tokens.len() - 1 >=
+    /// recent_start` always: the pending token is never in the cache).
+    fn removable(&self) -> usize {
+        self.generated().min(self.tokens.len() - 1 - self.recent_start)
+    }
+
     /// Cache length the feeding scheme requires between steps.
     fn expected_cache_len(&self) -> usize {
         self.sink_len + (self.tokens.len() - 1 - self.recent_start)
@@ -632,6 +703,17 @@ impl<C: KvCache> Session<C> {
             trace: self.trace.clone(),
         }
     }
+}
+
+/// Insert `mode`'s stages; returns where they went (`(index, count)`).
+fn install_mode_stages(
+    chain: &mut Chain,
+    mode: &PerpetualMode,
+    tokenizer: Option<&dyn Tokenizer>,
+    vocab: usize,
+) -> Result<(usize, usize), GenerateError> {
+    let stages = mode.stages(tokenizer, vocab)?;
+    Ok(crate::mode::insert_stages(chain, stages))
 }
 
 pub(crate) fn model_err<E: std::error::Error + Send + Sync + 'static>(e: E) -> GenerateError {
@@ -705,6 +787,7 @@ impl<M: LanguageModel> Generator<M> {
             skip_special_tokens: true,
             add_special_tokens: true,
             non_finite: None,
+            mode: None,
         }
     }
 
@@ -747,6 +830,34 @@ impl<M: LanguageModel> Generator<M> {
     /// Replace the EOS strategy.
     pub fn set_eos_strategy(&mut self, strategy: impl EosStrategy + 'static) {
         self.strategy = Box::new(strategy);
+    }
+
+    /// Switch to perpetual mode `mode` for the following generations (as
+    /// [`GeneratorBuilder::perpetual`]): its strategy replaces the current one, and the
+    /// stages an earlier mode inserted are taken out of the chain before this mode's
+    /// go in. Errors: the mode's validation, DRY without a tokenizer; the generator is
+    /// unchanged then.
+    pub fn set_perpetual(&mut self, mode: &PerpetualMode) -> Result<(), GenerateError> {
+        let strategy = mode.strategy()?;
+        let stages =
+            mode.stages(self.tokenizer.as_deref().map(|t| t as &dyn Tokenizer), self.model.vocab_size())?;
+        if let Some((at, n)) = self.mode_stages.take() {
+            // Only what the mode put there (a caller may have edited the chain since).
+            for _ in 0..n {
+                let ours = self
+                    .chain
+                    .stage_names()
+                    .nth(at)
+                    .is_some_and(|name| ["dry", "repetition_penalty"].contains(&name));
+                if ours {
+                    self.chain.remove(at);
+                }
+            }
+        }
+        let at = crate::mode::insert_stages(&mut self.chain, stages);
+        self.mode_stages = Some(at);
+        self.strategy = strategy;
+        Ok(())
     }
 
     /// The prompt's token ids.
@@ -1023,6 +1134,8 @@ impl<M: LanguageModel> Generator<M> {
 
         // Raw-distribution quantities, before any mask.
         let lse = stats::log_sum_exp_fast(&self.logits)?;
+        let entropy = (plan.observe_entropy && s.trace.is_none())
+            .then(|| stats::entropy_fast(&self.logits, lse) as f32);
         let raw: RawStats = if s.trace.is_some() {
             let (h, v) = stats::entropy_varentropy(&self.logits)?;
             let mut top = Vec::with_capacity(TRACE_TOP);
@@ -1042,6 +1155,21 @@ impl<M: LanguageModel> Generator<M> {
             |logits: &[f32], id: u32| logits.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY);
         if mask_eos {
             for &id in &self.eos_ids {
+                if let Some(l) = self.logits.get_mut(id as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        // Bans, unless they would leave nothing to draw (documented on `StepPlan::bans`).
+        let bans = plan.bans.as_slice();
+        if !bans.is_empty()
+            && self
+                .logits
+                .iter()
+                .enumerate()
+                .any(|(i, &l)| l > f32::NEG_INFINITY && !bans.contains(&(i as u32)))
+        {
+            for &id in bans {
                 if let Some(l) = self.logits.get_mut(id as usize) {
                     *l = f32::NEG_INFINITY;
                 }
@@ -1110,7 +1238,7 @@ impl<M: LanguageModel> Generator<M> {
                 EosAction::Backstep { n } => {
                     s.timings.sampling += t1.elapsed();
                     let chosen = raw_logit(&self.logits, first);
-                    let removed = self.backstep(s, ev, n)?;
+                    let removed = self.backstep(s, ev, n, BackstepCause::Eos)?;
                     push_trace(
                         s,
                         raw,
@@ -1167,6 +1295,38 @@ impl<M: LanguageModel> Generator<M> {
         let logprob = (f64::from(chosen) - lse) as f32;
         let top = if self.top_logprobs > 0 { self.top.clone() } else { Vec::new() };
         ev.push_back(Event::Token { index: generated, id: token, text: delta, logprob, top });
+
+        // The degeneration hook: the strategy may answer the appended token with a back
+        // step (a loop it found in the tail). Not after a stop string: that text ends.
+        let t2 = Instant::now();
+        let action = if finished.is_some() {
+            TokenAction::Continue
+        } else {
+            let trace_entropy = raw.as_ref().map(|r| r.0 as f32);
+            self.strategy.after_token(&TokenAppended {
+                prompt_len: s.prompt_len,
+                generated: &s.tokens[s.prompt_len..],
+                removable: s.removable(),
+                entropy: entropy.or(trace_entropy),
+                temperature,
+                base_temperature: s.base_temperature,
+            })
+        };
+        s.timings.sampling += t2.elapsed();
+        if let TokenAction::Backstep { n } = action {
+            let removed = self.backstep(s, ev, n, BackstepCause::Loop)?;
+            push_trace(
+                s,
+                raw,
+                generated,
+                token,
+                chosen,
+                lse,
+                temperature,
+                TraceEvent::LoopBackstep { removed },
+            );
+            return Ok(());
+        }
         push_trace(s, raw, generated, token, chosen, lse, temperature, trace_event);
 
         if let Some(reason) = finished {
@@ -1189,10 +1349,10 @@ impl<M: LanguageModel> Generator<M> {
         s: &mut Session<M::Cache>,
         ev: &mut VecDeque<Event>,
         n: usize,
+        cause: BackstepCause,
     ) -> Result<usize, GenerateError> {
         let generated = s.generated();
-        // `tokens.len() - 1 >= recent_start` always: the pending token is never in the cache.
-        let n = n.min(generated).min(s.tokens.len() - 1 - s.recent_start);
+        let n = n.min(s.removable());
         let to = generated - n;
         s.tokens.truncate(s.tokens.len() - n);
         s.decoder.truncate_tokens(to);
@@ -1213,9 +1373,12 @@ impl<M: LanguageModel> Generator<M> {
         }
         self.strategy.on_backstep(n, to);
         s.counts.backsteps += 1;
+        if cause == BackstepCause::Loop {
+            s.counts.loop_backsteps += 1;
+        }
         s.counts.tokens_removed += n;
         s.counts.generated_tokens = to;
-        ev.push_back(Event::Backstep { from: generated, to, text_len: s.emitted });
+        ev.push_back(Event::Backstep { from: generated, to, text_len: s.emitted, cause });
         Ok(n)
     }
 

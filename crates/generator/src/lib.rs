@@ -10,10 +10,17 @@
 //!   EOS ids, stop strings matched across token boundaries (trimmed by default, held
 //!   back while streaming), max new tokens (exact), max time, min new tokens (EOS
 //!   masked until reached), repetition detection, cancellation.
-//! - Each step follows the EOS-strategy protocol: `plan_step` → temperature override
-//!   and EOS mask → the chain's processors → `draws` distinct draws → `on_eos` when the
-//!   first is EOS (stop, replace, or back step: sequence *and* cache truncated, so a
-//!   back step costs only the regenerated forward passes) → `on_token`.
+//! - Each step follows the strategy protocol: `plan_step` → temperature override, EOS
+//!   mask and one-step bans → the chain's processors → `draws` distinct draws →
+//!   `on_eos` when the first is EOS (stop, replace, or back step: sequence *and* cache
+//!   truncated, so a back step costs only the regenerated forward passes) → `on_token`
+//!   → `after_token` (the degeneration hook: a strategy that finds a loop in the tail
+//!   answers with a back step, carried out the same way; the step's raw entropy is
+//!   computed when the plan asks for it).
+//! - [`PerpetualMode`] names a whole perpetual configuration (`"dynamic+dry+loop"`,
+//!   `"perpetual"`): [`GeneratorBuilder::perpetual`] installs its strategy and its
+//!   sampling stages (DRY with string sequence breakers, a windowed repetition
+//!   penalty) in one line.
 //! - When the cache is full the context *rolls*: the first `sink` tokens and the most
 //!   recent ones are re-prefilled into a cleared cache, so generation can run
 //!   indefinitely.
@@ -96,6 +103,7 @@ mod decoding;
 mod detok;
 mod error;
 mod generator;
+pub mod mode;
 mod stop;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -107,9 +115,10 @@ pub use decoding::{
 pub use detok::IncrementalDecoder;
 pub use error::GenerateError;
 pub use generator::{
-    Alternative, Counts, Event, FinishReason, Generation, Generator, GeneratorBuilder, Prompt, StepTrace,
-    Stream, TRACE_TOP, Timings, TraceEvent,
+    Alternative, BackstepCause, Counts, Event, FinishReason, Generation, Generator, GeneratorBuilder, Prompt,
+    StepTrace, Stream, TRACE_TOP, Timings, TraceEvent,
 };
+pub use mode::{AnticipationOptions, DryOptions, EosMethod, PerpetualMode, WindowedRepetition};
 pub use stop::{RepetitionDetection, StopStrings};
 
 pub use perpetua_kv_cache::{CacheError, ForkableCache, KvCache};

@@ -1,7 +1,7 @@
 //! Streaming on the real model: print each token's text the moment it is generated,
-//! with a perpetual EOS strategy (`BackstepWithSchedule`: on an EOS draw, drop the last
-//! 10 tokens and regenerate them from twice the temperature), then the finish reason
-//! and the throughput.
+//! in the recommended perpetual mode (`PerpetualMode::recommended()`: on an EOS draw,
+//! drop the last 10 tokens and regenerate them hotter; a repetition loop is cut the
+//! same way; DRY against verbatim repeats), then the finish reason and the throughput.
 //!
 //! ```text
 //! cargo run --release -p perpetua --example streaming -- [TOKENS] [SEED] [PROMPT]
@@ -12,7 +12,7 @@
 //!
 //! `Generator::stream` returns an iterator of `Event`s: `Token` carries the text the
 //! token released (whole UTF-8 characters only), `Backstep` says how much of the text
-//! streamed so far is still valid, `Finished` ends the stream with the reason and any
+//! streamed so far is still valid (and whether an EOS or a loop caused it), `Finished` ends the stream with the reason and any
 //! text still held back. A terminal cannot take text back, so a back step is shown as a
 //! marker and the regenerated text follows it; the `shown` buffer below applies the
 //! back steps exactly and ends equal to `Generation::text`.
@@ -42,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut generator = Generator::builder(model)
         .tokenizer(tokenizer)
         .chain(chain)
-        .eos_strategy(BackstepWithSchedule::new(10)?)
+        .perpetual(PerpetualMode::recommended())
         .seed(seed)
         .max_new_tokens(tokens)
         .build()?;
@@ -63,13 +63,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 stdout.flush()?; // line-buffered otherwise: show each token now
                 shown.push_str(&text);
             }
-            Event::Backstep { from, to, text_len } => {
+            Event::Backstep { from, to, text_len, cause } => {
                 // Tokens `to..from` were removed (from the cache too); keep the first
                 // `text_len` bytes of the streamed text.
                 shown.truncate(text_len);
+                let why = match cause {
+                    BackstepCause::Eos => "EOS drawn",
+                    _ => "loop cut",
+                };
                 write!(
                     stdout,
-                    " ⟲[EOS drawn: back {} tokens, resuming after …{:?}] ",
+                    " ⟲[{why}: back {} tokens, resuming after …{:?}] ",
                     from - to,
                     tail(&shown, 20)
                 )?;

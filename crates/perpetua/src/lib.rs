@@ -17,13 +17,14 @@
 //! let model = Llama::load(&path, &LoadOptions::default())?;
 //! let tokenizer = LlamaTokenizer::from_gguf(&path)?;
 //!
-//! // The paper's setting: T 1.0, top-k 20; on EOS, back step 10 tokens and restart at
-//! // twice the temperature, decaying back to base where EOS had been drawn.
+//! // The paper's setting: T 1.0, top-k 20; the recommended perpetual mode: on EOS, back
+//! // step 10 tokens and restart hotter (method 4); cut repetition loops the same way;
+//! // DRY against verbatim repeats.
 //! let chain = Chain::new(Multinomial).with(TopK::new(20)?).with(Temperature::new(1.0)?);
 //! let mut generator = Generator::builder(model)
 //!     .tokenizer(tokenizer)
 //!     .chain(chain)
-//!     .eos_strategy(BackstepWithSchedule::new(10)?)
+//!     .perpetual(PerpetualMode::recommended())
 //!     .seed(42)
 //!     .max_new_tokens(24)
 //!     .build()?;
@@ -50,7 +51,7 @@ pub use perpetua_candle as candle;
 #[cfg(any(feature = "burn", feature = "burn-flex", feature = "burn-wgpu", feature = "burn-cuda"))]
 pub use perpetua_burn as burn;
 
-/// Text-quality metrics (distinct-n, repeated n-grams, mean log-probability).
+/// Text-quality metrics (distinct-n, repeated n-grams, word-window freshness, mean log-probability).
 pub use perpetua_analysis::metrics;
 
 /// Decoding beyond sampling, from [`generator`]: beam search, speculative decoding,
@@ -68,13 +69,14 @@ pub mod prelude {
     #[cfg(feature = "candle")]
     pub use perpetua_candle::{Llama, LlamaCache, LlamaTokenizer, LoadOptions};
     pub use perpetua_generator::{
-        BeamConfig, ChatMessage, CotConfig, EarlyStopping, Event, FinishReason, GenerateError, Generation,
-        Generator, LanguageModel, Prompt, SpeculativeConfig, Tokenizer,
+        BackstepCause, BeamConfig, ChatMessage, CotConfig, DryOptions, EarlyStopping, EosMethod, Event,
+        FinishReason, GenerateError, Generation, Generator, LanguageModel, PerpetualMode, Prompt,
+        SpeculativeConfig, Tokenizer,
     };
     pub use perpetua_kv_cache::{ForkableCache, KvCache};
     pub use perpetua_perpetual::{
-        Backstep, BackstepWithSchedule, Budget, EosStrategy, LoopGuard, Peak, PostEosResample, StopAtEos,
-        SuppressEos, TemperatureSchedule,
+        Anticipation, Backstep, BackstepWithSchedule, Budget, EosStrategy, LoopBackstep, LoopDetection,
+        LoopGuard, Peak, PostEosResample, StopAtEos, SuppressEos, TemperatureSchedule,
     };
     pub use perpetua_sampling::processors::{
         MinP, RepetitionPenalty, Temperature, TopK, TopP, Watermark, WatermarkDetector,

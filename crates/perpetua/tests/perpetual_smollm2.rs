@@ -94,3 +94,36 @@ fn plain_ends_at_eos_and_every_strategy_reaches_the_budget() {
         );
     }
 }
+
+/// Issue 18 on the real model, kept short for CI (the 4,000-token acceptance runs in
+/// `cargo xtask eval`): the recommended mode reaches its budget past every EOS, its text
+/// holds no looped 200-word window, and its freshness tools are wired in (DRY in the
+/// chain, loop back steps counted).
+#[test]
+fn recommended_mode_reaches_the_budget_without_a_loop() {
+    const SHORT: usize = 800;
+    let (model, tokenizer) = load();
+    let eos = tokenizer.eos_ids().to_vec();
+    let chain = Chain::new(Multinomial)
+        .with(TopK::new(20).expect("top-k"))
+        .with(Temperature::new(1.0).expect("temperature"));
+    let mut generator = Generator::builder(model)
+        .tokenizer(tokenizer)
+        .chain(chain)
+        .perpetual(PerpetualMode::recommended())
+        .seed(1)
+        .max_new_tokens(SHORT)
+        .build()
+        .expect("generator");
+    assert!(generator.chain_mut().stage_names().any(|n| n == "dry"));
+    let start = std::time::Instant::now();
+    let out = generator.generate(vec![ChatMessage::user(PROMPT)]).expect("generation");
+    row("perpetual (recommended mode), seed 1", &out, start.elapsed().as_secs_f64());
+    assert_eq!(out.finish_reason, FinishReason::MaxNewTokens);
+    assert_eq!(out.ids.len(), SHORT);
+    assert!(out.ids.iter().all(|id| !eos.contains(id)), "the output holds an EOS id");
+    let f = perpetua::metrics::freshness(&out.text, perpetua::metrics::FRESHNESS_WINDOW).expect("words");
+    println!("freshness: {f:?}; loop back steps {}", out.counts.loop_backsteps);
+    assert!(!f.looped, "a looped window: {f:?}\n{}", out.text);
+    assert!(out.counts.forward_passes >= out.ids.len());
+}

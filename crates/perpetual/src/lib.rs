@@ -57,12 +57,16 @@
 mod controls;
 mod ending;
 mod error;
+mod fresh;
+mod loops;
 mod schedule;
 mod strategies;
 
 pub use controls::{Budget, LoopGuard};
 pub use ending::{COMMON_ENDING_PHRASES, EndingMode, EndingPhrases};
 pub use error::{PerpetualError, Result};
+pub use fresh::{Anticipation, DEFAULT_LOOP_SPAN, LoopBackstep, MAX_ANTICIPATION_WINDOW, default_loop_guard};
+pub use loops::{LoopDetection, LoopDetector, MAX_LOOP_WINDOW, Repeat, Staleness};
 pub use schedule::{CustomSchedule, Peak, ScheduleInput, TemperatureSchedule};
 pub use strategies::{
     Backstep, BackstepWithSchedule, DEFAULT_BACKSTEP, DEFAULT_RESAMPLE_SPAN, PostEosResample, SuppressEos,
@@ -89,6 +93,13 @@ pub struct StepPlan {
     /// Distinct tokens to draw without replacement, in draw order (1 or 2: the
     /// strategies that replace an EOS draw need the runner-up).
     pub draws: usize,
+    /// Token ids masked before sampling at this step only (e.g. the token that began a
+    /// loop a [`LoopBackstep`] just removed, so the regeneration cannot walk back into
+    /// it). When the bans would leave no candidate the generator ignores them.
+    pub bans: TokenBans,
+    /// Ask the generator for this step's raw-distribution entropy in
+    /// [`TokenAppended::entropy`] (one extra pass over the logits; off by default).
+    pub observe_entropy: bool,
 }
 
 impl StepPlan {
@@ -96,12 +107,118 @@ impl StepPlan {
     pub fn effective_temperature(&self, base: f32) -> f32 {
         self.temperature.unwrap_or(base)
     }
+
+    /// Combine the plan of a wrapped strategy with a wrapper's own raised temperature,
+    /// bans and entropy request: the hotter temperature wins, bans are merged.
+    pub fn merged(mut self, temperature: Option<f32>, bans: &TokenBans, observe_entropy: bool) -> Self {
+        self.temperature = match (self.temperature, temperature) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        for &id in bans.as_slice() {
+            self.bans.insert(id);
+        }
+        self.observe_entropy |= observe_entropy;
+        self
+    }
 }
 
 impl Default for StepPlan {
     fn default() -> Self {
-        Self { temperature: None, mask_eos: false, draws: 1 }
+        Self { temperature: None, mask_eos: false, draws: 1, bans: TokenBans::new(), observe_entropy: false }
     }
+}
+
+/// A small set of token ids banned at one step ([`StepPlan::bans`]): at most
+/// [`TokenBans::CAPACITY`] ids, kept in insertion order without duplicates; inserting
+/// into a full set drops the oldest id. `Copy`, so a plan never allocates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TokenBans {
+    ids: [u32; TokenBans::CAPACITY],
+    len: u8,
+}
+
+impl TokenBans {
+    /// Most ids one step can ban.
+    pub const CAPACITY: usize = 8;
+
+    /// No bans.
+    pub const fn new() -> Self {
+        Self { ids: [0; Self::CAPACITY], len: 0 }
+    }
+
+    /// Add `id` (no-op when present; a full set forgets its oldest id).
+    pub fn insert(&mut self, id: u32) {
+        if self.contains(id) {
+            return;
+        }
+        let len = usize::from(self.len);
+        if len == Self::CAPACITY {
+            self.ids.copy_within(1.., 0);
+            self.ids[Self::CAPACITY - 1] = id;
+        } else {
+            self.ids[len] = id;
+            self.len += 1;
+        }
+    }
+
+    /// Whether `id` is banned.
+    pub fn contains(&self, id: u32) -> bool {
+        self.as_slice().contains(&id)
+    }
+
+    /// The banned ids, oldest first.
+    pub fn as_slice(&self) -> &[u32] {
+        &self.ids[..usize::from(self.len)]
+    }
+
+    /// Whether nothing is banned.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Remove every id.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// What the generator tells a strategy after it appended a token (the degeneration
+/// hook, [`EosStrategy::after_token`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenAppended<'a> {
+    /// Tokens of the prompt.
+    pub prompt_len: usize,
+    /// Every generated id so far, the token just appended last: its generated index is
+    /// `generated.len() - 1`. Never includes the prompt.
+    pub generated: &'a [u32],
+    /// How many of the last generated tokens a back step can remove (after a context
+    /// roll only the tokens since the roll; otherwise `generated.len()`). The generator
+    /// clamps a longer back step to this.
+    pub removable: usize,
+    /// Entropy (nats) of the model's raw distribution at the step that drew the token;
+    /// `None` unless the step's plan set [`StepPlan::observe_entropy`] (or the trace
+    /// is on).
+    pub entropy: Option<f32>,
+    /// The temperature the token was sampled at.
+    pub temperature: f32,
+    /// The chain's configured temperature.
+    pub base_temperature: f32,
+}
+
+/// What the generator must do after a token was appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAction {
+    /// Go on.
+    Continue,
+    /// Remove the last `n` generated tokens (the one just appended included) from the
+    /// sequence and the KV cache, then continue from there. The generator clamps `n`
+    /// as for [`EosAction::Backstep`] and reports the clamped value through
+    /// [`EosStrategy::on_backstep`].
+    Backstep {
+        /// Tokens to remove.
+        n: usize,
+    },
 }
 
 /// The event of a first draw that is an EOS id.
@@ -144,12 +261,18 @@ pub enum EosAction {
     },
 }
 
-/// A policy for EOS draws and the temperature around them.
+/// A policy for EOS draws, degeneration, and the temperature around them.
 ///
 /// Call order per step: [`plan_step`](Self::plan_step) → the generator draws →
-/// [`on_eos`](Self::on_eos) if `draws[0]` is an EOS id → [`on_token`](Self::on_token)
-/// for the token finally appended, or [`on_backstep`](Self::on_backstep) after a
-/// back step was carried out.
+/// [`on_eos`](Self::on_eos) if `draws[0]` is an EOS id → for the token finally
+/// appended [`on_token`](Self::on_token) then [`after_token`](Self::after_token) →
+/// [`on_backstep`](Self::on_backstep) after a back step (asked by `on_eos` or by
+/// `after_token`) was carried out.
+///
+/// Two events can make a strategy act: an EOS draw (the model wants to stop) and, after
+/// any appended token, degeneration it detects in the generated tail (the model loops:
+/// [`LoopBackstep`]). Both can answer with a back step. Strategies are pure state
+/// machines: they see ids, counts and statistics, never a model.
 pub trait EosStrategy: Send {
     /// A short, stable name (`"backstep"`), used in traces and eval tables.
     fn name(&self) -> &'static str;
@@ -165,6 +288,13 @@ pub trait EosStrategy: Send {
 
     /// A token was appended at generated index `index`.
     fn on_token(&mut self, _token: u32, _index: usize) {}
+
+    /// After [`on_token`](Self::on_token): inspect the generated tail (and the step's
+    /// entropy, when the plan asked for it) and answer. The default, and every EOS-only
+    /// strategy: [`TokenAction::Continue`].
+    fn after_token(&mut self, _event: &TokenAppended<'_>) -> TokenAction {
+        TokenAction::Continue
+    }
 
     /// A back step removed `removed` tokens; `generated` tokens remain.
     fn on_backstep(&mut self, _removed: usize, _generated: usize) {}
@@ -199,6 +329,9 @@ impl<S: EosStrategy + ?Sized> EosStrategy for Box<S> {
     }
     fn on_token(&mut self, token: u32, index: usize) {
         (**self).on_token(token, index)
+    }
+    fn after_token(&mut self, event: &TokenAppended<'_>) -> TokenAction {
+        (**self).after_token(event)
     }
     fn on_backstep(&mut self, removed: usize, generated: usize) {
         (**self).on_backstep(removed, generated)

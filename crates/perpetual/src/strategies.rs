@@ -17,15 +17,15 @@ pub const DEFAULT_RESAMPLE_SPAN: usize = 10;
 /// A schedule in progress: started at generated index `start`, over `span` steps, from
 /// `peak` (already resolved and escalated).
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct ActiveSchedule {
-    start: usize,
-    span: usize,
-    peak: f32,
+pub(crate) struct ActiveSchedule {
+    pub(crate) start: usize,
+    pub(crate) span: usize,
+    pub(crate) peak: f32,
 }
 
 /// The plan temperature of an active schedule at `step`, clearing it once it is over.
 /// Before `start` (cannot happen through the protocol) the chain's own temperature.
-fn scheduled_temperature(
+pub(crate) fn scheduled_temperature(
     active: &mut Option<ActiveSchedule>,
     schedule: &TemperatureSchedule,
     step: &StepInfo,
@@ -114,7 +114,11 @@ impl EosStrategy for SuppressEos {
 
     fn plan_step(&mut self, step: &StepInfo) -> StepPlan {
         let on = self.oversight.intervening(step);
-        StepPlan { temperature: None, mask_eos: self.mask && on, draws: if on && !self.mask { 2 } else { 1 } }
+        StepPlan {
+            mask_eos: self.mask && on,
+            draws: if on && !self.mask { 2 } else { 1 },
+            ..StepPlan::default()
+        }
     }
 
     fn on_eos(&mut self, event: &EosDrawn<'_>) -> EosAction {
@@ -215,7 +219,7 @@ impl EosStrategy for PostEosResample {
     fn plan_step(&mut self, step: &StepInfo) -> StepPlan {
         let temperature = scheduled_temperature(&mut self.active, &self.schedule, step);
         let draws = if self.oversight.intervening(step) { 2 } else { 1 };
-        StepPlan { temperature, mask_eos: false, draws }
+        StepPlan { temperature, draws, ..StepPlan::default() }
     }
 
     fn on_eos(&mut self, event: &EosDrawn<'_>) -> EosAction {
@@ -299,11 +303,7 @@ impl EosStrategy for Backstep {
 
     fn plan_step(&mut self, step: &StepInfo) -> StepPlan {
         // The runner-up is drawn for the guard's fallback.
-        StepPlan {
-            temperature: None,
-            mask_eos: false,
-            draws: if self.oversight.intervening(step) { 2 } else { 1 },
-        }
+        StepPlan { draws: if self.oversight.intervening(step) { 2 } else { 1 }, ..StepPlan::default() }
     }
 
     fn on_eos(&mut self, event: &EosDrawn<'_>) -> EosAction {
@@ -401,7 +401,7 @@ impl EosStrategy for BackstepWithSchedule {
     fn plan_step(&mut self, step: &StepInfo) -> StepPlan {
         let temperature = scheduled_temperature(&mut self.active, &self.schedule, step);
         let draws = if self.oversight.intervening(step) { 2 } else { 1 };
-        StepPlan { temperature, mask_eos: false, draws }
+        StepPlan { temperature, draws, ..StepPlan::default() }
     }
 
     fn on_eos(&mut self, event: &EosDrawn<'_>) -> EosAction {

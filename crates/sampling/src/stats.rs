@@ -76,6 +76,60 @@ pub fn log_sum_exp_fast(logits: &[f32]) -> Result<f64> {
     Ok(f64::from(max) + sum.ln())
 }
 
+/// Entropy of softmax(logits) in nats for the per-step hot path, given
+/// `lse = log_sum_exp(logits)` (from [`log_sum_exp_fast`]; any value at least the
+/// largest logit works). With `q = e^(−d)`, `d = lse − l`, it is `Σ q d / Σ q + ln Σ q`
+/// (exact for any shift), `e^x` by the same vectorisable polynomial as
+/// [`log_sum_exp_fast`], sums in f64: within ~1e-6 of [`entropy`] for 49k logits, one
+/// pass, no allocation (the generator's loop strategies read it every step). `-inf`
+/// logits count 0; the caller has checked for NaN/`+inf` (as [`log_sum_exp_fast`]
+/// does); a non-finite `lse` gives NaN.
+///
+/// ```
+/// use perpetua_sampling::stats::{entropy, entropy_fast, log_sum_exp_fast};
+/// let logits: Vec<f32> = (0..5000).map(|i| ((i * 37) % 101) as f32 * 0.05).collect();
+/// let fast = entropy_fast(&logits, log_sum_exp_fast(&logits)?);
+/// assert!((fast - entropy(&logits)?).abs() < 1e-5);
+/// # Ok::<(), perpetua_sampling::SamplingError>(())
+/// ```
+pub fn entropy_fast(logits: &[f32], lse: f64) -> f64 {
+    if !lse.is_finite() {
+        return f64::NAN;
+    }
+    const LANES: usize = 8;
+    let m = lse as f32;
+    // Branch-free so it vectorises: `d` is clamped to [0, 87], where `e^-87·87` is below
+    // f32's resolution of the sums (a `-inf` logit contributes nothing).
+    let term = |l: f32| {
+        let d = (m - l).clamp(0.0, 87.0);
+        let q = crate::processors::exp_neg(d);
+        (q, q * d)
+    };
+    let (mut s0, mut s1) = ([0.0_f32; LANES], [0.0_f32; LANES]);
+    let (chunks, tail) = logits.split_at(logits.len() - logits.len() % LANES);
+    // f32 lanes are summed into f64 every 1,024 chunks, so no lane adds more than 1,024
+    // terms: relative rounding stays near 1e-7·√1024.
+    let (mut z, mut e) = (0.0_f64, 0.0_f64);
+    for block in chunks.chunks(LANES * 1024) {
+        for c in block.chunks_exact(LANES) {
+            for l in 0..LANES {
+                let (q, qd) = term(c[l]);
+                s0[l] += q;
+                s1[l] += qd;
+            }
+        }
+        z += s0.iter().map(|&x| f64::from(x)).sum::<f64>();
+        e += s1.iter().map(|&x| f64::from(x)).sum::<f64>();
+        (s0, s1) = ([0.0; LANES], [0.0; LANES]);
+    }
+    for &l in tail {
+        let (q, qd) = term(l);
+        z += f64::from(q);
+        e += f64::from(qd);
+    }
+    if z > 0.0 { (e / z + z.ln()).max(0.0) } else { f64::NAN }
+}
+
 /// `out[i] = softmax(logits)[i]` (`out` resized to `logits.len()`, reused).
 pub fn softmax_into(logits: &[f32], out: &mut Vec<f32>) -> Result<()> {
     let lse = log_sum_exp(logits)?;

@@ -33,6 +33,7 @@ const FLOAT_MAX_LOG: f32 = 88.722_84;
 /// Z-algorithm, as llama.cpp does.
 #[derive(Debug, Clone)]
 pub struct Dry {
+    gate: Option<StalenessGate>,
     multiplier: f32,
     base: f32,
     allowed_length: usize,
@@ -51,6 +52,78 @@ struct DryScratch {
     ids: Vec<u32>,
     penalties: Vec<f32>,
     lookup: IdLookup,
+    grams: Vec<u64>,
+}
+
+/// Token n-gram length of [`staleness`].
+pub const STALENESS_GRAM: usize = 4;
+
+/// Token-level rep-4 of `window`: the share of its 4-token grams that repeat an earlier
+/// gram of the window (`1 − distinct / total`; 0 when it holds fewer than 5 tokens).
+/// `scratch` is reused (no allocation once it has grown to the window).
+///
+/// ```
+/// use perpetua_sampling::processors::staleness;
+/// let mut scratch = Vec::new();
+/// assert_eq!(staleness(&[1, 2, 3, 4, 5, 6, 7, 8], &mut scratch), 0.0);
+/// let looped: Vec<u32> = [1, 2, 3].iter().cycle().take(30).copied().collect();
+/// assert!(staleness(&looped, &mut scratch) > 0.85);
+/// ```
+pub fn staleness(window: &[u32], scratch: &mut Vec<u64>) -> f32 {
+    if window.len() <= STALENESS_GRAM {
+        return 0.0;
+    }
+    scratch.clear();
+    scratch.extend(window.windows(STALENESS_GRAM).map(|g| {
+        g.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &t| (h ^ u64::from(t)).wrapping_mul(0x0100_0000_01b3))
+    }));
+    scratch.sort_unstable();
+    let total = scratch.len();
+    let mut distinct = 0;
+    let mut prev = None;
+    for &h in scratch.iter() {
+        if prev != Some(h) {
+            distinct += 1;
+            prev = Some(h);
+        }
+    }
+    1.0 - distinct as f32 / total as f32
+}
+
+/// A gate that lets DRY act only as much as the recent text is stale: with `s` the
+/// [`staleness`] of the last `window` tokens, DRY's multiplier is scaled by
+/// `clamp((s − low) / (high − low), 0, 1)` — off while the text repeats no more than
+/// natural text does, full strength once it loops. Natural text keeps the model's own
+/// distribution (and likelihood); degenerating text is pushed off its repeats.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StalenessGate {
+    /// Tokens looked at (8..=4096).
+    pub window: usize,
+    /// Staleness at and below which DRY is off (in [0, 1)).
+    pub low: f32,
+    /// Staleness at and above which DRY has its full multiplier (in (low, 1]).
+    pub high: f32,
+}
+
+impl StalenessGate {
+    /// A gate; errors name the parameter and value.
+    pub fn new(window: usize, low: f32, high: f32) -> Result<Self> {
+        if !(8..=4096).contains(&window) {
+            return Err(SamplingError::invalid("dry_gate_window", window, "must be in 8..=4096"));
+        }
+        if !(low.is_finite() && (0.0..1.0).contains(&low)) {
+            return Err(SamplingError::invalid("dry_gate_low", low, "must be in [0, 1)"));
+        }
+        if !(high.is_finite() && high > low && high <= 1.0) {
+            return Err(SamplingError::invalid("dry_gate_high", high, "must be in (low, 1]"));
+        }
+        Ok(Self { window, low, high })
+    }
+
+    /// The multiplier scale for a staleness `s`.
+    pub fn scale(&self, s: f32) -> f32 {
+        ((s - self.low) / (self.high - self.low)).clamp(0.0, 1.0)
+    }
 }
 
 impl Dry {
@@ -83,6 +156,7 @@ impl Dry {
         breakers.sort();
         breakers.dedup();
         Ok(Self {
+            gate: None,
             multiplier,
             base,
             allowed_length,
@@ -90,6 +164,17 @@ impl Dry {
             breakers,
             scratch: DryScratch::default(),
         })
+    }
+
+    /// Scale the multiplier by how stale the recent text is ([`StalenessGate`]).
+    pub fn with_gate(mut self, gate: StalenessGate) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// The gate, if any.
+    pub fn gate(&self) -> Option<&StalenessGate> {
+        self.gate.as_ref()
     }
 
     /// The multiplier.
@@ -196,6 +281,14 @@ impl LogitsProcessor for Dry {
             return Ok(());
         }
         let tokens = ctx.tokens;
+        let mut multiplier = self.multiplier;
+        if let Some(gate) = self.gate {
+            let recent = &tokens[tokens.len().saturating_sub(gate.window)..];
+            multiplier *= gate.scale(staleness(recent, &mut self.scratch.grams));
+            if multiplier == 0.0 {
+                return Ok(());
+            }
+        }
         let n = if self.penalty_last_n == 0 { tokens.len() } else { self.penalty_last_n.min(tokens.len()) };
         if n <= self.allowed_length {
             return Ok(());
@@ -252,7 +345,7 @@ impl LogitsProcessor for Dry {
             }
             s.ids[kept] = id;
             kept += 1;
-            s.penalties.push(self.multiplier * self.base.powi(exponent));
+            s.penalties.push(multiplier * self.base.powi(exponent));
         }
         s.ids.truncate(kept);
         let penalties = &s.penalties;
@@ -304,6 +397,18 @@ mod tests {
     }
 
     #[test]
+    fn gate_parameters_are_checked() {
+        assert!(StalenessGate::new(4, 0.1, 0.2).is_err());
+        assert!(StalenessGate::new(64, 0.3, 0.2).is_err());
+        assert!(StalenessGate::new(64, f32::NAN, 0.2).is_err());
+        let e = StalenessGate::new(64, 0.1, 1.5).unwrap_err();
+        assert!(e.to_string().contains("dry_gate_high"), "{e}");
+        let g = StalenessGate::new(64, 0.1, 0.3).unwrap();
+        assert_eq!((g.scale(0.0), g.scale(0.9)), (0.0, 1.0));
+        assert!((g.scale(0.2) - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
     fn constructor_rejects_out_of_domain() {
         assert!(matches!(
             Dry::new(-1.0, 2.0, 2, 0, []),
@@ -338,6 +443,41 @@ mod tests {
             let mut fast = Vec::new();
             Dry::repeat_lengths(&w, cap, &mut fast);
             prop_assert_eq!(fast, naive_repeat_lengths(&w, cap));
+        }
+
+        /// The staleness gate only ever weakens DRY: a gated penalty is the ungated one
+        /// times the gate's scale, zero while the recent text is no staler than `low`.
+        #[test]
+        fn the_gate_scales_the_penalty_down(w in prop::collection::vec(0_u32..5, 0..80), low in 0.0_f32..0.5, span in 0.05_f32..0.5) {
+            let gate = StalenessGate::new(16, low, (low + span).min(1.0)).unwrap();
+            let mut plain = Dry::new(0.8, 1.75, 2, 0, []).unwrap();
+            let mut gated = Dry::new(0.8, 1.75, 2, 0, []).unwrap().with_gate(gate);
+            let p = penalised(&mut plain, &w, 6);
+            let g = penalised(&mut gated, &w, 6);
+            let s = staleness(&w[w.len().saturating_sub(16)..], &mut Vec::new());
+            let scale = gate.scale(s);
+            if scale == 0.0 {
+                prop_assert!(g.is_empty());
+            } else {
+                prop_assert_eq!(p.len(), g.len());
+                for ((a, x), (b, y)) in p.iter().zip(&g) {
+                    prop_assert_eq!(a, b);
+                    prop_assert!((x * scale - y).abs() <= 1e-4 * x.abs().max(1.0), "{x} * {scale} vs {y}");
+                }
+            }
+        }
+
+        /// Staleness is the token-level rep-4 of the window.
+        #[test]
+        fn staleness_is_rep4(w in prop::collection::vec(0_u32..4, 0..60)) {
+            let s = staleness(&w, &mut Vec::new());
+            if w.len() <= STALENESS_GRAM {
+                prop_assert_eq!(s, 0.0);
+            } else {
+                let grams: Vec<&[u32]> = w.windows(4).collect();
+                let distinct: std::collections::HashSet<&[u32]> = grams.iter().copied().collect();
+                prop_assert!((s - (1.0 - distinct.len() as f32 / grams.len() as f32)).abs() < 1e-6);
+            }
         }
 
         /// DRY only ever lowers logits, and only of tokens in the window.

@@ -19,7 +19,7 @@ mod watermark;
 mod xtc;
 
 pub use closure::{FnProcessor, from_fn};
-pub use dry::Dry;
+pub use dry::{Dry, STALENESS_GRAM, StalenessGate, staleness};
 pub use dynamic_temperature::DynamicTemperature;
 pub use epsilon_eta::{EpsilonCutoff, EtaCutoff};
 pub use masks::{AllowList, BannedSequences, BannedTokens, LogitBias, MinNewTokens, SuppressEos};

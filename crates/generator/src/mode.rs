@@ -1,0 +1,674 @@
+//! Perpetual modes: an EOS method plus the tools that keep perpetual text fresh, by
+//! name (`"dynamic+dry+loop"`, for CLIs, configs and evaluation tables) or in one line
+//! of Rust ([`GeneratorBuilder::perpetual`](crate::GeneratorBuilder::perpetual)).
+//!
+//! A mode is what a user asks for ("keep writing, and keep it fresh"); it expands to
+//! an [`EosStrategy`] (the EOS method, wrapped by [`LoopBackstep`] and [`Anticipation`]
+//! when asked) and sampling stages inserted into the chain at build time (DRY, whose
+//! sequence breakers are strings encoded with the generator's tokenizer; a windowed
+//! repetition penalty).
+//!
+//! ```
+//! use perpetua_generator::{EosMethod, PerpetualMode};
+//!
+//! let mode = PerpetualMode::parse("dynamic+dry+loop")?;
+//! assert_eq!(mode.method, EosMethod::Dynamic);
+//! assert!(mode.dry.is_some() && mode.loop_detection.is_some() && mode.anticipation.is_none());
+//! assert_eq!(mode.spec(), "dynamic+dry+loop");
+//! assert_eq!(PerpetualMode::parse("backstep_with_schedule+loop")?.spec(), "dynamic+loop");
+//! assert!(PerpetualMode::parse("dynamic+glitter").is_err());
+//! // `perpetual` is the recommended mode.
+//! assert_eq!(PerpetualMode::parse("perpetual")?, PerpetualMode::recommended());
+//! # Ok::<(), perpetua_generator::GenerateError>(())
+//! ```
+
+use perpetua_perpetual::{
+    Anticipation, Backstep, BackstepWithSchedule, EosStrategy, LoopBackstep, LoopDetection, Peak,
+    PostEosResample, Staleness, StopAtEos, SuppressEos,
+};
+use perpetua_sampling::processors::{Dry, RepetitionPenalty, StalenessGate};
+use perpetua_sampling::{Chain, LogitsProcessor};
+
+use crate::{GenerateError, Tokenizer};
+
+/// The EOS methods of the paper (DESIGN.md §1), plus plain generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum EosMethod {
+    /// Stop at the first EOS ([`StopAtEos`]). Names: `plain`, `none`, `stop`.
+    Stop,
+    /// Method 1, the runner-up of two draws ([`SuppressEos::new`]). Names: `suppress`,
+    /// `suppress_eos`.
+    Suppress,
+    /// Method 1 as a hard mask ([`SuppressEos::hard_mask`]). Names: `suppress_masked`,
+    /// `suppress_eos_masked`.
+    SuppressMasked,
+    /// Method 2, runner-up then a temperature burst ([`PostEosResample`]). Names:
+    /// `post_eos`, `post-eos`, `post_eos_resample`.
+    PostEos,
+    /// Method 3, back step `n` tokens ([`Backstep`]). Name: `backstep`.
+    Backstep,
+    /// Method 4, back step + dynamic temperature ([`BackstepWithSchedule`]). Names:
+    /// `dynamic`, `backstep_with_schedule`.
+    Dynamic,
+}
+
+impl EosMethod {
+    /// Every method, in the paper's order after plain generation.
+    pub const ALL: [EosMethod; 6] = [
+        EosMethod::Stop,
+        EosMethod::Suppress,
+        EosMethod::SuppressMasked,
+        EosMethod::PostEos,
+        EosMethod::Backstep,
+        EosMethod::Dynamic,
+    ];
+
+    /// The method by any of its names (see the variants). Errors:
+    /// [`GenerateError::InvalidParameter`] naming `strategy`.
+    pub fn parse(name: &str) -> Result<Self, GenerateError> {
+        Ok(match name {
+            "plain" | "none" | "stop" => Self::Stop,
+            "suppress" | "suppress_eos" => Self::Suppress,
+            "suppress_masked" | "suppress_eos_masked" => Self::SuppressMasked,
+            "post_eos" | "post-eos" | "post_eos_resample" => Self::PostEos,
+            "backstep" => Self::Backstep,
+            "dynamic" | "backstep_with_schedule" => Self::Dynamic,
+            other => {
+                return Err(GenerateError::invalid(
+                    "strategy",
+                    other,
+                    "known EOS methods: plain, suppress, suppress_masked, post_eos, backstep, dynamic (or perpetual)",
+                ));
+            }
+        })
+    }
+
+    /// The short name used in specs and tables (`"dynamic"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Stop => "plain",
+            Self::Suppress => "suppress",
+            Self::SuppressMasked => "suppress_masked",
+            Self::PostEos => "post_eos",
+            Self::Backstep => "backstep",
+            Self::Dynamic => "dynamic",
+        }
+    }
+
+    /// The strategy with the paper's defaults; `backstep` sets `n` for methods 3 and 4
+    /// (errors when 0).
+    pub fn strategy(self, backstep: Option<usize>) -> Result<Box<dyn EosStrategy>, GenerateError> {
+        self.strategy_with(backstep, None)
+    }
+
+    /// As [`strategy`](Self::strategy), with the peak temperature of methods 2 and 4
+    /// (ignored by the others). Errors: `backstep = 0`, a peak that is not finite and
+    /// > 0.
+    pub fn strategy_with(
+        self,
+        backstep: Option<usize>,
+        peak: Option<Peak>,
+    ) -> Result<Box<dyn EosStrategy>, GenerateError> {
+        let n = backstep.unwrap_or(perpetua_perpetual::DEFAULT_BACKSTEP);
+        let bad = |_| GenerateError::invalid("backstep", n, "a back step must remove >= 1 token");
+        let bad_peak = |_| GenerateError::invalid("peak", format!("{peak:?}"), "must be finite and > 0");
+        Ok(match (self, peak) {
+            (Self::Stop, _) => Box::new(StopAtEos),
+            (Self::Suppress, _) => Box::new(SuppressEos::new()),
+            (Self::SuppressMasked, _) => Box::new(SuppressEos::hard_mask()),
+            (Self::PostEos, None) => Box::new(PostEosResample::new()),
+            (Self::PostEos, Some(p)) => Box::new(PostEosResample::new().with_peak(p).map_err(bad_peak)?),
+            (Self::Backstep, _) => Box::new(Backstep::new(n).map_err(bad)?),
+            (Self::Dynamic, None) => Box::new(BackstepWithSchedule::new(n).map_err(bad)?),
+            (Self::Dynamic, Some(p)) => {
+                Box::new(BackstepWithSchedule::new(n).map_err(bad)?.with_peak(p).map_err(bad_peak)?)
+            }
+        })
+    }
+}
+
+/// llama.cpp's default DRY sequence breakers.
+pub const DEFAULT_DRY_BREAKERS: [&str; 4] = ["\n", ":", "\"", "*"];
+
+/// DRY ("Don't Repeat Yourself", [`Dry`]) with its sequence breakers given as strings,
+/// as llama.cpp takes them. Two starting points:
+/// - [`DryOptions::default`] = [`DryOptions::llama_cpp`]: llama.cpp's recommended values,
+///   multiplier 0.8, base 1.75, allowed length 2, the whole context
+///   (`penalty_last_n = 0`), breakers [`DEFAULT_DRY_BREAKERS`];
+/// - [`DryOptions::perpetual`]: what the perpetual modes use (the spec part `dry`):
+///   multiplier 0.5, allowed length 3, the rest as llama.cpp. Measured on held-out
+///   prompts at 1,500–2,500 tokens (docs/EVALUATION.md): llama.cpp's values make the
+///   text more diverse than the model's own but cost 15–19 % of its log-probability
+///   (they also penalise the 3-token repeats natural text is full of); these keep the
+///   log-probability within a few percent and still remove the verbatim repeats.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DryOptions {
+    /// `dry_multiplier` (finite, >= 0; 0 = off).
+    pub multiplier: f32,
+    /// `dry_base` (finite, >= 1).
+    pub base: f32,
+    /// `dry_allowed_length`: repeats up to this length are free.
+    pub allowed_length: usize,
+    /// `dry_penalty_last_n`: tokens of context looked at (0 = all).
+    pub penalty_last_n: usize,
+    /// `dry_sequence_breakers`: repeats never extend across these strings.
+    pub sequence_breakers: Vec<String>,
+    /// Scale the multiplier by the staleness of the recent text
+    /// ([`StalenessGate`](perpetua_sampling::processors::StalenessGate)): `(window,
+    /// low, high)`. `None`: always the full multiplier (llama.cpp's DRY).
+    #[serde(default)]
+    pub gate: Option<(usize, f32, f32)>,
+}
+
+impl Default for DryOptions {
+    fn default() -> Self {
+        Self {
+            multiplier: 0.8,
+            base: 1.75,
+            allowed_length: 2,
+            penalty_last_n: 0,
+            sequence_breakers: DEFAULT_DRY_BREAKERS.map(String::from).to_vec(),
+            gate: None,
+        }
+    }
+}
+
+impl DryOptions {
+    /// llama.cpp's recommended DRY (the [`Default`]).
+    pub fn llama_cpp() -> Self {
+        Self::default()
+    }
+
+    /// The DRY of the perpetual modes: multiplier 0.5, base 1.75, allowed length 3, the
+    /// whole context, llama.cpp's breakers (see the type docs for why).
+    pub fn perpetual() -> Self {
+        Self { multiplier: 0.5, allowed_length: 3, ..Self::default() }
+    }
+
+    /// The DRY stage, its breakers encoded with `tokenizer` over a vocabulary of
+    /// `vocab_size` ([`dry_sequence_breakers`]). Errors: out-of-domain parameters (named
+    /// as llama.cpp names them), an empty breaker, tokenizer failures.
+    pub fn stage(&self, tokenizer: &dyn Tokenizer, vocab_size: usize) -> Result<Dry, GenerateError> {
+        let breakers = dry_sequence_breakers(tokenizer, vocab_size, &self.sequence_breakers)?;
+        let dry = Dry::new(self.multiplier, self.base, self.allowed_length, self.penalty_last_n, breakers)?;
+        Ok(match self.gate {
+            Some((w, lo, hi)) => dry.with_gate(StalenessGate::new(w, lo, hi)?),
+            None => dry,
+        })
+    }
+}
+
+/// DRY sequence breakers as token-id sequences, from strings, the way llama.cpp reads
+/// them: every vocabulary token whose text *contains* a breaker is a one-token breaker
+/// (so `"\n"` also covers `".\n"` and `"\n\n"`), and a breaker that encodes to several
+/// tokens is also a multi-token breaker. Errors: an empty breaker
+/// ([`GenerateError::InvalidParameter`] `dry_sequence_breakers`), tokenizer failures.
+///
+/// ```
+/// use perpetua_generator::mode::dry_sequence_breakers;
+/// use perpetua_generator::testing::ByteTokenizer;
+///
+/// let t = ByteTokenizer::new();
+/// let b = dry_sequence_breakers(&t, ByteTokenizer::VOCAB_SIZE, &["\n".to_string(), "ab".to_string()])?;
+/// assert!(b.contains(&vec![u32::from(b'\n')])); // the byte token "\n"
+/// assert!(b.contains(&vec![u32::from(b'a'), u32::from(b'b')])); // "ab" in two tokens
+/// # Ok::<(), perpetua_generator::GenerateError>(())
+/// ```
+pub fn dry_sequence_breakers(
+    tokenizer: &dyn Tokenizer,
+    vocab_size: usize,
+    breakers: &[String],
+) -> Result<Vec<Vec<u32>>, GenerateError> {
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    for (i, b) in breakers.iter().enumerate() {
+        if b.is_empty() {
+            return Err(GenerateError::invalid(
+                "dry_sequence_breakers",
+                format!("[{i}] = \"\""),
+                "a sequence breaker must be non-empty",
+            ));
+        }
+        let needle = b.as_bytes();
+        for id in 0..vocab_size as u32 {
+            if tokenizer.is_special(id) {
+                continue;
+            }
+            if let Some(bytes) = tokenizer.token_bytes(id)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                out.push(vec![id]);
+            }
+        }
+        let ids = tokenizer.encode(b, false).map_err(GenerateError::Tokenizer)?;
+        if ids.len() > 1 {
+            out.push(ids);
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// A repetition penalty with a forgetting window (Penalty Decoding, Zhu et al. 2023:
+/// only the last `last_n` tokens count, so a word used long ago is free again).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WindowedRepetition {
+    /// The CTRL penalty (> 0; 1 = off).
+    pub penalty: f32,
+    /// Tokens that count (`repeat_last_n`; 0 = all).
+    pub last_n: usize,
+}
+
+impl Default for WindowedRepetition {
+    fn default() -> Self {
+        Self { penalty: 1.1, last_n: 256 }
+    }
+}
+
+/// [`Anticipation`]'s main settings (the rest are its defaults).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AnticipationOptions {
+    /// Trigger when the 16-step mean entropy is below `ratio ×` the running level.
+    pub ratio: f32,
+    /// The raised temperature, as a multiple of base.
+    pub peak_times: f32,
+    /// Half-life (steps) of the running entropy level.
+    pub half_life: f32,
+}
+
+impl Default for AnticipationOptions {
+    fn default() -> Self {
+        Self { ratio: 0.5, peak_times: 1.3, half_life: 256.0 }
+    }
+}
+
+impl AnticipationOptions {
+    /// `inner` wrapped in an [`Anticipation`] with these settings. Errors name the
+    /// parameter.
+    pub fn wrap(
+        &self,
+        inner: Box<dyn EosStrategy>,
+    ) -> Result<Anticipation<Box<dyn EosStrategy>>, GenerateError> {
+        let bad = |name: &'static str, v: f32| {
+            move |_| GenerateError::invalid(name, v, "out of range (see Anticipation)")
+        };
+        Anticipation::new(inner)
+            .with_ratio(self.ratio)
+            .map_err(bad("anticipation_ratio", self.ratio))?
+            .with_peak(Peak::Times(self.peak_times))
+            .map_err(bad("anticipation_peak", self.peak_times))?
+            .with_half_life(self.half_life)
+            .map_err(bad("anticipation_half_life", self.half_life))
+    }
+}
+
+/// A perpetual mode: an EOS method and the freshness tools around it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PerpetualMode {
+    /// What happens at an EOS draw.
+    pub method: EosMethod,
+    /// Back step length of methods 3 and 4 (`None`: the paper's 10).
+    pub backstep: Option<usize>,
+    /// Peak temperature of methods 2 and 4 (`None`: the paper's, 2.0 and 2× base).
+    #[serde(default)]
+    pub peak: Option<Peak>,
+    /// A DRY stage added to the chain.
+    pub dry: Option<DryOptions>,
+    /// Loop back steps with these thresholds ([`LoopBackstep`]).
+    pub loop_detection: Option<LoopDetection>,
+    /// Treat a stale window (collapsed vocabulary) like a loop, within a regeneration
+    /// budget ([`Staleness`], [`LoopBackstep::with_staleness`]); implies loop back steps.
+    #[serde(default)]
+    pub staleness: Option<Staleness>,
+    /// Raise the temperature when entropy falls ([`Anticipation`]).
+    pub anticipation: Option<AnticipationOptions>,
+    /// A windowed repetition penalty added to the chain.
+    pub repetition: Option<WindowedRepetition>,
+}
+
+impl PerpetualMode {
+    /// Plain method `method`, no freshness tools.
+    pub fn method(method: EosMethod) -> Self {
+        Self {
+            method,
+            backstep: None,
+            peak: None,
+            dry: None,
+            loop_detection: None,
+            staleness: None,
+            anticipation: None,
+            repetition: None,
+        }
+    }
+
+    /// The recommended mode, `perpetual` on the CLI (spec
+    /// `dynamic+dry+loop+stale+anticipation`): method 4 (back step + dynamic temperature)
+    /// with DRY ([`DryOptions::perpetual`]), loop back steps ([`LoopDetection::default`]),
+    /// stale back steps ([`Staleness::default`]) and anticipation
+    /// ([`AnticipationOptions::default`]) — the freshest combination measured on held-out
+    /// prompts within the cost and log-probability limits (`docs/EVALUATION.md`).
+    pub fn recommended() -> Self {
+        Self {
+            dry: Some(DryOptions::perpetual()),
+            loop_detection: Some(LoopDetection::default()),
+            staleness: Some(Staleness::default()),
+            anticipation: Some(AnticipationOptions::default()),
+            ..Self::method(EosMethod::Dynamic)
+        }
+    }
+
+    /// Parse a spec: `perpetual`, or an EOS method name ([`EosMethod::parse`]; `=N`
+    /// sets the back step of methods 3 and 4) followed by `+`-separated tools: `dry`
+    /// ([`DryOptions::perpetual`]; `dry=M`, `dry=M/A` or `dry=M/A/N` set multiplier,
+    /// allowed length, window; `gate=LOW/HIGH[/W]` adds a staleness gate), `loop`,
+    /// `anticipation` (`anticipation=RATIO[/PEAK[/HALF_LIFE]]`), `rep` (`rep=P` or
+    /// `rep=P/N`: penalty `P` over the last `N` tokens; default 1.1 over 256).
+    /// `perpetual+tool` adds the tool to the recommended mode. Errors name the part
+    /// that is wrong.
+    pub fn parse(spec: &str) -> Result<Self, GenerateError> {
+        let mut parts = spec.split('+').map(str::trim);
+        let head = parts.next().unwrap_or_default();
+        let (name, value) = split_value(head);
+        let mut mode = if name == "perpetual" {
+            if value.is_some() {
+                return Err(GenerateError::invalid("strategy", head, "`perpetual` takes no value"));
+            }
+            Self::recommended()
+        } else {
+            let mut m = Self::method(EosMethod::parse(name)?);
+            if let Some(v) = value {
+                m.backstep = Some(v.parse().map_err(|_| {
+                    GenerateError::invalid("backstep", v, "must be a whole number of tokens >= 1")
+                })?);
+            }
+            m
+        };
+        for part in parts {
+            let (tool, value) = split_value(part);
+            let number = |v: &str| {
+                v.parse::<f32>()
+                    .map_err(|_| GenerateError::invalid("strategy", part, "the value must be a number"))
+            };
+            match (tool, value) {
+                ("dry", None) => mode.dry = Some(DryOptions::perpetual()),
+                ("dry", Some(v)) => {
+                    let mut fields = v.split('/');
+                    let mut dry = DryOptions {
+                        multiplier: number(fields.next().unwrap_or_default())?,
+                        ..DryOptions::perpetual()
+                    };
+                    let whole = |f: &str| {
+                        f.parse::<usize>().map_err(|_| {
+                            GenerateError::invalid(
+                                "strategy",
+                                part,
+                                "dry=M/A/N: A and N must be whole numbers",
+                            )
+                        })
+                    };
+                    if let Some(a) = fields.next() {
+                        dry.allowed_length = whole(a)?;
+                    }
+                    if let Some(n) = fields.next() {
+                        dry.penalty_last_n = whole(n)?;
+                    }
+                    mode.dry = Some(dry);
+                }
+                ("gate", Some(v)) => {
+                    let f: Vec<&str> = v.split('/').collect();
+                    let (lo, hi) = match f.as_slice() {
+                        [lo, hi] | [lo, hi, _] => (number(lo)?, number(hi)?),
+                        _ => return Err(GenerateError::invalid("strategy", part, "gate=LOW/HIGH[/WINDOW]")),
+                    };
+                    let w = match f.get(2) {
+                        Some(w) => w.parse().map_err(|_| {
+                            GenerateError::invalid("strategy", part, "gate: WINDOW must be a whole number")
+                        })?,
+                        None => 256,
+                    };
+                    let dry = mode.dry.get_or_insert_with(DryOptions::perpetual);
+                    dry.gate = Some((w, lo, hi));
+                }
+                ("loop", None) => mode.loop_detection = Some(LoopDetection::default()),
+                ("stale", None) => {
+                    mode.staleness = Some(Staleness::default());
+                    mode.loop_detection.get_or_insert_with(LoopDetection::default);
+                }
+                ("stale", Some(v)) => {
+                    let f: Vec<&str> = v.split('/').collect();
+                    let whole = |x: &str| {
+                        x.parse::<usize>().map_err(|_| {
+                            GenerateError::invalid(
+                                "strategy",
+                                part,
+                                "stale=W/D[/N[/B]]: W and N are whole numbers",
+                            )
+                        })
+                    };
+                    let mut st = Staleness::default();
+                    match f.as_slice() {
+                        [w, d] => (st.window, st.min_distinct) = (whole(w)?, number(d)?),
+                        [w, d, n] => {
+                            (st.window, st.min_distinct, st.backstep) = (whole(w)?, number(d)?, whole(n)?)
+                        }
+                        [w, d, n, b] => {
+                            (st.window, st.min_distinct, st.backstep, st.budget) =
+                                (whole(w)?, number(d)?, whole(n)?, number(b)?)
+                        }
+                        _ => return Err(GenerateError::invalid("strategy", part, "stale=W/D[/N[/B]]")),
+                    }
+                    mode.staleness = Some(st);
+                    mode.loop_detection.get_or_insert_with(LoopDetection::default);
+                }
+                ("anticipation", None) => mode.anticipation = Some(AnticipationOptions::default()),
+                ("anticipation", Some(v)) => {
+                    let f: Vec<&str> = v.split('/').collect();
+                    let mut a = AnticipationOptions::default();
+                    match f.as_slice() {
+                        [r] => a.ratio = number(r)?,
+                        [r, p] => (a.ratio, a.peak_times) = (number(r)?, number(p)?),
+                        [r, p, h] => {
+                            (a.ratio, a.peak_times, a.half_life) = (number(r)?, number(p)?, number(h)?)
+                        }
+                        _ => {
+                            return Err(GenerateError::invalid(
+                                "strategy",
+                                part,
+                                "anticipation=RATIO[/PEAK[/HALF_LIFE]]",
+                            ));
+                        }
+                    }
+                    mode.anticipation = Some(a);
+                }
+                ("rep", None) => mode.repetition = Some(WindowedRepetition::default()),
+                ("rep", Some(v)) => {
+                    let (p, n) = v.split_once('/').unwrap_or((v, "256"));
+                    let last_n = n.parse().map_err(|_| {
+                        GenerateError::invalid("strategy", part, "rep=P/N: N must be a whole number")
+                    })?;
+                    mode.repetition = Some(WindowedRepetition { penalty: number(p)?, last_n });
+                }
+                _ => {
+                    return Err(GenerateError::invalid(
+                        "strategy",
+                        part,
+                        "known tools: dry[=M[/A[/N]]], gate=LOW/HIGH[/W], loop, stale[=W/D[/N[/B]]], anticipation[=R[/P[/H]]], rep[=P[/N]]",
+                    ));
+                }
+            }
+        }
+        mode.validate()?;
+        Ok(mode)
+    }
+
+    /// Check every part (the fields are public). Errors name the parameter.
+    pub fn validate(&self) -> Result<(), GenerateError> {
+        self.method.strategy_with(self.backstep, self.peak)?;
+        if let Some(d) = self.loop_detection {
+            d.validate().map_err(|e| GenerateError::invalid("loop_detection", e, "invalid thresholds"))?;
+        }
+        if let Some(st) = self.staleness {
+            st.validate().map_err(|e| GenerateError::invalid("staleness", e, "invalid thresholds"))?;
+        }
+        if let Some(d) = &self.dry {
+            Dry::new(
+                d.multiplier,
+                d.base,
+                d.allowed_length,
+                d.penalty_last_n,
+                std::iter::empty::<Vec<u32>>(),
+            )?;
+            if let Some((w, lo, hi)) = d.gate {
+                StalenessGate::new(w, lo, hi)?;
+            }
+            if let Some(i) = d.sequence_breakers.iter().position(String::is_empty) {
+                return Err(GenerateError::invalid(
+                    "dry_sequence_breakers",
+                    format!("[{i}] = \"\""),
+                    "a sequence breaker must be non-empty",
+                ));
+            }
+        }
+        if let Some(r) = self.repetition {
+            RepetitionPenalty::new(r.penalty)?;
+        }
+        if let Some(a) = self.anticipation {
+            a.wrap(Box::new(StopAtEos))?;
+        }
+        Ok(())
+    }
+
+    /// The canonical spec (parses back to an equal mode when the tools have their
+    /// spec defaults): method, then `dry`, `loop`, `anticipation`, `rep` in that order.
+    pub fn spec(&self) -> String {
+        let mut s = self.method.name().to_string();
+        if let Some(n) = self.backstep {
+            s.push_str(&format!("={n}"));
+        }
+        if let Some(d) = &self.dry {
+            let def = DryOptions::perpetual();
+            if (d.multiplier, d.allowed_length, d.penalty_last_n)
+                == (def.multiplier, def.allowed_length, def.penalty_last_n)
+            {
+                s.push_str("+dry");
+            } else {
+                s.push_str(&format!("+dry={}/{}/{}", d.multiplier, d.allowed_length, d.penalty_last_n));
+            }
+            if let Some((w, lo, hi)) = d.gate {
+                s.push_str(&format!("+gate={lo}/{hi}/{w}"));
+            }
+        }
+        if self.loop_detection.is_some() {
+            s.push_str("+loop");
+        }
+        if let Some(st) = self.staleness {
+            if st == Staleness::default() {
+                s.push_str("+stale");
+            } else {
+                s.push_str(&format!(
+                    "+stale={}/{}/{}/{}",
+                    st.window, st.min_distinct, st.backstep, st.budget
+                ));
+            }
+        }
+        if let Some(a) = self.anticipation {
+            if a == AnticipationOptions::default() {
+                s.push_str("+anticipation");
+            } else {
+                s.push_str(&format!("+anticipation={}/{}/{}", a.ratio, a.peak_times, a.half_life));
+            }
+        }
+        if let Some(r) = self.repetition {
+            if r == WindowedRepetition::default() {
+                s.push_str("+rep");
+            } else {
+                s.push_str(&format!("+rep={}/{}", r.penalty, r.last_n));
+            }
+        }
+        s
+    }
+
+    /// The strategy: the EOS method, wrapped by [`LoopBackstep`] and then
+    /// [`Anticipation`] when asked. Errors: [`validate`](Self::validate).
+    pub fn strategy(&self) -> Result<Box<dyn EosStrategy>, GenerateError> {
+        let mut s = self.method.strategy_with(self.backstep, self.peak)?;
+        if self.loop_detection.is_some() || self.staleness.is_some() {
+            let mut lb = LoopBackstep::new(s)
+                .with_detection(self.loop_detection.unwrap_or_default())
+                .map_err(|e| GenerateError::invalid("loop_detection", e, "invalid thresholds"))?;
+            if let Some(st) = self.staleness {
+                lb = lb
+                    .with_staleness(st)
+                    .map_err(|e| GenerateError::invalid("staleness", e, "invalid thresholds"))?;
+            }
+            s = Box::new(lb);
+        }
+        if let Some(a) = self.anticipation {
+            s = Box::new(a.wrap(s)?);
+        }
+        Ok(s)
+    }
+
+    /// The sampling stages of this mode (DRY, repetition penalty), in chain order.
+    /// DRY needs the tokenizer for its breakers: without one, an error
+    /// ([`GenerateError::NoTokenizer`]).
+    pub fn stages(
+        &self,
+        tokenizer: Option<&dyn Tokenizer>,
+        vocab_size: usize,
+    ) -> Result<Vec<Box<dyn LogitsProcessor>>, GenerateError> {
+        let mut out: Vec<Box<dyn LogitsProcessor>> = Vec::new();
+        if let Some(r) = self.repetition {
+            out.push(Box::new(RepetitionPenalty::new(r.penalty)?.with_last_n(r.last_n)));
+        }
+        if let Some(d) = &self.dry {
+            let tok = tokenizer.ok_or(GenerateError::NoTokenizer { needed_for: "DRY sequence breakers" })?;
+            out.push(Box::new(d.stage(tok, vocab_size)?));
+        }
+        Ok(out)
+    }
+}
+
+impl std::fmt::Display for PerpetualMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.spec())
+    }
+}
+
+impl std::str::FromStr for PerpetualMode {
+    type Err = GenerateError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+fn split_value(part: &str) -> (&str, Option<&str>) {
+    match part.split_once('=') {
+        Some((k, v)) => (k.trim(), Some(v.trim())),
+        None => (part, None),
+    }
+}
+
+/// Insert `stages` into `chain` before its first warper (temperature, top-k, …) —
+/// penalties act on raw logits, as the default [`Stage`](perpetua_sampling::Stage)
+/// order puts them — or at the end when it has none.
+pub(crate) fn insert_stages(chain: &mut Chain, stages: Vec<Box<dyn LogitsProcessor>>) -> (usize, usize) {
+    const WARPERS: [&str; 10] = [
+        "temperature",
+        "dynamic_temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "typical",
+        "epsilon_cutoff",
+        "eta_cutoff",
+        "top_n_sigma",
+        "xtc",
+    ];
+    let start = WARPERS.iter().filter_map(|w| chain.position(w)).min().unwrap_or(chain.len());
+    let n = stages.len();
+    for (i, s) in stages.into_iter().enumerate() {
+        chain.insert(start + i, s);
+    }
+    (start, n)
+}
