@@ -249,6 +249,10 @@ pub struct GenerateArgs {
     /// Tokens to generate at most.
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
+    /// Mask EOS until this many tokens have been generated (HF `min_new_tokens`); with
+    /// `--min-new-tokens` = `--max-new-tokens`, plain generation that never stops early.
+    #[arg(long, default_value_t = 0)]
+    pub min_new_tokens: usize,
     /// Stop when this text is generated (repeatable); it is trimmed from the output.
     #[arg(long)]
     pub stop: Vec<String>,

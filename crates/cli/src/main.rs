@@ -169,7 +169,7 @@ fn mode(args: &GenerateArgs) -> Result<PerpetualMode> {
         .transpose()
         .with_context(|| format!("--peak-times {}", args.peak_times.unwrap_or_default()))?;
     if args.backstep == 0 {
-        bail!("--backstep must be at least 1 (got 0)");
+        bail!("--backstep 0: a back step must remove at least 1 token");
     }
     let mut mode = match args.strategy {
         StrategyArg::None => PerpetualMode::method(EosMethod::Stop),
@@ -179,7 +179,11 @@ fn mode(args: &GenerateArgs) -> Result<PerpetualMode> {
         StrategyArg::Dynamic => PerpetualMode::method(EosMethod::Dynamic),
         StrategyArg::Perpetual => PerpetualMode::recommended(),
     };
-    if matches!(mode.method, EosMethod::Backstep | EosMethod::Dynamic) {
+    // The paper's 10 is the mode's own default: leave it implicit so that `--strategy
+    // perpetual` is exactly `PerpetualMode::recommended()` (and its spec).
+    if matches!(mode.method, EosMethod::Backstep | EosMethod::Dynamic)
+        && args.backstep != perpetua::perpetual::DEFAULT_BACKSTEP
+    {
         mode.backstep = Some(args.backstep);
     }
     if matches!(mode.method, EosMethod::PostEos | EosMethod::Dynamic) {
@@ -280,6 +284,7 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         .chain(chain)
         .seed(args.seed)
         .max_new_tokens(args.max_new_tokens)
+        .min_new_tokens(args.min_new_tokens)
         .stop_strings(args.stop.iter().cloned())
         .trace(args.trace.is_some())
         .perpetual(mode);
@@ -457,7 +462,9 @@ mod tests {
         let m = mode(&gen_args(&["--strategy", "suppress", "--loop-backstep", "--anticipation"])).unwrap();
         assert_eq!(m.spec(), "suppress+loop+anticipation");
         let m = mode(&gen_args(&["--strategy", "backstep", "--stale-backstep"])).unwrap();
-        assert_eq!(m.spec(), "backstep=10+loop+stale");
+        assert_eq!(m.spec(), "backstep+loop+stale");
+        let m = mode(&gen_args(&["--strategy", "dynamic", "--backstep", "20"])).unwrap();
+        assert_eq!((m.backstep, m.spec()), (Some(20), "dynamic=20".to_string()));
         // DRY flags on any strategy; llama.cpp's window semantics (-1 whole, 0 off).
         let m = mode(&gen_args(&[
             "--dry-multiplier",

@@ -326,13 +326,14 @@ fn salad(s: &mut LoopBackstep<StopAtEos>, alphabet: u32, steps: usize, seed: u64
             temperature: 1.0,
             base_temperature: 1.0,
         };
+        // The longest the text has been, the token just appended included.
+        frontier = frontier.max(text.len());
         if let TokenAction::Backstep { n } = s.after_token(&ev) {
             assert!(n >= 1 && n <= text.len(), "{n} of {}", text.len());
             text.truncate(text.len() - n);
             removed += n;
             s.on_backstep(n, text.len());
         }
-        frontier = frontier.max(text.len());
     }
     (text.len(), frontier, removed)
 }
