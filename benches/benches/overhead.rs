@@ -7,7 +7,7 @@
 //! `generator/*` compares a generation against the bare model calls it makes, in the
 //! same run, so the difference is the generator's own cost — and the perpetual modes
 //! (loop detection, DRY, anticipation's entropy) against plain generation; `loops/*`
-//! times the loop detector per token over a long text against the step it rides on
+//! times the loop detector and the staleness check per token over a long text against the step it rides on
 //! (`entropy_fast` and one top-k draw over 49k logits); `cache/*` needs the default
 //! model (`cargo xtask fetch-model`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -17,7 +17,7 @@ use perpetua_benches::{VOCABS, history, lm_like_logits};
 use perpetua_generator::testing::{ByteTokenizer, FakeModel};
 use perpetua_generator::{Generator, LanguageModel, PerpetualMode};
 use perpetua_kv_cache::{ForkableCache, KvCache};
-use perpetua_perpetual::{LoopDetection, LoopDetector};
+use perpetua_perpetual::{LoopDetection, LoopDetector, Staleness};
 use perpetua_sampling::processors::{
     Dry, FrequencyPresencePenalty, MinP, RepetitionPenalty, Temperature, TopK, TopNSigma, TopP, Typical, Xtc,
 };
@@ -94,7 +94,7 @@ fn generator(c: &mut Criterion) {
     }
     // The same top-k 20 generation in perpetual modes: what the freshness tools cost per
     // token on top of it (the fake model never loops, so no back step is regenerated).
-    for spec in ["plain", "dynamic+loop", "perpetual", "perpetual+anticipation"] {
+    for spec in ["plain", "dynamic+loop", "dynamic+loop+stale", "perpetual"] {
         let mode = PerpetualMode::parse(spec).unwrap();
         let mut g = Generator::builder(&model)
             .tokenizer(ByteTokenizer::new())
@@ -132,6 +132,15 @@ fn loops(c: &mut Criterion) {
         b.iter(|| {
             d.invalidate();
             d.observe(&long).is_some()
+        })
+    });
+    group.bench_function("staleness_check_per_token_64", |b| {
+        let st = Staleness::default();
+        let mut scratch = Vec::new();
+        let mut n = 64;
+        b.iter(|| {
+            n = if n + 1 > long.len() { 65 } else { n + 1 };
+            st.is_stale(&long[n - st.window..n], &mut scratch)
         })
     });
     let logits = lm_like_logits(vocab, 3);
