@@ -39,7 +39,7 @@ tasks:
   eval          strategy evaluation on the default model, two sections of
                 docs/EVALUATION.md (figures, JSON in docs/eval/): `acceptance` (20 prompts x
                 4,000 tokens, plain vs perpetual) and `ablation` (10 prompts x 2,000 tokens,
-                4 methods x {-, dry, loop+stale, dry+loop+stale, +anticipation}); `eval acceptance` or
+                5 methods x {-, dry, loop+stale, dry+loop+stale, +anticipation}); `eval acceptance` or
                 `eval ablation` runs one; resumable (runs kept in target/eval-runs/);
                 --quick: 5 prompts, 500 tokens, to target/eval-quick/
   bench         end to end vs candle-transformers and llama.cpp (llama-cpp-python in
@@ -128,7 +128,7 @@ enum EvalRun {
 /// The ablation's strategy specs: plain, then each method with each tool set.
 fn ablation_specs() -> String {
     let mut specs = vec!["plain".to_string()];
-    for method in ["suppress", "post_eos", "backstep", "dynamic"] {
+    for method in ["suppress", "post_eos", "backstep", "dynamic", "resume"] {
         for tools in ["", "+dry", "+loop+stale", "+dry+loop+stale", "+dry+loop+stale+anticipation"] {
             specs.push(format!("{method}{tools}"));
         }

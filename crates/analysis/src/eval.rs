@@ -150,7 +150,8 @@ pub struct RunResult {
     /// Back steps a loop strategy asked for.
     #[serde(default)]
     pub loop_backsteps: usize,
-    /// Decode forward passes (regenerated tokens included).
+    /// Decode forward passes (regenerated tokens included), plus hidden resume tokens
+    /// counted one pass each.
     pub forward_passes: usize,
     /// distinct-1/2/3 of the output ids (`NaN` when too short).
     pub distinct: [f64; 3],
@@ -468,9 +469,11 @@ fn run_one<M: LanguageModel>(
         new_tokens: out.ids.len(),
         reached_budget: out.finish_reason == FinishReason::MaxNewTokens,
         finish_reason: format!("{:?}", out.finish_reason),
-        interventions: out.counts.eos_avoided + out.counts.backsteps,
+        interventions: out.counts.eos_avoided + out.counts.backsteps + out.counts.resumes,
         loop_backsteps: out.counts.loop_backsteps,
-        forward_passes: out.counts.forward_passes,
+        // Resume tokens are fed in a chunk, not by decode passes; counted one pass each
+        // (an upper bound on their cost).
+        forward_passes: out.counts.forward_passes + out.counts.resume_tokens,
         distinct: [1, 2, 3].map(|n| distinct_n(&out.ids, n).unwrap_or(nan)),
         repeated_4gram: repeated_ngram_rate(&out.ids, 4).unwrap_or(nan),
         freshness: freshness(&out.text, FRESHNESS_WINDOW),

@@ -78,6 +78,7 @@ pub fn event_name(event: TraceEvent) -> String {
         TraceEvent::Backstep { removed } => format!("backstep:{removed}"),
         TraceEvent::LoopBackstep { removed } => format!("loop_backstep:{removed}"),
         TraceEvent::Eos => "eos".into(),
+        TraceEvent::Resumed { hidden } => format!("resumed:{hidden}"),
     }
 }
 

@@ -160,6 +160,9 @@ pub enum StrategyArg {
     /// Back step, restarting at a raised temperature that decays back to base exactly
     /// where EOS had been drawn (the paper's method 4).
     Dynamic,
+    /// Let the model end its turn, then feed a hidden "Continue." user turn and a new
+    /// assistant turn: it writes on from its own text (needs the chat template).
+    Resume,
     /// Perpetual text that stays fresh: method 4 plus DRY, loop back steps (a
     /// repetition loop is cut like an EOS) and anticipation. The recommended mode.
     Perpetual,

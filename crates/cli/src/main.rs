@@ -177,6 +177,7 @@ fn mode(args: &GenerateArgs) -> Result<PerpetualMode> {
         StrategyArg::PostEos => PerpetualMode::method(EosMethod::PostEos),
         StrategyArg::Backstep => PerpetualMode::method(EosMethod::Backstep),
         StrategyArg::Dynamic => PerpetualMode::method(EosMethod::Dynamic),
+        StrategyArg::Resume => PerpetualMode::method(EosMethod::Resume),
         StrategyArg::Perpetual => PerpetualMode::recommended(),
     };
     // The paper's 10 is the mode's own default: leave it implicit so that `--strategy

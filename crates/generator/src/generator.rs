@@ -170,6 +170,17 @@ pub enum Event {
         /// Positions held by the cache after the roll.
         kept: usize,
     },
+    /// The strategy resumed the turn ([`EosAction::Resume`]): the model's turn ended
+    /// at generated index `position` and the generator fed `hidden` resume tokens (a
+    /// hidden user turn and a new assistant turn header) that are in the cache but not
+    /// in the output. The output text gets a paragraph break (`"\n\n"`) there,
+    /// released with the next token's text.
+    Resumed {
+        /// Generated index where the EOS was drawn (the first hidden token's index).
+        position: usize,
+        /// Resume tokens fed.
+        hidden: usize,
+    },
     /// Generation finished; always the last event.
     Finished {
         /// Why.
@@ -210,6 +221,12 @@ pub enum TraceEvent {
     },
     /// An EOS draw ended generation.
     Eos,
+    /// An EOS draw ended the turn and the generator fed `hidden` resume tokens
+    /// ([`Event::Resumed`]).
+    Resumed {
+        /// Resume tokens fed.
+        hidden: usize,
+    },
 }
 
 /// One step of the optional trace (DESIGN.md §1: the quantities that move before an
@@ -271,6 +288,13 @@ pub struct Counts {
     /// [`NonFinitePolicy::Sanitize`]: perpetua_sampling::NonFinitePolicy::Sanitize
     #[serde(default)]
     pub sanitized_logits: usize,
+    /// Turns resumed ([`EosAction::Resume`]).
+    #[serde(default)]
+    pub resumes: usize,
+    /// Hidden resume tokens fed to the model (in the cache, not in the output nor in
+    /// `generated_tokens`); they are fed in chunks, not by decode passes.
+    #[serde(default)]
+    pub resume_tokens: usize,
 }
 
 /// Wall-clock times of one generation.
@@ -293,7 +317,8 @@ pub struct Timings {
 pub struct Generation {
     /// Generated text (a trimmed stop string excluded unless configured otherwise).
     pub text: String,
-    /// Generated token ids (the EOS that ended generation is not included).
+    /// Generated token ids (the EOS that ended generation is not included, nor the
+    /// hidden resume tokens of resumed turns).
     pub ids: Vec<u32>,
     /// Prompt length in tokens.
     pub prompt_len: usize,
@@ -360,6 +385,8 @@ pub struct GeneratorBuilder<M: LanguageModel> {
     add_special_tokens: bool,
     non_finite: Option<perpetua_sampling::NonFinitePolicy>,
     mode: Option<PerpetualMode>,
+    resume_message: String,
+    resume_tokens: Option<Vec<u32>>,
 }
 
 impl<M: LanguageModel> GeneratorBuilder<M> {
@@ -388,6 +415,24 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
     /// ```
     pub fn perpetual(mut self, mode: PerpetualMode) -> Self {
         self.mode = Some(mode);
+        self
+    }
+
+    /// The user message of a resumed turn ([`EosAction::Resume`], the `resume` EOS
+    /// method). Default [`DEFAULT_RESUME_MESSAGE`]. The resume tokens are rendered from
+    /// the tokenizer's chat template at [`build`](Self::build): the end of the
+    /// assistant's turn, this message as a user turn, and the assistant's turn header.
+    pub fn resume_message(mut self, message: impl Into<String>) -> Self {
+        self.resume_message = message.into();
+        self
+    }
+
+    /// Resume tokens given as ids (for a model without a chat template, or a custom
+    /// turn): fed after an [`EosAction::Resume`] in place of the drawn EOS. Overrides
+    /// [`resume_message`](Self::resume_message). Errors at `build`: empty, or an id
+    /// outside the vocabulary.
+    pub fn resume_tokens(mut self, ids: Vec<u32>) -> Self {
+        self.resume_tokens = Some(ids);
         self
     }
 
@@ -561,6 +606,28 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
         if self.top_logprobs > vocab {
             return Err(GenerateError::invalid("top_logprobs", self.top_logprobs, "must be <= vocab_size"));
         }
+        let resume = match self.resume_tokens {
+            Some(ids) => {
+                if ids.is_empty() {
+                    return Err(GenerateError::invalid("resume_tokens", "[]", "must hold >= 1 id"));
+                }
+                if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(GenerateError::invalid(
+                        "resume_tokens",
+                        bad,
+                        "every id must be < vocab_size",
+                    ));
+                }
+                Some(ids)
+            }
+            None => match self.tokenizer.as_deref() {
+                Some(t) => resume_tokens_from_template(t, &self.resume_message)?,
+                None => None,
+            },
+        };
+        if self.mode.as_ref().is_some_and(PerpetualMode::resumes) && resume.is_none() {
+            return Err(resume_unavailable());
+        }
         let mut strategy = self.strategy;
         let mut chain = self.chain.unwrap_or_else(|| Chain::new(Multinomial));
         let mut mode_stages = None;
@@ -585,6 +652,7 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
             seed: self.seed,
             strategy,
             mode_stages,
+            resume,
             eos_ids,
             stops,
             include_stop_string: self.include_stop_string,
@@ -622,6 +690,8 @@ pub struct Generator<M: LanguageModel> {
     strategy: Box<dyn EosStrategy>,
     /// Where the perpetual mode's stages sit in the chain: `(index, count)`.
     mode_stages: Option<(usize, usize)>,
+    /// Fed after an [`EosAction::Resume`] (in place of the drawn EOS).
+    resume: Option<Vec<u32>>,
     pub(crate) eos_ids: Vec<u32>,
     stops: StopStrings,
     include_stop_string: bool,
@@ -671,18 +741,33 @@ struct Session<C> {
     started: Instant,
     decode_started: Instant,
     finish: Option<FinishReason>,
+    /// Generated-index ranges of hidden resume tokens (in `tokens`, not in the output).
+    hidden: Vec<std::ops::Range<usize>>,
+    hidden_total: usize,
+    /// `tokens[..frozen]` cannot be removed by a back step (the last resume's end).
+    frozen: usize,
 }
 
 impl<C: KvCache> Session<C> {
+    /// Generated tokens in the sequence, hidden resume tokens included: the index space
+    /// of strategies, events and the trace.
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    /// Generated tokens of the output (hidden resume tokens left out): what
+    /// `max_new_tokens` and `min_new_tokens` count.
+    fn produced(&self) -> usize {
+        self.generated() - self.hidden_total
     }
 
     /// Generated tokens a back step can remove: all of them, except that after a
     /// context roll the cache can only drop what was fed since (`tokens.len() - 1 >=
     /// recent_start` always: the pending token is never in the cache).
     fn removable(&self) -> usize {
-        self.generated().min(self.tokens.len() - 1 - self.recent_start)
+        self.generated()
+            .min(self.tokens.len() - 1 - self.recent_start)
+            .min(self.tokens.len() - self.frozen.max(self.prompt_len))
     }
 
     /// Cache length the feeding scheme requires between steps.
@@ -695,7 +780,7 @@ impl<C: KvCache> Session<C> {
         let end = self.text_end.unwrap_or(text.len()).min(text.len());
         Generation {
             text: text[..end].to_owned(),
-            ids: self.tokens[self.prompt_len..].to_vec(),
+            ids: visible_ids(&self.tokens[self.prompt_len..], &self.hidden),
             prompt_len: self.prompt_len,
             finish_reason: self.finish.clone().unwrap_or(FinishReason::Cancelled),
             counts: self.counts,
@@ -703,6 +788,57 @@ impl<C: KvCache> Session<C> {
             trace: self.trace.clone(),
         }
     }
+}
+
+/// The user message of a resumed turn unless [`GeneratorBuilder::resume_message`] sets
+/// another.
+pub const DEFAULT_RESUME_MESSAGE: &str = "Continue.";
+
+fn resume_unavailable() -> GenerateError {
+    GenerateError::invalid(
+        "strategy",
+        "resume",
+        "resuming a turn needs resume tokens: a tokenizer with a chat template, or GeneratorBuilder::resume_tokens",
+    )
+}
+
+/// `ids` without the generated-index ranges in `hidden`.
+fn visible_ids(ids: &[u32], hidden: &[std::ops::Range<usize>]) -> Vec<u32> {
+    if hidden.is_empty() {
+        return ids.to_vec();
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    let mut from = 0;
+    for r in hidden {
+        out.extend_from_slice(&ids[from.min(ids.len())..r.start.min(ids.len())]);
+        from = r.end;
+    }
+    out.extend_from_slice(&ids[from.min(ids.len())..]);
+    out
+}
+
+/// The resume tokens of a chat template: what the template writes between the end of
+/// an assistant message and the next assistant turn header, with `message` as the user
+/// turn between (rendered around a marker, so any template works that renders an
+/// assistant message verbatim). `None` when the tokenizer has no template or the
+/// marker does not survive rendering; template and tokenizer errors are errors.
+fn resume_tokens_from_template(
+    tok: &dyn Tokenizer,
+    message: &str,
+) -> Result<Option<Vec<u32>>, GenerateError> {
+    const MARK: &str = "\u{2063}perpetua-resume-mark\u{2063}";
+    let messages =
+        [ChatMessage::user("Hello."), ChatMessage::new("assistant", MARK), ChatMessage::user(message)];
+    let Some(rendered) = tok.apply_chat_template(&messages, true) else {
+        return Ok(None);
+    };
+    let rendered = rendered.map_err(GenerateError::Tokenizer)?;
+    let Some(at) = rendered.find(MARK) else {
+        return Ok(None);
+    };
+    let suffix = &rendered[at + MARK.len()..];
+    let ids = tok.encode(suffix, false).map_err(GenerateError::Tokenizer)?;
+    Ok((!ids.is_empty()).then_some(ids))
 }
 
 /// Insert `mode`'s stages; returns where they went (`(index, count)`).
@@ -788,6 +924,8 @@ impl<M: LanguageModel> Generator<M> {
             add_special_tokens: true,
             non_finite: None,
             mode: None,
+            resume_message: DEFAULT_RESUME_MESSAGE.to_owned(),
+            resume_tokens: None,
         }
     }
 
@@ -838,6 +976,9 @@ impl<M: LanguageModel> Generator<M> {
     /// go in. Errors: the mode's validation, DRY without a tokenizer; the generator is
     /// unchanged then.
     pub fn set_perpetual(&mut self, mode: &PerpetualMode) -> Result<(), GenerateError> {
+        if mode.resumes() && self.resume.is_none() {
+            return Err(resume_unavailable());
+        }
         let strategy = mode.strategy()?;
         let stages =
             mode.stages(self.tokenizer.as_deref().map(|t| t as &dyn Tokenizer), self.model.vocab_size())?;
@@ -968,6 +1109,9 @@ impl<M: LanguageModel> Generator<M> {
             started,
             decode_started: Instant::now(),
             finish: None,
+            hidden: Vec::new(),
+            hidden_total: 0,
+            frozen: 0,
         }
     }
 
@@ -1080,7 +1224,7 @@ impl<M: LanguageModel> Generator<M> {
             self.finish(s, ev, FinishReason::Cancelled);
             return Ok(());
         }
-        if self.max_new_tokens.is_some_and(|m| generated >= m) {
+        if self.max_new_tokens.is_some_and(|m| s.produced() >= m) {
             self.finish(s, ev, FinishReason::MaxNewTokens);
             return Ok(());
         }
@@ -1148,7 +1292,7 @@ impl<M: LanguageModel> Generator<M> {
             top_alternatives(&self.logits, lse, self.top_logprobs, &mut self.top);
         }
 
-        let mask_eos = plan.mask_eos || generated < self.min_new_tokens;
+        let mask_eos = plan.mask_eos || s.produced() < self.min_new_tokens;
         // Masking touches only EOS entries, and a masked EOS is never chosen, so the
         // chosen token's raw logit survives in the buffer.
         let raw_logit =
@@ -1235,20 +1379,16 @@ impl<M: LanguageModel> Generator<M> {
                     token = replacement;
                     trace_event = TraceEvent::EosAvoided;
                 }
-                EosAction::Backstep { n } => {
+                EosAction::Backstep { .. } | EosAction::Resume => {
                     s.timings.sampling += t1.elapsed();
                     let chosen = raw_logit(&self.logits, first);
-                    let removed = self.backstep(s, ev, n, BackstepCause::Eos)?;
-                    push_trace(
-                        s,
-                        raw,
-                        generated,
-                        first,
-                        chosen,
-                        lse,
-                        temperature,
-                        TraceEvent::Backstep { removed },
-                    );
+                    let event = match action {
+                        EosAction::Backstep { n } => {
+                            TraceEvent::Backstep { removed: self.backstep(s, ev, n, BackstepCause::Eos)? }
+                        }
+                        _ => TraceEvent::Resumed { hidden: self.resume(s, ev)? },
+                    };
+                    push_trace(s, raw, generated, first, chosen, lse, temperature, event);
                     return Ok(());
                 }
             }
@@ -1260,7 +1400,7 @@ impl<M: LanguageModel> Generator<M> {
         s.tokens.push(token);
         self.chain.accept(token);
         self.strategy.on_token(token, generated);
-        s.counts.generated_tokens = s.generated();
+        s.counts.generated_tokens = s.produced();
         match &self.tokenizer {
             Some(tok) => {
                 let bytes = if self.skip_special_tokens && tok.is_special(token) {
@@ -1313,6 +1453,17 @@ impl<M: LanguageModel> Generator<M> {
             })
         };
         s.timings.sampling += t2.elapsed();
+        if let TokenAction::Resume { n } = action {
+            let removed = if n > 0 { self.backstep(s, ev, n, BackstepCause::Loop)? } else { 0 };
+            let hidden = self.resume(s, ev)?;
+            let event = if removed > 0 {
+                TraceEvent::LoopBackstep { removed }
+            } else {
+                TraceEvent::Resumed { hidden }
+            };
+            push_trace(s, raw, generated, token, chosen, lse, temperature, event);
+            return Ok(());
+        }
         if let TokenAction::Backstep { n } = action {
             let removed = self.backstep(s, ev, n, BackstepCause::Loop)?;
             push_trace(
@@ -1331,7 +1482,7 @@ impl<M: LanguageModel> Generator<M> {
 
         if let Some(reason) = finished {
             self.finish(s, ev, reason);
-        } else if self.max_new_tokens.is_some_and(|m| s.generated() >= m) {
+        } else if self.max_new_tokens.is_some_and(|m| s.produced() >= m) {
             self.finish(s, ev, FinishReason::MaxNewTokens);
         } else if let Some((pattern_len, repeats)) =
             self.repetition.as_ref().and_then(|r| r.detect(&s.tokens[s.prompt_len..]))
@@ -1377,9 +1528,68 @@ impl<M: LanguageModel> Generator<M> {
             s.counts.loop_backsteps += 1;
         }
         s.counts.tokens_removed += n;
-        s.counts.generated_tokens = to;
+        s.counts.generated_tokens = to - s.hidden_total;
         ev.push_back(Event::Backstep { from: generated, to, text_len: s.emitted, cause });
         Ok(n)
+    }
+
+    /// End the model's turn and open the next one ([`EosAction::Resume`]): append the
+    /// resume tokens in place of the drawn EOS, feed all but the last (which becomes the
+    /// pending token, as after any append), rolling the context first when they do not
+    /// fit. The output gets `"\n\n"`. Returns the number of resume tokens.
+    fn resume(
+        &mut self,
+        s: &mut Session<M::Cache>,
+        ev: &mut VecDeque<Event>,
+    ) -> Result<usize, GenerateError> {
+        let Some(ids) = self.resume.clone() else {
+            return Err(GenerateError::InvalidStrategyAction {
+                strategy: self.strategy.name(),
+                action: "Resume: the generator has no resume tokens (it needs a tokenizer with a chat \
+                         template, or GeneratorBuilder::resume_tokens)"
+                    .to_owned(),
+            });
+        };
+        let t0 = Instant::now();
+        let position = s.generated();
+        let old_len = s.tokens.len();
+        // After an EOS draw the step has fed the pending token; after a token action
+        // (or a back step) the cache still lacks it.
+        let from = if s.cache.seq_len() == s.expected_cache_len() { old_len - 1 } else { old_len };
+        s.tokens.extend_from_slice(&ids);
+        let k = ids.len();
+        for (i, &t) in ids.iter().enumerate() {
+            self.chain.accept(t);
+            s.decoder.push(if i == 0 { &b"\n\n"[..] } else { &[][..] });
+        }
+        // The cache holds `tokens[..old_len]` (this step fed the pending token); it must
+        // end up holding all but the new last token.
+        if s.expected_cache_len() >= s.window {
+            self.roll(s, ev)?;
+        } else {
+            feed_chunks(
+                &self.model,
+                &mut s.cache,
+                &s.tokens[from..old_len + k - 1],
+                self.prefill_chunk,
+                &mut self.logits,
+            )?;
+        }
+        let expected = s.expected_cache_len();
+        if s.cache.seq_len() != expected {
+            return Err(GenerateError::CacheOutOfSync { cache_len: s.cache.seq_len(), expected });
+        }
+        s.hidden.push(position..position + k);
+        s.hidden_total += k;
+        s.frozen = s.tokens.len();
+        s.counts.resumes += 1;
+        s.counts.resume_tokens += k;
+        s.counts.prefill_tokens += old_len + k - 1 - from;
+        s.counts.generated_tokens = s.produced();
+        s.timings.forward += t0.elapsed();
+        self.strategy.on_resume(s.generated());
+        ev.push_back(Event::Resumed { position, hidden: k });
+        Ok(k)
     }
 
     /// The cache is full: keep the first `sink` tokens and the most recent ones,
@@ -1468,7 +1678,8 @@ impl<M: LanguageModel> Stream<'_, M> {
         self.session.finish.is_some()
     }
 
-    /// Generated token ids so far.
+    /// Generated token ids so far, in the generated-index space of events (hidden
+    /// resume tokens of resumed turns included; [`Generation::ids`] leaves them out).
     pub fn generated_ids(&self) -> &[u32] {
         &self.session.tokens[self.session.prompt_len..]
     }

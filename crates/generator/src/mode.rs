@@ -24,7 +24,7 @@
 
 use perpetua_perpetual::{
     Anticipation, Backstep, BackstepWithSchedule, EosStrategy, LoopBackstep, LoopDetection, Peak,
-    PostEosResample, Staleness, StopAtEos, SuppressEos,
+    PostEosResample, ResumeTurn, Staleness, StopAtEos, SuppressEos,
 };
 use perpetua_sampling::processors::{Dry, RepetitionPenalty, StalenessGate};
 use perpetua_sampling::{Chain, LogitsProcessor};
@@ -50,17 +50,22 @@ pub enum EosMethod {
     /// Method 4, back step + dynamic temperature ([`BackstepWithSchedule`]). Names:
     /// `dynamic`, `backstep_with_schedule`.
     Dynamic,
+    /// Let the turn end and resume it: the generator feeds a hidden "Continue." user
+    /// turn and a new assistant turn header ([`ResumeTurn`]; needs a chat template).
+    /// Names: `resume`, `resume_turn`.
+    Resume,
 }
 
 impl EosMethod {
     /// Every method, in the paper's order after plain generation.
-    pub const ALL: [EosMethod; 6] = [
+    pub const ALL: [EosMethod; 7] = [
         EosMethod::Stop,
         EosMethod::Suppress,
         EosMethod::SuppressMasked,
         EosMethod::PostEos,
         EosMethod::Backstep,
         EosMethod::Dynamic,
+        EosMethod::Resume,
     ];
 
     /// The method by any of its names (see the variants). Errors:
@@ -73,11 +78,12 @@ impl EosMethod {
             "post_eos" | "post-eos" | "post_eos_resample" => Self::PostEos,
             "backstep" => Self::Backstep,
             "dynamic" | "backstep_with_schedule" => Self::Dynamic,
+            "resume" | "resume_turn" => Self::Resume,
             other => {
                 return Err(GenerateError::invalid(
                     "strategy",
                     other,
-                    "known EOS methods: plain, suppress, suppress_masked, post_eos, backstep, dynamic (or perpetual)",
+                    "known EOS methods: plain, suppress, suppress_masked, post_eos, backstep, dynamic, resume (or perpetual)",
                 ));
             }
         })
@@ -92,6 +98,7 @@ impl EosMethod {
             Self::PostEos => "post_eos",
             Self::Backstep => "backstep",
             Self::Dynamic => "dynamic",
+            Self::Resume => "resume",
         }
     }
 
@@ -123,6 +130,7 @@ impl EosMethod {
             (Self::Dynamic, Some(p)) => {
                 Box::new(BackstepWithSchedule::new(n).map_err(bad)?.with_peak(p).map_err(bad_peak)?)
             }
+            (Self::Resume, _) => Box::new(ResumeTurn::new()),
         })
     }
 }
@@ -320,6 +328,11 @@ pub struct PerpetualMode {
     /// budget ([`Staleness`], [`LoopBackstep::with_staleness`]); implies loop back steps.
     #[serde(default)]
     pub staleness: Option<Staleness>,
+    /// A stale window ends the turn instead of being regenerated
+    /// ([`LoopBackstep::with_stale_turns`]; spec part `turns`, which implies `stale`).
+    /// Needs resume tokens (a chat template), like the `resume` method.
+    #[serde(default)]
+    pub stale_turns: bool,
     /// Raise the temperature when entropy falls ([`Anticipation`]).
     pub anticipation: Option<AnticipationOptions>,
     /// A windowed repetition penalty added to the chain.
@@ -336,6 +349,7 @@ impl PerpetualMode {
             dry: None,
             loop_detection: None,
             staleness: None,
+            stale_turns: false,
             anticipation: None,
             repetition: None,
         }
@@ -480,6 +494,11 @@ impl PerpetualMode {
                     }
                     mode.anticipation = Some(a);
                 }
+                ("turns", None) => {
+                    mode.stale_turns = true;
+                    mode.staleness.get_or_insert_with(Staleness::default);
+                    mode.loop_detection.get_or_insert_with(LoopDetection::default);
+                }
                 ("rep", None) => mode.repetition = Some(WindowedRepetition::default()),
                 ("rep", Some(v)) => {
                     let (p, n) = v.split_once('/').unwrap_or((v, "256"));
@@ -492,7 +511,7 @@ impl PerpetualMode {
                     return Err(GenerateError::invalid(
                         "strategy",
                         part,
-                        "known tools: dry[=M[/A[/N]]], gate=LOW/HIGH[/W], loop, stale[=W/D[/N[/B]]], anticipation[=R[/P[/H]]], rep[=P[/N]]",
+                        "known tools: dry[=M[/A[/N]]], gate=LOW/HIGH[/W], loop, stale[=W/D[/N[/B]]], turns, anticipation[=R[/P[/H]]], rep[=P[/N]]",
                     ));
                 }
             }
@@ -571,6 +590,9 @@ impl PerpetualMode {
                 ));
             }
         }
+        if self.stale_turns {
+            s.push_str("+turns");
+        }
         if let Some(a) = self.anticipation {
             if a == AnticipationOptions::default() {
                 s.push_str("+anticipation");
@@ -588,6 +610,12 @@ impl PerpetualMode {
         s
     }
 
+    /// Whether the mode ends turns and resumes them (the `resume` method, or `turns`):
+    /// it then needs a generator with resume tokens.
+    pub fn resumes(&self) -> bool {
+        self.method == EosMethod::Resume || (self.stale_turns && self.staleness.is_some())
+    }
+
     /// The strategy: the EOS method, wrapped by [`LoopBackstep`] and then
     /// [`Anticipation`] when asked. Errors: [`validate`](Self::validate).
     pub fn strategy(&self) -> Result<Box<dyn EosStrategy>, GenerateError> {
@@ -599,7 +627,8 @@ impl PerpetualMode {
             if let Some(st) = self.staleness {
                 lb = lb
                     .with_staleness(st)
-                    .map_err(|e| GenerateError::invalid("staleness", e, "invalid thresholds"))?;
+                    .map_err(|e| GenerateError::invalid("staleness", e, "invalid thresholds"))?
+                    .with_stale_turns(self.stale_turns);
             }
             s = Box::new(lb);
         }

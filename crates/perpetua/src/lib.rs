@@ -76,7 +76,7 @@ pub mod prelude {
     pub use perpetua_kv_cache::{ForkableCache, KvCache};
     pub use perpetua_perpetual::{
         Anticipation, Backstep, BackstepWithSchedule, Budget, EosStrategy, LoopBackstep, LoopDetection,
-        LoopGuard, Peak, PostEosResample, StopAtEos, SuppressEos, TemperatureSchedule,
+        LoopGuard, Peak, PostEosResample, ResumeTurn, StopAtEos, SuppressEos, TemperatureSchedule,
     };
     pub use perpetua_sampling::processors::{
         MinP, RepetitionPenalty, Temperature, TopK, TopP, Watermark, WatermarkDetector,

@@ -130,6 +130,7 @@ pub struct LoopBackstep<S = StopAtEos> {
     span: usize,
     guard: LoopGuard,
     staleness: Option<Staleness>,
+    stale_turns: bool,
     // State (reset per sequence).
     pending: Option<PendingLoopStep>,
     active: Option<ActiveSchedule>,
@@ -164,6 +165,7 @@ impl<S: EosStrategy> LoopBackstep<S> {
             span: DEFAULT_LOOP_SPAN,
             guard: default_loop_guard(),
             staleness: None,
+            stale_turns: false,
             pending: None,
             active: None,
             bans: None,
@@ -187,6 +189,22 @@ impl<S: EosStrategy> LoopBackstep<S> {
         staleness.validate()?;
         self.staleness = Some(staleness);
         Ok(self)
+    }
+
+    /// A stale window ends the model's turn instead of being regenerated: remove the
+    /// last `backstep` tokens (while the regeneration budget allows, else none) and
+    /// answer [`TokenAction::Resume`], so the generator feeds its resume tokens and the
+    /// model starts a new turn — the state it writes its freshest text in — with its
+    /// text so far in context. Needs a generator with resume tokens (a chat template).
+    /// Without staleness thresholds this does nothing.
+    pub fn with_stale_turns(mut self, on: bool) -> Self {
+        self.stale_turns = on;
+        self
+    }
+
+    /// Whether stale windows end the turn ([`with_stale_turns`](Self::with_stale_turns)).
+    pub fn stale_turns(&self) -> bool {
+        self.stale_turns
     }
 
     /// The staleness thresholds, if staleness is checked.
@@ -312,6 +330,14 @@ impl<S: EosStrategy> LoopBackstep<S> {
         // The budget covers every back step (EOS, loop, stale): stale ones are the
         // optional kind, taken only while the whole regeneration stays within it.
         let allowed = (f64::from(st.budget) * self.frontier as f64) as usize;
+        if self.stale_turns {
+            // End the turn here (after removing the stale tail while the budget allows);
+            // `on_resume` re-arms the check once the new turn has a window of text.
+            let n = if self.removed_total + n <= allowed { n } else { 0 };
+            self.stale_backsteps += 1;
+            self.stale_quiet_until = usize::MAX;
+            return TokenAction::Resume { n };
+        }
         if n > 0 && self.removed_total + n <= allowed {
             self.stale_backsteps += 1;
             self.loop_backsteps += 1;
@@ -396,6 +422,15 @@ impl<S: EosStrategy> EosStrategy for LoopBackstep<S> {
                 TokenAction::Continue
             }
         }
+    }
+
+    fn on_resume(&mut self, generated: usize) {
+        self.detector.invalidate();
+        self.frontier = self.frontier.max(generated);
+        if let Some(st) = self.staleness {
+            self.stale_quiet_until = generated.saturating_add(st.window);
+        }
+        self.inner.on_resume(generated);
     }
 
     fn on_backstep(&mut self, removed: usize, generated: usize) {
@@ -641,6 +676,10 @@ impl<S: EosStrategy> EosStrategy for Anticipation<S> {
             self.observe(h, event.generated.len(), event.base_temperature);
         }
         self.inner.after_token(event)
+    }
+
+    fn on_resume(&mut self, generated: usize) {
+        self.inner.on_resume(generated);
     }
 
     fn on_backstep(&mut self, removed: usize, generated: usize) {

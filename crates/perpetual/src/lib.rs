@@ -59,6 +59,7 @@ mod ending;
 mod error;
 mod fresh;
 mod loops;
+mod resume;
 mod schedule;
 mod strategies;
 
@@ -67,6 +68,7 @@ pub use ending::{COMMON_ENDING_PHRASES, EndingMode, EndingPhrases};
 pub use error::{PerpetualError, Result};
 pub use fresh::{Anticipation, DEFAULT_LOOP_SPAN, LoopBackstep, MAX_ANTICIPATION_WINDOW, default_loop_guard};
 pub use loops::{LoopDetection, LoopDetector, MAX_LOOP_WINDOW, Repeat, Staleness};
+pub use resume::{DEFAULT_MIN_TURN, ResumeTurn};
 pub use schedule::{CustomSchedule, Peak, ScheduleInput, TemperatureSchedule};
 pub use strategies::{
     Backstep, BackstepWithSchedule, DEFAULT_BACKSTEP, DEFAULT_RESAMPLE_SPAN, PostEosResample, SuppressEos,
@@ -219,6 +221,14 @@ pub enum TokenAction {
         /// Tokens to remove.
         n: usize,
     },
+    /// Remove the last `n` generated tokens (`0`: none), then end the model's turn and
+    /// resume it as [`EosAction::Resume`] does: a stale stretch ends the turn instead of
+    /// being regenerated ([`LoopBackstep::with_stale_turns`]). `n` is clamped as for a
+    /// back step; the generator then calls [`EosStrategy::on_resume`].
+    Resume {
+        /// Tokens to remove before the turn ends.
+        n: usize,
+    },
 }
 
 /// The event of a first draw that is an EOS id.
@@ -259,6 +269,13 @@ pub enum EosAction {
         /// Tokens to remove.
         n: usize,
     },
+    /// Let the turn end, and ask for more: the generator closes the model's turn,
+    /// feeds its *resume tokens* (a hidden user turn asking to go on and a new
+    /// assistant turn header, rendered from the chat template), and the model writes on
+    /// from its own text ([`ResumeTurn`]). The resume tokens are in the cache, never in
+    /// the output; the output gets a paragraph break (`"\n\n"`) where the turn ended. A
+    /// generator without resume tokens (no chat template) answers this with an error.
+    Resume,
 }
 
 /// A policy for EOS draws, degeneration, and the temperature around them.
@@ -299,6 +316,11 @@ pub trait EosStrategy: Send {
     /// A back step removed `removed` tokens; `generated` tokens remain.
     fn on_backstep(&mut self, _removed: usize, _generated: usize) {}
 
+    /// The generator resumed the turn ([`EosAction::Resume`] or
+    /// [`TokenAction::Resume`]): it fed the resume tokens, and `generated` tokens (those
+    /// included) now exist; the next token opens the new turn.
+    fn on_resume(&mut self, _generated: usize) {}
+
     /// Forget all state (a new sequence).
     fn reset(&mut self) {}
 }
@@ -336,6 +358,9 @@ impl<S: EosStrategy + ?Sized> EosStrategy for Box<S> {
     fn on_backstep(&mut self, removed: usize, generated: usize) {
         (**self).on_backstep(removed, generated)
     }
+    fn on_resume(&mut self, generated: usize) {
+        (**self).on_resume(generated)
+    }
     fn reset(&mut self) {
         (**self).reset()
     }
@@ -343,7 +368,7 @@ impl<S: EosStrategy + ?Sized> EosStrategy for Box<S> {
 
 /// A strategy with its defaults, by its [`EosStrategy::name`] (for configs and CLIs):
 /// `stop`, `suppress_eos`, `suppress_eos_masked`, `post_eos_resample`, `backstep`,
-/// `backstep_with_schedule`. Errors: [`PerpetualError::UnknownStrategy`].
+/// `backstep_with_schedule`, `resume_turn`. Errors: [`PerpetualError::UnknownStrategy`].
 pub fn strategy_by_name(name: &str) -> Result<Box<dyn EosStrategy>> {
     Ok(match name {
         "stop" => Box::new(StopAtEos),
@@ -352,6 +377,7 @@ pub fn strategy_by_name(name: &str) -> Result<Box<dyn EosStrategy>> {
         "post_eos_resample" => Box::new(PostEosResample::new()),
         "backstep" => Box::new(Backstep::default()),
         "backstep_with_schedule" => Box::new(BackstepWithSchedule::default()),
+        "resume_turn" => Box::new(ResumeTurn::new()),
         other => return Err(PerpetualError::UnknownStrategy(other.to_string())),
     })
 }

@@ -71,6 +71,7 @@ macro_rules! controls_builders {
         }
     };
 }
+pub(crate) use controls_builders;
 
 /// Method 1, "Suppress EOS": draw two candidates without replacement; when the first
 /// is EOS, take the second. The temperature is never changed.

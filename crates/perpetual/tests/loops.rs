@@ -152,6 +152,7 @@ fn simulate(s: &mut dyn EosStrategy, period: usize, eos_every: usize, steps: usi
                     break;
                 }
                 EosAction::Replace { token: t } => token = t,
+                EosAction::Resume => panic!("no strategy simulated here resumes turns"),
                 EosAction::Backstep { n } => {
                     let n = n.min(g).min(roll_cap);
                     text.truncate(g - n);
@@ -328,14 +329,82 @@ fn salad(s: &mut LoopBackstep<StopAtEos>, alphabet: u32, steps: usize, seed: u64
         };
         // The longest the text has been, the token just appended included.
         frontier = frontier.max(text.len());
-        if let TokenAction::Backstep { n } = s.after_token(&ev) {
-            assert!(n >= 1 && n <= text.len(), "{n} of {}", text.len());
-            text.truncate(text.len() - n);
-            removed += n;
-            s.on_backstep(n, text.len());
+        match s.after_token(&ev) {
+            TokenAction::Backstep { n } => {
+                assert!(n >= 1 && n <= text.len(), "{n} of {}", text.len());
+                text.truncate(text.len() - n);
+                removed += n;
+                s.on_backstep(n, text.len());
+            }
+            TokenAction::Resume { n } => {
+                assert!(n <= text.len(), "{n} of {}", text.len());
+                if n > 0 {
+                    text.truncate(text.len() - n);
+                    removed += n;
+                    s.on_backstep(n, text.len());
+                }
+                // The generator feeds the resume tokens (4 here), then tells the strategy.
+                text.extend(7_000..7_004);
+                frontier = frontier.max(text.len());
+                s.on_resume(text.len());
+            }
+            TokenAction::Continue => {}
         }
     }
     (text.len(), frontier, removed)
+}
+
+#[test]
+fn stale_turns_end_the_turn_within_the_budget_and_rearm_after_a_window() {
+    let st = Staleness::default();
+    // The verbatim detector off in effect, so only staleness acts.
+    let detection =
+        LoopDetection { max_period: 1, min_repeated_tokens: 4_000, min_span: 0, ..LoopDetection::new() };
+    let mut s = LoopBackstep::new(StopAtEos)
+        .with_detection(detection)
+        .unwrap()
+        .with_staleness(st)
+        .unwrap()
+        .with_stale_turns(true);
+    assert!(s.stale_turns());
+    let mut frontier = 0;
+    let mut text: Vec<u32> = (5_000..5_100).collect();
+    let (mut resumes, mut last_resume_end, mut removed) = (Vec::new(), 0usize, 0usize);
+    for i in 0..3_000u32 {
+        text.push(i % 5);
+        frontier = frontier.max(text.len());
+        s.on_token(i % 5, text.len() - 1);
+        let ev = TokenAppended {
+            prompt_len: PROMPT,
+            generated: &text,
+            removable: text.len() - last_resume_end,
+            entropy: None,
+            temperature: 1.0,
+            base_temperature: 1.0,
+        };
+        match s.after_token(&ev) {
+            TokenAction::Resume { n } => {
+                // Never before a window of new turn text exists.
+                assert!(last_resume_end == 0 || text.len() >= last_resume_end + st.window, "{}", text.len());
+                text.truncate(text.len() - n);
+                removed += n;
+                if n > 0 {
+                    s.on_backstep(n, text.len());
+                }
+                text.extend(7_000..7_004);
+                frontier = frontier.max(text.len());
+                last_resume_end = text.len();
+                s.on_resume(text.len());
+                resumes.push(n);
+            }
+            TokenAction::Backstep { .. } => panic!("stale turns never regenerate"),
+            TokenAction::Continue => {}
+        }
+    }
+    assert!(resumes.len() > 10, "{resumes:?}");
+    // Tokens removed stay within the budget; past it, turns end without removal.
+    assert!(removed as f64 <= f64::from(st.budget) * frontier as f64, "{removed} of {frontier}");
+    assert!(resumes.contains(&0) && resumes.contains(&st.backstep), "{resumes:?}");
 }
 
 proptest! {

@@ -4,7 +4,7 @@
 
 use perpetua_perpetual::{
     Backstep, BackstepWithSchedule, Budget, EosAction, EosDrawn, EosStrategy, LoopGuard, Peak,
-    PostEosResample, StepInfo, SuppressEos, TemperatureSchedule, strategy_by_name,
+    PostEosResample, ResumeTurn, StepInfo, SuppressEos, TemperatureSchedule, strategy_by_name,
 };
 use proptest::prelude::*;
 
@@ -188,6 +188,7 @@ fn strategies_by_name() {
         "post_eos_resample",
         "backstep",
         "backstep_with_schedule",
+        "resume_turn",
     ] {
         assert_eq!(strategy_by_name(name).unwrap().name(), name);
     }
@@ -206,7 +207,13 @@ struct Run {
     generated: usize,
     /// Lowest and highest plan temperature seen (base 1.0 when never overridden).
     temperature_range: (f32, f32),
+    /// Turns resumed, and the shortest turn (tokens appended) that was ended.
+    resumes: usize,
+    shortest_ended_turn: Option<usize>,
 }
+
+/// Hidden tokens the simulated generator feeds after a resume.
+const HIDDEN: usize = 4;
 
 /// Play a script against a strategy the way the generator does. `script[i % len]`:
 /// (the first draw is EOS, a runner-up exists).
@@ -214,6 +221,7 @@ fn simulate(s: &mut dyn EosStrategy, script: &[(bool, bool)], steps: usize) -> R
     let mut run = Run { temperature_range: (1.0, 1.0), ..Run::default() };
     let (mut generated, mut frontier, mut since_frontier, mut backsteps_in_row) =
         (0usize, 0usize, 0usize, 0usize);
+    let mut turn = 0usize;
     for i in 0..steps {
         let (eos, runner_up) = script[i % script.len()];
         let plan = s.plan_step(&step(generated, 1.0));
@@ -228,9 +236,19 @@ fn simulate(s: &mut dyn EosStrategy, script: &[(bool, bool)], steps: usize) -> R
                     break;
                 }
                 EosAction::Replace { token } => Some(token),
+                EosAction::Resume => {
+                    // The generator feeds the resume tokens (no `on_token`): they are
+                    // text the model sees, not text a back step may remove.
+                    run.resumes += 1;
+                    run.shortest_ended_turn = Some(run.shortest_ended_turn.map_or(turn, |m| m.min(turn)));
+                    turn = 0;
+                    generated += HIDDEN;
+                    None
+                }
                 EosAction::Backstep { n } => {
-                    let n = n.min(generated);
+                    let n = n.min(generated).min(turn);
                     generated -= n;
+                    turn -= n;
                     s.on_backstep(n, generated);
                     backsteps_in_row += 1;
                     run.max_consecutive_backsteps = run.max_consecutive_backsteps.max(backsteps_in_row);
@@ -244,6 +262,7 @@ fn simulate(s: &mut dyn EosStrategy, script: &[(bool, bool)], steps: usize) -> R
             run.eos_written |= t == EOS;
             s.on_token(t, generated);
             generated += 1;
+            turn += 1;
             backsteps_in_row = 0;
         }
         since_frontier += 1;
@@ -264,7 +283,31 @@ fn strategies(guard: LoopGuard) -> Vec<Box<dyn EosStrategy>> {
         Box::new(PostEosResample::new().with_loop_guard(guard).unwrap()),
         Box::new(Backstep::new(7).unwrap().with_loop_guard(guard).unwrap()),
         Box::new(BackstepWithSchedule::new(10).unwrap().with_loop_guard(guard).unwrap()),
+        Box::new(ResumeTurn::new().with_loop_guard(guard).unwrap()),
     ]
+}
+
+#[test]
+fn resume_turn_ends_long_turns_and_replaces_short_ones() {
+    let mut s = ResumeTurn::new().with_min_turn(3);
+    assert_eq!(s.plan_step(&step(0, 1.0)).draws, 2);
+    s.on_token(3, 0);
+    s.on_token(3, 1);
+    assert_eq!(s.on_eos(&eos_at(2, 1.0)), EosAction::Replace { token: RUNNER_UP });
+    s.on_token(RUNNER_UP, 2);
+    assert_eq!(s.on_eos(&eos_at(3, 1.0)), EosAction::Resume);
+    // The turn starts over; a back step counts against it.
+    for i in 7..10 {
+        s.on_token(3, i);
+    }
+    s.on_backstep(2, 8);
+    assert_eq!(s.on_eos(&eos_at(8, 1.0)), EosAction::Replace { token: RUNNER_UP });
+    assert_eq!((s.turns(), s.interventions()), (1, 3));
+    // A budget lets the EOS through; reset forgets the turns.
+    let mut b = ResumeTurn::new().with_budget(Budget::unlimited().max_interventions(0));
+    assert_eq!(b.on_eos(&eos_at(40, 1.0)), EosAction::Stop);
+    s.reset();
+    assert_eq!((s.turns(), s.interventions()), (0, 0));
 }
 
 proptest! {
@@ -298,6 +341,12 @@ proptest! {
             if run.stopped {
                 prop_assert!(script.iter().any(|&(eos, r)| eos && !r), "{}: {run:?}", s.name());
             }
+            // Only the resuming strategy resumes, and never after a turn shorter than
+            // its minimum.
+            if s.name() != "resume_turn" {
+                prop_assert_eq!(run.resumes, 0);
+            }
+            prop_assert!(run.shortest_ended_turn.is_none_or(|t| t >= perpetua_perpetual::DEFAULT_MIN_TURN), "{run:?}");
         }
     }
 

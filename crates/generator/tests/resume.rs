@@ -1,0 +1,255 @@
+//! Resumed turns ([`EosAction::Resume`], the `resume` EOS method) on the fake model:
+//! the resume tokens come from the chat template, are fed to the cache but never
+//! appear in the output, the budget counts only visible tokens, back steps never remove
+//! them, the cache stays in sync (with and without context rolls), and a generator
+//! that cannot resume refuses the mode with a typed error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use perpetua_generator::testing::{ByteTokenizer, FakeCache, FakeModel};
+use perpetua_generator::{Event, FinishReason, GenerateError, Generator, PerpetualMode, TraceEvent};
+use perpetua_perpetual::{EosAction, EosDrawn, EosStrategy};
+use perpetua_sampling::Chain;
+use perpetua_sampling::processors::{Temperature, TopK};
+use perpetua_sampling::samplers::Multinomial;
+use proptest::prelude::*;
+
+const EOS: u32 = ByteTokenizer::EOS;
+
+/// What the byte tokenizer's template writes between an assistant message and the next
+/// assistant turn header, with the default message.
+const RESUME: &[u8] = b"\nuser: Continue.\nassistant: ";
+
+fn chain() -> Chain {
+    Chain::new(Multinomial).with(TopK::new(20).unwrap()).with(Temperature::new(1.0).unwrap())
+}
+
+/// A fake model that draws EOS often (bias +3 over logits in [-4, 4)).
+fn eager_model(seed: u64) -> FakeModel {
+    FakeModel::new(ByteTokenizer::VOCAB_SIZE).with_seed(seed).with_order(2).with_eos(EOS).with_eos_bias(3.0)
+}
+
+fn generator(model: FakeModel, spec: &str, budget: usize) -> Generator<FakeModel> {
+    Generator::builder(model)
+        .tokenizer(ByteTokenizer::new())
+        .chain(chain())
+        .seed(11)
+        .perpetual(PerpetualMode::parse(spec).unwrap())
+        .max_new_tokens(budget)
+        .build()
+        .unwrap()
+}
+
+/// Stream a chat prompt, checking at every event that the cache holds the sequence
+/// minus its pending token (without rolls) and that no back step removes a resume
+/// token; returns the output, the visible ids streamed, and the hidden ranges seen.
+fn run_checked(
+    g: &mut Generator<FakeModel>,
+    rolls: bool,
+) -> (perpetua_generator::Generation, Vec<u32>, Vec<std::ops::Range<usize>>) {
+    let prompt = vec![perpetua_generator::ChatMessage::user("Tell me more")];
+    let mut stream = g.stream(prompt).unwrap();
+    let mut visible: Vec<(usize, u32)> = Vec::new();
+    let mut hidden: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut text = String::new();
+    let prompt_len = stream.sequence_len() - stream.generated_ids().len();
+    while let Some(event) = stream.next() {
+        match event.unwrap() {
+            Event::Token { index, id, text: delta, .. } => {
+                visible.push((index, id));
+                text.push_str(&delta);
+            }
+            Event::Resumed { position, hidden: k } => {
+                assert_eq!(k, RESUME.len());
+                let seq = stream.sequence();
+                let got = &seq[prompt_len + position..prompt_len + position + k];
+                assert!(got.iter().copied().eq(RESUME.iter().map(|&b| u32::from(b))), "{got:?}");
+                hidden.push(position..position + k);
+            }
+            Event::Backstep { to, text_len, .. } => {
+                let end = hidden.last().map_or(0, |r| r.end);
+                assert!(to >= end, "a back step to {to} removed resume tokens ending at {end}");
+                visible.retain(|&(i, _)| i < to);
+                text.truncate(text_len);
+            }
+            Event::Finished { text: rest, .. } => text.push_str(&rest),
+            _ => {}
+        }
+        if !rolls {
+            assert_eq!(stream.cache_len(), stream.sequence_len() - 1);
+        }
+    }
+    let out = stream.into_output();
+    let ids: Vec<u32> = visible.iter().map(|&(_, id)| id).collect();
+    assert_eq!(out.ids, ids, "the output holds exactly the visible tokens");
+    assert_eq!(out.text, text, "the streamed text is the output text");
+    (out, ids, hidden)
+}
+
+#[test]
+fn resumed_turns_are_fed_hidden_and_the_budget_counts_visible_tokens() {
+    let mut g = generator(eager_model(1), "resume", 400);
+    let (out, _, hidden) = run_checked(&mut g, false);
+    assert_eq!(out.finish_reason, FinishReason::MaxNewTokens);
+    assert_eq!((out.ids.len(), out.counts.generated_tokens), (400, 400));
+    assert!(out.counts.resumes >= 3, "{:?}", out.counts);
+    assert_eq!(out.counts.resumes, hidden.len());
+    assert_eq!(out.counts.resume_tokens, hidden.len() * RESUME.len());
+    // No resume token and no EOS in the output; each turn is separated by a paragraph.
+    assert!(!out.ids.contains(&EOS));
+    assert!(!out.text.contains("Continue."), "{}", out.text);
+    assert!(out.text.matches("\n\n").count() >= out.counts.resumes);
+}
+
+#[test]
+fn resume_composes_with_loop_and_stale_back_steps_and_context_rolls() {
+    for (spec, window) in [("resume+dry+loop+stale", None), ("resume+loop+stale", Some(96))] {
+        let mut b = Generator::builder(eager_model(2))
+            .tokenizer(ByteTokenizer::new())
+            .chain(chain())
+            .seed(3)
+            .trace(true)
+            .perpetual(PerpetualMode::parse(spec).unwrap())
+            .max_new_tokens(600);
+        if let Some(w) = window {
+            b = b.context_window(w);
+        }
+        let mut g = b.build().unwrap();
+        let (out, _, _) = run_checked(&mut g, window.is_some());
+        assert_eq!((out.ids.len(), out.finish_reason.clone()), (600, FinishReason::MaxNewTokens), "{spec}");
+        assert!(out.counts.resumes > 0, "{spec}: {:?}", out.counts);
+        if window.is_some() {
+            assert!(out.counts.context_rolls > 0, "{spec}: {:?}", out.counts);
+        }
+        let resumed =
+            out.trace.unwrap().iter().filter(|s| matches!(s.event, TraceEvent::Resumed { .. })).count();
+        assert_eq!(resumed, out.counts.resumes, "{spec}");
+    }
+}
+
+/// An order-1 fake model that writes a salad of three letters (each followed by the
+/// other two), and EOS rarely.
+fn salad_model(seed: u64) -> FakeModel {
+    let mut m = FakeModel::new(ByteTokenizer::VOCAB_SIZE).with_seed(seed).with_order(1).with_eos(EOS);
+    for (a, b) in [(b'a', b'b'), (b'a', b'c'), (b'b', b'a'), (b'b', b'c'), (b'c', b'a'), (b'c', b'b')] {
+        m = m.with_rule(&[u32::from(a)], u32::from(b), 12.0);
+    }
+    m.with_rule(&[u32::from(b' ')], u32::from(b'a'), 12.0)
+}
+
+#[test]
+fn stale_turns_end_a_salad_turn_and_resume() {
+    for (spec, full) in [
+        ("resume+turns", "resume+loop+stale+turns"),
+        ("dynamic+dry+loop+turns+anticipation", "dynamic+dry+loop+stale+turns+anticipation"),
+    ] {
+        let mut g = generator(salad_model(7), spec, 500);
+        let (out, _, hidden) = run_checked(&mut g, false);
+        assert_eq!(out.ids.len(), 500, "{spec}");
+        assert!(out.counts.resumes >= 1, "{spec}: {:?}", out.counts);
+        assert_eq!(hidden.len(), out.counts.resumes, "{spec}");
+        assert_eq!(PerpetualMode::parse(spec).unwrap().spec(), full);
+    }
+    // Without resume tokens the mode is refused.
+    let r =
+        Generator::builder(salad_model(7)).perpetual(PerpetualMode::parse("dynamic+turns").unwrap()).build();
+    assert!(matches!(r, Err(GenerateError::InvalidParameter { name: "strategy", .. })));
+}
+
+#[test]
+fn the_cache_holds_the_resume_tokens_in_order() {
+    let mut g = generator(eager_model(4), "resume", 120);
+    let prompt = vec![perpetua_generator::ChatMessage::user("Hi")];
+    let mut stream = g.stream(prompt).unwrap();
+    let mut checked = false;
+    while let Some(event) = stream.next() {
+        if let Event::Resumed { .. } = event.unwrap() {
+            let cache: &FakeCache = stream.cache();
+            let seq = stream.sequence();
+            assert_eq!(cache.tokens(), &seq[..seq.len() - 1]);
+            checked = true;
+        }
+    }
+    assert!(checked, "no turn was resumed");
+}
+
+#[test]
+fn explicit_resume_tokens_and_a_custom_message() {
+    let model = || eager_model(5);
+    let mut g = Generator::builder(model())
+        .tokenizer(ByteTokenizer::new())
+        .chain(chain())
+        .perpetual(PerpetualMode::parse("resume").unwrap())
+        .resume_message("Go on.")
+        .max_new_tokens(200)
+        .build()
+        .unwrap();
+    let out = g.generate(vec![perpetua_generator::ChatMessage::user("Hi")]).unwrap();
+    assert!(out.counts.resumes > 0);
+    assert_eq!(out.counts.resume_tokens, out.counts.resumes * b"\nuser: Go on.\nassistant: ".len());
+    // Ids given by hand need no template.
+    let mut g = Generator::builder(model())
+        .chain(chain())
+        .perpetual(PerpetualMode::parse("resume").unwrap())
+        .resume_tokens(vec![10, 10])
+        .max_new_tokens(200)
+        .build()
+        .unwrap();
+    let out = g.generate(vec![1u32, 2, 3]).unwrap();
+    assert_eq!((out.ids.len(), out.counts.resume_tokens), (200, 2 * out.counts.resumes));
+}
+
+#[test]
+fn a_generator_that_cannot_resume_refuses_the_mode() {
+    let named = |r: Result<Generator<FakeModel>, GenerateError>, name: &str| match r {
+        Err(GenerateError::InvalidParameter { name: n, .. }) => assert_eq!(n, name),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("built"),
+    };
+    let b = || Generator::builder(eager_model(1)).perpetual(PerpetualMode::parse("resume").unwrap());
+    named(b().build(), "strategy"); // no tokenizer, no ids
+    named(b().resume_tokens(vec![]).build(), "resume_tokens");
+    named(b().resume_tokens(vec![ByteTokenizer::VOCAB_SIZE as u32]).build(), "resume_tokens");
+    // Switching a built generator to it fails the same way, and leaves it usable.
+    let mut g = Generator::builder(eager_model(1)).max_new_tokens(10).build().unwrap();
+    assert!(g.set_perpetual(&PerpetualMode::parse("resume").unwrap()).is_err());
+    assert!(g.generate(vec![1u32, 2]).is_ok());
+    // A hand-written strategy asking to resume without resume tokens is an error that
+    // keeps what was generated.
+    struct AlwaysResume;
+    impl EosStrategy for AlwaysResume {
+        fn name(&self) -> &'static str {
+            "always_resume"
+        }
+        fn on_eos(&mut self, _: &EosDrawn<'_>) -> EosAction {
+            EosAction::Resume
+        }
+    }
+    let mut g = Generator::builder(eager_model(1).force_eos_at(8))
+        .eos_strategy(AlwaysResume)
+        .eos_ids(vec![EOS])
+        .max_new_tokens(50)
+        .build()
+        .unwrap();
+    match g.generate(vec![1u32, 2, 3]) {
+        Err(GenerateError::PartialGeneration { output, source }) => {
+            assert!(matches!(*source, GenerateError::InvalidStrategyAction { .. }), "{source}");
+            assert_eq!(output.ids.len(), 5);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// For any model seed and budget: the output has exactly the budget of visible
+    /// tokens, none of them hidden, and the cache is in sync after every event.
+    #[test]
+    fn any_run_keeps_the_output_visible_and_the_cache_in_sync(seed in 0u64..1000, budget in 1usize..300) {
+        let spec = if seed % 2 == 0 { "resume+loop+stale" } else { "resume+loop+turns" };
+        let mut g = generator(eager_model(seed), spec, budget);
+        let (out, ids, _) = run_checked(&mut g, false);
+        prop_assert_eq!(out.ids.len(), budget);
+        prop_assert_eq!(ids.len(), budget);
+    }
+}
