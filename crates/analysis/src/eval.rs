@@ -151,7 +151,7 @@ pub struct RunResult {
     #[serde(default)]
     pub loop_backsteps: usize,
     /// Decode forward passes (regenerated tokens included), plus hidden resume tokens
-    /// counted one pass each.
+    /// and tokens re-prefilled by context rolls, counted one pass each.
     pub forward_passes: usize,
     /// distinct-1/2/3 of the output ids (`NaN` when too short).
     pub distinct: [f64; 3],
@@ -471,9 +471,9 @@ fn run_one<M: LanguageModel>(
         finish_reason: format!("{:?}", out.finish_reason),
         interventions: out.counts.eos_avoided + out.counts.backsteps + out.counts.resumes,
         loop_backsteps: out.counts.loop_backsteps,
-        // Resume tokens are fed in a chunk, not by decode passes; counted one pass each
-        // (an upper bound on their cost).
-        forward_passes: out.counts.forward_passes + out.counts.resume_tokens,
+        // Resume tokens and the re-prefills of context rolls are fed in chunks, not by
+        // decode passes; counted one pass each (an upper bound on their cost).
+        forward_passes: out.counts.forward_passes + out.counts.resume_tokens + out.counts.reprefilled_tokens,
         distinct: [1, 2, 3].map(|n| distinct_n(&out.ids, n).unwrap_or(nan)),
         repeated_4gram: repeated_ngram_rate(&out.ids, 4).unwrap_or(nan),
         freshness: freshness(&out.text, FRESHNESS_WINDOW),

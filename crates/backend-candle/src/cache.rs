@@ -99,6 +99,22 @@ impl LlamaCache {
         self.keys.first().map_or(DType::F32, Tensor::dtype)
     }
 
+    /// The keys of layer `layer` over positions `0..seq_len()`, as f32
+    /// `(n_kv_heads, seq_len, head_dim)` (an f16 cache widened, a Q8 cache decoded):
+    /// for inspection and tests; a copy.
+    pub fn layer_keys(&self, layer: usize) -> Result<Tensor> {
+        let Some(kc) = self.keys.get(layer) else {
+            return Err(CandleBackendError::invalid("layer", layer, "cache holds fewer layers"));
+        };
+        let k = kc.narrow(1, 0, self.len)?;
+        match self.scales.get(layer) {
+            Some((ks, _)) if kc.dtype() == DType::U8 => {
+                crate::model::dequantize_q8(&k, &ks.narrow(1, 0, self.len)?)
+            }
+            _ => Ok(k.to_dtype(DType::F32)?.force_contiguous()?),
+        }
+    }
+
     /// Number of layers this cache was built for.
     pub fn n_layers(&self) -> usize {
         self.keys.len()
@@ -149,6 +165,54 @@ impl LlamaCache {
     /// Advance the length by `n` after a successful forward pass.
     pub(crate) fn commit(&mut self, n: usize) {
         self.len += n;
+    }
+
+    /// Drop positions `start..start + n` of every layer and move the later ones down
+    /// by `n` (a context shift). `rotate` turns `(n_kv_heads, m, head_dim)` f32 keys
+    /// into the keys of the same tokens `n` positions earlier; values move unchanged.
+    /// An f16 or Q8 cache rounds the rotated keys back to its element type (Q8 with
+    /// fresh row scales). Errors: the range past `seq_len()`; a failure after the
+    /// range check can leave layers partly shifted (the length is only moved at the
+    /// end, so the caller sees the old length and must clear the cache).
+    pub(crate) fn shift(
+        &mut self,
+        start: usize,
+        n: usize,
+        rotate: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<()> {
+        let len = self.len;
+        if start.checked_add(n).is_none_or(|end| end > len) {
+            return Err(CacheError::ShiftBeyondLength { start, n, len }.into());
+        }
+        let m = len - start - n;
+        if n == 0 || m == 0 {
+            self.len = start + m;
+            return Ok(());
+        }
+        let (mut codes, mut row_scales) = (Vec::new(), Vec::new());
+        for layer in 0..self.keys.len() {
+            let (kc, vc) = (&self.keys[layer], &self.values[layer]);
+            let (h, _, d) = kc.dims3()?;
+            let tail = |t: &Tensor| t.narrow(1, start + n, m);
+            if kc.dtype() == DType::U8 {
+                let Some((ks, vs)) = self.scales.get(layer) else {
+                    return Err(CandleBackendError::invalid("layer", layer, "Q8 cache without scales"));
+                };
+                let keys = rotate(&crate::model::dequantize_q8(&tail(kc)?, &tail(ks)?)?)?;
+                quantize_q8(&keys.flatten_all()?.to_vec1::<f32>()?, d, &mut codes, &mut row_scales);
+                let device = kc.device();
+                kc.slice_set(&Tensor::from_slice(&codes, (h, m, d), device)?, 1, start)?;
+                ks.slice_set(&Tensor::from_slice(&row_scales, (h, m), device)?, 1, start)?;
+                vc.slice_set(&tail(vc)?.force_contiguous()?, 1, start)?;
+                vs.slice_set(&tail(vs)?.force_contiguous()?, 1, start)?;
+            } else {
+                let keys = rotate(&tail(kc)?.to_dtype(DType::F32)?)?.to_dtype(kc.dtype())?;
+                kc.slice_set(&keys.force_contiguous()?, 1, start)?;
+                vc.slice_set(&tail(vc)?.force_contiguous()?, 1, start)?;
+            }
+        }
+        self.len = start + m;
+        Ok(())
     }
 }
 

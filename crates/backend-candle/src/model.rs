@@ -1007,11 +1007,50 @@ impl Llama {
 
     /// Rotate `(1, n, heads, head_dim)` queries/keys; returns `(1, heads, n, head_dim)`.
     fn rope(&self, x: Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let x = x.transpose(1, 2)?.contiguous()?;
+        self.rope_bhtd(&x.transpose(1, 2)?.contiguous()?, cos, sin)
+    }
+
+    /// Rotate contiguous `(1, heads, n, head_dim)` queries/keys by the `(n, head_dim/2)`
+    /// angle tables.
+    fn rope_bhtd(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         Ok(if self.config.rope_interleaved {
-            candle_nn::rotary_emb::rope_i(&x, cos, sin)?
+            candle_nn::rotary_emb::rope_i(x, cos, sin)?
         } else {
-            candle_nn::rotary_emb::rope(&x, cos, sin)?
+            candle_nn::rotary_emb::rope(x, cos, sin)?
+        })
+    }
+
+    /// A context shift of `cache` ([`LanguageModel::shift_cache`]): drop positions
+    /// `start..start + n`, move the rest down and rotate their keys by `−n` positions
+    /// (one more rotation by the table's angles for `n`: `cos(nθ)`, `−sin(nθ)`), in
+    /// place, for f32, f16 and Q8 caches.
+    ///
+    /// The rotation is exact in real arithmetic; in f32 the rotated key differs from
+    /// one computed at the new position by rounding of the two angle products (a few
+    /// ulp), f16 and Q8 caches round it once more. What is *not* reproduced is the
+    /// context: kept entries were computed attending to the dropped tokens, so logits
+    /// after a shift differ from a fresh prefill of the kept tokens (measured in the
+    /// `cache_shift` tests).
+    ///
+    /// [`LanguageModel::shift_cache`]: perpetua_generator::LanguageModel::shift_cache
+    pub fn shift_cache(&self, cache: &mut LlamaCache, start: usize, n: usize) -> Result<()> {
+        if cache.n_layers() != self.layers.len() {
+            return Err(CandleBackendError::invalid(
+                "cache layers",
+                cache.n_layers(),
+                "differs from the model's layer count",
+            ));
+        }
+        if n >= self.config.max_context {
+            return Err(CandleBackendError::invalid("shift", n, "must be below the model's max_context"));
+        }
+        let half = self.config.head_dim / 2;
+        cache.shift(start, n, |keys| {
+            let (h, m, d) = keys.dims3()?;
+            let cos = self.rope_cos.narrow(0, n, 1)?.broadcast_as((m, half))?.contiguous()?;
+            let sin = self.rope_sin.narrow(0, n, 1)?.neg()?.broadcast_as((m, half))?.contiguous()?;
+            let rotated = self.rope_bhtd(&keys.reshape((1, h, m, d))?.contiguous()?, &cos, &sin)?;
+            Ok(rotated.reshape((h, m, d))?)
         })
     }
 }
@@ -1046,7 +1085,7 @@ impl Kv<'_> {
 
 /// A Q8 view `(n_kv_heads, visible, head_dim)` decoded to f32 with its
 /// `(n_kv_heads, visible)` row scales, for the reference attention.
-fn dequantize_q8(codes: &Tensor, scales: &Tensor) -> Result<Tensor> {
+pub(crate) fn dequantize_q8(codes: &Tensor, scales: &Tensor) -> Result<Tensor> {
     let centred = (codes.to_dtype(DType::F32)? - f64::from(crate::cache::Q8_ZERO))?;
     Ok(centred.broadcast_mul(&scales.unsqueeze(2)?)?)
 }
@@ -1200,6 +1239,12 @@ impl perpetua_generator::LanguageModel for Llama {
             }
         }
         Ok(())
+    }
+
+    /// In place ([`Llama::shift_cache`]).
+    fn shift_cache(&self, cache: &mut LlamaCache, start: usize, n: usize) -> Result<bool> {
+        Llama::shift_cache(self, cache, start, n)?;
+        Ok(true)
     }
 
     /// One batched pass ([`Llama::forward_logits_all`]) instead of the default

@@ -5,7 +5,7 @@ mod common;
 
 use perpetua_candle::{CandleBackendError, KvDtype, Llama, LlamaCache, LlamaTokenizer, LoadOptions};
 use perpetua_generator::LanguageModel;
-use perpetua_kv_cache::testing::{CacheHarness, ConformanceConfig, run_all};
+use perpetua_kv_cache::testing::{CacheHarness, ConformanceConfig, Property, run_all};
 
 struct Harness(Llama);
 
@@ -29,6 +29,11 @@ impl CacheHarness for Harness {
     ) -> Result<(), CandleBackendError> {
         self.0.forward(tokens, cache, out)
     }
+
+    fn shift(&mut self, cache: &mut LlamaCache, start: usize, n: usize) -> Result<bool, CandleBackendError> {
+        self.0.shift_cache(cache, start, n)?;
+        Ok(true)
+    }
 }
 
 #[test]
@@ -51,6 +56,7 @@ fn real_model_cache_passes_the_conformance_kit_exactly() {
     let report = run_all(&mut Harness(model), &config).unwrap();
     println!("{report}");
     assert_eq!(report.max_abs_diff(), 0.0);
+    assert!(report.checks.iter().any(|c| c.property == Property::ContextShift), "{report}");
 }
 
 #[test]

@@ -256,6 +256,17 @@ pub struct GenerateArgs {
     /// `--min-new-tokens` = `--max-new-tokens`, plain generation that never stops early.
     #[arg(long, default_value_t = 0)]
     pub min_new_tokens: usize,
+    /// Context window in positions: when the cache holds this many, the context rolls
+    /// (the prompt and the most recent half are kept). Default: the model's context.
+    #[arg(long)]
+    pub context_window: Option<usize>,
+    /// Tokens kept from the start when the context rolls (default: the prompt).
+    #[arg(long)]
+    pub sink_tokens: Option<usize>,
+    /// Roll the context by re-prefilling the kept tokens instead of shifting the cache
+    /// in place (exact, slower).
+    #[arg(long)]
+    pub reprefill_rolls: bool,
     /// Stop when this text is generated (repeatable); it is trimmed from the output.
     #[arg(long)]
     pub stop: Vec<String>,

@@ -11,8 +11,8 @@ use clap::Parser;
 use perpetua::analysis::trace;
 use perpetua::candle::{Llama, LlamaTokenizer, default_model_path};
 use perpetua::generator::{
-    BackstepCause, ChatMessage, DryOptions, EosMethod, Event, FinishReason, GenerateError, Generation,
-    Generator, PerpetualMode, Prompt,
+    BackstepCause, ChatMessage, ContextRoll, DryOptions, EosMethod, Event, FinishReason, GenerateError,
+    Generation, Generator, PerpetualMode, Prompt,
 };
 use perpetua::perpetual::{LoopDetection, Peak, Staleness};
 use perpetua::sampling::{Preset, SamplingConfig};
@@ -280,7 +280,7 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         messages.push(ChatMessage::user(prompt_text));
         Prompt::Chat(messages)
     };
-    let builder = Generator::builder(model)
+    let mut builder = Generator::builder(model)
         .tokenizer(tokenizer)
         .chain(chain)
         .seed(args.seed)
@@ -288,7 +288,14 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         .min_new_tokens(args.min_new_tokens)
         .stop_strings(args.stop.iter().cloned())
         .trace(args.trace.is_some())
-        .perpetual(mode);
+        .perpetual(mode)
+        .context_roll(if args.reprefill_rolls { ContextRoll::Reprefill } else { ContextRoll::Shift });
+    if let Some(w) = args.context_window {
+        builder = builder.context_window(w);
+    }
+    if let Some(n) = args.sink_tokens {
+        builder = builder.sink_tokens(n);
+    }
     let mut generator = builder.build()?;
 
     let output = if args.json {
@@ -380,8 +387,11 @@ fn run_streaming<M: perpetua::generator::LanguageModel>(
                     printed = text_len;
                 }
             }
-            Event::ContextRolled { dropped, kept } => {
-                tracing::info!("context rolled: {dropped} tokens dropped, {kept} positions kept");
+            Event::ContextRolled { dropped, kept, reprefilled, took } => {
+                tracing::info!(
+                    "context rolled in {:.1} ms: {dropped} tokens dropped, {kept} positions kept, {reprefilled} re-prefilled",
+                    took.as_secs_f64() * 1e3
+                );
             }
             Event::Finished { text: rest, .. } => {
                 text.push_str(&rest);

@@ -162,13 +162,17 @@ pub enum Event {
         /// The new one.
         to: f32,
     },
-    /// The cache was full: it was cleared and refilled with the first `sink` tokens and
-    /// the most recent ones.
+    /// The cache was full: it now holds the first `sink` tokens and the most recent
+    /// ones ([`ContextRoll`]).
     ContextRolled {
         /// Tokens between the sink and the recent window that are no longer attended.
         dropped: usize,
         /// Positions held by the cache after the roll.
         kept: usize,
+        /// Tokens re-prefilled (0: the cache was shifted in place).
+        reprefilled: usize,
+        /// Time the roll took.
+        took: Duration,
     },
     /// The strategy resumed the turn ([`EosAction::Resume`]): the model's turn ended
     /// at generated index `position` and the generator fed `hidden` resume tokens (a
@@ -282,6 +286,9 @@ pub struct Counts {
     pub eos_avoided: usize,
     /// Context rolls.
     pub context_rolls: usize,
+    /// Tokens re-prefilled by context rolls (0 when every roll shifted the cache).
+    #[serde(default)]
+    pub reprefilled_tokens: usize,
     /// NaN / `+inf` logits repaired under [`NonFinitePolicy::Sanitize`] (0 under the
     /// default policy, where the first one is an error).
     ///
@@ -297,6 +304,22 @@ pub struct Counts {
     pub resume_tokens: usize,
 }
 
+/// How the generator rolls its context when the cache holds the context window: in
+/// both cases the first sink tokens and the most recent half of the rest are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum ContextRoll {
+    /// Shift the cache in place ([`LanguageModel::shift_cache`]: drop the oldest
+    /// positions after the sinks, re-rotate the kept keys), as llama.cpp's context
+    /// shift: O(cache) memory work per roll. The kept entries still carry what they
+    /// attended to before the roll. Backends that cannot shift re-prefill instead.
+    #[default]
+    Shift,
+    /// Clear the cache and re-prefill the sink and kept tokens: the kept tokens are
+    /// recomputed without the dropped text, at the cost of a prefill of about half the
+    /// window per roll (StreamingLLM's re-computation baseline).
+    Reprefill,
+}
+
 /// Wall-clock times of one generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Timings {
@@ -308,7 +331,7 @@ pub struct Timings {
     pub forward: Duration,
     /// Sampling inside the decode loop: statistics, processors, draws, strategy.
     pub sampling: Duration,
-    /// Re-prefills of context rolls (inside `decode`).
+    /// Context rolls, shifts or re-prefills (inside `decode`).
     pub roll: Duration,
 }
 
@@ -377,6 +400,7 @@ pub struct GeneratorBuilder<M: LanguageModel> {
     repetition: Option<RepetitionDetection>,
     context_window: Option<usize>,
     sink_tokens: Option<usize>,
+    context_roll: ContextRoll,
     prefill_chunk: usize,
     top_logprobs: usize,
     trace: bool,
@@ -544,6 +568,13 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
         self
     }
 
+    /// How the context rolls: [`ContextRoll::Shift`] (the default; re-prefills where
+    /// the backend cannot shift) or [`ContextRoll::Reprefill`].
+    pub fn context_roll(mut self, roll: ContextRoll) -> Self {
+        self.context_roll = roll;
+        self
+    }
+
     /// Prompt tokens fed per forward call during prefill (and re-prefill after a roll).
     /// Must be `>= 1`. Default 512.
     pub fn prefill_chunk(mut self, n: usize) -> Self {
@@ -652,6 +683,7 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
             seed: self.seed,
             strategy,
             mode_stages,
+            mode_window: self.mode.as_ref().and_then(|m| m.window),
             resume,
             eos_ids,
             stops,
@@ -662,6 +694,7 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
             repetition: self.repetition,
             context_window: self.context_window,
             sink_tokens: self.sink_tokens,
+            context_roll: self.context_roll,
             prefill_chunk: self.prefill_chunk,
             top_logprobs: self.top_logprobs,
             trace: self.trace,
@@ -690,6 +723,9 @@ pub struct Generator<M: LanguageModel> {
     strategy: Box<dyn EosStrategy>,
     /// Where the perpetual mode's stages sit in the chain: `(index, count)`.
     mode_stages: Option<(usize, usize)>,
+    /// The perpetual mode's attention window ([`PerpetualMode::window`]): narrows the
+    /// context window.
+    mode_window: Option<usize>,
     /// Fed after an [`EosAction::Resume`] (in place of the drawn EOS).
     resume: Option<Vec<u32>>,
     pub(crate) eos_ids: Vec<u32>,
@@ -701,6 +737,7 @@ pub struct Generator<M: LanguageModel> {
     repetition: Option<RepetitionDetection>,
     context_window: Option<usize>,
     sink_tokens: Option<usize>,
+    context_roll: ContextRoll,
     pub(crate) prefill_chunk: usize,
     top_logprobs: usize,
     trace: bool,
@@ -916,6 +953,7 @@ impl<M: LanguageModel> Generator<M> {
             repetition: None,
             context_window: None,
             sink_tokens: None,
+            context_roll: ContextRoll::default(),
             prefill_chunk: 512,
             top_logprobs: 0,
             trace: false,
@@ -997,6 +1035,7 @@ impl<M: LanguageModel> Generator<M> {
         }
         let at = crate::mode::insert_stages(&mut self.chain, stages);
         self.mode_stages = Some(at);
+        self.mode_window = mode.window;
         self.strategy = strategy;
         Ok(())
     }
@@ -1054,6 +1093,7 @@ impl<M: LanguageModel> Generator<M> {
             Some(w) => w,
             None => limit,
         };
+        let window = self.mode_window.map_or(window, |m| window.min(m));
         if window < 4 {
             return Err(GenerateError::invalid("context_window", window, "must be >= 4"));
         }
@@ -1592,8 +1632,10 @@ impl<M: LanguageModel> Generator<M> {
         Ok(k)
     }
 
-    /// The cache is full: keep the first `sink` tokens and the most recent ones,
-    /// re-prefilled into the cleared cache (positions renumbered, as StreamingLLM).
+    /// The cache is full: keep the first `sink` tokens and the most recent ones, by a
+    /// shift of the cache where the backend can ([`ContextRoll::Shift`]), else by
+    /// re-prefilling them into the cleared cache (positions renumbered, as
+    /// StreamingLLM).
     fn roll(&mut self, s: &mut Session<M::Cache>, ev: &mut VecDeque<Event>) -> Result<(), GenerateError> {
         let t0 = Instant::now();
         let len = s.tokens.len();
@@ -1602,24 +1644,62 @@ impl<M: LanguageModel> Generator<M> {
         // the pending token fits after the roll.
         let keep = ((s.window - sink) / 2).max(1).min(len - 1 - sink);
         let recent_start = len - 1 - keep;
-        s.cache.clear();
-        feed_chunks(&self.model, &mut s.cache, &s.tokens[..sink], self.prefill_chunk, &mut self.logits)?;
-        feed_chunks(
-            &self.model,
-            &mut s.cache,
-            &s.tokens[recent_start..len - 1],
-            self.prefill_chunk,
-            &mut self.logits,
-        )?;
+        // The cache holds `tokens[..sink_len]` then `tokens[recent_start..covered]`
+        // (`covered` is `len - 1` between steps, less when a resumed turn appended
+        // tokens not fed yet).
+        let cached = s.cache.seq_len();
+        let covered = (s.recent_start + cached)
+            .checked_sub(s.sink_len)
+            .filter(|&c| cached >= s.sink_len && c < len)
+            .unwrap_or(len - 1);
+        // A shift needs the new sink tokens at cache positions 0..sink (they are unless
+        // an earlier roll kept fewer) and drops the cache positions from `sink` to where
+        // `tokens[recent_start]` sits; then feeds what the cache did not hold yet.
+        let shift = (self.context_roll == ContextRoll::Shift
+            && cached >= s.sink_len
+            && (sink <= s.sink_len || s.recent_start == s.sink_len)
+            && s.recent_start <= recent_start
+            && recent_start <= covered)
+            .then(|| (sink, s.sink_len + (recent_start - s.recent_start) - sink));
+        let shifted = match shift {
+            Some((start, n)) => self.model.shift_cache(&mut s.cache, start, n).map_err(model_err)?,
+            None => false,
+        };
+        let mut reprefilled = 0;
+        if shifted {
+            if covered < len - 1 {
+                let new = &s.tokens[covered..len - 1];
+                feed_chunks(&self.model, &mut s.cache, new, self.prefill_chunk, &mut self.logits)?;
+            }
+        } else {
+            s.cache.clear();
+            feed_chunks(&self.model, &mut s.cache, &s.tokens[..sink], self.prefill_chunk, &mut self.logits)?;
+            feed_chunks(
+                &self.model,
+                &mut s.cache,
+                &s.tokens[recent_start..len - 1],
+                self.prefill_chunk,
+                &mut self.logits,
+            )?;
+            // Tokens fed again (not those a resumed turn appended and never fed).
+            reprefilled = sink + covered.saturating_sub(recent_start);
+        }
         s.sink_len = sink;
         s.recent_start = recent_start;
         let expected = s.expected_cache_len();
         if s.cache.seq_len() != expected {
             return Err(GenerateError::CacheOutOfSync { cache_len: s.cache.seq_len(), expected });
         }
+        let took = t0.elapsed();
         s.counts.context_rolls += 1;
-        s.timings.roll += t0.elapsed();
-        ev.push_back(Event::ContextRolled { dropped: recent_start - sink, kept: expected });
+        s.counts.reprefilled_tokens += reprefilled;
+        s.timings.roll += took;
+        ev.push_back(Event::ContextRolled {
+            dropped: recent_start - sink,
+            kept: expected,
+            reprefilled,
+            took,
+        });
         Ok(())
     }
 }

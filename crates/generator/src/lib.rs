@@ -115,8 +115,8 @@ pub use decoding::{
 pub use detok::IncrementalDecoder;
 pub use error::GenerateError;
 pub use generator::{
-    Alternative, BackstepCause, Counts, Event, FinishReason, Generation, Generator, GeneratorBuilder, Prompt,
-    StepTrace, Stream, TRACE_TOP, Timings, TraceEvent,
+    Alternative, BackstepCause, ContextRoll, Counts, Event, FinishReason, Generation, Generator,
+    GeneratorBuilder, Prompt, StepTrace, Stream, TRACE_TOP, Timings, TraceEvent,
 };
 pub use mode::{AnticipationOptions, DryOptions, EosMethod, PerpetualMode, WindowedRepetition};
 pub use stop::{RepetitionDetection, StopStrings};
@@ -186,6 +186,26 @@ pub trait LanguageModel {
             out.extend_from_slice(&row);
         }
         Ok(())
+    }
+
+    /// Shift the cache (a context shift, as llama.cpp's): drop the cached positions
+    /// `start..start + n` and move the later ones down by `n`, re-rotating their keys
+    /// so they read as if fed at their new positions. The generator rolls its context
+    /// this way (O(cache) memory work instead of re-prefilling the kept tokens).
+    ///
+    /// Returns `Ok(false)` when the backend cannot shift (the default; the cache is
+    /// untouched and the generator re-prefills instead).
+    ///
+    /// Only positions change: a kept entry still carries what its token attended to
+    /// when it was computed (the dropped text included, in every layer but the first),
+    /// so the logits after a shift differ from a fresh prefill of the kept tokens by an
+    /// amount each backend measures and documents.
+    ///
+    /// Errors: `start + n > cache.seq_len()`, backend failures; after an error the
+    /// cache may be partly shifted (clear it before use).
+    fn shift_cache(&self, cache: &mut Self::Cache, start: usize, n: usize) -> Result<bool, Self::Error> {
+        let _ = (cache, start, n);
+        Ok(false)
     }
 }
 
@@ -277,6 +297,9 @@ impl<M: LanguageModel + ?Sized> LanguageModel for &M {
     ) -> Result<(), Self::Error> {
         (**self).forward_all(tokens, cache, out)
     }
+    fn shift_cache(&self, cache: &mut Self::Cache, start: usize, n: usize) -> Result<bool, Self::Error> {
+        (**self).shift_cache(cache, start, n)
+    }
 }
 
 impl<M: LanguageModel + ?Sized> LanguageModel for std::sync::Arc<M> {
@@ -306,6 +329,9 @@ impl<M: LanguageModel + ?Sized> LanguageModel for std::sync::Arc<M> {
         out: &mut Vec<f32>,
     ) -> Result<(), Self::Error> {
         (**self).forward_all(tokens, cache, out)
+    }
+    fn shift_cache(&self, cache: &mut Self::Cache, start: usize, n: usize) -> Result<bool, Self::Error> {
+        (**self).shift_cache(cache, start, n)
     }
 }
 

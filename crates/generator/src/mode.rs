@@ -337,6 +337,12 @@ pub struct PerpetualMode {
     pub anticipation: Option<AnticipationOptions>,
     /// A windowed repetition penalty added to the chain.
     pub repetition: Option<WindowedRepetition>,
+    /// Attention window in positions (spec part `window=N`, `N >= 4`): the context rolls
+    /// once the cache holds this many (the sink tokens and the recent half are kept,
+    /// as for [`GeneratorBuilder::context_window`](crate::GeneratorBuilder::context_window),
+    /// which it only ever narrows), so old text stops reinforcing itself.
+    #[serde(default)]
+    pub window: Option<usize>,
 }
 
 impl PerpetualMode {
@@ -352,6 +358,7 @@ impl PerpetualMode {
             stale_turns: false,
             anticipation: None,
             repetition: None,
+            window: None,
         }
     }
 
@@ -499,6 +506,11 @@ impl PerpetualMode {
                     mode.staleness.get_or_insert_with(Staleness::default);
                     mode.loop_detection.get_or_insert_with(LoopDetection::default);
                 }
+                ("window", Some(v)) => {
+                    mode.window = Some(v.parse().map_err(|_| {
+                        GenerateError::invalid("strategy", part, "window=N: N must be a whole number")
+                    })?);
+                }
                 ("rep", None) => mode.repetition = Some(WindowedRepetition::default()),
                 ("rep", Some(v)) => {
                     let (p, n) = v.split_once('/').unwrap_or((v, "256"));
@@ -511,7 +523,7 @@ impl PerpetualMode {
                     return Err(GenerateError::invalid(
                         "strategy",
                         part,
-                        "known tools: dry[=M[/A[/N]]], gate=LOW/HIGH[/W], loop, stale[=W/D[/N[/B]]], turns, anticipation[=R[/P[/H]]], rep[=P[/N]]",
+                        "known tools: dry[=M[/A[/N]]], gate=LOW/HIGH[/W], loop, stale[=W/D[/N[/B]]], turns, anticipation[=R[/P[/H]]], rep[=P[/N]], window=N",
                     ));
                 }
             }
@@ -554,7 +566,16 @@ impl PerpetualMode {
         if let Some(a) = self.anticipation {
             a.wrap(Box::new(StopAtEos))?;
         }
-        Ok(())
+        self.check_window()
+    }
+
+    fn check_window(&self) -> Result<(), GenerateError> {
+        match self.window {
+            Some(w) if w < 4 => {
+                Err(GenerateError::invalid("window", w, "an attention window must be >= 4 positions"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The canonical spec (parses back to an equal mode when the tools have their
@@ -607,6 +628,9 @@ impl PerpetualMode {
                 s.push_str(&format!("+rep={}/{}", r.penalty, r.last_n));
             }
         }
+        if let Some(w) = self.window {
+            s.push_str(&format!("+window={w}"));
+        }
         s
     }
 
@@ -619,6 +643,7 @@ impl PerpetualMode {
     /// The strategy: the EOS method, wrapped by [`LoopBackstep`] and then
     /// [`Anticipation`] when asked. Errors: [`validate`](Self::validate).
     pub fn strategy(&self) -> Result<Box<dyn EosStrategy>, GenerateError> {
+        self.check_window()?;
         let mut s = self.method.strategy_with(self.backstep, self.peak)?;
         if self.loop_detection.is_some() || self.staleness.is_some() {
             let mut lb = LoopBackstep::new(s)

@@ -120,6 +120,7 @@ pub struct FakeModel {
     rules: Vec<Rule>,
     force_eos_at: Vec<usize>,
     fail_at_call: Option<usize>,
+    shift: bool,
     calls: AtomicUsize,
     tokens_fed: AtomicUsize,
 }
@@ -145,6 +146,7 @@ impl FakeModel {
             rules: Vec::new(),
             force_eos_at: Vec::new(),
             fail_at_call: None,
+            shift: true,
             calls: AtomicUsize::new(0),
             tokens_fed: AtomicUsize::new(0),
         }
@@ -153,6 +155,13 @@ impl FakeModel {
     /// Context length and the capacity of [`LanguageModel::new_cache`].
     pub fn with_max_context(mut self, positions: usize) -> Self {
         self.max_context = positions;
+        self
+    }
+
+    /// Refuse [`LanguageModel::shift_cache`] (`Ok(false)`), as a backend without
+    /// context shifts: the generator then re-prefills when it rolls.
+    pub fn without_shift(mut self) -> Self {
+        self.shift = false;
         self
     }
 
@@ -279,6 +288,20 @@ impl LanguageModel for FakeModel {
         self.logits_for(&cache.tokens, out);
         Ok(())
     }
+
+    /// Exact (the logits depend only on the held tokens): the same as re-prefilling
+    /// the kept tokens. Feeds nothing.
+    fn shift_cache(&self, cache: &mut FakeCache, start: usize, n: usize) -> Result<bool, FakeError> {
+        if !self.shift {
+            return Ok(false);
+        }
+        let len = cache.tokens.len();
+        if start.checked_add(n).is_none_or(|end| end > len) {
+            return Err(FakeError::Cache(CacheError::ShiftBeyondLength { start, n, len }));
+        }
+        cache.tokens.drain(start..start + n);
+        Ok(true)
+    }
 }
 
 impl CacheHarness for FakeModel {
@@ -295,6 +318,10 @@ impl CacheHarness for FakeModel {
 
     fn feed(&mut self, cache: &mut FakeCache, tokens: &[u32], out: &mut Vec<f32>) -> Result<(), FakeError> {
         self.forward(tokens, cache, out)
+    }
+
+    fn shift(&mut self, cache: &mut FakeCache, start: usize, n: usize) -> Result<bool, FakeError> {
+        self.shift_cache(cache, start, n)
     }
 }
 
@@ -314,6 +341,10 @@ impl<M: LanguageModel> CacheHarness for ModelHarness<M> {
 
     fn feed(&mut self, cache: &mut M::Cache, tokens: &[u32], out: &mut Vec<f32>) -> Result<(), M::Error> {
         self.0.forward(tokens, cache, out)
+    }
+
+    fn shift(&mut self, cache: &mut M::Cache, start: usize, n: usize) -> Result<bool, M::Error> {
+        self.0.shift_cache(cache, start, n)
     }
 }
 

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use perpetua_generator::testing::{ByteTokenizer, FakeModel};
 use perpetua_generator::{
-    ChatMessage, Event, FinishReason, GenerateError, Generation, Generator, Prompt, RepetitionDetection,
+    ChatMessage, ContextRoll, Event, FinishReason, GenerateError, Generation, Generator, Prompt,
+    RepetitionDetection,
 };
 use perpetua_kv_cache::testing::{ConformanceConfig, run_all};
 use perpetua_perpetual::{EosAction, EosDrawn, EosStrategy, StepInfo, StepPlan};
@@ -416,31 +417,48 @@ fn default_strategy_stops_at_eos_without_writing_it() {
 
 #[test]
 fn context_rolls_and_generation_continues() {
-    let m = no_eos_model(4).with_max_context(16);
-    let mut g = Generator::builder(&m).seed(4).max_new_tokens(200).build().unwrap();
-    let prompt = [1u32, 2, 3, 4, 5];
-    let mut stream = g.stream(prompt).unwrap();
-    let mut rolls = 0;
-    while let Some(e) = stream.next() {
-        if let Event::ContextRolled { kept, dropped } = e.unwrap() {
-            rolls += 1;
-            assert!(kept < 16);
-            // Seen after the step that rolled (it then fed the pending token and drew
-            // one more): the cache holds the prompt (the sink) then the most recent
-            // tokens, all but the new pending one.
-            let seq = stream.sequence();
-            let cached = stream.cache().tokens();
-            assert_eq!(cached.len(), kept + 1);
-            assert_eq!(&cached[..prompt.len()], &prompt);
-            assert!(seq[..seq.len() - 1].ends_with(&cached[prompt.len()..]));
-            assert_eq!(seq.len() - 1, cached.len() + dropped);
+    // The fake model shifts exactly, so both ways of rolling give the same tokens; a
+    // shift feeds nothing, a re-prefill feeds the sink and the kept tokens.
+    let mut runs = Vec::new();
+    for (roll, shift) in
+        [(ContextRoll::Shift, true), (ContextRoll::Reprefill, true), (ContextRoll::Shift, false)]
+    {
+        let m = no_eos_model(4).with_max_context(16);
+        let m = if shift { m } else { m.without_shift() };
+        let mut g = Generator::builder(&m).seed(4).max_new_tokens(200).context_roll(roll).build().unwrap();
+        let prompt = [1u32, 2, 3, 4, 5];
+        let mut stream = g.stream(prompt).unwrap();
+        let (mut rolls, mut reprefilled_sum) = (0, 0);
+        while let Some(e) = stream.next() {
+            if let Event::ContextRolled { kept, dropped, reprefilled, .. } = e.unwrap() {
+                rolls += 1;
+                reprefilled_sum += reprefilled;
+                assert!(kept < 16);
+                let shifted = roll == ContextRoll::Shift && shift;
+                assert_eq!(reprefilled == 0, shifted, "{roll:?} shift={shift}: {reprefilled}");
+                // Seen after the step that rolled (it then fed the pending token and drew
+                // one more): the cache holds the prompt (the sink) then the most recent
+                // tokens, all but the new pending one.
+                let seq = stream.sequence();
+                let cached = stream.cache().tokens();
+                assert_eq!(cached.len(), kept + 1);
+                assert_eq!(&cached[..prompt.len()], &prompt);
+                assert!(seq[..seq.len() - 1].ends_with(&cached[prompt.len()..]));
+                assert_eq!(seq.len() - 1, cached.len() + dropped);
+            }
+            assert!(stream.cache_len() <= 16, "a full cache rolls before the next feed");
         }
-        assert!(stream.cache_len() <= 16, "a full cache rolls before the next feed");
+        let out = stream.into_output();
+        assert_eq!(out.ids.len(), 200);
+        assert!(rolls > 5, "{rolls} rolls");
+        assert_eq!(out.counts.context_rolls, rolls);
+        assert_eq!(out.counts.reprefilled_tokens, reprefilled_sum);
+        // Prompt prefill (all but the pending token), one per decode pass, the re-prefills.
+        assert_eq!(m.tokens_fed(), prompt.len() - 1 + out.counts.forward_passes + reprefilled_sum);
+        runs.push(out.ids);
     }
-    let out = stream.into_output();
-    assert_eq!(out.ids.len(), 200);
-    assert!(rolls > 5, "{rolls} rolls");
-    assert_eq!(out.counts.context_rolls, rolls);
+    assert_eq!(runs[0], runs[1]);
+    assert_eq!(runs[0], runs[2]);
 }
 
 #[test]

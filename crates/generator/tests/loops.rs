@@ -182,10 +182,55 @@ fn perpetual_modes_build_with_string_breakers_and_switch_cleanly() {
         ("dynamic+dry=-1", "dry_multiplier"),
         ("nope", "strategy"),
         ("dynamic+sparkle", "sparkle"),
+        ("dynamic+window=3", "window"),
+        ("dynamic+window=x", "window=x"),
     ] {
         let e = PerpetualMode::parse(spec).unwrap_err().to_string();
         assert!(e.contains(part), "{spec}: {e}");
     }
+}
+
+#[test]
+fn a_mode_window_narrows_the_context_window_and_rolls_in_step() {
+    let mode = PerpetualMode::parse("dynamic+loop+window=64").unwrap();
+    assert_eq!(mode.window, Some(64));
+    assert_eq!(mode.spec(), "dynamic+loop+window=64");
+    assert_eq!(PerpetualMode::parse(&mode.spec()).unwrap(), mode);
+    let mut g = Generator::builder(looping_model(3).with_eos_bias(1.0))
+        .tokenizer(ByteTokenizer::new())
+        .chain(chain())
+        .seed(4)
+        .perpetual(mode)
+        .max_new_tokens(300)
+        .build()
+        .unwrap();
+    let (out, _) = run_checked(&mut g, true);
+    assert_eq!(out.ids.len(), 300);
+    assert!(out.counts.context_rolls >= 4, "64-position window over 300 tokens: {:?}", out.counts);
+    // The mode only narrows: a wider mode window leaves a narrower context window.
+    let mut g = Generator::builder(looping_model(3))
+        .chain(chain())
+        .context_window(48)
+        .perpetual(PerpetualMode::parse("dynamic+window=4096").unwrap())
+        .max_new_tokens(200)
+        .build()
+        .unwrap();
+    let rolls_48 = g.generate(prompt_ids()).unwrap().counts.context_rolls;
+    assert!(rolls_48 >= 5, "{rolls_48}");
+    // Switching to a mode without a window drops it again.
+    let mut g = Generator::builder(looping_model(3))
+        .chain(chain())
+        .perpetual(PerpetualMode::parse("dynamic+window=32").unwrap())
+        .max_new_tokens(100)
+        .build()
+        .unwrap();
+    assert!(g.generate(prompt_ids()).unwrap().counts.context_rolls >= 3);
+    g.set_perpetual(&PerpetualMode::parse("dynamic").unwrap()).unwrap();
+    assert_eq!(g.generate(prompt_ids()).unwrap().counts.context_rolls, 0);
+    // A hand-made mode with a window below 4 is refused at build, naming it.
+    let bad = PerpetualMode { window: Some(2), ..PerpetualMode::parse("dynamic").unwrap() };
+    let err = Generator::builder(looping_model(3)).perpetual(bad).build().err().unwrap();
+    assert!(err.to_string().contains("window"), "{err}");
 }
 
 #[test]

@@ -62,6 +62,17 @@ pub enum CacheError {
         /// The cache's capacity.
         capacity: usize,
     },
+    /// A context shift (dropping positions `start..start + n`) reaching past the
+    /// positions held.
+    #[error("cannot drop {n} cache positions from position {start}: it holds only {len}")]
+    ShiftBeyondLength {
+        /// First dropped position.
+        start: usize,
+        /// Positions to drop.
+        n: usize,
+        /// Positions currently held.
+        len: usize,
+    },
     /// A backend-specific failure (device error, shape mismatch).
     #[error("cache backend error: {0}")]
     Backend(String),

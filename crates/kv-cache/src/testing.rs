@@ -106,6 +106,14 @@ pub trait CacheHarness {
         out: &mut Vec<f32>,
     ) -> Result<(), Self::Error>;
 
+    /// A context shift: drop positions `start..start + n` of `cache` and move the later
+    /// ones down by `n` (the backend's `LanguageModel::shift_cache`). `Ok(false)`: not
+    /// supported (the default), and [`check_context_shift`] is skipped.
+    fn shift(&mut self, cache: &mut Self::Cache, start: usize, n: usize) -> Result<bool, Self::Error> {
+        let _ = (cache, start, n);
+        Ok(false)
+    }
+
     /// The [`CacheError`] inside a feed error, if any. The default walks
     /// `err` and its [`source`](std::error::Error::source) chain with
     /// [`find_cache_error`].
@@ -141,6 +149,8 @@ pub enum Property {
     CapacityError,
     /// Truncating past `seq_len` is an error, not a clamp.
     TruncateBeyondLength,
+    /// A context shift keeps the length contract (checked where the harness shifts).
+    ContextShift,
 }
 
 impl Property {
@@ -152,6 +162,7 @@ impl Property {
             Self::ClearResets => "clear_resets",
             Self::CapacityError => "capacity_error",
             Self::TruncateBeyondLength => "truncate_beyond_length",
+            Self::ContextShift => "context_shift",
         }
     }
 }
@@ -311,6 +322,7 @@ where
     report.checks.push(check_clear_resets(harness, t, tol)?);
     report.checks.push(check_capacity_error(harness, t, config.small_capacity)?);
     report.checks.push(check_truncate_beyond_len_errors(harness, t)?);
+    report.checks.extend(check_context_shift(harness, t, config.truncate_to, tol)?);
     Ok(report)
 }
 
@@ -686,6 +698,73 @@ pub fn check_truncate_beyond_len_errors<H: CacheHarness>(
     Ok(run.outcome())
 }
 
+/// A context shift ([`CacheHarness::shift`]) keeps the parts of its contract that hold
+/// for every model (what a shift does to the logits of kept positions is model-specific:
+/// each backend measures it): after feeding `tokens`,
+/// - a shift reaching past `seq_len` is [`CacheError::ShiftBeyondLength`] and leaves
+///   `seq_len` unchanged;
+/// - a shift of 0 positions is a no-op;
+/// - dropping the whole tail from `truncate_to` is a truncation: `seq_len` becomes
+///   `truncate_to`, and refeeding the tail matches a fresh prefill within `tolerance`.
+///
+/// Returns `Ok(None)` when the harness does not shift.
+///
+/// Errors: [`ConformanceError::InvalidConfig`] as [`check_truncate_refeed`].
+pub fn check_context_shift<H: CacheHarness>(
+    harness: &mut H,
+    tokens: &[u32],
+    truncate_to: usize,
+    tolerance: f32,
+) -> Result<Option<CheckOutcome>, ConformanceError> {
+    validate_tokens(tokens, truncate_to)?;
+    validate_tolerance(tolerance)?;
+    let mut run = Run::new(harness, Property::ContextShift, tolerance);
+    let want = run.fresh(tokens)?;
+    let mut c = run.new_cache()?;
+    run.feed(&mut c, tokens)?;
+    let len = tokens.len();
+    match run.harness.shift(&mut c, 1, len) {
+        Ok(false) => return Ok(None),
+        Ok(true) => {
+            return Err(run.violated(format!("shift(1, {len}) on {len} positions succeeded")));
+        }
+        Err(e) => match run.harness.cache_error(&e) {
+            Some(CacheError::ShiftBeyondLength { start: 1, n, len: held }) if *n == len && *held == len => {}
+            other => {
+                let what = format!(
+                    "shift(1, {len}) on {len} positions gave `{e}` (cache error: {other:?}), expected ShiftBeyondLength"
+                );
+                return Err(run.violated(what));
+            }
+        },
+    }
+    if c.seq_len() != len {
+        return Err(run.violated(format!("a refused shift changed seq_len to {}", c.seq_len())));
+    }
+    let shift =
+        |run: &mut Run<'_, H>, c: &mut H::Cache, start: usize, n: usize| match run.harness.shift(c, start, n)
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(run.violated(format!("shift({start}, {n}) unsupported after an earlier shift"))),
+            Err(e) => Err(run.harness_err(e)),
+        };
+    shift(&mut run, &mut c, 1, 0)?;
+    if c.seq_len() != len {
+        return Err(run.violated(format!("shift(1, 0) changed seq_len to {}", c.seq_len())));
+    }
+    shift(&mut run, &mut c, truncate_to, len - truncate_to)?;
+    if c.seq_len() != truncate_to {
+        return Err(run.violated(format!(
+            "shift({truncate_to}, {}) left seq_len {}, expected {truncate_to}",
+            len - truncate_to,
+            c.seq_len()
+        )));
+    }
+    let got = run.feed(&mut c, &tokens[truncate_to..])?;
+    run.compare(&got, &want, "tail dropped by a shift, then refed")?;
+    Ok(Some(run.outcome()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -744,6 +823,14 @@ mod tests {
             c.cap = capacity;
             Ok(c)
         }
+        fn shift(&mut self, c: &mut TokenCache, start: usize, n: usize) -> Result<bool, CacheError> {
+            let len = c.tokens.len();
+            if start + n > len {
+                return Err(CacheError::ShiftBeyondLength { start, n, len });
+            }
+            c.tokens.drain(start..start + n);
+            Ok(true)
+        }
         fn feed(&mut self, c: &mut TokenCache, tokens: &[u32], out: &mut Vec<f32>) -> Result<(), CacheError> {
             let needed = c.tokens.len() + tokens.len();
             if needed > c.cap {
@@ -766,7 +853,7 @@ mod tests {
     #[test]
     fn a_correct_cache_passes_every_check() {
         let report = run_all(&mut Toy::default(), &ConformanceConfig::default()).unwrap();
-        assert_eq!(report.checks.len(), 5);
+        assert_eq!(report.checks.len(), 6);
         assert_eq!(report.max_abs_diff(), 0.0);
     }
 

@@ -3,9 +3,10 @@
 //! 1,000 tokens, so a flat line is visible rather than claimed.
 //!
 //! ```text
-//! cargo run --release -p perpetua --example long_run -- [TOKENS] [WINDOW] [SEED]
+//! cargo run --release -p perpetua --example long_run -- [TOKENS] [WINDOW] [SEED] [shift|reprefill]
 //! ```
-//! Defaults: 20,000 new tokens, context window 8,192 (SmolLM2's full context), seed 1;
+//! Defaults: 20,000 new tokens, context window 8,192 (SmolLM2's full context), seed 1,
+//! rolls by shifting the cache (`ContextRoll::Shift`; `reprefill` re-prefills instead);
 //! strategy `BackstepWithSchedule` (back step 10, peak 2× base), T 1.0 / top-k 20.
 
 use std::time::Instant;
@@ -34,11 +35,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tokens = arg(1, 20_000) as usize;
     let window = arg(2, 8_192) as usize;
     let seed = arg(3, 1);
+    let roll = match std::env::args().nth(4).as_deref() {
+        None | Some("shift") => ContextRoll::Shift,
+        Some("reprefill") => ContextRoll::Reprefill,
+        Some(other) => {
+            return Err(format!("the 4th argument is `shift` or `reprefill`, not `{other}`").into());
+        }
+    };
     let path = perpetua::candle::default_model_path()?;
     let model = Llama::load(&path, &LoadOptions::default())?;
     let tokenizer = LlamaTokenizer::from_gguf(&path)?;
     let (rss, _) = memory_mib();
-    println!("model loaded: RSS {rss:.0} MiB; {tokens} tokens, window {window}, seed {seed}");
+    println!("model loaded: RSS {rss:.0} MiB; {tokens} tokens, window {window}, seed {seed}, roll {roll:?}");
     let chain = Chain::new(Multinomial).with(TopK::new(20)?).with(Temperature::new(1.0)?);
     let mut generator = Generator::builder(model)
         .tokenizer(tokenizer)
@@ -47,6 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .seed(seed)
         .max_new_tokens(tokens)
         .context_window(window)
+        .context_roll(roll)
         .build()?;
 
     println!(
@@ -84,7 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (rss, hwm) = memory_mib();
     println!(
         "\n{} new tokens ({:?}) in {:.1} min: {} forward passes, {} back steps, {} context rolls \
-         ({:.1} s re-prefilling), final RSS {rss:.0} MiB, peak {hwm:.0} MiB",
+         ({:.2} s rolling, {} tokens re-prefilled), final RSS {rss:.0} MiB, peak {hwm:.0} MiB",
         out.ids.len(),
         out.finish_reason,
         start.elapsed().as_secs_f64() / 60.0,
@@ -92,6 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.counts.backsteps,
         out.counts.context_rolls,
         out.timings.roll.as_secs_f64(),
+        out.counts.reprefilled_tokens,
     );
     // Flatness after the cache first filled: RSS spread over the samples past the window.
     let after: Vec<f64> = samples.iter().filter(|(n, _)| *n > window).map(|(_, r)| *r).collect();

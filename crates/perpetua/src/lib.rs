@@ -69,8 +69,8 @@ pub mod prelude {
     #[cfg(feature = "candle")]
     pub use perpetua_candle::{Llama, LlamaCache, LlamaTokenizer, LoadOptions};
     pub use perpetua_generator::{
-        BackstepCause, BeamConfig, ChatMessage, CotConfig, DryOptions, EarlyStopping, EosMethod, Event,
-        FinishReason, GenerateError, Generation, Generator, LanguageModel, PerpetualMode, Prompt,
+        BackstepCause, BeamConfig, ChatMessage, ContextRoll, CotConfig, DryOptions, EarlyStopping, EosMethod,
+        Event, FinishReason, GenerateError, Generation, Generator, LanguageModel, PerpetualMode, Prompt,
         SpeculativeConfig, Tokenizer,
     };
     pub use perpetua_kv_cache::{ForkableCache, KvCache};
