@@ -274,6 +274,12 @@ pub struct GenerateArgs {
     /// What to do when the model draws EOS (and, for `perpetual`, when it loops).
     #[arg(long, value_enum, default_value_t = StrategyArg::None)]
     pub strategy: StrategyArg,
+    /// A perpetual mode spec, as `eval --strategies` takes them (replaces --strategy):
+    /// an EOS method with `+`-joined tools and their values, e.g. `perpetual+window=2048`
+    /// or `dynamic=5+dry=0.8/2/0+loop+stale+anticipation=0.5/1.3`. The tool flags below
+    /// still add to it.
+    #[arg(long, conflicts_with = "strategy")]
+    pub mode: Option<String>,
     /// Cut repetition loops like an EOS with any strategy: back step to where the
     /// repeat began, ban its first token, regenerate hotter (on with `perpetual`).
     #[arg(long)]

@@ -160,8 +160,22 @@ fn unescape(s: &str) -> String {
     out
 }
 
-/// The perpetual mode from `--strategy` and the tool flags (`--loop-backstep`,
-/// `--anticipation`, `--dry-*`), validated before the model is loaded.
+/// The mode of a `--strategy` value.
+fn strategy_mode(strategy: StrategyArg) -> PerpetualMode {
+    match strategy {
+        StrategyArg::None => PerpetualMode::method(EosMethod::Stop),
+        StrategyArg::Suppress => PerpetualMode::method(EosMethod::Suppress),
+        StrategyArg::PostEos => PerpetualMode::method(EosMethod::PostEos),
+        StrategyArg::Backstep => PerpetualMode::method(EosMethod::Backstep),
+        StrategyArg::Dynamic => PerpetualMode::method(EosMethod::Dynamic),
+        StrategyArg::Resume => PerpetualMode::method(EosMethod::Resume),
+        StrategyArg::Perpetual => PerpetualMode::recommended(),
+    }
+}
+
+/// The perpetual mode from `--mode` or `--strategy` and the tool flags
+/// (`--loop-backstep`, `--anticipation`, `--dry-*`), validated before the model is
+/// loaded.
 fn mode(args: &GenerateArgs) -> Result<PerpetualMode> {
     let peak = args
         .peak_times
@@ -171,23 +185,19 @@ fn mode(args: &GenerateArgs) -> Result<PerpetualMode> {
     if args.backstep == 0 {
         bail!("--backstep 0: a back step must remove at least 1 token");
     }
-    let mut mode = match args.strategy {
-        StrategyArg::None => PerpetualMode::method(EosMethod::Stop),
-        StrategyArg::Suppress => PerpetualMode::method(EosMethod::Suppress),
-        StrategyArg::PostEos => PerpetualMode::method(EosMethod::PostEos),
-        StrategyArg::Backstep => PerpetualMode::method(EosMethod::Backstep),
-        StrategyArg::Dynamic => PerpetualMode::method(EosMethod::Dynamic),
-        StrategyArg::Resume => PerpetualMode::method(EosMethod::Resume),
-        StrategyArg::Perpetual => PerpetualMode::recommended(),
+    let mut mode = match &args.mode {
+        Some(spec) => PerpetualMode::parse(spec).with_context(|| format!("--mode {spec}"))?,
+        None => strategy_mode(args.strategy),
     };
     // The paper's 10 is the mode's own default: leave it implicit so that `--strategy
-    // perpetual` is exactly `PerpetualMode::recommended()` (and its spec).
+    // perpetual` is exactly `PerpetualMode::recommended()` (and its spec); a spec's own
+    // back step stays.
     if matches!(mode.method, EosMethod::Backstep | EosMethod::Dynamic)
         && args.backstep != perpetua::perpetual::DEFAULT_BACKSTEP
     {
         mode.backstep = Some(args.backstep);
     }
-    if matches!(mode.method, EosMethod::PostEos | EosMethod::Dynamic) {
+    if matches!(mode.method, EosMethod::PostEos | EosMethod::Dynamic) && peak.is_some() {
         mode.peak = peak;
     }
     if args.loop_backstep || args.stale_backstep {

@@ -39,6 +39,8 @@ fn generate_help_lists_every_flag_with_its_default() {
         "--stop",
         "--preset",
         "--strategy",
+        "--mode",
+        "--context-window",
         "--backstep",
         "--config",
         "--json",
@@ -54,7 +56,9 @@ fn generate_help_lists_every_flag_with_its_default() {
 
 #[test]
 fn invalid_flag_values_give_one_line_naming_the_flag() {
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 11] = [
+        (&["--mode", "dynamic+sparkle"], "--mode dynamic+sparkle"),
+        (&["--mode", "perpetual+window=2"], "`window` = 2"),
         (&["--temperature", "nan"], "`temperature` = NaN: must be finite and >= 0"),
         (&["--temperature", "-1"], "`temperature` = -1"),
         (&["--top-p", "1.5"], "`top_p` = 1.5: must be in (0, 1]"),
