@@ -83,6 +83,39 @@ impl LlamaCache {
     pub(crate) fn commit(&mut self, n: usize) {
         self.len += n;
     }
+
+    /// Drop positions `start..start + n` of every layer and move the later ones down by
+    /// `n` (a context shift). `rotate` turns `(m, n_kv_heads, head_dim)` keys into the
+    /// keys of the same tokens `n` positions earlier; values move unchanged.
+    pub(crate) fn shift(
+        &mut self,
+        start: usize,
+        n: usize,
+        rotate: impl Fn(Tensor<3>) -> Tensor<3>,
+    ) -> Result<(), CacheError> {
+        let len = self.len;
+        if start.checked_add(n).is_none_or(|end| end > len) {
+            return Err(CacheError::ShiftBeyondLength { start, n, len });
+        }
+        if self.layers.iter().any(Option::is_none) {
+            return Err(CacheError::Backend("cannot shift a cache left mid-write".into()));
+        }
+        let m = len - start - n;
+        if n > 0 && m > 0 {
+            let (kv, hd) = (self.n_kv_heads, self.head_dim);
+            for slot in &mut self.layers {
+                let Some((keys, values)) = slot.take() else { continue };
+                let tail = |t: &Tensor<3>| t.clone().slice([0..kv, start + n..len, 0..hd]);
+                let rotated = rotate(tail(&keys).swap_dims(0, 1)).swap_dims(0, 1);
+                let moved = tail(&values);
+                let keys = keys.slice_assign([0..kv, start..start + m, 0..hd], rotated);
+                let values = values.slice_assign([0..kv, start..start + m, 0..hd], moved);
+                *slot = Some((keys, values));
+            }
+        }
+        self.len = start + m;
+        Ok(())
+    }
 }
 
 impl KvCache for LlamaCache {

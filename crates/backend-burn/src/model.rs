@@ -314,6 +314,33 @@ impl Llama {
         x * inv * w.clone()
     }
 
+    /// A context shift of `cache` ([`LanguageModel::shift_cache`]): drop positions
+    /// `start..start + n`, move the rest down and rotate their keys by `−n` positions
+    /// (the table's angles for `n`: `cos(nθ)`, `−sin(nθ)`), as the candle backend does.
+    /// Kept entries still reflect the dropped text they attended to.
+    ///
+    /// [`LanguageModel::shift_cache`]: perpetua_generator::LanguageModel::shift_cache
+    pub fn shift_cache(&self, cache: &mut LlamaCache, start: usize, n: usize) -> Result<()> {
+        if n >= self.config.max_context {
+            return Err(BurnBackendError::invalid("shift", n, "must be below the model's max_context"));
+        }
+        let half = self.config.head_dim / 2;
+        cache.shift(start, n, |keys| {
+            let m = keys.dims()[0];
+            let cos =
+                self.rope_cos.clone().slice([n..n + 1, 0..half]).reshape([1, 1, half]).expand([m, 1, half]);
+            let sin = self
+                .rope_sin
+                .clone()
+                .slice([n..n + 1, 0..half])
+                .neg()
+                .reshape([1, 1, half])
+                .expand([m, 1, half]);
+            self.rope(keys, &cos, &sin)
+        })?;
+        Ok(())
+    }
+
     /// Rotate `(n, heads, head_dim)` queries/keys by their positions' angles
     /// (`cos`/`sin`: `(n, 1, head_dim / 2)`).
     fn rope(&self, x: Tensor<3>, cos: &Tensor<3>, sin: &Tensor<3>) -> Tensor<3> {
@@ -399,6 +426,12 @@ impl perpetua_generator::LanguageModel for Llama {
             // Keep the contract: an error leaves the cache at its length before the call.
             let _ = cache.truncate(start);
         })
+    }
+
+    /// In place ([`Llama::shift_cache`]).
+    fn shift_cache(&self, cache: &mut LlamaCache, start: usize, n: usize) -> Result<bool> {
+        Llama::shift_cache(self, cache, start, n)?;
+        Ok(true)
     }
 
     /// One batched pass ([`Llama::forward_logits_all`]).

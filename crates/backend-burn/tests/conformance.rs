@@ -4,7 +4,7 @@
 
 use perpetua_burn::{BurnBackendError, Llama, LlamaCache, LlamaTokenizer, LoadOptions};
 use perpetua_generator::LanguageModel;
-use perpetua_kv_cache::testing::{CacheHarness, ConformanceConfig, run_all};
+use perpetua_kv_cache::testing::{CacheHarness, ConformanceConfig, Property, run_all};
 use perpetua_kv_cache::{CacheError, ForkableCache, KvCache};
 
 struct Harness(Llama);
@@ -28,6 +28,11 @@ impl CacheHarness for Harness {
         out: &mut Vec<f32>,
     ) -> Result<(), BurnBackendError> {
         self.0.forward(tokens, cache, out)
+    }
+
+    fn shift(&mut self, cache: &mut LlamaCache, start: usize, n: usize) -> Result<bool, BurnBackendError> {
+        self.0.shift_cache(cache, start, n)?;
+        Ok(true)
     }
 }
 
@@ -56,6 +61,7 @@ fn real_model_cache_passes_the_conformance_kit() {
     let report = run_all(&mut Harness(model), &config).unwrap();
     println!("{report}");
     assert!(report.max_abs_diff() <= 1e-3, "{report}");
+    assert!(report.checks.iter().any(|c| c.property == Property::ContextShift), "{report}");
 }
 
 #[test]

@@ -150,3 +150,40 @@ fn greedy<M: LanguageModel>(model: &M, prompt: &[u32], n: usize) -> Vec<u32> {
     }
     ids
 }
+
+/// A context shift (issue 24) on both backends: the burn cache shifted in place reads
+/// the same next-token logits as the candle cache shifted in place (candle's rotation
+/// is checked against a fresh prefill in its `cache_shift` test).
+#[test]
+fn a_shifted_cache_matches_the_candle_backend() {
+    let path = model_path();
+    let (reference, model) = (candle_f32(&path), burn(&path));
+    let tokenizer = perpetua_burn::LlamaTokenizer::from_gguf(&path).unwrap();
+    let ids = tokenizer
+        .encode_ids(
+            "Once upon a time, in a village by the sea, a small dog named Rex found a brass key and",
+            false,
+        )
+        .unwrap();
+    let (sink, drop) = (4, 9);
+    let next = ids[ids.len() - 1];
+    let head = &ids[..ids.len() - 1];
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut ca = reference.new_cache().unwrap();
+    let mut cb = model.new_cache().unwrap();
+    reference.forward(head, &mut ca, &mut a).unwrap();
+    model.forward(head, &mut cb, &mut b).unwrap();
+    assert!(LanguageModel::shift_cache(&reference, &mut ca, sink, drop).unwrap());
+    assert!(LanguageModel::shift_cache(&model, &mut cb, sink, drop).unwrap());
+    assert_eq!((ca.seq_len(), cb.seq_len()), (head.len() - drop, head.len() - drop));
+    reference.forward(&[next], &mut ca, &mut a).unwrap();
+    model.forward(&[next], &mut cb, &mut b).unwrap();
+    let diff = max_abs_diff(&a, &b);
+    println!("after a shift of {drop} positions: max |Δ logit| burn vs candle = {diff:e}");
+    assert!(diff <= TOLERANCE, "{diff}");
+    // And the shift changed something: without it the logits differ.
+    let mut fresh = model.new_cache().unwrap();
+    let mut c = Vec::new();
+    model.forward(&ids, &mut fresh, &mut c).unwrap();
+    assert!(max_abs_diff(&b, &c) > 10.0 * TOLERANCE);
+}
