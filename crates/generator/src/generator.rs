@@ -780,7 +780,6 @@ struct Session<C> {
     finish: Option<FinishReason>,
     /// Generated-index ranges of hidden resume tokens (in `tokens`, not in the output).
     hidden: Vec<std::ops::Range<usize>>,
-    hidden_total: usize,
     /// `tokens[..frozen]` cannot be removed by a back step (the last resume's end).
     frozen: usize,
 }
@@ -795,16 +794,15 @@ impl<C: KvCache> Session<C> {
     /// Generated tokens of the output (hidden resume tokens left out): what
     /// `max_new_tokens` and `min_new_tokens` count.
     fn produced(&self) -> usize {
-        self.generated() - self.hidden_total
+        // Hidden tokens are frozen against back steps, so every one fed is still there.
+        self.generated() - self.counts.resume_tokens
     }
 
     /// Generated tokens a back step can remove: all of them, except that after a
     /// context roll the cache can only drop what was fed since (`tokens.len() - 1 >=
     /// recent_start` always: the pending token is never in the cache).
     fn removable(&self) -> usize {
-        self.generated()
-            .min(self.tokens.len() - 1 - self.recent_start)
-            .min(self.tokens.len() - self.frozen.max(self.prompt_len))
+        (self.tokens.len() - 1 - self.recent_start).min(self.tokens.len() - self.frozen.max(self.prompt_len))
     }
 
     /// Cache length the feeding scheme requires between steps.
@@ -1150,7 +1148,6 @@ impl<M: LanguageModel> Generator<M> {
             decode_started: Instant::now(),
             finish: None,
             hidden: Vec::new(),
-            hidden_total: 0,
             frozen: 0,
         }
     }
@@ -1568,7 +1565,7 @@ impl<M: LanguageModel> Generator<M> {
             s.counts.loop_backsteps += 1;
         }
         s.counts.tokens_removed += n;
-        s.counts.generated_tokens = to - s.hidden_total;
+        s.counts.generated_tokens = to - s.counts.resume_tokens;
         ev.push_back(Event::Backstep { from: generated, to, text_len: s.emitted, cause });
         Ok(n)
     }
@@ -1620,7 +1617,6 @@ impl<M: LanguageModel> Generator<M> {
             return Err(GenerateError::CacheOutOfSync { cache_len: s.cache.seq_len(), expected });
         }
         s.hidden.push(position..position + k);
-        s.hidden_total += k;
         s.frozen = s.tokens.len();
         s.counts.resumes += 1;
         s.counts.resume_tokens += k;
