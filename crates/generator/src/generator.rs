@@ -1387,13 +1387,26 @@ impl<M: LanguageModel> Generator<M> {
         let mut token = first;
         let mut trace_event = TraceEvent::Token;
         if first_is_eos {
-            let action = self.strategy.on_eos(&EosDrawn {
+            let removable = s.removable();
+            let mut action = self.strategy.on_eos(&EosDrawn {
                 prompt_len: s.prompt_len,
                 generated,
+                removable,
                 draws: &self.draws,
                 p_eos,
                 base_temperature: s.base_temperature,
             });
+            if let EosAction::Backstep { n } = action
+                && n.min(removable) == 0
+            {
+                // A back step that can remove nothing (right after a context roll, or
+                // at the first token): the documented fallback is a replacement.
+                self.strategy.on_backstep(0, generated);
+                action = match self.non_eos_draw(&mut s.rng) {
+                    Some(token) => EosAction::Replace { token },
+                    None => EosAction::Stop,
+                };
+            }
             match action {
                 EosAction::Stop => {
                     s.timings.sampling += t1.elapsed();
@@ -1527,6 +1540,21 @@ impl<M: LanguageModel> Generator<M> {
             self.finish(s, ev, FinishReason::Repetition { pattern_len, repeats });
         }
         Ok(())
+    }
+
+    /// A non-EOS token for this step's EOS draw: `draws[1]` when the plan drew it,
+    /// else a fresh draw among the processed candidates with the EOS ids masked; `None`
+    /// when no non-EOS candidate has mass.
+    fn non_eos_draw(&mut self, rng: &mut ChaCha8Rng) -> Option<u32> {
+        if let Some(&token) = self.draws.get(1) {
+            return Some(token);
+        }
+        let candidates = self.chain.candidates_mut();
+        for &id in &self.eos_ids {
+            candidates.mask(id);
+        }
+        draw_without_replacement(candidates, 1, rng, &mut self.extra_draws).ok()?;
+        self.extra_draws.first().copied()
     }
 
     /// Remove up to `n` generated tokens from the sequence and the cache; returns the

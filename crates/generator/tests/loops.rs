@@ -61,7 +61,12 @@ fn run_checked(
             }
             Event::Backstep { from, to, cause, .. } => {
                 assert_eq!(from, ids.len());
-                assert!(to < from && to <= ids.len(), "{from} -> {to}");
+                assert!(
+                    to < from && to <= ids.len(),
+                    "{from} -> {to} {cause:?} seq {} cache {}",
+                    stream.sequence_len(),
+                    stream.cache_len()
+                );
                 // An EOS back step at the landing moves it: only a loop's landing is banned.
                 evicted = (cause == BackstepCause::Loop).then(|| (to, ids[to]));
                 ids.truncate(to);
@@ -285,4 +290,82 @@ fn bans_that_would_empty_the_candidates_are_ignored() {
         .build()
         .unwrap();
     assert_eq!(g.generate(vec![1u32, 2]).unwrap().ids, vec![7; 5]);
+}
+
+/// EOS often enough that back steps land right after a roll (with seeds 2 and 3: 4
+/// and 9 fallbacks), yet the budget is reached.
+const EOS_BIAS: f32 = 6.0;
+
+/// A strategy that answers every EOS with a back step of 4, whatever is removable (as
+/// a careless custom strategy would), and records what it was told.
+struct AlwaysBackstep {
+    seen: Seen,
+}
+
+/// `("eos", generated, removable)` and `("backstep", removed, generated)` in call order.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(&'static str, usize, usize)>>>;
+
+impl perpetua_perpetual::EosStrategy for AlwaysBackstep {
+    fn name(&self) -> &'static str {
+        "always_backstep"
+    }
+    fn on_eos(&mut self, event: &perpetua_perpetual::EosDrawn<'_>) -> perpetua_perpetual::EosAction {
+        let mut seen = self.seen.lock().unwrap();
+        seen.push(("eos", event.generated, event.removable));
+        // A bound, so that a generator that never progresses fails the test, not hangs.
+        if seen.len() > 20_000 {
+            return perpetua_perpetual::EosAction::Stop;
+        }
+        perpetua_perpetual::EosAction::Backstep { n: 4 }
+    }
+    fn on_backstep(&mut self, removed: usize, generated: usize) {
+        self.seen.lock().unwrap().push(("backstep", removed, generated));
+    }
+}
+
+/// An EOS back step that can remove nothing (at the first token, and right after a
+/// context roll) falls back to a replacement: the strategy hears `on_backstep(0, g)`,
+/// the EOS is replaced by a non-EOS draw, and no empty back step is reported.
+#[test]
+fn a_back_step_that_can_remove_nothing_falls_back_to_a_replacement() {
+    // Without rolls: EOS is certain at the first token (nothing generated to remove).
+    // With rolls: EOS is frequent, and back steps keep landing right after a roll.
+    let first = prompt_ids().len();
+    for (window, seed) in [(None, 1), (Some(40), 2), (Some(40), 3)] {
+        let seen: Seen = Seen::default();
+        let model = match window {
+            None => looping_model(7).force_eos_at(first),
+            Some(_) => looping_model(7).with_eos_bias(EOS_BIAS),
+        };
+        let mut b = Generator::builder(model)
+            .tokenizer(ByteTokenizer::new())
+            .chain(chain())
+            .seed(seed)
+            .eos_strategy(Box::new(AlwaysBackstep { seen: seen.clone() }))
+            .max_new_tokens(120);
+        if let Some(w) = window {
+            b = b.context_window(w).sink_tokens(4);
+        }
+        let mut g = b.build().unwrap();
+        let (out, _) = run_checked(&mut g, window.is_some());
+        assert_eq!(out.finish_reason, FinishReason::MaxNewTokens);
+        assert_eq!(out.ids.len(), 120);
+        assert!(!out.ids.contains(&EOS));
+        let seen = seen.lock().unwrap();
+        // Every EOS with nothing removable is followed by on_backstep(0, g) and a
+        // replacement; every other one by a real back step.
+        let mut fallbacks = 0;
+        for pair in seen.windows(2) {
+            if let [("eos", g, removable), ("backstep", removed, at)] = pair[..] {
+                if removable == 0 {
+                    assert_eq!((removed, at), (0, g));
+                    fallbacks += 1;
+                } else {
+                    assert_eq!((removed, at), (4.min(removable), g - 4.min(removable)));
+                }
+            }
+        }
+        assert!(fallbacks >= 1, "window {window:?}: no EOS found nothing removable: {seen:?}");
+        assert_eq!(out.counts.eos_avoided, fallbacks, "window {window:?}");
+    }
 }

@@ -276,7 +276,14 @@ mod tests {
     use super::*;
 
     fn eos(generated: usize) -> EosDrawn<'static> {
-        EosDrawn { prompt_len: 4, generated, draws: &[0, 7], p_eos: 0.9, base_temperature: 1.0 }
+        EosDrawn {
+            prompt_len: 4,
+            generated,
+            removable: generated,
+            draws: &[0, 7],
+            p_eos: 0.9,
+            base_temperature: 1.0,
+        }
     }
 
     #[test]

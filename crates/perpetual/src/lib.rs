@@ -36,12 +36,12 @@
 //! let mut stop = StopAtEos;
 //! let plan = stop.plan_step(&StepInfo { prompt_len: 5, generated: 3, base_temperature: 0.7 });
 //! assert_eq!(plan.temperature, None); // the chain's own temperature
-//! let eos = EosDrawn { prompt_len: 5, generated: 3, draws: &[2, 17], p_eos: 0.6, base_temperature: 0.7 };
+//! let eos = EosDrawn { prompt_len: 5, generated: 3, removable: 3, draws: &[2, 17], p_eos: 0.6, base_temperature: 0.7 };
 //! assert_eq!(stop.on_eos(&eos), EosAction::Stop);
 //!
 //! // Method 4: EOS drawn at generated index 40 → back step 10, restart at 2× base.
 //! let mut s = BackstepWithSchedule::new(10)?.with_budget(Budget::unlimited().allow_eos_after(2_000));
-//! let eos = EosDrawn { prompt_len: 5, generated: 40, draws: &[2, 17], p_eos: 0.6, base_temperature: 1.0 };
+//! let eos = EosDrawn { prompt_len: 5, generated: 40, removable: 40, draws: &[2, 17], p_eos: 0.6, base_temperature: 1.0 };
 //! assert_eq!(s.on_eos(&eos), EosAction::Backstep { n: 10 });
 //! s.on_backstep(10, 30); // the generator removed 10 tokens, 30 remain
 //! let at = |s: &mut BackstepWithSchedule, generated| {
@@ -239,6 +239,12 @@ pub struct EosDrawn<'a> {
     /// Tokens generated before this draw (the EOS would be at generated index
     /// `generated`).
     pub generated: usize,
+    /// How many of the last generated tokens a back step can remove: `generated`,
+    /// except after a context roll (only the tokens since the roll) or a resumed turn
+    /// (hidden tokens are frozen). A strategy that wants a back step when this is 0
+    /// should replace the EOS instead; the generator's fallback for a back step that
+    /// can remove nothing is documented on [`EosAction::Backstep`].
+    pub removable: usize,
     /// The draws of this step in draw order; `draws[0]` is the EOS id. Holds
     /// `StepPlan::draws` entries, fewer when fewer candidates had non-zero mass.
     /// Strategies replace an EOS by `draws[1]`: with several EOS ids, the generator
@@ -262,9 +268,14 @@ pub enum EosAction {
         token: u32,
     },
     /// Remove the last `n` generated tokens from the sequence and the KV cache, then
-    /// continue from there. The generator clamps `n` to the generated count (a back
-    /// step never eats into the prompt) and reports the clamped value through
-    /// [`EosStrategy::on_backstep`].
+    /// continue from there. The generator clamps `n` to [`EosDrawn::removable`] (a
+    /// back step never eats into the prompt, a context roll's dropped tokens or a
+    /// resumed turn's hidden tokens) and reports the clamped value through
+    /// [`EosStrategy::on_backstep`]. When the clamped value is 0 the generator falls
+    /// back to a replacement: it reports `on_backstep(0, generated)`, then writes
+    /// `draws[1]` (or, with a single draw, a fresh draw among the non-EOS candidates)
+    /// in place of the EOS, as [`EosAction::Replace`] would; with no non-EOS candidate
+    /// left it accepts the EOS, as [`EosAction::Stop`] would.
     Backstep {
         /// Tokens to remove.
         n: usize,

@@ -34,7 +34,7 @@ pub const DEFAULT_MIN_TURN: usize = 16;
 /// use perpetua_perpetual::{EosAction, EosDrawn, EosStrategy, ResumeTurn, StepInfo};
 ///
 /// let mut s = ResumeTurn::new();
-/// let eos = |generated| EosDrawn { prompt_len: 4, generated, draws: &[0, 7], p_eos: 0.9, base_temperature: 1.0 };
+/// let eos = |generated| EosDrawn { prompt_len: 4, generated, removable: generated, draws: &[0, 7], p_eos: 0.9, base_temperature: 1.0 };
 /// // A 3-token turn is too short to end: the runner-up is taken.
 /// for i in 0..3 {
 ///     s.on_token(5, i);

@@ -274,10 +274,11 @@ impl Default for Backstep {
 /// The back step for an intervention at `level`, or the runner-up when nothing can be
 /// removed.
 fn backstep_action(oversight: &Oversight, n: usize, level: u32, event: &EosDrawn<'_>) -> EosAction {
-    if event.generated == 0 {
+    let removable = event.removable.min(event.generated);
+    if removable == 0 {
         return replace_with_runner_up(event);
     }
-    EosAction::Backstep { n: oversight.guard.backstep_at(n, level).min(event.generated) }
+    EosAction::Backstep { n: oversight.guard.backstep_at(n, level).min(removable) }
 }
 
 impl Backstep {

@@ -110,7 +110,8 @@ struct Run {
     eos_events: usize,
     max_steps_without_new_frontier: usize,
     generated: usize,
-    /// A loop back step that would have reached into the prompt or past `removable`.
+    /// A back step (loop or EOS) that would have reached into the prompt or past
+    /// `removable`, or removed nothing.
     overreach: bool,
     /// The regenerated token at a loop back step's landing equalled the evicted one.
     same_as_evicted: usize,
@@ -143,6 +144,7 @@ fn simulate(s: &mut dyn EosStrategy, period: usize, eos_every: usize, steps: usi
             match s.on_eos(&EosDrawn {
                 prompt_len: PROMPT,
                 generated: g,
+                removable: g.min(roll_cap),
                 draws,
                 p_eos: 0.9,
                 base_temperature: 1.0,
@@ -154,6 +156,7 @@ fn simulate(s: &mut dyn EosStrategy, period: usize, eos_every: usize, steps: usi
                 EosAction::Replace { token: t } => token = t,
                 EosAction::Resume => panic!("no strategy simulated here resumes turns"),
                 EosAction::Backstep { n } => {
+                    run.overreach |= n > g.min(roll_cap) || n == 0;
                     let n = n.min(g).min(roll_cap);
                     text.truncate(g - n);
                     s.on_backstep(n, text.len());
@@ -287,6 +290,7 @@ fn reset_and_inner_strategy_keep_their_roles() {
     let ev = EosDrawn {
         prompt_len: 5,
         generated: 40,
+        removable: 40,
         draws: &[EOS, RUNNER_UP],
         p_eos: 0.5,
         base_temperature: 1.0,

@@ -17,7 +17,14 @@ fn step(generated: usize, base: f32) -> StepInfo {
 }
 
 fn eos_at(generated: usize, base: f32) -> EosDrawn<'static> {
-    EosDrawn { prompt_len: PROMPT, generated, draws: &[EOS, RUNNER_UP], p_eos: 0.8, base_temperature: base }
+    EosDrawn {
+        prompt_len: PROMPT,
+        generated,
+        removable: generated,
+        draws: &[EOS, RUNNER_UP],
+        p_eos: 0.8,
+        base_temperature: base,
+    }
 }
 
 fn temp_at(s: &mut impl EosStrategy, generated: usize, base: f32) -> f32 {
@@ -210,18 +217,23 @@ struct Run {
     /// Turns resumed, and the shortest turn (tokens appended) that was ended.
     resumes: usize,
     shortest_ended_turn: Option<usize>,
+    /// Back steps asked for when nothing was removable (the generator then falls
+    /// back to a replacement; built-in strategies replace by themselves).
+    empty_backsteps: usize,
 }
 
 /// Hidden tokens the simulated generator feeds after a resume.
 const HIDDEN: usize = 4;
 
 /// Play a script against a strategy the way the generator does. `script[i % len]`:
-/// (the first draw is EOS, a runner-up exists).
-fn simulate(s: &mut dyn EosStrategy, script: &[(bool, bool)], steps: usize) -> Run {
+/// (the first draw is EOS, a runner-up exists). `roll_every > 0` rolls the context
+/// each time the text reaches a multiple of it: back steps cannot reach before it.
+fn simulate(s: &mut dyn EosStrategy, script: &[(bool, bool)], steps: usize, roll_every: usize) -> Run {
     let mut run = Run { temperature_range: (1.0, 1.0), ..Run::default() };
     let (mut generated, mut frontier, mut since_frontier, mut backsteps_in_row) =
         (0usize, 0usize, 0usize, 0usize);
     let mut turn = 0usize;
+    let mut rolled_at = 0usize;
     for i in 0..steps {
         let (eos, runner_up) = script[i % script.len()];
         let plan = s.plan_step(&step(generated, 1.0));
@@ -229,7 +241,15 @@ fn simulate(s: &mut dyn EosStrategy, script: &[(bool, bool)], steps: usize) -> R
         run.temperature_range = (run.temperature_range.0.min(t), run.temperature_range.1.max(t));
         let token = if eos && !plan.mask_eos {
             let draws: &[u32] = if plan.draws >= 2 && runner_up { &[EOS, RUNNER_UP] } else { &[EOS] };
-            let ev = EosDrawn { prompt_len: PROMPT, generated, draws, p_eos: 0.9, base_temperature: 1.0 };
+            let removable = turn.min(generated - rolled_at);
+            let ev = EosDrawn {
+                prompt_len: PROMPT,
+                generated,
+                removable,
+                draws,
+                p_eos: 0.9,
+                base_temperature: 1.0,
+            };
             match s.on_eos(&ev) {
                 EosAction::Stop => {
                     run.stopped = true;
@@ -245,8 +265,20 @@ fn simulate(s: &mut dyn EosStrategy, script: &[(bool, bool)], steps: usize) -> R
                     generated += HIDDEN;
                     None
                 }
+                EosAction::Backstep { n } if n.min(removable) == 0 => {
+                    // The generator's fallback: a replacement.
+                    run.empty_backsteps += 1;
+                    s.on_backstep(0, generated);
+                    match draws.get(1) {
+                        Some(&t) => Some(t),
+                        None => {
+                            run.stopped = true;
+                            break;
+                        }
+                    }
+                }
                 EosAction::Backstep { n } => {
-                    let n = n.min(generated).min(turn);
+                    let n = n.min(removable);
                     generated -= n;
                     turn -= n;
                     s.on_backstep(n, generated);
@@ -264,6 +296,9 @@ fn simulate(s: &mut dyn EosStrategy, script: &[(bool, bool)], steps: usize) -> R
             generated += 1;
             turn += 1;
             backsteps_in_row = 0;
+            if roll_every > 0 && generated % roll_every == 0 {
+                rolled_at = generated;
+            }
         }
         since_frontier += 1;
         if generated > frontier {
@@ -324,13 +359,15 @@ proptest! {
         max_escalations in 0u32..5,
         growth in 1usize..4,
         max_backstep in 1usize..80,
+        roll_every in prop_oneof![Just(0usize), 3usize..60],
     ) {
         let guard = LoopGuard::new().window(window).cool_down(cool_down).unwrap().max_escalations(max_escalations)
             .backstep_growth(growth).unwrap().max_backstep(max_backstep).unwrap();
         let e = max_escalations as usize + 1;
         let bound = 2 * e * (max_backstep + 1) + 1;
         for mut s in strategies(guard) {
-            let run = simulate(&mut *s, &script, 3_000);
+            let run = simulate(&mut *s, &script, 3_000, roll_every);
+            prop_assert_eq!(run.empty_backsteps, 0, "{}: a back step with nothing removable", s.name());
             prop_assert!(run.max_consecutive_backsteps <= e, "{}: {run:?}", s.name());
             prop_assert!(run.max_steps_without_new_frontier <= bound, "{}: {run:?} > {bound}", s.name());
             prop_assert!(!run.eos_written, "{}", s.name());
@@ -359,7 +396,7 @@ proptest! {
         let bound = 2 * (guard.max_escalations as usize + 1) * (guard.max_backstep + 1) + 1;
         let steps = 20_000;
         for mut s in strategies(guard) {
-            let run = simulate(&mut *s, &script, steps);
+            let run = simulate(&mut *s, &script, steps, 0);
             prop_assert!(!run.stopped && run.generated >= steps / bound, "{}: {run:?}", s.name());
         }
     }
