@@ -411,6 +411,7 @@ pub struct GeneratorBuilder<M: LanguageModel> {
     mode: Option<PerpetualMode>,
     resume_message: String,
     resume_tokens: Option<Vec<u32>>,
+    resume_with_prompt: bool,
 }
 
 impl<M: LanguageModel> GeneratorBuilder<M> {
@@ -448,6 +449,17 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
     /// assistant's turn, this message as a user turn, and the assistant's turn header.
     pub fn resume_message(mut self, message: impl Into<String>) -> Self {
         self.resume_message = message.into();
+        self
+    }
+
+    /// Resumed turns repeat the request: when the prompt is a chat
+    /// ([`Prompt::Chat`]), the hidden user turn of a resume is the prompt's last user
+    /// message (rendered with the chat template) instead of
+    /// [`resume_message`](Self::resume_message), so the model answers the request
+    /// afresh with everything it wrote in context. Other prompts keep the resume
+    /// message. [`PerpetualMode::reask`] sets it too. Default off.
+    pub fn resume_with_prompt(mut self, on: bool) -> Self {
+        self.resume_with_prompt = on;
         self
     }
 
@@ -685,6 +697,8 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
             mode_stages,
             mode_window: self.mode.as_ref().and_then(|m| m.window),
             resume,
+            reask: self.resume_with_prompt || self.mode.as_ref().is_some_and(|m| m.reask),
+            prompt_resume: None,
             eos_ids,
             stops,
             include_stop_string: self.include_stop_string,
@@ -728,6 +742,11 @@ pub struct Generator<M: LanguageModel> {
     mode_window: Option<usize>,
     /// Fed after an [`EosAction::Resume`] (in place of the drawn EOS).
     resume: Option<Vec<u32>>,
+    /// Resumed turns repeat the chat prompt's last user message
+    /// ([`GeneratorBuilder::resume_with_prompt`], [`PerpetualMode::reask`]).
+    reask: bool,
+    /// This generation's resume tokens when they come from the prompt (`reask`).
+    prompt_resume: Option<Vec<u32>>,
     pub(crate) eos_ids: Vec<u32>,
     stops: StopStrings,
     include_stop_string: bool,
@@ -962,6 +981,7 @@ impl<M: LanguageModel> Generator<M> {
             mode: None,
             resume_message: DEFAULT_RESUME_MESSAGE.to_owned(),
             resume_tokens: None,
+            resume_with_prompt: false,
         }
     }
 
@@ -1034,6 +1054,7 @@ impl<M: LanguageModel> Generator<M> {
         let at = crate::mode::insert_stages(&mut self.chain, stages);
         self.mode_stages = Some(at);
         self.mode_window = mode.window;
+        self.reask = mode.reask;
         self.strategy = strategy;
         Ok(())
     }
@@ -1159,7 +1180,15 @@ impl<M: LanguageModel> Generator<M> {
     /// a prompt longer than the window, an invalid window, model errors in the prefill.
     pub fn stream(&mut self, prompt: impl Into<Prompt>) -> Result<Stream<'_, M>, GenerateError> {
         let started = Instant::now();
-        let ids = self.encode_prompt(prompt.into())?;
+        let prompt = prompt.into();
+        self.prompt_resume = None;
+        if self.reask
+            && let (Prompt::Chat(messages), Some(tok)) = (&prompt, self.tokenizer.as_deref())
+            && let Some(request) = messages.iter().rev().find(|m| m.role == "user")
+        {
+            self.prompt_resume = resume_tokens_from_template(tok, &request.content)?;
+        }
+        let ids = self.encode_prompt(prompt)?;
         let mut cache = self.model.new_cache().map_err(model_err)?;
         let window = self.window_for(&cache, ids.len())?;
         let prefill = panic::catch_unwind(AssertUnwindSafe(|| self.prefill(&ids, &mut cache)))
@@ -1221,7 +1250,15 @@ impl<M: LanguageModel> Generator<M> {
         M::Cache: ForkableCache,
     {
         let started = Instant::now();
-        let ids = self.encode_prompt(prompt.into())?;
+        let prompt = prompt.into();
+        self.prompt_resume = None;
+        if self.reask
+            && let (Prompt::Chat(messages), Some(tok)) = (&prompt, self.tokenizer.as_deref())
+            && let Some(request) = messages.iter().rev().find(|m| m.role == "user")
+        {
+            self.prompt_resume = resume_tokens_from_template(tok, &request.content)?;
+        }
+        let ids = self.encode_prompt(prompt)?;
         let mut base = self.model.new_cache().map_err(model_err)?;
         let window = self.window_for(&base, ids.len())?;
         let prefill = self.prefill(&ids, &mut base)?;
@@ -1607,7 +1644,7 @@ impl<M: LanguageModel> Generator<M> {
         s: &mut Session<M::Cache>,
         ev: &mut VecDeque<Event>,
     ) -> Result<usize, GenerateError> {
-        let Some(ids) = self.resume.clone() else {
+        let Some(ids) = self.prompt_resume.clone().or_else(|| self.resume.clone()) else {
             return Err(GenerateError::InvalidStrategyAction {
                 strategy: self.strategy.name(),
                 action: "Resume: the generator has no resume tokens (it needs a tokenizer with a chat \

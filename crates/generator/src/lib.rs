@@ -118,7 +118,10 @@ pub use generator::{
     Alternative, BackstepCause, ContextRoll, Counts, Event, FinishReason, Generation, Generator,
     GeneratorBuilder, Prompt, StepTrace, Stream, TRACE_TOP, Timings, TraceEvent,
 };
-pub use mode::{AnticipationOptions, DryOptions, EosMethod, PerpetualMode, WindowedRepetition};
+pub use mode::{
+    AnticipationOptions, DEFAULT_DRY_BREAKERS, DEFAULT_REWIND, DryOptions, EosMethod, PerpetualMode,
+    WindowedRepetition,
+};
 pub use stop::{RepetitionDetection, StopStrings};
 
 pub use perpetua_kv_cache::{CacheError, ForkableCache, KvCache};

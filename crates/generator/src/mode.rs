@@ -23,8 +23,8 @@
 //! ```
 
 use perpetua_perpetual::{
-    Anticipation, Backstep, BackstepWithSchedule, EosStrategy, LoopBackstep, LoopDetection, Peak,
-    PostEosResample, ResumeTurn, Staleness, StopAtEos, SuppressEos,
+    Anticipation, Backstep, BackstepWithSchedule, DEFAULT_TOLERANCE, EosStrategy, LoopBackstep,
+    LoopDetection, Peak, PostEosResample, ResumeTurn, Staleness, StopAtEos, SuppressEos,
 };
 use perpetua_sampling::processors::{Dry, RepetitionPenalty, StalenessGate};
 use perpetua_sampling::{Chain, LogitsProcessor};
@@ -134,6 +134,10 @@ impl EosMethod {
         })
     }
 }
+
+/// Tokens a `rewind` spec part lets a stale back step reach back
+/// ([`Staleness::rewind`]).
+pub const DEFAULT_REWIND: usize = 256;
 
 /// llama.cpp's default DRY sequence breakers.
 pub const DEFAULT_DRY_BREAKERS: [&str; 4] = ["\n", ":", "\"", "*"];
@@ -343,6 +347,14 @@ pub struct PerpetualMode {
     /// which it only ever narrows), so old text stops reinforcing itself.
     #[serde(default)]
     pub window: Option<usize>,
+    /// Resumed turns repeat the prompt's request (spec part `reask`): the hidden user
+    /// turn of a resume is the chat prompt's last user message instead of the
+    /// generator's resume message ("Continue."), so each new turn is a fresh answer
+    /// to the same request, with everything written so far in context
+    /// ([`GeneratorBuilder::resume_with_prompt`](crate::GeneratorBuilder::resume_with_prompt)).
+    /// Prompts that are not chats keep the resume message.
+    #[serde(default)]
+    pub reask: bool,
 }
 
 impl PerpetualMode {
@@ -359,6 +371,7 @@ impl PerpetualMode {
             anticipation: None,
             repetition: None,
             window: None,
+            reask: false,
         }
     }
 
@@ -382,6 +395,10 @@ impl PerpetualMode {
     /// sets the back step of methods 3 and 4) followed by `+`-separated tools: `dry`
     /// ([`DryOptions::perpetual`]; `dry=M`, `dry=M/A` or `dry=M/A/N` set multiplier,
     /// allowed length, window; `gate=LOW/HIGH[/W]` adds a staleness gate), `loop`,
+    /// `stale` (`stale=W/D[/N[/B]]`), `rewind` (stale back steps reach back up to
+    /// [`DEFAULT_REWIND`] tokens to the freshest recent window; `rewind=R[/T]` sets
+    /// reach and tolerance, [`Staleness::rewind`]; implies `stale`), `turns`, `reask`
+    /// ([`reask`](Self::reask)),
     /// `anticipation` (`anticipation=RATIO[/PEAK[/HALF_LIFE]]`), `rep` (`rep=P` or
     /// `rep=P/N`: penalty `P` over the last `N` tokens; default 1.1 over 256).
     /// `perpetual+tool` adds the tool to the recommended mode. Errors name the part
@@ -501,11 +518,29 @@ impl PerpetualMode {
                     }
                     mode.anticipation = Some(a);
                 }
+                ("rewind", v) => {
+                    let st = mode.staleness.get_or_insert_with(Staleness::default);
+                    st.rewind = DEFAULT_REWIND;
+                    if let Some(v) = v {
+                        let (r, h) = match v.split_once('/') {
+                            Some((r, h)) => (r, Some(h)),
+                            None => (v, None),
+                        };
+                        st.rewind = r.parse().map_err(|_| {
+                            GenerateError::invalid("strategy", part, "rewind=R[/T]: R must be a whole number")
+                        })?;
+                        if let Some(h) = h {
+                            st.tolerance = number(h)?;
+                        }
+                    }
+                    mode.loop_detection.get_or_insert_with(LoopDetection::default);
+                }
                 ("turns", None) => {
                     mode.stale_turns = true;
                     mode.staleness.get_or_insert_with(Staleness::default);
                     mode.loop_detection.get_or_insert_with(LoopDetection::default);
                 }
+                ("reask", None) => mode.reask = true,
                 ("window", Some(v)) => {
                     mode.window = Some(v.parse().map_err(|_| {
                         GenerateError::invalid("strategy", part, "window=N: N must be a whole number")
@@ -523,7 +558,7 @@ impl PerpetualMode {
                     return Err(GenerateError::invalid(
                         "strategy",
                         part,
-                        "known tools: dry[=M[/A[/N]]], gate=LOW/HIGH[/W], loop, stale[=W/D[/N[/B]]], turns, anticipation[=R[/P[/H]]], rep[=P[/N]], window=N",
+                        "known tools: dry[=M[/A[/N]]], gate=LOW/HIGH[/W], loop, stale[=W/D[/N[/B]]], rewind[=R[/T]], turns, reask, anticipation[=R[/P[/H]]], rep[=P[/N]], window=N",
                     ));
                 }
             }
@@ -602,13 +637,21 @@ impl PerpetualMode {
             s.push_str("+loop");
         }
         if let Some(st) = self.staleness {
-            if st == Staleness::default() {
+            let thresholds = Staleness { rewind: 0, tolerance: DEFAULT_TOLERANCE, ..st };
+            if thresholds == Staleness::default() {
                 s.push_str("+stale");
             } else {
                 s.push_str(&format!(
                     "+stale={}/{}/{}/{}",
                     st.window, st.min_distinct, st.backstep, st.budget
                 ));
+            }
+            if st.rewind > 0 {
+                if st.rewind == DEFAULT_REWIND && st.tolerance == DEFAULT_TOLERANCE {
+                    s.push_str("+rewind");
+                } else {
+                    s.push_str(&format!("+rewind={}/{}", st.rewind, st.tolerance));
+                }
             }
         }
         if self.stale_turns {
@@ -630,6 +673,9 @@ impl PerpetualMode {
         }
         if let Some(w) = self.window {
             s.push_str(&format!("+window={w}"));
+        }
+        if self.reask {
+            s.push_str("+reask");
         }
         s
     }

@@ -152,6 +152,19 @@ impl FakeModel {
         }
     }
 
+    /// An order-1 model over [`ByteTokenizer`]'s bytes that writes a *salad*: once the
+    /// text reaches `a`, `b` or `c` (a space leads to `a`), each of the three is
+    /// followed by one of the other two — a collapsed vocabulary with no verbatim loop
+    /// — and EOS ([`ByteTokenizer::EOS`]) is rare.
+    pub fn salad(seed: u64) -> Self {
+        let mut m =
+            Self::new(ByteTokenizer::VOCAB_SIZE).with_seed(seed).with_order(1).with_eos(ByteTokenizer::EOS);
+        for (a, b) in [(b'a', b'b'), (b'a', b'c'), (b'b', b'a'), (b'b', b'c'), (b'c', b'a'), (b'c', b'b')] {
+            m = m.with_rule(&[u32::from(a)], u32::from(b), 12.0);
+        }
+        m.with_rule(&[u32::from(b' ')], u32::from(b'a'), 12.0)
+    }
+
     /// Context length and the capacity of [`LanguageModel::new_cache`].
     pub fn with_max_context(mut self, positions: usize) -> Self {
         self.max_context = positions;

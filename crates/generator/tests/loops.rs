@@ -136,7 +136,7 @@ proptest! {
     fn loop_back_steps_keep_sequence_and_cache_in_step(seed in 0u64..1000, model_seed in 0u64..50, window in prop_oneof![Just(None), (48usize..120).prop_map(Some)], stale in any::<bool>()) {
         let mut strategy = LoopBackstep::new(BackstepWithSchedule::new(10).unwrap());
         if stale {
-            strategy = strategy.with_staleness(Staleness { window: 32, min_distinct: 0.4, backstep: 16, budget: 0.2 }).unwrap();
+            strategy = strategy.with_staleness(Staleness { window: 32, min_distinct: 0.4, backstep: 16, budget: 0.2, ..Staleness::default() }).unwrap();
         }
         let mut b = Generator::builder(looping_model(model_seed).with_eos_bias(0.5))
             .tokenizer(ByteTokenizer::new())
@@ -368,4 +368,50 @@ fn a_back_step_that_can_remove_nothing_falls_back_to_a_replacement() {
         assert!(fallbacks >= 1, "window {window:?}: no EOS found nothing removable: {seen:?}");
         assert_eq!(out.counts.eos_avoided, fallbacks, "window {window:?}");
     }
+}
+
+/// `rewind` in a mode spec: parsed and written back, bad values named; on the fake
+/// model the rewinds reach further back than the plain stale back step, sequence and
+/// cache stay in step, and the budget is reached.
+#[test]
+fn rewind_specs_parse_and_rewinds_keep_sequence_and_cache_in_step() {
+    for (spec, full) in [
+        ("dynamic+rewind", "dynamic+loop+stale+rewind"),
+        ("perpetual+rewind=128/0.1", "dynamic+dry+loop+stale+rewind=128/0.1+anticipation"),
+        ("dynamic+stale=64/0.45/32/0.3+rewind=200", "dynamic+loop+stale=64/0.45/32/0.3+rewind=200/0.05"),
+    ] {
+        assert_eq!(PerpetualMode::parse(spec).unwrap().spec(), full);
+    }
+    for bad in ["dynamic+rewind=x", "dynamic+rewind=5000", "dynamic+rewind=64/1.5"] {
+        let err = PerpetualMode::parse(bad).and_then(|m| {
+            Generator::builder(FakeModel::salad(1))
+                .tokenizer(ByteTokenizer::new())
+                .perpetual(m)
+                .build()
+                .map(|_| ())
+        });
+        assert!(err.is_err(), "{bad} accepted");
+    }
+    let mut longest = 0;
+    for seed in 0..4 {
+        let mut g = Generator::builder(FakeModel::salad(seed))
+            .tokenizer(ByteTokenizer::new())
+            .chain(chain())
+            .seed(seed)
+            .perpetual(PerpetualMode::parse("dynamic+stale=64/0.45/32/0.5+rewind").unwrap())
+            .max_new_tokens(600)
+            .build()
+            .unwrap();
+        let mut stream = g.stream(prompt_ids()).unwrap();
+        while let Some(event) = stream.next() {
+            if let Event::Backstep { from, to, cause: BackstepCause::Loop, .. } = event.unwrap() {
+                longest = longest.max(from - to);
+                assert_eq!(stream.cache_len(), stream.sequence_len() - 1);
+            }
+        }
+        let out = stream.into_output();
+        assert_eq!(out.finish_reason, FinishReason::MaxNewTokens);
+        assert_eq!(out.ids.len(), 600);
+    }
+    assert!(longest > 32, "no rewind reached past the plain back step: {longest}");
 }

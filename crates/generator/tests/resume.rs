@@ -126,23 +126,18 @@ fn resume_composes_with_loop_and_stale_back_steps_and_context_rolls() {
     }
 }
 
-/// An order-1 fake model that writes a salad of three letters (each followed by the
-/// other two), and EOS rarely.
-fn salad_model(seed: u64) -> FakeModel {
-    let mut m = FakeModel::new(ByteTokenizer::VOCAB_SIZE).with_seed(seed).with_order(1).with_eos(EOS);
-    for (a, b) in [(b'a', b'b'), (b'a', b'c'), (b'b', b'a'), (b'b', b'c'), (b'c', b'a'), (b'c', b'b')] {
-        m = m.with_rule(&[u32::from(a)], u32::from(b), 12.0);
-    }
-    m.with_rule(&[u32::from(b' ')], u32::from(b'a'), 12.0)
-}
-
 #[test]
 fn stale_turns_end_a_salad_turn_and_resume() {
     for (spec, full) in [
-        ("resume+turns", "resume+loop+stale+turns"),
-        ("dynamic+dry+loop+turns+anticipation", "dynamic+dry+loop+stale+turns+anticipation"),
+        // A budget the loop back steps on the salad do not spend before a turn ends
+        // (stale turns are paid from it: removed and resume tokens).
+        ("resume+stale=64/0.45/32/0.9+turns", "resume+loop+stale=64/0.45/32/0.9+turns"),
+        (
+            "dynamic+dry+loop+stale=64/0.45/32/0.9+turns+anticipation",
+            "dynamic+dry+loop+stale=64/0.45/32/0.9+turns+anticipation",
+        ),
     ] {
-        let mut g = generator(salad_model(7), spec, 500);
+        let mut g = generator(FakeModel::salad(7), spec, 500);
         let (out, _, hidden) = run_checked(&mut g, false);
         assert_eq!(out.ids.len(), 500, "{spec}");
         assert!(out.counts.resumes >= 1, "{spec}: {:?}", out.counts);
@@ -150,8 +145,9 @@ fn stale_turns_end_a_salad_turn_and_resume() {
         assert_eq!(PerpetualMode::parse(spec).unwrap().spec(), full);
     }
     // Without resume tokens the mode is refused.
-    let r =
-        Generator::builder(salad_model(7)).perpetual(PerpetualMode::parse("dynamic+turns").unwrap()).build();
+    let r = Generator::builder(FakeModel::salad(7))
+        .perpetual(PerpetualMode::parse("dynamic+turns").unwrap())
+        .build();
     assert!(matches!(r, Err(GenerateError::InvalidParameter { name: "strategy", .. })));
 }
 
@@ -252,4 +248,55 @@ proptest! {
         prop_assert_eq!(out.ids.len(), budget);
         prop_assert_eq!(ids.len(), budget);
     }
+}
+
+/// `reask` (and `GeneratorBuilder::resume_with_prompt`): a resumed turn repeats the chat
+/// prompt's last user message; the cache holds exactly those tokens; a text prompt
+/// keeps the resume message; switching the mode off restores "Continue.".
+#[test]
+fn reask_resumes_with_the_prompts_request() {
+    let request = |g: &mut Generator<FakeModel>, prompt: perpetua_generator::Prompt| {
+        let mut stream = g.stream(prompt).unwrap();
+        let mut fed: Vec<Vec<u32>> = Vec::new();
+        while let Some(event) = stream.next() {
+            if let Event::Resumed { hidden, .. } = event.unwrap() {
+                let seq = stream.sequence();
+                // The resume tokens end the sequence, the last one pending.
+                fed.push(seq[seq.len() - hidden..].to_vec());
+                assert_eq!(stream.cache().tokens(), &seq[..seq.len() - 1]);
+            }
+        }
+        fed
+    };
+    let chat = || {
+        perpetua_generator::Prompt::Chat(vec![
+            perpetua_generator::ChatMessage::new("system", "Be brief."),
+            perpetua_generator::ChatMessage::user("Sing"),
+        ])
+    };
+    let bytes = |s: &[u8]| s.iter().map(|&b| u32::from(b)).collect::<Vec<u32>>();
+    let mut g = generator(eager_model(4), "resume+reask", 150);
+    assert_eq!(PerpetualMode::parse("resume+reask").unwrap().spec(), "resume+reask");
+    let fed = request(&mut g, chat());
+    assert!(!fed.is_empty(), "no turn was resumed");
+    assert!(fed.iter().all(|f| *f == bytes(b"\nuser: Sing\nassistant: ")), "{fed:?}");
+    // A text prompt has no request to repeat: the resume message.
+    let fed = request(&mut g, perpetua_generator::Prompt::Text("Sing".into()));
+    assert!(!fed.is_empty() && fed.iter().all(|f| *f == bytes(RESUME)), "{fed:?}");
+    // The same generator without `reask` goes back to "Continue.".
+    g.set_perpetual(&PerpetualMode::parse("resume").unwrap()).unwrap();
+    let fed = request(&mut g, chat());
+    assert!(!fed.is_empty() && fed.iter().all(|f| *f == bytes(RESUME)), "{fed:?}");
+    // The builder switch does the same without a mode's `reask`.
+    let mut b = Generator::builder(eager_model(4))
+        .tokenizer(ByteTokenizer::new())
+        .chain(chain())
+        .seed(11)
+        .perpetual(PerpetualMode::parse("resume").unwrap())
+        .resume_with_prompt(true)
+        .max_new_tokens(150)
+        .build()
+        .unwrap();
+    let fed = request(&mut b, chat());
+    assert!(!fed.is_empty() && fed.iter().all(|f| *f == bytes(b"\nuser: Sing\nassistant: ")), "{fed:?}");
 }

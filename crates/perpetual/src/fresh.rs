@@ -143,11 +143,18 @@ pub struct LoopBackstep<S = StopAtEos> {
     fallbacks: usize,
     /// Staleness checks wait until the text reaches this length (only new text is judged).
     stale_quiet_until: usize,
-    /// Tokens removed by back steps of every cause (rationed by `Staleness::budget`).
-    removed_total: usize,
+    /// Extra tokens paid for: removed by back steps of every cause, and fed hidden by
+    /// resumed turns (rationed by `Staleness::budget`).
+    spent: usize,
+    /// The text length as last reported (to count the hidden tokens of a resume).
+    len: usize,
     stale_backsteps: usize,
     stale_heats: usize,
     stale_scratch: Vec<u32>,
+    /// With a rewind: `(text length, distinct ids in the window ending there)` for the
+    /// last `rewind` positions, oldest first (truncated by back steps).
+    stale_history: std::collections::VecDeque<(usize, u16)>,
+    rewinds: usize,
 }
 
 impl<S: EosStrategy> LoopBackstep<S> {
@@ -176,10 +183,13 @@ impl<S: EosStrategy> LoopBackstep<S> {
             loop_backsteps: 0,
             fallbacks: 0,
             stale_quiet_until: 0,
-            removed_total: 0,
+            spent: 0,
+            len: 0,
             stale_backsteps: 0,
             stale_heats: 0,
             stale_scratch: Vec::new(),
+            stale_history: std::collections::VecDeque::new(),
+            rewinds: 0,
         }
     }
 
@@ -221,6 +231,47 @@ impl<S: EosStrategy> LoopBackstep<S> {
     /// Stale windows answered by a temperature raise only (the budget was spent).
     pub fn stale_heats(&self) -> usize {
         self.stale_heats
+    }
+
+    /// Stale back steps that reached back past `backstep` to the freshest recent window
+    /// ([`Staleness::rewind`]).
+    pub fn rewinds(&self) -> usize {
+        self.rewinds
+    }
+
+    /// Record the window ending at `g` (rewind only) and return its distinct ids.
+    fn record_window(&mut self, st: &Staleness, generated: &[u32]) -> Option<usize> {
+        let g = generated.len();
+        if g < st.window {
+            return None;
+        }
+        let distinct = Staleness::distinct(&generated[g - st.window..], &mut self.stale_scratch);
+        if st.rewind > 0 {
+            while self.stale_history.back().is_some_and(|&(at, _)| at >= g) {
+                self.stale_history.pop_back();
+            }
+            while self.stale_history.front().is_some_and(|&(at, _)| at + st.rewind < g) {
+                self.stale_history.pop_front();
+            }
+            self.stale_history.push_back((g, u16::try_from(distinct).unwrap_or(u16::MAX)));
+        }
+        Some(distinct)
+    }
+
+    /// Tokens a stale back step at text length `g` removes: `backstep`, or with a rewind
+    /// back to the end of the latest window within `tolerance` of the freshest one that
+    /// ends in the last `rewind` tokens (at least `backstep`).
+    fn stale_backstep_len(&self, st: &Staleness, g: usize) -> usize {
+        let reach = || self.stale_history.iter().rev().filter(|&&(at, _)| at < g && at + st.rewind >= g);
+        if st.rewind == 0 {
+            return st.backstep;
+        }
+        let Some(best) = reach().map(|&(_, d)| d).max() else {
+            return st.backstep;
+        };
+        let floor = f32::from(best) - st.tolerance * st.window as f32;
+        let landing = reach().find(|&&(_, d)| f32::from(d) >= floor).map_or(g, |&(at, _)| at);
+        (g - landing).clamp(st.backstep, st.rewind.max(st.backstep))
     }
 
     /// Set the detection thresholds. Errors: [`LoopDetection::validate`].
@@ -320,27 +371,36 @@ impl<S: EosStrategy> LoopBackstep<S> {
             return TokenAction::Continue;
         };
         let g = generated.len();
-        if g < st.window.max(self.stale_quiet_until)
-            || !st.is_stale(&generated[g - st.window..], &mut self.stale_scratch)
-        {
+        let Some(distinct) = self.record_window(&st, generated) else {
+            return TokenAction::Continue;
+        };
+        if g < self.stale_quiet_until || (distinct as f32) >= st.min_distinct * st.window as f32 {
             return TokenAction::Continue;
         }
         let peak = self.peak.resolve(base);
-        let n = st.backstep.min(removable);
         // The budget covers every back step (EOS, loop, stale): stale ones are the
-        // optional kind, taken only while the whole regeneration stays within it.
+        // optional kind, taken only while the whole regeneration stays within it. A
+        // rewind the budget cannot pay for shrinks to the plain back step.
         let allowed = (f64::from(st.budget) * self.frontier as f64) as usize;
-        if self.stale_turns {
+        let mut n = self.stale_backstep_len(&st, g).min(removable);
+        if self.spent + n > allowed {
+            n = st.backstep.min(removable);
+        }
+        if self.stale_turns && self.spent < allowed {
             // End the turn here (after removing the stale tail while the budget allows);
-            // `on_resume` re-arms the check once the new turn has a window of text.
-            let n = if self.removed_total + n <= allowed { n } else { 0 };
+            // the resume tokens are paid from the budget too (`on_resume`), which also
+            // re-arms the check once the new turn has a window of text. Over budget, heat.
+            let n = if self.spent + n <= allowed { n } else { 0 };
             self.stale_backsteps += 1;
             self.stale_quiet_until = usize::MAX;
             return TokenAction::Resume { n };
         }
-        if n > 0 && self.removed_total + n <= allowed {
+        if n > 0 && self.spent + n <= allowed {
             self.stale_backsteps += 1;
             self.loop_backsteps += 1;
+            if n > st.backstep {
+                self.rewinds += 1;
+            }
             // The next check judges only text written after the landing.
             self.stale_quiet_until = g - n + st.window;
             self.pending = Some(PendingLoopStep { n, evicted: generated[g - n], peak });
@@ -383,6 +443,7 @@ impl<S: EosStrategy> EosStrategy for LoopBackstep<S> {
 
     fn on_token(&mut self, token: u32, index: usize) {
         self.frontier = self.frontier.max(index.saturating_add(1));
+        self.len = index.saturating_add(1);
         if self.bans.is_some_and(|b| index > b.index) {
             self.bans = None;
         }
@@ -426,6 +487,8 @@ impl<S: EosStrategy> EosStrategy for LoopBackstep<S> {
 
     fn on_resume(&mut self, generated: usize) {
         self.detector.invalidate();
+        self.spent = self.spent.saturating_add(generated.saturating_sub(self.len));
+        self.len = generated;
         self.frontier = self.frontier.max(generated);
         if let Some(st) = self.staleness {
             self.stale_quiet_until = generated.saturating_add(st.window);
@@ -435,7 +498,8 @@ impl<S: EosStrategy> EosStrategy for LoopBackstep<S> {
 
     fn on_backstep(&mut self, removed: usize, generated: usize) {
         self.detector.invalidate();
-        self.removed_total = self.removed_total.saturating_add(removed);
+        self.spent = self.spent.saturating_add(removed);
+        self.len = generated;
         if let Some(p) = self.pending.take() {
             if removed == p.n {
                 ban_at(&mut self.bans, generated, p.evicted);
@@ -460,9 +524,12 @@ impl<S: EosStrategy> EosStrategy for LoopBackstep<S> {
         self.loop_backsteps = 0;
         self.fallbacks = 0;
         self.stale_quiet_until = 0;
-        self.removed_total = 0;
+        self.spent = 0;
+        self.len = 0;
         self.stale_backsteps = 0;
         self.stale_heats = 0;
+        self.stale_history.clear();
+        self.rewinds = 0;
     }
 }
 

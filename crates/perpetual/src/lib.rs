@@ -67,7 +67,9 @@ pub use controls::{Budget, LoopGuard};
 pub use ending::{COMMON_ENDING_PHRASES, EndingMode, EndingPhrases};
 pub use error::{PerpetualError, Result};
 pub use fresh::{Anticipation, DEFAULT_LOOP_SPAN, LoopBackstep, MAX_ANTICIPATION_WINDOW, default_loop_guard};
-pub use loops::{LoopDetection, LoopDetector, MAX_LOOP_WINDOW, Repeat, Staleness};
+pub use loops::{
+    DEFAULT_TOLERANCE, LoopDetection, LoopDetector, MAX_LOOP_WINDOW, MAX_REWIND, Repeat, Staleness,
+};
 pub use resume::{DEFAULT_MIN_TURN, ResumeTurn};
 pub use schedule::{CustomSchedule, Peak, ScheduleInput, TemperatureSchedule};
 pub use strategies::{

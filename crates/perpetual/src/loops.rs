@@ -213,6 +213,9 @@ impl LoopDetector {
     }
 }
 
+/// Longest [`Staleness::rewind`].
+pub const MAX_REWIND: usize = 4096;
+
 /// Thresholds of staleness, the degeneration a verbatim-loop detector cannot see: text
 /// whose vocabulary has collapsed without repeating itself word for word ("King of King
 /// Loki King King Hathor", "It I It I"), which is what a small model writes in its
@@ -220,14 +223,16 @@ impl LoopDetector {
 /// loop when configured ([`LoopBackstep::with_staleness`]).
 ///
 /// The text is stale when the last `window` generated tokens hold fewer than
-/// `min_distinct × window` distinct ids. Then `backstep` tokens are removed and
+/// `min_distinct × window` distinct ids. Then `backstep` tokens (with a
+/// [`rewind`](Self::rewind), back to the freshest recent window) are removed and
 /// regenerated hotter, and the next check waits until `window` tokens were written past
 /// the landing (it judges only new text). Regeneration is rationed: a stale back step is
-/// taken only while the tokens removed by back steps of *every* cause (EOS, loop, stale)
-/// stay within `budget ×` the longest the text has been, so stale back steps never push
-/// the cost past `1 + budget` forward passes per kept token (EOS back steps are not
-/// rationed: a method that spends more on its own keeps doing so); past the budget a
-/// stale window only raises the temperature.
+/// taken only while the extra tokens paid for — removed by back steps of *every* cause
+/// (EOS, loop, stale), and the hidden tokens of resumed turns — stay within `budget ×`
+/// the longest the text has been, so stale back steps and stale turns never push the
+/// cost past `1 + budget` forward passes per kept token (EOS back steps and EOS resumes
+/// are not rationed: a method that spends more on its own keeps doing so); past the
+/// budget a stale window only raises the temperature.
 ///
 /// Defaults: window 64, min distinct 0.45, back step 32, budget 0.12. On SmolLM2's own
 /// text (plain generation at T 1.0 / top-k 20, 20 runs on held-out prompts), every run
@@ -245,14 +250,42 @@ pub struct Staleness {
     pub min_distinct: f32,
     /// Tokens a stale back step removes (1..=window).
     pub backstep: usize,
-    /// Tokens removed by back steps of every cause, as a share of the longest text so
-    /// far, beyond which no stale back step is taken (in (0, 1]).
+    /// Extra tokens paid for (removed by back steps of every cause, fed hidden by
+    /// resumed turns), as a share of the longest text so far, beyond which no stale back
+    /// step or stale turn is taken (in (0, 1]).
     pub budget: f32,
+    /// **Rewind**: how far back (tokens, `0` = off) a stale back step may reach, to land
+    /// where the text was freshest: the end of the latest window, among those ending in
+    /// the last `rewind` tokens, whose distinct ids are within `tolerance × window` of the
+    /// best of them. The stale stretch then leaves the context as a whole — a window
+    /// turns stale only after the text has been degrading for a while, and removing its
+    /// last `backstep` tokens leaves the rest of the degraded stretch to pull the model
+    /// back. Never less than `backstep`; `0..=4096`.
+    #[serde(default)]
+    pub rewind: usize,
+    /// How close to the freshest window a rewind's landing must be, as a share of the
+    /// window (in `[0, 1)`; used only when `rewind > 0`).
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f32,
+}
+
+/// [`Staleness::tolerance`]'s default: 0.05 (3 of 64 distinct ids).
+pub const DEFAULT_TOLERANCE: f32 = 0.05;
+
+fn default_tolerance() -> f32 {
+    DEFAULT_TOLERANCE
 }
 
 impl Default for Staleness {
     fn default() -> Self {
-        Self { window: 64, min_distinct: 0.45, backstep: 32, budget: 0.12 }
+        Self {
+            window: 64,
+            min_distinct: 0.45,
+            backstep: 32,
+            budget: 0.12,
+            rewind: 0,
+            tolerance: DEFAULT_TOLERANCE,
+        }
     }
 }
 
@@ -275,7 +308,30 @@ impl Staleness {
         if !(self.budget.is_finite() && self.budget > 0.0 && self.budget <= 1.0) {
             return Err(PerpetualError::invalid("stale_budget", self.budget, "must be in (0, 1]"));
         }
+        if self.rewind > MAX_REWIND {
+            return Err(PerpetualError::invalid("stale_rewind", self.rewind, "must be in 0..=4096"));
+        }
+        if !(self.tolerance.is_finite() && (0.0..1.0).contains(&self.tolerance)) {
+            return Err(PerpetualError::invalid("stale_tolerance", self.tolerance, "must be in [0, 1)"));
+        }
         Ok(())
+    }
+
+    /// Distinct ids in `tail`. `scratch` is reused: no allocation once it has grown to
+    /// the window. O(window log window).
+    pub fn distinct(tail: &[u32], scratch: &mut Vec<u32>) -> usize {
+        scratch.clear();
+        scratch.extend_from_slice(tail);
+        scratch.sort_unstable();
+        let mut distinct = 0usize;
+        let mut prev = None;
+        for &t in scratch.iter() {
+            if prev != Some(t) {
+                distinct += 1;
+                prev = Some(t);
+            }
+        }
+        distinct
     }
 
     /// Whether `tail` (the last `window` tokens) is stale. `scratch` is reused: no
@@ -291,18 +347,7 @@ impl Staleness {
     /// assert!(s.is_stale(&salad, &mut scratch));
     /// ```
     pub fn is_stale(&self, tail: &[u32], scratch: &mut Vec<u32>) -> bool {
-        scratch.clear();
-        scratch.extend_from_slice(tail);
-        scratch.sort_unstable();
-        let mut distinct = 0usize;
-        let mut prev = None;
-        for &t in scratch.iter() {
-            if prev != Some(t) {
-                distinct += 1;
-                prev = Some(t);
-            }
-        }
-        (distinct as f32) < self.min_distinct * tail.len() as f32
+        (Self::distinct(tail, scratch) as f32) < self.min_distinct * tail.len() as f32
     }
 }
 
