@@ -1173,14 +1173,9 @@ impl<M: LanguageModel> Generator<M> {
         }
     }
 
-    /// Start generating: encodes and prefills the prompt, then returns the event
-    /// stream. Dropping the stream cancels generation.
-    ///
-    /// Errors (before any token): prompt errors ([`encode_prompt`](Self::encode_prompt)),
-    /// a prompt longer than the window, an invalid window, model errors in the prefill.
-    pub fn stream(&mut self, prompt: impl Into<Prompt>) -> Result<Stream<'_, M>, GenerateError> {
-        let started = Instant::now();
-        let prompt = prompt.into();
+    /// The prompt's ids for a new generation; with `reask`, also this generation's
+    /// resume tokens, rendered from the chat prompt's last user message.
+    fn start_prompt(&mut self, prompt: Prompt) -> Result<Vec<u32>, GenerateError> {
         self.prompt_resume = None;
         if self.reask
             && let (Prompt::Chat(messages), Some(tok)) = (&prompt, self.tokenizer.as_deref())
@@ -1188,7 +1183,17 @@ impl<M: LanguageModel> Generator<M> {
         {
             self.prompt_resume = resume_tokens_from_template(tok, &request.content)?;
         }
-        let ids = self.encode_prompt(prompt)?;
+        self.encode_prompt(prompt)
+    }
+
+    /// Start generating: encodes and prefills the prompt, then returns the event
+    /// stream. Dropping the stream cancels generation.
+    ///
+    /// Errors (before any token): prompt errors ([`encode_prompt`](Self::encode_prompt)),
+    /// a prompt longer than the window, an invalid window, model errors in the prefill.
+    pub fn stream(&mut self, prompt: impl Into<Prompt>) -> Result<Stream<'_, M>, GenerateError> {
+        let started = Instant::now();
+        let ids = self.start_prompt(prompt.into())?;
         let mut cache = self.model.new_cache().map_err(model_err)?;
         let window = self.window_for(&cache, ids.len())?;
         let prefill = panic::catch_unwind(AssertUnwindSafe(|| self.prefill(&ids, &mut cache)))
@@ -1250,15 +1255,7 @@ impl<M: LanguageModel> Generator<M> {
         M::Cache: ForkableCache,
     {
         let started = Instant::now();
-        let prompt = prompt.into();
-        self.prompt_resume = None;
-        if self.reask
-            && let (Prompt::Chat(messages), Some(tok)) = (&prompt, self.tokenizer.as_deref())
-            && let Some(request) = messages.iter().rev().find(|m| m.role == "user")
-        {
-            self.prompt_resume = resume_tokens_from_template(tok, &request.content)?;
-        }
-        let ids = self.encode_prompt(prompt)?;
+        let ids = self.start_prompt(prompt.into())?;
         let mut base = self.model.new_cache().map_err(model_err)?;
         let window = self.window_for(&base, ids.len())?;
         let prefill = self.prefill(&ids, &mut base)?;

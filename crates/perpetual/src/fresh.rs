@@ -239,12 +239,10 @@ impl<S: EosStrategy> LoopBackstep<S> {
         self.rewinds
     }
 
-    /// Record the window ending at `g` (rewind only) and return its distinct ids.
-    fn record_window(&mut self, st: &Staleness, generated: &[u32]) -> Option<usize> {
+    /// The distinct ids of the window ending at `g = generated.len() >= window`,
+    /// recorded for a rewind.
+    fn record_window(&mut self, st: &Staleness, generated: &[u32]) -> usize {
         let g = generated.len();
-        if g < st.window {
-            return None;
-        }
         let distinct = Staleness::distinct(&generated[g - st.window..], &mut self.stale_scratch);
         if st.rewind > 0 {
             while self.stale_history.back().is_some_and(|&(at, _)| at >= g) {
@@ -255,17 +253,17 @@ impl<S: EosStrategy> LoopBackstep<S> {
             }
             self.stale_history.push_back((g, u16::try_from(distinct).unwrap_or(u16::MAX)));
         }
-        Some(distinct)
+        distinct
     }
 
     /// Tokens a stale back step at text length `g` removes: `backstep`, or with a rewind
     /// back to the end of the latest window within `tolerance` of the freshest one that
     /// ends in the last `rewind` tokens (at least `backstep`).
     fn stale_backstep_len(&self, st: &Staleness, g: usize) -> usize {
-        let reach = || self.stale_history.iter().rev().filter(|&&(at, _)| at < g && at + st.rewind >= g);
         if st.rewind == 0 {
             return st.backstep;
         }
+        let reach = || self.stale_history.iter().rev().filter(|&&(at, _)| at < g && at + st.rewind >= g);
         let Some(best) = reach().map(|&(_, d)| d).max() else {
             return st.backstep;
         };
@@ -371,9 +369,11 @@ impl<S: EosStrategy> LoopBackstep<S> {
             return TokenAction::Continue;
         };
         let g = generated.len();
-        let Some(distinct) = self.record_window(&st, generated) else {
+        // While quiet, windows are only needed for a rewind's history.
+        if g < st.window || (st.rewind == 0 && g < self.stale_quiet_until) {
             return TokenAction::Continue;
-        };
+        }
+        let distinct = self.record_window(&st, generated);
         if g < self.stale_quiet_until || (distinct as f32) >= st.min_distinct * st.window as f32 {
             return TokenAction::Continue;
         }
