@@ -133,6 +133,8 @@ fn ablation_specs() -> String {
             specs.push(format!("{method}{tools}"));
         }
     }
+    // The recommended mode (stale turns that re-ask from a fresh context).
+    specs.push("perpetual".to_string());
     specs.join(",")
 }
 

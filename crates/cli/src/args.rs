@@ -164,7 +164,9 @@ pub enum StrategyArg {
     /// assistant turn: it writes on from its own text (needs the chat template).
     Resume,
     /// Perpetual text that stays fresh: method 4 plus DRY, loop back steps (a
-    /// repetition loop is cut like an EOS) and anticipation. The recommended mode.
+    /// repetition loop is cut like an EOS) and anticipation; a stale stretch ends the
+    /// turn and the model answers the request again from a fresh context (chat
+    /// template; else a stale back step). The recommended mode.
     Perpetual,
 }
 

@@ -412,6 +412,7 @@ pub struct GeneratorBuilder<M: LanguageModel> {
     resume_message: String,
     resume_tokens: Option<Vec<u32>>,
     resume_with_prompt: bool,
+    forget_on_resume: Option<usize>,
 }
 
 impl<M: LanguageModel> GeneratorBuilder<M> {
@@ -460,6 +461,18 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
     /// message. [`PerpetualMode::reask`] sets it too. Default off.
     pub fn resume_with_prompt(mut self, on: bool) -> Self {
         self.resume_with_prompt = on;
+        self
+    }
+
+    /// Resumed turns start from a fresh context: when a turn resumes, the model's
+    /// context is rolled back to the prompt, the last `recall` tokens written and the
+    /// resume tokens (re-prefilled; counted as a context roll). The text written before
+    /// stays in the output and in the history of the chain's stateful stages and of the
+    /// strategy; the model no longer attends to it, so it can neither copy it nor be
+    /// primed by a stale stretch. `None` (the default) keeps everything in context.
+    /// [`PerpetualMode::forget`] sets it too (this one wins when both do).
+    pub fn forget_on_resume(mut self, recall: Option<usize>) -> Self {
+        self.forget_on_resume = recall;
         self
     }
 
@@ -668,13 +681,13 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
                 None => None,
             },
         };
-        if self.mode.as_ref().is_some_and(PerpetualMode::resumes) && resume.is_none() {
-            return Err(resume_unavailable());
-        }
+        // Without resume tokens, stale turns fall back to stale back steps (the
+        // `resume` method is an error).
+        let mode = self.mode.as_ref().map(|m| m.for_resume_tokens(resume.is_some())).transpose()?;
         let mut strategy = self.strategy;
         let mut chain = self.chain.unwrap_or_else(|| Chain::new(Multinomial));
         let mut mode_stages = None;
-        if let Some(mode) = &self.mode {
+        if let Some(mode) = &mode {
             strategy = mode.strategy()?;
             mode_stages = Some(install_mode_stages(
                 &mut chain,
@@ -695,10 +708,11 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
             seed: self.seed,
             strategy,
             mode_stages,
-            mode_window: self.mode.as_ref().and_then(|m| m.window),
+            mode_window: mode.as_ref().and_then(|m| m.window),
             resume,
-            reask: self.resume_with_prompt || self.mode.as_ref().is_some_and(|m| m.reask),
+            reask: self.resume_with_prompt || mode.as_ref().is_some_and(|m| m.reask),
             prompt_resume: None,
+            forget: self.forget_on_resume.or_else(|| mode.as_ref().and_then(|m| m.forget)),
             eos_ids,
             stops,
             include_stop_string: self.include_stop_string,
@@ -747,6 +761,9 @@ pub struct Generator<M: LanguageModel> {
     reask: bool,
     /// This generation's resume tokens when they come from the prompt (`reask`).
     prompt_resume: Option<Vec<u32>>,
+    /// A resumed turn rolls the context back to the prompt and this many recent
+    /// tokens ([`GeneratorBuilder::forget_on_resume`], [`PerpetualMode::forget`]).
+    forget: Option<usize>,
     pub(crate) eos_ids: Vec<u32>,
     stops: StopStrings,
     include_stop_string: bool,
@@ -847,14 +864,6 @@ impl<C: KvCache> Session<C> {
 /// The user message of a resumed turn unless [`GeneratorBuilder::resume_message`] sets
 /// another.
 pub const DEFAULT_RESUME_MESSAGE: &str = "Continue.";
-
-fn resume_unavailable() -> GenerateError {
-    GenerateError::invalid(
-        "strategy",
-        "resume",
-        "resuming a turn needs resume tokens: a tokenizer with a chat template, or GeneratorBuilder::resume_tokens",
-    )
-}
 
 /// `ids` without the generated-index ranges in `hidden`.
 fn visible_ids(ids: &[u32], hidden: &[std::ops::Range<usize>]) -> Vec<u32> {
@@ -982,6 +991,7 @@ impl<M: LanguageModel> Generator<M> {
             resume_message: DEFAULT_RESUME_MESSAGE.to_owned(),
             resume_tokens: None,
             resume_with_prompt: false,
+            forget_on_resume: None,
         }
     }
 
@@ -1029,12 +1039,12 @@ impl<M: LanguageModel> Generator<M> {
     /// Switch to perpetual mode `mode` for the following generations (as
     /// [`GeneratorBuilder::perpetual`]): its strategy replaces the current one, and the
     /// stages an earlier mode inserted are taken out of the chain before this mode's
-    /// go in. Errors: the mode's validation, DRY without a tokenizer; the generator is
-    /// unchanged then.
+    /// go in. Without resume tokens its stale turns fall back to stale back steps
+    /// ([`PerpetualMode::for_resume_tokens`]). Errors: the mode's validation, DRY
+    /// without a tokenizer, the `resume` method without resume tokens; the generator
+    /// is unchanged then.
     pub fn set_perpetual(&mut self, mode: &PerpetualMode) -> Result<(), GenerateError> {
-        if mode.resumes() && self.resume.is_none() {
-            return Err(resume_unavailable());
-        }
+        let mode = &mode.for_resume_tokens(self.resume.is_some())?;
         let strategy = mode.strategy()?;
         let stages =
             mode.stages(self.tokenizer.as_deref().map(|t| t as &dyn Tokenizer), self.model.vocab_size())?;
@@ -1055,6 +1065,7 @@ impl<M: LanguageModel> Generator<M> {
         self.mode_stages = Some(at);
         self.mode_window = mode.window;
         self.reask = mode.reask;
+        self.forget = mode.forget;
         self.strategy = strategy;
         Ok(())
     }
@@ -1663,7 +1674,11 @@ impl<M: LanguageModel> Generator<M> {
         }
         // The cache holds `tokens[..old_len]` (this step fed the pending token); it must
         // end up holding all but the new last token.
-        if s.expected_cache_len() >= s.window {
+        let mut fed_new = old_len + k - 1 - from;
+        if let Some(start) = self.forget.and_then(|recall| forget_start(s, old_len, k, recall)) {
+            fed_new = k - 1;
+            self.forget_context(s, ev, start)?;
+        } else if s.expected_cache_len() >= s.window {
             self.roll(s, ev)?;
         } else {
             feed_chunks(
@@ -1682,12 +1697,69 @@ impl<M: LanguageModel> Generator<M> {
         s.frozen = s.tokens.len();
         s.counts.resumes += 1;
         s.counts.resume_tokens += k;
-        s.counts.prefill_tokens += old_len + k - 1 - from;
+        s.counts.prefill_tokens += fed_new;
         s.counts.generated_tokens = s.produced();
         s.timings.forward += t0.elapsed();
         self.strategy.on_resume(s.generated());
         ev.push_back(Event::Resumed { position, hidden: k });
         Ok(k)
+    }
+
+    /// A resumed turn forgets ([`GeneratorBuilder::forget_on_resume`]): the cache is cut
+    /// back to the prompt and fed `tokens[start..len - 1]` (the recalled tokens and the
+    /// resume tokens), which become its recent part. The prompt's entries are kept as
+    /// they are (they never attended to what follows them) unless an earlier roll
+    /// dropped part of the prompt; then the cache is cleared and the prompt re-prefilled.
+    fn forget_context(
+        &mut self,
+        s: &mut Session<M::Cache>,
+        ev: &mut VecDeque<Event>,
+        start: usize,
+    ) -> Result<(), GenerateError> {
+        let t0 = Instant::now();
+        let len = s.tokens.len();
+        let cached = s.cache.seq_len();
+        // Fed before: what the cache held of `tokens[start..]`.
+        let covered = (s.recent_start + cached).saturating_sub(s.sink_len).min(len - 1);
+        let refed = covered.saturating_sub(start);
+        // Cache positions `0..prompt_len` hold the prompt: no roll yet (the cache holds
+        // `tokens[..cached]`), or every roll kept the whole prompt as its sink.
+        let prompt_intact =
+            cached >= s.prompt_len && (s.sink_len >= s.prompt_len || s.recent_start == s.sink_len);
+        let mut reprefilled = refed;
+        if prompt_intact {
+            s.cache.truncate(s.prompt_len)?;
+        } else {
+            s.cache.clear();
+            feed_chunks(
+                &self.model,
+                &mut s.cache,
+                &s.tokens[..s.prompt_len],
+                self.prefill_chunk,
+                &mut self.logits,
+            )?;
+            reprefilled += s.prompt_len;
+        }
+        feed_chunks(
+            &self.model,
+            &mut s.cache,
+            &s.tokens[start..len - 1],
+            self.prefill_chunk,
+            &mut self.logits,
+        )?;
+        s.sink_len = s.prompt_len;
+        s.recent_start = start;
+        let took = t0.elapsed();
+        s.counts.context_rolls += 1;
+        s.counts.reprefilled_tokens += reprefilled;
+        s.timings.roll += took;
+        ev.push_back(Event::ContextRolled {
+            dropped: cached.saturating_sub(s.prompt_len + refed),
+            kept: s.expected_cache_len(),
+            reprefilled,
+            took,
+        });
+        Ok(())
     }
 
     /// The cache is full: keep the first `sink` tokens and the most recent ones, by a
@@ -1760,6 +1832,18 @@ impl<M: LanguageModel> Generator<M> {
         });
         Ok(())
     }
+}
+
+/// Where the recent part of a forgetting resume starts ([`Generator::forget_context`]):
+/// the `recall` tokens before the `k` resume tokens just appended (never the prompt),
+/// shortened to fit the context window with the prompt; `None` when even the prompt
+/// and the resume tokens do not fit (the resume then rolls as usual).
+fn forget_start<C: KvCache>(s: &Session<C>, old_len: usize, k: usize, recall: usize) -> Option<usize> {
+    // After the roll the cache holds the prompt and `tokens[start..len - 1]`; it must
+    // leave room for the pending token.
+    let room = s.window.checked_sub(s.prompt_len + k)?;
+    let recall = recall.min(room.saturating_sub(1)).min(old_len - s.prompt_len);
+    (s.prompt_len + k < s.window).then_some(old_len - recall)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -119,8 +119,8 @@ pub use generator::{
     GeneratorBuilder, Prompt, StepTrace, Stream, TRACE_TOP, Timings, TraceEvent,
 };
 pub use mode::{
-    AnticipationOptions, DEFAULT_DRY_BREAKERS, DEFAULT_REWIND, DryOptions, EosMethod, PerpetualMode,
-    WindowedRepetition,
+    AnticipationOptions, DEFAULT_DRY_BREAKERS, DEFAULT_RECALL, DEFAULT_REWIND, DryOptions, EosMethod,
+    PerpetualMode, WindowedRepetition,
 };
 pub use stop::{RepetitionDetection, StopStrings};
 

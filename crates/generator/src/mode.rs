@@ -139,6 +139,10 @@ impl EosMethod {
 /// ([`Staleness::rewind`]).
 pub const DEFAULT_REWIND: usize = 256;
 
+/// Generated tokens a `forget` spec part keeps in the model's context when a turn
+/// resumes ([`PerpetualMode::forget`]).
+pub const DEFAULT_RECALL: usize = 0;
+
 /// llama.cpp's default DRY sequence breakers.
 pub const DEFAULT_DRY_BREAKERS: [&str; 4] = ["\n", ":", "\"", "*"];
 
@@ -355,6 +359,18 @@ pub struct PerpetualMode {
     /// Prompts that are not chats keep the resume message.
     #[serde(default)]
     pub reask: bool,
+    /// Resumed turns start from a fresh context (spec part `forget` or `forget=R`):
+    /// when a turn resumes, the model's context is rolled back to the prompt, the last
+    /// `R` tokens written (default [`DEFAULT_RECALL`] = 0) and the resume tokens. The
+    /// text written before stays in the output, and in the history of the chain's
+    /// penalties (DRY, repetition) and of the loop detector, so the new turn is pushed
+    /// away from repeating it, but the model no longer attends to it: a small model
+    /// copies and degrades from its own long context, and a stale turn no longer primes
+    /// the next. Costs a re-prefill of the prompt and the recalled tokens per resume
+    /// ([`GeneratorBuilder::forget_on_resume`](crate::GeneratorBuilder::forget_on_resume)).
+    /// Only acts where turns resume (the `resume` method, `turns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forget: Option<usize>,
 }
 
 impl PerpetualMode {
@@ -372,23 +388,63 @@ impl PerpetualMode {
             repetition: None,
             window: None,
             reask: false,
+            forget: None,
         }
     }
 
     /// The recommended mode, `perpetual` on the CLI (spec
-    /// `dynamic+dry+loop+stale+anticipation`): method 4 (back step + dynamic temperature)
-    /// with DRY ([`DryOptions::perpetual`]), loop back steps ([`LoopDetection::default`]),
-    /// stale back steps ([`Staleness::default`]) and anticipation
-    /// ([`AnticipationOptions::default`]) — the freshest combination measured on held-out
-    /// prompts within the cost and log-probability limits (`docs/EVALUATION.md`).
+    /// `dynamic+dry+loop+stale+turns+anticipation+reask+forget`): method 4 (back step +
+    /// dynamic temperature) at every EOS, with DRY ([`DryOptions::perpetual`]), loop
+    /// back steps ([`LoopDetection::default`]) and anticipation
+    /// ([`AnticipationOptions::default`]); a stale window ([`Staleness::default`]) ends
+    /// the turn ([`stale_turns`](Self::stale_turns)) and the new turn answers the
+    /// request again ([`reask`](Self::reask)) from a fresh context
+    /// ([`forget`](Self::forget)): the freshest combination measured on the 20
+    /// development prompts within the cost and log-probability limits
+    /// (`docs/EVALUATION.md`). Without resume tokens (no chat template) its stale turns
+    /// fall back to stale back steps ([`for_resume_tokens`](Self::for_resume_tokens)).
     pub fn recommended() -> Self {
         Self {
             dry: Some(DryOptions::perpetual()),
             loop_detection: Some(LoopDetection::default()),
             staleness: Some(Staleness::default()),
+            stale_turns: true,
             anticipation: Some(AnticipationOptions::default()),
+            reask: true,
+            forget: Some(DEFAULT_RECALL),
             ..Self::method(EosMethod::Dynamic)
         }
+    }
+
+    /// The mode a generator runs given whether it has resume tokens (a chat template,
+    /// or [`GeneratorBuilder::resume_tokens`](crate::GeneratorBuilder::resume_tokens)).
+    /// With them, this mode. Without them, stale turns fall back to stale back steps
+    /// (`turns`, `reask` and `forget` are dropped: they only act where turns resume), so
+    /// the recommended mode runs on models without a chat template; the `resume`
+    /// method, which has no fallback, is an error ([`GenerateError::InvalidParameter`]
+    /// `strategy`).
+    ///
+    /// ```
+    /// use perpetua_generator::PerpetualMode;
+    ///
+    /// let mode = PerpetualMode::recommended();
+    /// assert_eq!(mode.for_resume_tokens(true)?.spec(), mode.spec());
+    /// assert_eq!(mode.for_resume_tokens(false)?.spec(), "dynamic+dry+loop+stale+anticipation");
+    /// assert!(PerpetualMode::parse("resume")?.for_resume_tokens(false).is_err());
+    /// # Ok::<(), perpetua_generator::GenerateError>(())
+    /// ```
+    pub fn for_resume_tokens(&self, available: bool) -> Result<Self, GenerateError> {
+        if available || !self.resumes() {
+            return Ok(self.clone());
+        }
+        if self.method == EosMethod::Resume {
+            return Err(GenerateError::invalid(
+                "strategy",
+                self.spec(),
+                "resuming a turn needs resume tokens: a tokenizer with a chat template, or GeneratorBuilder::resume_tokens",
+            ));
+        }
+        Ok(Self { stale_turns: false, reask: false, forget: None, ..self.clone() })
     }
 
     /// Parse a spec: `perpetual`, or an EOS method name ([`EosMethod::parse`]; `=N`
@@ -398,7 +454,7 @@ impl PerpetualMode {
     /// `stale` (`stale=W/D[/N[/B]]`), `rewind` (stale back steps reach back up to
     /// [`DEFAULT_REWIND`] tokens to the freshest recent window; `rewind=R[/T]` sets
     /// reach and tolerance, [`Staleness::rewind`]; implies `stale`), `turns`, `reask`
-    /// ([`reask`](Self::reask)),
+    /// ([`reask`](Self::reask)), `forget` (`forget=R`, [`forget`](Self::forget)),
     /// `anticipation` (`anticipation=RATIO[/PEAK[/HALF_LIFE]]`), `rep` (`rep=P` or
     /// `rep=P/N`: penalty `P` over the last `N` tokens; default 1.1 over 256).
     /// `perpetual+tool` adds the tool to the recommended mode. Errors name the part
@@ -541,6 +597,18 @@ impl PerpetualMode {
                     mode.loop_detection.get_or_insert_with(LoopDetection::default);
                 }
                 ("reask", None) => mode.reask = true,
+                ("forget", v) => {
+                    mode.forget = Some(match v {
+                        None => DEFAULT_RECALL,
+                        Some(v) => v.parse().map_err(|_| {
+                            GenerateError::invalid(
+                                "strategy",
+                                part,
+                                "forget=R: R must be a whole number of tokens",
+                            )
+                        })?,
+                    });
+                }
                 ("window", Some(v)) => {
                     mode.window = Some(v.parse().map_err(|_| {
                         GenerateError::invalid("strategy", part, "window=N: N must be a whole number")
@@ -558,7 +626,7 @@ impl PerpetualMode {
                     return Err(GenerateError::invalid(
                         "strategy",
                         part,
-                        "known tools: dry[=M[/A[/N]]], gate=LOW/HIGH[/W], loop, stale[=W/D[/N[/B]]], rewind[=R[/T]], turns, reask, anticipation[=R[/P[/H]]], rep[=P[/N]], window=N",
+                        "known tools: dry[=M[/A[/N]]], gate=LOW/HIGH[/W], loop, stale[=W/D[/N[/B]]], rewind[=R[/T]], turns, reask, forget[=R], anticipation[=R[/P[/H]]], rep[=P[/N]], window=N",
                     ));
                 }
             }
@@ -676,6 +744,11 @@ impl PerpetualMode {
         }
         if self.reask {
             s.push_str("+reask");
+        }
+        match self.forget {
+            Some(DEFAULT_RECALL) => s.push_str("+forget"),
+            Some(r) => s.push_str(&format!("+forget={r}")),
+            None => {}
         }
         s
     }

@@ -39,12 +39,32 @@ fn generator(model: FakeModel, spec: &str, budget: usize) -> Generator<FakeModel
         .unwrap()
 }
 
-/// Stream a chat prompt, checking at every event that the cache holds the sequence
-/// minus its pending token (without rolls) and that no back step removes a resume
-/// token; returns the output, the visible ids streamed, and the hidden ranges seen.
+/// What the cache may hold between events.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// The sequence minus its pending token.
+    Full,
+    /// Anything in sync by length (context rolls).
+    Rolls,
+    /// The prompt, then a contiguous run of the sequence ending before the pending token
+    /// (turns that forget).
+    Forgets,
+}
+
+/// The cache holds the prompt then `seq[start..len - 1]` for some `start`.
+fn assert_prompt_then_suffix(cache: &[u32], seq: &[u32], prompt_len: usize) {
+    assert!(cache.len() >= prompt_len && cache.len() < seq.len(), "{} / {}", cache.len(), seq.len());
+    assert_eq!(&cache[..prompt_len], &seq[..prompt_len], "the prompt leads the cache");
+    let tail = cache.len() - prompt_len;
+    assert_eq!(&cache[prompt_len..], &seq[seq.len() - 1 - tail..seq.len() - 1], "then a recent run");
+}
+
+/// Stream a chat prompt, checking at every event that the cache holds what `layout`
+/// says and that no back step removes a resume token; returns the output, the visible
+/// ids streamed, and the hidden ranges seen.
 fn run_checked(
     g: &mut Generator<FakeModel>,
-    rolls: bool,
+    layout: Layout,
 ) -> (perpetua_generator::Generation, Vec<u32>, Vec<std::ops::Range<usize>>) {
     let prompt = vec![perpetua_generator::ChatMessage::user("Tell me more")];
     let mut stream = g.stream(prompt).unwrap();
@@ -74,8 +94,12 @@ fn run_checked(
             Event::Finished { text: rest, .. } => text.push_str(&rest),
             _ => {}
         }
-        if !rolls {
-            assert_eq!(stream.cache_len(), stream.sequence_len() - 1);
+        match layout {
+            Layout::Full => assert_eq!(stream.cache_len(), stream.sequence_len() - 1),
+            Layout::Forgets => {
+                assert_prompt_then_suffix(stream.cache().tokens(), stream.sequence(), prompt_len)
+            }
+            Layout::Rolls => {}
         }
     }
     let out = stream.into_output();
@@ -88,7 +112,7 @@ fn run_checked(
 #[test]
 fn resumed_turns_are_fed_hidden_and_the_budget_counts_visible_tokens() {
     let mut g = generator(eager_model(1), "resume", 400);
-    let (out, _, hidden) = run_checked(&mut g, false);
+    let (out, _, hidden) = run_checked(&mut g, Layout::Full);
     assert_eq!(out.finish_reason, FinishReason::MaxNewTokens);
     assert_eq!((out.ids.len(), out.counts.generated_tokens), (400, 400));
     assert!(out.counts.resumes >= 3, "{:?}", out.counts);
@@ -114,7 +138,7 @@ fn resume_composes_with_loop_and_stale_back_steps_and_context_rolls() {
             b = b.context_window(w);
         }
         let mut g = b.build().unwrap();
-        let (out, _, _) = run_checked(&mut g, window.is_some());
+        let (out, _, _) = run_checked(&mut g, if window.is_some() { Layout::Rolls } else { Layout::Full });
         assert_eq!((out.ids.len(), out.finish_reason.clone()), (600, FinishReason::MaxNewTokens), "{spec}");
         assert!(out.counts.resumes > 0, "{spec}: {:?}", out.counts);
         if window.is_some() {
@@ -138,17 +162,28 @@ fn stale_turns_end_a_salad_turn_and_resume() {
         ),
     ] {
         let mut g = generator(FakeModel::salad(7), spec, 500);
-        let (out, _, hidden) = run_checked(&mut g, false);
+        let (out, _, hidden) = run_checked(&mut g, Layout::Full);
         assert_eq!(out.ids.len(), 500, "{spec}");
         assert!(out.counts.resumes >= 1, "{spec}: {:?}", out.counts);
         assert_eq!(hidden.len(), out.counts.resumes, "{spec}");
         assert_eq!(PerpetualMode::parse(spec).unwrap().spec(), full);
     }
-    // Without resume tokens the mode is refused.
-    let r = Generator::builder(FakeModel::salad(7))
-        .perpetual(PerpetualMode::parse("dynamic+turns").unwrap())
-        .build();
-    assert!(matches!(r, Err(GenerateError::InvalidParameter { name: "strategy", .. })));
+    // Without resume tokens stale turns fall back to stale back steps: the same salad
+    // gets back steps, never a resume (builder and switch alike).
+    let spec = "dynamic+loop+stale=64/0.45/32/0.9+turns+reask+forget";
+    let mut g = Generator::builder(FakeModel::salad(7))
+        .chain(chain())
+        .seed(11)
+        .perpetual(PerpetualMode::parse(spec).unwrap())
+        .max_new_tokens(500)
+        .build()
+        .unwrap();
+    let out = g.generate(vec![1u32, 2, 3]).unwrap();
+    assert_eq!(out.ids.len(), 500);
+    assert_eq!(out.counts.resumes, 0, "{:?}", out.counts);
+    assert!(out.counts.loop_backsteps > 0, "{:?}", out.counts);
+    g.set_perpetual(&PerpetualMode::parse(spec).unwrap()).unwrap();
+    assert_eq!(g.generate(vec![1u32, 2, 3]).unwrap().counts, out.counts);
 }
 
 #[test]
@@ -242,9 +277,13 @@ proptest! {
     /// tokens, none of them hidden, and the cache is in sync after every event.
     #[test]
     fn any_run_keeps_the_output_visible_and_the_cache_in_sync(seed in 0u64..1000, budget in 1usize..300) {
-        let spec = if seed % 2 == 0 { "resume+loop+stale" } else { "resume+loop+turns" };
+        let (spec, layout) = match seed % 3 {
+            0 => ("resume+loop+stale", Layout::Full),
+            1 => ("resume+loop+turns", Layout::Full),
+            _ => ("resume+loop+turns+forget=4", Layout::Forgets),
+        };
         let mut g = generator(eager_model(seed), spec, budget);
-        let (out, ids, _) = run_checked(&mut g, false);
+        let (out, ids, _) = run_checked(&mut g, layout);
         prop_assert_eq!(out.ids.len(), budget);
         prop_assert_eq!(ids.len(), budget);
     }
@@ -299,4 +338,96 @@ fn reask_resumes_with_the_prompts_request() {
         .unwrap();
     let fed = request(&mut b, chat());
     assert!(!fed.is_empty() && fed.iter().all(|f| *f == bytes(b"\nuser: Sing\nassistant: ")), "{fed:?}");
+}
+
+/// `forget` (and `GeneratorBuilder::forget_on_resume`): a resumed turn rolls the model's
+/// context back to the prompt, the last `R` tokens written and the resume tokens; the
+/// output keeps everything; back steps stay in sync; with context rolls that dropped
+/// part of the prompt the prompt is re-prefilled.
+#[test]
+fn forgetting_turns_start_from_the_prompt() {
+    let prompt = || vec![perpetua_generator::ChatMessage::user("Tell me more")];
+    for (spec, recall, window) in [
+        ("resume+forget", 0, None),
+        ("resume+loop+stale+forget=5", 5, None),
+        ("resume+loop+stale+turns+forget=3", 3, Some(96)),
+    ] {
+        let mut b = Generator::builder(eager_model(6))
+            .tokenizer(ByteTokenizer::new())
+            .chain(chain())
+            .seed(2)
+            .perpetual(PerpetualMode::parse(spec).unwrap())
+            .max_new_tokens(400);
+        if let Some(w) = window {
+            // Sinks shorter than the prompt: a roll drops part of it.
+            b = b.context_window(w).sink_tokens(2);
+        }
+        let mut g = b.build().unwrap();
+        let mut stream = g.stream(prompt()).unwrap();
+        let prompt_len = stream.sequence_len() - stream.generated_ids().len();
+        let mut resumes = 0;
+        while let Some(event) = stream.next() {
+            if let Event::Resumed { position, hidden: k } = event.unwrap() {
+                let seq = stream.sequence();
+                let r = recall.min(position);
+                let want: Vec<u32> = seq[..prompt_len]
+                    .iter()
+                    .chain(&seq[prompt_len + position - r..seq.len() - 1])
+                    .copied()
+                    .collect();
+                assert_eq!(stream.cache().tokens(), &want[..], "{spec}: resume at {position} (+{k})");
+                resumes += 1;
+            }
+            if window.is_none() {
+                assert_prompt_then_suffix(stream.cache().tokens(), stream.sequence(), prompt_len);
+            } else {
+                assert!(stream.cache_len() < stream.sequence_len(), "{spec}");
+            }
+        }
+        let out = stream.into_output();
+        assert_eq!((out.ids.len(), out.finish_reason.clone()), (400, FinishReason::MaxNewTokens), "{spec}");
+        assert!(resumes >= 2 && resumes == out.counts.resumes, "{spec}: {:?}", out.counts);
+        assert!(out.counts.context_rolls >= resumes, "{spec}: {:?}", out.counts);
+        if window.is_none() {
+            // The prompt stays in the cache: only recalled tokens are fed again.
+            assert!(out.counts.reprefilled_tokens <= resumes * recall, "{spec}: {:?}", out.counts);
+        } else {
+            // A resume after a roll that kept 2 sink tokens re-prefills the prompt.
+            assert!(out.counts.reprefilled_tokens >= prompt_len, "{spec}: {:?}", out.counts);
+        }
+        assert_eq!(PerpetualMode::parse(spec).unwrap().spec(), spec);
+    }
+    // The builder switch forgets without the mode part, and wins over it.
+    let mut g = Generator::builder(eager_model(6))
+        .tokenizer(ByteTokenizer::new())
+        .chain(chain())
+        .seed(2)
+        .perpetual(PerpetualMode::parse("resume+forget=50").unwrap())
+        .forget_on_resume(Some(0))
+        .max_new_tokens(200)
+        .build()
+        .unwrap();
+    let mut stream = g.stream(prompt()).unwrap();
+    let prompt_len = stream.sequence_len() - stream.generated_ids().len();
+    let mut resumes = 0;
+    while let Some(event) = stream.next() {
+        if let Event::Resumed { hidden: k, .. } = event.unwrap() {
+            // The prompt and the resume tokens (the last one pending): nothing recalled.
+            assert_eq!(stream.cache_len(), prompt_len + k - 1);
+            resumes += 1;
+        }
+    }
+    assert!(resumes > 0);
+    // Specs: a recall, a bad value; modes without it serialize as before (kept
+    // evaluation runs are keyed by the mode's JSON).
+    assert_eq!(PerpetualMode::parse("resume+forget=7").unwrap().forget, Some(7));
+    assert!(matches!(
+        PerpetualMode::parse("resume+forget=x"),
+        Err(GenerateError::InvalidParameter { name: "strategy", .. })
+    ));
+    let json = serde_json::to_string(
+        &PerpetualMode::parse("dynamic+dry+loop+stale+turns+anticipation+reask").unwrap(),
+    )
+    .unwrap();
+    assert!(!json.contains("forget"), "{json}");
 }
