@@ -393,10 +393,14 @@ impl PerpetualMode {
     }
 
     /// The recommended mode, `perpetual` on the CLI (spec
-    /// `dynamic+dry+loop+stale+turns+anticipation+reask+forget`): method 4 (back step +
-    /// dynamic temperature) at every EOS, with DRY ([`DryOptions::perpetual`]), loop
-    /// back steps ([`LoopDetection::default`]) and anticipation
-    /// ([`AnticipationOptions::default`]); a stale window ([`Staleness::default`]) ends
+    /// `dynamic+dry=0.5/3/1024+loop+stale=64/0.52/32/0.12+turns+anticipation+reask+forget`):
+    /// method 4 (back step + dynamic temperature) at every EOS, with DRY
+    /// ([`DryOptions::perpetual`] over the last 1,024 tokens: a repeat further back is
+    /// out of the model's sight after a forgetting turn, and forbidding it only costs
+    /// log-probability), loop back steps ([`LoopDetection::default`]) and anticipation
+    /// ([`AnticipationOptions::default`]); a stale window ([`Staleness::default`], but
+    /// stale below 0.52 × 64 distinct ids: turns are cheap, so they come earlier; healthy
+    /// SmolLM2 text stayed above 0.57) ends
     /// the turn ([`stale_turns`](Self::stale_turns)) and the new turn answers the
     /// request again ([`reask`](Self::reask)) from a fresh context
     /// ([`forget`](Self::forget)): the freshest combination measured on the 20
@@ -405,9 +409,9 @@ impl PerpetualMode {
     /// fall back to stale back steps ([`for_resume_tokens`](Self::for_resume_tokens)).
     pub fn recommended() -> Self {
         Self {
-            dry: Some(DryOptions::perpetual()),
+            dry: Some(DryOptions { penalty_last_n: 1024, ..DryOptions::perpetual() }),
             loop_detection: Some(LoopDetection::default()),
-            staleness: Some(Staleness::default()),
+            staleness: Some(Staleness { min_distinct: 0.52, ..Staleness::default() }),
             stale_turns: true,
             anticipation: Some(AnticipationOptions::default()),
             reask: true,
@@ -429,7 +433,10 @@ impl PerpetualMode {
     ///
     /// let mode = PerpetualMode::recommended();
     /// assert_eq!(mode.for_resume_tokens(true)?.spec(), mode.spec());
-    /// assert_eq!(mode.for_resume_tokens(false)?.spec(), "dynamic+dry+loop+stale+anticipation");
+    /// assert_eq!(
+    ///     mode.for_resume_tokens(false)?.spec(),
+    ///     "dynamic+dry=0.5/3/1024+loop+stale=64/0.52/32/0.12+anticipation"
+    /// );
     /// assert!(PerpetualMode::parse("resume")?.for_resume_tokens(false).is_err());
     /// # Ok::<(), perpetua_generator::GenerateError>(())
     /// ```

@@ -377,7 +377,10 @@ fn a_back_step_that_can_remove_nothing_falls_back_to_a_replacement() {
 fn rewind_specs_parse_and_rewinds_keep_sequence_and_cache_in_step() {
     for (spec, full) in [
         ("dynamic+rewind", "dynamic+loop+stale+rewind"),
-        ("perpetual+rewind=128/0.1", "dynamic+dry+loop+stale+rewind=128/0.1+turns+anticipation+reask+forget"),
+        (
+            "perpetual+rewind=128/0.1",
+            "dynamic+dry=0.5/3/1024+loop+stale=64/0.52/32/0.12+rewind=128/0.1+turns+anticipation+reask+forget",
+        ),
         ("dynamic+stale=64/0.45/32/0.3+rewind=200", "dynamic+loop+stale=64/0.45/32/0.3+rewind=200/0.05"),
     ] {
         assert_eq!(PerpetualMode::parse(spec).unwrap().spec(), full);
