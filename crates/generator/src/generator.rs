@@ -465,8 +465,8 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
     }
 
     /// Resumed turns start from a fresh context: when a turn resumes, the model's
-    /// context is rolled back to the prompt, the last `recall` tokens written and the
-    /// resume tokens (re-prefilled; counted as a context roll). The text written before
+    /// context is cut back to the prompt (kept in the cache as it is) and fed the last
+    /// `recall` tokens written and the resume tokens (counted as a context roll). The text written before
     /// stays in the output and in the history of the chain's stateful stages and of the
     /// strategy; the model no longer attends to it, so it can neither copy it nor be
     /// primed by a stale stretch. `None` (the default) keeps everything in context.
@@ -1747,19 +1747,8 @@ impl<M: LanguageModel> Generator<M> {
             self.prefill_chunk,
             &mut self.logits,
         )?;
-        s.sink_len = s.prompt_len;
-        s.recent_start = start;
-        let took = t0.elapsed();
-        s.counts.context_rolls += 1;
-        s.counts.reprefilled_tokens += reprefilled;
-        s.timings.roll += took;
-        ev.push_back(Event::ContextRolled {
-            dropped: cached.saturating_sub(s.prompt_len + refed),
-            kept: s.expected_cache_len(),
-            reprefilled,
-            took,
-        });
-        Ok(())
+        let dropped = cached.saturating_sub(s.prompt_len + refed);
+        rolled(s, ev, t0, (s.prompt_len, start), dropped, reprefilled)
     }
 
     /// The cache is full: keep the first `sink` tokens and the most recent ones, by a
@@ -1814,24 +1803,32 @@ impl<M: LanguageModel> Generator<M> {
             // Tokens fed again (not those a resumed turn appended and never fed).
             reprefilled = sink + covered.saturating_sub(recent_start);
         }
-        s.sink_len = sink;
-        s.recent_start = recent_start;
-        let expected = s.expected_cache_len();
-        if s.cache.seq_len() != expected {
-            return Err(GenerateError::CacheOutOfSync { cache_len: s.cache.seq_len(), expected });
-        }
-        let took = t0.elapsed();
-        s.counts.context_rolls += 1;
-        s.counts.reprefilled_tokens += reprefilled;
-        s.timings.roll += took;
-        ev.push_back(Event::ContextRolled {
-            dropped: recent_start - sink,
-            kept: expected,
-            reprefilled,
-            took,
-        });
-        Ok(())
+        rolled(s, ev, t0, (sink, recent_start), recent_start - sink, reprefilled)
     }
+}
+
+/// Finish a context roll (or a forgetting resume): the new cache layout `(sink_len,
+/// recent_start)`, checked against the cache; counts, time and the event.
+fn rolled<C: KvCache>(
+    s: &mut Session<C>,
+    ev: &mut VecDeque<Event>,
+    t0: Instant,
+    (sink_len, recent_start): (usize, usize),
+    dropped: usize,
+    reprefilled: usize,
+) -> Result<(), GenerateError> {
+    s.sink_len = sink_len;
+    s.recent_start = recent_start;
+    let expected = s.expected_cache_len();
+    if s.cache.seq_len() != expected {
+        return Err(GenerateError::CacheOutOfSync { cache_len: s.cache.seq_len(), expected });
+    }
+    let took = t0.elapsed();
+    s.counts.context_rolls += 1;
+    s.counts.reprefilled_tokens += reprefilled;
+    s.timings.roll += took;
+    ev.push_back(Event::ContextRolled { dropped, kept: expected, reprefilled, took });
+    Ok(())
 }
 
 /// Where the recent part of a forgetting resume starts ([`Generator::forget_context`]):
@@ -1839,11 +1836,10 @@ impl<M: LanguageModel> Generator<M> {
 /// shortened to fit the context window with the prompt; `None` when even the prompt
 /// and the resume tokens do not fit (the resume then rolls as usual).
 fn forget_start<C: KvCache>(s: &Session<C>, old_len: usize, k: usize, recall: usize) -> Option<usize> {
-    // After the roll the cache holds the prompt and `tokens[start..len - 1]`; it must
-    // leave room for the pending token.
-    let room = s.window.checked_sub(s.prompt_len + k)?;
-    let recall = recall.min(room.saturating_sub(1)).min(old_len - s.prompt_len);
-    (s.prompt_len + k < s.window).then_some(old_len - recall)
+    // After the roll the cache holds the prompt, the recalled tokens and all but the
+    // last resume token; the pending token needs one more position.
+    let room = s.window.checked_sub(s.prompt_len + k + 1)?;
+    Some(old_len - recall.min(room).min(old_len - s.prompt_len))
 }
 
 #[allow(clippy::too_many_arguments)]
