@@ -133,7 +133,8 @@ fn ablation_specs() -> String {
             specs.push(format!("{method}{tools}"));
         }
     }
-    // The recommended mode (stale turns that re-ask from a fresh context).
+    // The recommended mode (a new answer from the prompt alone where the model ends or
+    // goes stale).
     specs.push("perpetual".to_string());
     specs.join(",")
 }
@@ -170,7 +171,7 @@ fn eval(run: EvalRun) -> Result<()> {
                 "--strategies",
                 &ablation,
                 "--show-worst-of",
-                "dynamic+dry+loop+stale+anticipation",
+                "perpetual",
                 "--worst",
                 "1",
             ],

@@ -90,10 +90,12 @@ pub struct EvalArgs {
     /// Use only the first N prompts.
     #[arg(long, value_name = "N")]
     pub prompts_limit: Option<usize>,
-    /// Strategy specs (comma-separated): an EOS method (plain, suppress,
-    /// suppress_masked, post_eos, backstep, dynamic) with `+`-joined tools (dry, loop,
-    /// anticipation, rep), or perpetual (the recommended mode), e.g.
-    /// `plain,dynamic,dynamic+dry+loop,perpetual`.
+    /// Strategy specs (comma-separated): `plain`, or an EOS method (suppress,
+    /// suppress_masked, post_eos, backstep, dynamic, resume) or `perpetual` (the
+    /// recommended mode) with `+`-joined tools and their values (dry, loop, stale,
+    /// rewind, turns, reask, forget, restart, anticipation, rep, window; `generate --mode` takes
+    /// the same specs, `docs/STRATEGIES.md`), e.g.
+    /// `plain,dynamic,dynamic+dry=0.5/3+loop,perpetual`.
     #[arg(
         long,
         value_delimiter = ',',
@@ -163,10 +165,10 @@ pub enum StrategyArg {
     /// Let the model end its turn, then feed a hidden "Continue." user turn and a new
     /// assistant turn: it writes on from its own text (needs the chat template).
     Resume,
-    /// Perpetual text that stays fresh: method 4 plus DRY, loop back steps (a
-    /// repetition loop is cut like an EOS) and anticipation; a stale stretch ends the
-    /// turn and the model answers the request again from a fresh context (chat
-    /// template; else a stale back step). The recommended mode.
+    /// Perpetual text that stays fresh: where the model ends its answer or its text
+    /// goes stale (a collapsed vocabulary), it starts a new answer to the prompt from
+    /// the prompt alone, pushed away from what it wrote by DRY and loop back steps (a
+    /// repetition loop is cut like an EOS). The recommended mode.
     Perpetual,
 }
 

@@ -290,6 +290,7 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         messages.push(ChatMessage::user(prompt_text));
         Prompt::Chat(messages)
     };
+    let requested = mode.spec();
     let mut builder = Generator::builder(model)
         .tokenizer(tokenizer)
         .chain(chain)
@@ -307,6 +308,13 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         builder = builder.sink_tokens(n);
     }
     let mut generator = builder.build()?;
+    if let Some(effective) = generator.perpetual_mode().map(PerpetualMode::spec)
+        && effective != requested
+    {
+        tracing::warn!(
+            "the model has no chat template to resume turns with: running mode {effective} instead of {requested}"
+        );
+    }
 
     let output = if args.json {
         run_quiet(&mut generator, prompt)
@@ -396,6 +404,9 @@ fn run_streaming<M: perpetua::generator::LanguageModel>(
                     let _ = write!(stdout, " ⟲ ");
                     printed = text_len;
                 }
+            }
+            Event::Resumed { position, hidden } => {
+                tracing::debug!("new turn after {position} generated tokens ({hidden} hidden tokens fed)");
             }
             Event::ContextRolled { dropped, kept, reprefilled, took } => {
                 tracing::info!(

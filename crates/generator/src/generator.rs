@@ -413,6 +413,7 @@ pub struct GeneratorBuilder<M: LanguageModel> {
     resume_tokens: Option<Vec<u32>>,
     resume_with_prompt: bool,
     forget_on_resume: Option<usize>,
+    restart_on_resume: Option<bool>,
 }
 
 impl<M: LanguageModel> GeneratorBuilder<M> {
@@ -473,6 +474,21 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
     /// [`PerpetualMode::forget`] sets it too (this one wins when both do).
     pub fn forget_on_resume(mut self, recall: Option<usize>) -> Self {
         self.forget_on_resume = recall;
+        self
+    }
+
+    /// Resumed turns restart the answer: when a turn resumes, the model's context
+    /// becomes the prompt alone (kept in the cache as it is; the prompt's last token is
+    /// fed again, one forward pass, counted as a context roll) and the model writes a
+    /// new answer to it. No resume tokens are needed, so a generator without a chat
+    /// template can restart turns. The text written before stays in the output, with a
+    /// paragraph break before the new answer, and in the history of the chain's
+    /// stateful stages and of the strategy. When on, it replaces
+    /// [`forget_on_resume`](Self::forget_on_resume) and
+    /// [`resume_with_prompt`](Self::resume_with_prompt). [`PerpetualMode::restart`]
+    /// sets it too; this one wins when both are given.
+    pub fn restart_on_resume(mut self, on: bool) -> Self {
+        self.restart_on_resume = Some(on);
         self
     }
 
@@ -682,8 +698,10 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
             },
         };
         // Without resume tokens, stale turns fall back to stale back steps (the
-        // `resume` method is an error).
-        let mode = self.mode.as_ref().map(|m| m.for_resume_tokens(resume.is_some())).transpose()?;
+        // `resume` method is an error), unless turns restart: that needs none.
+        let restart = self.restart_on_resume.unwrap_or_else(|| self.mode.as_ref().is_some_and(|m| m.restart));
+        let mode =
+            self.mode.as_ref().map(|m| m.for_resume_tokens(resume.is_some() || restart)).transpose()?;
         let mut strategy = self.strategy;
         let mut chain = self.chain.unwrap_or_else(|| Chain::new(Multinomial));
         let mut mode_stages = None;
@@ -709,10 +727,12 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
             strategy,
             mode_stages,
             mode_window: mode.as_ref().and_then(|m| m.window),
+            mode: mode.clone(),
             resume,
             reask: self.resume_with_prompt || mode.as_ref().is_some_and(|m| m.reask),
             prompt_resume: None,
             forget: self.forget_on_resume.or_else(|| mode.as_ref().and_then(|m| m.forget)),
+            restart,
             eos_ids,
             stops,
             include_stop_string: self.include_stop_string,
@@ -754,6 +774,8 @@ pub struct Generator<M: LanguageModel> {
     /// The perpetual mode's attention window ([`PerpetualMode::window`]): narrows the
     /// context window.
     mode_window: Option<usize>,
+    /// The perpetual mode in effect, after the fallback without resume tokens.
+    mode: Option<PerpetualMode>,
     /// Fed after an [`EosAction::Resume`] (in place of the drawn EOS).
     resume: Option<Vec<u32>>,
     /// Resumed turns repeat the chat prompt's last user message
@@ -764,6 +786,9 @@ pub struct Generator<M: LanguageModel> {
     /// A resumed turn rolls the context back to the prompt and this many recent
     /// tokens ([`GeneratorBuilder::forget_on_resume`], [`PerpetualMode::forget`]).
     forget: Option<usize>,
+    /// Resumed turns restart from the prompt alone ([`GeneratorBuilder::restart_on_resume`],
+    /// [`PerpetualMode::restart`]); wins over `forget` and `reask`.
+    restart: bool,
     pub(crate) eos_ids: Vec<u32>,
     stops: StopStrings,
     include_stop_string: bool,
@@ -992,7 +1017,19 @@ impl<M: LanguageModel> Generator<M> {
             resume_tokens: None,
             resume_with_prompt: false,
             forget_on_resume: None,
+            restart_on_resume: None,
         }
+    }
+
+    /// The perpetual mode in effect ([`GeneratorBuilder::perpetual`],
+    /// [`set_perpetual`](Self::set_perpetual)), after the fallback a generator without
+    /// resume tokens applies ([`PerpetualMode::for_resume_tokens`]): compare its
+    /// [`spec`](PerpetualMode::spec) with the requested one to tell a user what runs.
+    /// `None` when no mode was set (a plain [`EosStrategy`], or
+    /// [`set_eos_strategy`](Self::set_eos_strategy) since; that replaces the mode's
+    /// strategy, so the mode no longer describes the generator).
+    pub fn perpetual_mode(&self) -> Option<&PerpetualMode> {
+        self.mode.as_ref()
     }
 
     /// The model.
@@ -1034,6 +1071,7 @@ impl<M: LanguageModel> Generator<M> {
     /// Replace the EOS strategy.
     pub fn set_eos_strategy(&mut self, strategy: impl EosStrategy + 'static) {
         self.strategy = Box::new(strategy);
+        self.mode = None;
     }
 
     /// Switch to perpetual mode `mode` for the following generations (as
@@ -1044,7 +1082,7 @@ impl<M: LanguageModel> Generator<M> {
     /// without a tokenizer, the `resume` method without resume tokens; the generator
     /// is unchanged then.
     pub fn set_perpetual(&mut self, mode: &PerpetualMode) -> Result<(), GenerateError> {
-        let mode = &mode.for_resume_tokens(self.resume.is_some())?;
+        let mode = &mode.for_resume_tokens(self.resume.is_some() || mode.restart)?;
         let strategy = mode.strategy()?;
         let stages =
             mode.stages(self.tokenizer.as_deref().map(|t| t as &dyn Tokenizer), self.model.vocab_size())?;
@@ -1066,7 +1104,9 @@ impl<M: LanguageModel> Generator<M> {
         self.mode_window = mode.window;
         self.reask = mode.reask;
         self.forget = mode.forget;
+        self.restart = mode.restart;
         self.strategy = strategy;
+        self.mode = Some(mode.clone());
         Ok(())
     }
 
@@ -1652,7 +1692,10 @@ impl<M: LanguageModel> Generator<M> {
         s: &mut Session<M::Cache>,
         ev: &mut VecDeque<Event>,
     ) -> Result<usize, GenerateError> {
-        let Some(ids) = self.prompt_resume.clone().or_else(|| self.resume.clone()) else {
+        // A restart appends the prompt's last token again, hidden: fed after the prompt
+        // alone, it asks for a new answer.
+        let restart = self.restart.then(|| vec![s.tokens[s.prompt_len - 1]]);
+        let Some(ids) = restart.or_else(|| self.prompt_resume.clone()).or_else(|| self.resume.clone()) else {
             return Err(GenerateError::InvalidStrategyAction {
                 strategy: self.strategy.name(),
                 action: "Resume: the generator has no resume tokens (it needs a tokenizer with a chat \
@@ -1675,9 +1718,12 @@ impl<M: LanguageModel> Generator<M> {
         // The cache holds `tokens[..old_len]` (this step fed the pending token); it must
         // end up holding all but the new last token.
         let mut fed_new = old_len + k - 1 - from;
-        if let Some(start) = self.forget.and_then(|recall| forget_start(s, old_len, k, recall)) {
+        if self.restart {
+            fed_new = 0;
+            self.forget_context(s, ev, old_len, s.prompt_len - 1)?;
+        } else if let Some(start) = self.forget.and_then(|recall| forget_start(s, old_len, k, recall)) {
             fed_new = k - 1;
-            self.forget_context(s, ev, start)?;
+            self.forget_context(s, ev, start, s.prompt_len)?;
         } else if s.expected_cache_len() >= s.window {
             self.roll(s, ev)?;
         } else {
@@ -1705,16 +1751,20 @@ impl<M: LanguageModel> Generator<M> {
         Ok(k)
     }
 
-    /// A resumed turn forgets ([`GeneratorBuilder::forget_on_resume`]): the cache is cut
-    /// back to the prompt and fed `tokens[start..len - 1]` (the recalled tokens and the
-    /// resume tokens), which become its recent part. The prompt's entries are kept as
-    /// they are (they never attended to what follows them) unless an earlier roll
-    /// dropped part of the prompt; then the cache is cleared and the prompt re-prefilled.
+    /// A resumed turn forgets ([`GeneratorBuilder::forget_on_resume`]) or restarts
+    /// ([`GeneratorBuilder::restart_on_resume`]): the cache is cut back to the first
+    /// `head` prompt tokens (the whole prompt when forgetting; all but its last token,
+    /// appended again as the pending token, when restarting) and fed
+    /// `tokens[start..len - 1]` (the recalled tokens and the resume tokens; nothing for
+    /// a restart), which become its recent part. The prompt's entries are kept as they
+    /// are (they never attended to what follows them) unless an earlier roll dropped
+    /// part of them; then the cache is cleared and they are re-prefilled.
     fn forget_context(
         &mut self,
         s: &mut Session<M::Cache>,
         ev: &mut VecDeque<Event>,
         start: usize,
+        head: usize,
     ) -> Result<(), GenerateError> {
         let t0 = Instant::now();
         let len = s.tokens.len();
@@ -1722,23 +1772,16 @@ impl<M: LanguageModel> Generator<M> {
         // Fed before: what the cache held of `tokens[start..]`.
         let covered = (s.recent_start + cached).saturating_sub(s.sink_len).min(len - 1);
         let refed = covered.saturating_sub(start);
-        // Cache positions `0..prompt_len` hold the prompt: no roll yet (the cache holds
-        // `tokens[..cached]`), or every roll kept the whole prompt as its sink.
-        let prompt_intact =
-            cached >= s.prompt_len && (s.sink_len >= s.prompt_len || s.recent_start == s.sink_len);
+        // Cache positions `0..head` hold `tokens[..head]`: no roll yet (the cache holds
+        // `tokens[..cached]`), or every roll kept at least them as its sink.
+        let head_intact = cached >= head && (s.sink_len >= head || s.recent_start == s.sink_len);
         let mut reprefilled = refed;
-        if prompt_intact {
-            s.cache.truncate(s.prompt_len)?;
+        if head_intact {
+            s.cache.truncate(head)?;
         } else {
             s.cache.clear();
-            feed_chunks(
-                &self.model,
-                &mut s.cache,
-                &s.tokens[..s.prompt_len],
-                self.prefill_chunk,
-                &mut self.logits,
-            )?;
-            reprefilled += s.prompt_len;
+            feed_chunks(&self.model, &mut s.cache, &s.tokens[..head], self.prefill_chunk, &mut self.logits)?;
+            reprefilled += head;
         }
         feed_chunks(
             &self.model,
@@ -1747,8 +1790,8 @@ impl<M: LanguageModel> Generator<M> {
             self.prefill_chunk,
             &mut self.logits,
         )?;
-        let dropped = cached.saturating_sub(s.prompt_len + refed);
-        rolled(s, ev, t0, (s.prompt_len, start), dropped, reprefilled)
+        let dropped = cached.saturating_sub(head + refed);
+        rolled(s, ev, t0, (head, start), dropped, reprefilled)
     }
 
     /// The cache is full: keep the first `sink` tokens and the most recent ones, by a

@@ -338,7 +338,8 @@ pub struct PerpetualMode {
     pub staleness: Option<Staleness>,
     /// A stale window ends the turn instead of being regenerated
     /// ([`LoopBackstep::with_stale_turns`]; spec part `turns`, which implies `stale`).
-    /// Needs resume tokens (a chat template), like the `resume` method.
+    /// Needs resume tokens (a chat template), like the `resume` method, unless turns
+    /// [`restart`](Self::restart).
     #[serde(default)]
     pub stale_turns: bool,
     /// Raise the temperature when entropy falls ([`Anticipation`]).
@@ -372,6 +373,20 @@ pub struct PerpetualMode {
     /// Only acts where turns resume (the `resume` method, `turns`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forget: Option<usize>,
+    /// Resumed turns restart the answer (spec part `restart`): when a turn resumes, the
+    /// model's context becomes the prompt alone, as when generation began, and the model
+    /// writes a new answer to it. The text written before stays in the output (a
+    /// paragraph break marks the turn), and in the history of the chain's penalties and
+    /// of the loop detector, which push the new answer away from repeating it. Unlike
+    /// [`reask`](Self::reask) + [`forget`](Self::forget) no turn is appended to the
+    /// prompt (no repeated request after an empty answer) and no resume tokens are
+    /// needed, so it also works without a chat template: a restart costs one forward
+    /// pass (the prompt's last token again; the prompt stays cached unless a context
+    /// roll dropped part of it). Only acts where turns resume (the `resume` method,
+    /// `turns`); excludes `reask` and `forget`, which it replaces
+    /// ([`GeneratorBuilder::restart_on_resume`](crate::GeneratorBuilder::restart_on_resume)).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restart: bool,
 }
 
 impl PerpetualMode {
@@ -390,59 +405,56 @@ impl PerpetualMode {
             window: None,
             reask: false,
             forget: None,
+            restart: false,
         }
     }
 
     /// The recommended mode, `perpetual` on the CLI (spec
-    /// `dynamic+dry=0.5/3/1024+loop+stale=64/0.52/32/0.12+turns+anticipation+reask+forget`):
-    /// method 4 (back step + dynamic temperature) at every EOS, with DRY
+    /// `resume+dry=0.5/3/1024+loop+stale=64/0.52/32/0.12+turns+restart`): where the
+    /// model ends its answer (an EOS draw, method 5) or its text goes stale (a window
+    /// below 0.52 × 64 distinct ids, [`Staleness::default`] otherwise; healthy SmolLM2
+    /// text stayed above 0.57), the turn ends ([`stale_turns`](Self::stale_turns)) and
+    /// the model writes a new answer to the prompt from the prompt alone
+    /// ([`restart`](Self::restart)), pushed away from what it wrote by DRY
     /// ([`DryOptions::perpetual`] over the last 1,024 tokens: a repeat further back is
-    /// out of the model's sight after a forgetting turn, and forbidding it only costs
-    /// log-probability), loop back steps ([`LoopDetection::default`]) and anticipation
-    /// ([`AnticipationOptions::default`]); a stale window ([`Staleness::default`], but
-    /// stale below 0.52 × 64 distinct ids: turns are cheap, so they come earlier; healthy
-    /// SmolLM2 text stayed above 0.57) ends
-    /// the turn ([`stale_turns`](Self::stale_turns)) and the new turn answers the
-    /// request again ([`reask`](Self::reask)) from a fresh context
-    /// ([`forget`](Self::forget)): the freshest combination measured on the 20
-    /// development prompts (0.96× plain's window diversity, 1.13 forward passes per kept
-    /// token; its log-probability is 10.9 % below plain's, `docs/EVALUATION.md`). Without resume tokens (no chat template) its stale turns
-    /// fall back to stale back steps ([`for_resume_tokens`](Self::for_resume_tokens)).
+    /// out of the model's sight, and forbidding it only costs log-probability) and loop
+    /// back steps ([`LoopDetection::default`]). The model never writes on in the
+    /// low-entropy state where it wanted to stop, so nothing is heated: the freshest and
+    /// likeliest combination measured on the 20 development prompts
+    /// (`docs/EVALUATION.md`). A restart needs no resume tokens: the mode runs the same
+    /// without a chat template.
     pub fn recommended() -> Self {
         Self {
             dry: Some(DryOptions { penalty_last_n: 1024, ..DryOptions::perpetual() }),
             loop_detection: Some(LoopDetection::default()),
             staleness: Some(Staleness { min_distinct: 0.52, ..Staleness::default() }),
             stale_turns: true,
-            anticipation: Some(AnticipationOptions::default()),
-            reask: true,
-            forget: Some(DEFAULT_RECALL),
-            ..Self::method(EosMethod::Dynamic)
+            restart: true,
+            ..Self::method(EosMethod::Resume)
         }
     }
 
     /// The mode a generator runs given whether it has resume tokens (a chat template,
     /// or [`GeneratorBuilder::resume_tokens`](crate::GeneratorBuilder::resume_tokens)).
-    /// With them, this mode. Without them, stale turns fall back to stale back steps
-    /// (`turns`, `reask` and `forget` are dropped: they only act where turns resume), so
-    /// the recommended mode runs on models without a chat template; the `resume`
-    /// method, which has no fallback, is an error ([`GenerateError::InvalidParameter`]
-    /// `strategy`).
+    /// With them, or when turns [`restart`](Self::restart) (which needs none, as the
+    /// recommended mode), this mode. Without them, stale turns fall back to stale back
+    /// steps (`turns`, `reask` and `forget` are dropped: they only act where turns
+    /// resume); the `resume` method, which has no fallback, is an error
+    /// ([`GenerateError::InvalidParameter`] `strategy`).
     ///
     /// ```
     /// use perpetua_generator::PerpetualMode;
     ///
     /// let mode = PerpetualMode::recommended();
-    /// assert_eq!(mode.for_resume_tokens(true)?.spec(), mode.spec());
-    /// assert_eq!(
-    ///     mode.for_resume_tokens(false)?.spec(),
-    ///     "dynamic+dry=0.5/3/1024+loop+stale=64/0.52/32/0.12+anticipation"
-    /// );
+    /// assert_eq!(mode.for_resume_tokens(false)?.spec(), mode.spec());
+    /// let turns = PerpetualMode::parse("dynamic+dry+stale+turns+reask+forget")?;
+    /// assert_eq!(turns.for_resume_tokens(true)?.spec(), turns.spec());
+    /// assert_eq!(turns.for_resume_tokens(false)?.spec(), "dynamic+dry+loop+stale");
     /// assert!(PerpetualMode::parse("resume")?.for_resume_tokens(false).is_err());
     /// # Ok::<(), perpetua_generator::GenerateError>(())
     /// ```
     pub fn for_resume_tokens(&self, available: bool) -> Result<Self, GenerateError> {
-        if available || !self.resumes() {
+        if available || self.restart || !self.resumes() {
             return Ok(self.clone());
         }
         if self.method == EosMethod::Resume {
@@ -605,6 +617,7 @@ impl PerpetualMode {
                     mode.loop_detection.get_or_insert_with(LoopDetection::default);
                 }
                 ("reask", None) => mode.reask = true,
+                ("restart", None) => mode.restart = true,
                 ("forget", v) => {
                     mode.forget = Some(match v {
                         None => DEFAULT_RECALL,
@@ -634,7 +647,7 @@ impl PerpetualMode {
                     return Err(GenerateError::invalid(
                         "strategy",
                         part,
-                        "known tools: dry[=M[/A[/N]]], gate=LOW/HIGH[/W], loop, stale[=W/D[/N[/B]]], rewind[=R[/T]], turns, reask, forget[=R], anticipation[=R[/P[/H]]], rep[=P[/N]], window=N",
+                        "known tools: dry[=M[/A[/N]]], gate=LOW/HIGH[/W], loop, stale[=W/D[/N[/B]]], rewind[=R[/T]], turns, reask, forget[=R], restart, anticipation[=R[/P[/H]]], rep[=P[/N]], window=N",
                     ));
                 }
             }
@@ -676,6 +689,13 @@ impl PerpetualMode {
         }
         if let Some(a) = self.anticipation {
             a.wrap(Box::new(StopAtEos))?;
+        }
+        if self.restart && (self.reask || self.forget.is_some()) {
+            return Err(GenerateError::invalid(
+                "strategy",
+                self.spec(),
+                "`restart` replaces `reask` and `forget` (a restarted turn is the prompt alone): drop them",
+            ));
         }
         self.check_window()
     }
@@ -757,6 +777,9 @@ impl PerpetualMode {
             Some(DEFAULT_RECALL) => s.push_str("+forget"),
             Some(r) => s.push_str(&format!("+forget={r}")),
             None => {}
+        }
+        if self.restart {
+            s.push_str("+restart");
         }
         s
     }

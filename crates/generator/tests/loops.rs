@@ -167,6 +167,12 @@ fn perpetual_modes_build_with_string_breakers_and_switch_cleanly() {
         .unwrap();
     let names = |g: &mut Generator<FakeModel>| g.chain_mut().stage_names().collect::<Vec<_>>();
     assert_eq!(names(&mut g), ["dry", "top_k", "temperature"]);
+    // The recommended mode restarts the answer where the model ends it.
+    let out = g.generate(prompt_ids()).unwrap();
+    assert_eq!(out.ids.len(), 250);
+    assert!(out.counts.resumes > 0 && out.counts.resume_tokens == out.counts.resumes, "{:?}", out.counts);
+    g.set_perpetual(&PerpetualMode::parse("dynamic+dry+loop").unwrap()).unwrap();
+    assert_eq!(names(&mut g), ["dry", "top_k", "temperature"]);
     let (out, _) = run_checked(&mut g, false);
     assert_eq!(out.ids.len(), 250);
     // Switching modes replaces the mode's stages, never the user's.
@@ -379,7 +385,7 @@ fn rewind_specs_parse_and_rewinds_keep_sequence_and_cache_in_step() {
         ("dynamic+rewind", "dynamic+loop+stale+rewind"),
         (
             "perpetual+rewind=128/0.1",
-            "dynamic+dry=0.5/3/1024+loop+stale=64/0.52/32/0.12+rewind=128/0.1+turns+anticipation+reask+forget",
+            "resume+dry=0.5/3/1024+loop+stale=64/0.52/32/0.12+rewind=128/0.1+turns+restart",
         ),
         ("dynamic+stale=64/0.45/32/0.3+rewind=200", "dynamic+loop+stale=64/0.45/32/0.3+rewind=200/0.05"),
     ] {

@@ -49,6 +49,9 @@ enum Layout {
     /// The prompt, then a contiguous run of the sequence ending before the pending token
     /// (turns that forget).
     Forgets,
+    /// All of the prompt but its last token, then a contiguous run (turns that restart:
+    /// the hidden token of a resume is the prompt's last token again).
+    Restarts,
 }
 
 /// The cache holds the prompt then `seq[start..len - 1]` for some `start`.
@@ -79,10 +82,17 @@ fn run_checked(
                 text.push_str(&delta);
             }
             Event::Resumed { position, hidden: k } => {
-                assert_eq!(k, RESUME.len());
                 let seq = stream.sequence();
                 let got = &seq[prompt_len + position..prompt_len + position + k];
-                assert!(got.iter().copied().eq(RESUME.iter().map(|&b| u32::from(b))), "{got:?}");
+                assert!(k == 1 || layout != Layout::Restarts, "a restart hides one token, not {k}");
+                if k == 1 {
+                    assert_eq!(got, &seq[prompt_len - 1..prompt_len], "a restart feeds the prompt's end");
+                    if layout != Layout::Rolls {
+                        assert_eq!(stream.cache().tokens(), &seq[..prompt_len - 1], "then the prompt alone");
+                    }
+                } else {
+                    assert!(got.iter().copied().eq(RESUME.iter().map(|&b| u32::from(b))), "{got:?}");
+                }
                 hidden.push(position..position + k);
             }
             Event::Backstep { to, text_len, .. } => {
@@ -98,6 +108,9 @@ fn run_checked(
             Layout::Full => assert_eq!(stream.cache_len(), stream.sequence_len() - 1),
             Layout::Forgets => {
                 assert_prompt_then_suffix(stream.cache().tokens(), stream.sequence(), prompt_len)
+            }
+            Layout::Restarts => {
+                assert_prompt_then_suffix(stream.cache().tokens(), stream.sequence(), prompt_len - 1)
             }
             Layout::Rolls => {}
         }
@@ -182,8 +195,14 @@ fn stale_turns_end_a_salad_turn_and_resume() {
     assert_eq!(out.ids.len(), 500);
     assert_eq!(out.counts.resumes, 0, "{:?}", out.counts);
     assert!(out.counts.loop_backsteps > 0, "{:?}", out.counts);
+    // The generator reports the mode it runs, not the one asked for.
+    let fallback = "dynamic+loop+stale=64/0.45/32/0.9";
+    assert_eq!(g.perpetual_mode().map(PerpetualMode::spec).as_deref(), Some(fallback));
     g.set_perpetual(&PerpetualMode::parse(spec).unwrap()).unwrap();
     assert_eq!(g.generate(vec![1u32, 2, 3]).unwrap().counts, out.counts);
+    assert_eq!(g.perpetual_mode().map(PerpetualMode::spec).as_deref(), Some(fallback));
+    g.set_eos_strategy(perpetua_perpetual::StopAtEos);
+    assert!(g.perpetual_mode().is_none());
 }
 
 #[test]
@@ -277,12 +296,24 @@ proptest! {
     /// tokens, none of them hidden, and the cache is in sync after every event.
     #[test]
     fn any_run_keeps_the_output_visible_and_the_cache_in_sync(seed in 0u64..1000, budget in 1usize..300) {
-        let (spec, layout) = match seed % 3 {
-            0 => ("resume+loop+stale", Layout::Full),
-            1 => ("resume+loop+turns", Layout::Full),
-            _ => ("resume+loop+turns+forget=4", Layout::Forgets),
+        let (spec, layout, window) = match seed % 5 {
+            0 => ("resume+loop+stale", Layout::Full, None),
+            1 => ("resume+loop+turns", Layout::Full, None),
+            2 => ("resume+loop+turns+forget=4", Layout::Forgets, None),
+            3 => ("dynamic+loop+stale=64/0.45/32/0.9+turns+restart", Layout::Restarts, None),
+            // Restarts between context rolls (which keep the prompt as sinks).
+            _ => ("resume+loop+stale+turns+restart", Layout::Rolls, Some(56)),
         };
-        let mut g = generator(eager_model(seed), spec, budget);
+        let mut b = Generator::builder(eager_model(seed))
+            .tokenizer(ByteTokenizer::new())
+            .chain(chain())
+            .seed(11)
+            .perpetual(PerpetualMode::parse(spec).unwrap())
+            .max_new_tokens(budget);
+        if let Some(w) = window {
+            b = b.context_window(w);
+        }
+        let mut g = b.build().unwrap();
         let (out, ids, _) = run_checked(&mut g, layout);
         prop_assert_eq!(out.ids.len(), budget);
         prop_assert_eq!(ids.len(), budget);
@@ -430,4 +461,81 @@ fn forgetting_turns_start_from_the_prompt() {
     )
     .unwrap();
     assert!(!json.contains("forget"), "{json}");
+}
+
+/// `restart` (and `GeneratorBuilder::restart_on_resume`): every resumed turn (an EOS
+/// with the `resume` method, a stale window with `turns`) sees the prompt alone, fed its
+/// last token again as one hidden token; the prompt stays cached unless a roll dropped
+/// part of it; no chat template is needed; `restart` excludes `reask` and `forget`.
+#[test]
+fn restarting_turns_answer_the_prompt_afresh() {
+    for (spec, bias, window) in [
+        ("resume+restart", 3.0, None),
+        ("resume+loop+stale+turns+restart", 3.0, None),
+        // Turns longer than the window: rolls drop part of the prompt before a restart.
+        ("resume+loop+stale+turns+restart", 1.5, Some(96)),
+    ] {
+        let model = FakeModel::new(ByteTokenizer::VOCAB_SIZE)
+            .with_seed(7)
+            .with_order(2)
+            .with_eos(EOS)
+            .with_eos_bias(bias);
+        let mut b = Generator::builder(model)
+            .tokenizer(ByteTokenizer::new())
+            .chain(chain())
+            .seed(2)
+            .perpetual(PerpetualMode::parse(spec).unwrap())
+            .max_new_tokens(400);
+        if let Some(w) = window {
+            // Sinks shorter than the prompt: a roll drops part of it.
+            b = b.context_window(w).sink_tokens(2);
+        }
+        let mut g = b.build().unwrap();
+        let layout = if window.is_some() { Layout::Rolls } else { Layout::Restarts };
+        let (out, _, hidden) = run_checked(&mut g, layout);
+        assert_eq!((out.ids.len(), out.finish_reason.clone()), (400, FinishReason::MaxNewTokens), "{spec}");
+        assert!(out.counts.resumes >= 2 && hidden.len() == out.counts.resumes, "{spec}: {:?}", out.counts);
+        assert_eq!(out.counts.resume_tokens, out.counts.resumes, "{spec}: one hidden token a turn");
+        assert!(out.counts.context_rolls >= out.counts.resumes, "{spec}: {:?}", out.counts);
+        assert!(out.text.matches("\n\n").count() >= out.counts.resumes, "{spec}");
+        if window.is_none() {
+            // Nothing fed again: the prompt stays cached, the restart is one pass.
+            assert_eq!(out.counts.reprefilled_tokens, 0, "{spec}: {:?}", out.counts);
+        } else {
+            assert!(out.counts.reprefilled_tokens > 0, "{spec}: {:?}", out.counts);
+        }
+        assert_eq!(PerpetualMode::parse(spec).unwrap().spec(), spec);
+    }
+    // No tokenizer, no template, no resume tokens: a restart needs none.
+    let mut g = Generator::builder(eager_model(6))
+        .chain(chain())
+        .eos_ids(vec![EOS])
+        .seed(2)
+        .perpetual(PerpetualMode::parse("resume+restart").unwrap())
+        .max_new_tokens(300)
+        .build()
+        .unwrap();
+    let out = g.generate(vec![7u32, 8, 9]).unwrap();
+    assert_eq!(out.ids.len(), 300);
+    assert!(out.counts.resumes > 0 && out.counts.resume_tokens == out.counts.resumes, "{:?}", out.counts);
+    assert_eq!(g.perpetual_mode().map(PerpetualMode::spec).as_deref(), Some("resume+restart"));
+    // The builder switch restarts without the mode part, and wins over `forget`.
+    let mut g = Generator::builder(eager_model(6))
+        .tokenizer(ByteTokenizer::new())
+        .chain(chain())
+        .seed(2)
+        .perpetual(PerpetualMode::parse("resume+forget=50").unwrap())
+        .restart_on_resume(true)
+        .max_new_tokens(200)
+        .build()
+        .unwrap();
+    let (out, _, _) = run_checked(&mut g, Layout::Restarts);
+    assert_eq!(out.counts.resume_tokens, out.counts.resumes);
+    // `restart` replaces `reask` and `forget`: asking for both is a typed error.
+    for spec in ["resume+reask+restart", "resume+forget+restart", "dynamic+turns+forget=2+restart"] {
+        match PerpetualMode::parse(spec) {
+            Err(GenerateError::InvalidParameter { name, .. }) => assert_eq!(name, "strategy", "{spec}"),
+            other => panic!("{spec}: {other:?}"),
+        }
+    }
 }

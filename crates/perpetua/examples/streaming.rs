@@ -1,7 +1,8 @@
 //! Streaming on the real model: print each token's text the moment it is generated,
-//! in the recommended perpetual mode (`PerpetualMode::recommended()`: on an EOS draw,
-//! drop the last 10 tokens and regenerate them hotter; a repetition loop is cut the
-//! same way; DRY against verbatim repeats), then the finish reason and the throughput.
+//! in the recommended perpetual mode (`PerpetualMode::recommended()`: where the model
+//! ends its answer or its text goes stale, it starts a new answer to the prompt from the
+//! prompt alone; a repetition loop is cut like an EOS; DRY against verbatim repeats),
+//! then the finish reason and the throughput.
 //!
 //! ```text
 //! cargo run --release -p perpetua --example streaming -- [TOKENS] [SEED] [PROMPT]
@@ -79,6 +80,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 )?;
             }
             Event::EosAvoided { .. } => write!(stdout, " ⟲[EOS avoided] ")?,
+            // The model ended its answer (or went stale): a new answer follows, after a
+            // paragraph break that comes with the next token's text.
+            Event::Resumed { .. } => write!(stdout, " ⟲[new answer]")?,
             Event::Finished { reason: r, text } => {
                 write!(stdout, "{text}")?; // anything held back until the end
                 shown.push_str(&text);
@@ -92,12 +96,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     writeln!(stdout, "\n")?;
     writeln!(
         stdout,
-        "finish: {:?}; {} new tokens, {} forward passes, {} back steps; {:.1} tok/s decode, \
-         {:.1} tok/s net (prefill {} tokens at {:.0} tok/s); streamed text == Generation::text: {}",
+        "finish: {:?}; {} new tokens, {} forward passes, {} back steps, {} new answers; {:.1} tok/s \
+         decode, {:.1} tok/s net (prefill {} tokens at {:.0} tok/s); streamed text == Generation::text: {}",
         reason.as_ref().unwrap_or(&out.finish_reason),
         out.ids.len(),
         out.counts.forward_passes,
         out.counts.backsteps,
+        out.counts.resumes,
         out.decode_tokens_per_second(),
         out.net_tokens_per_second(),
         out.counts.prefill_tokens,

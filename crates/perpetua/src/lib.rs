@@ -17,9 +17,9 @@
 //! let model = Llama::load(&path, &LoadOptions::default())?;
 //! let tokenizer = LlamaTokenizer::from_gguf(&path)?;
 //!
-//! // The paper's setting: T 1.0, top-k 20; the recommended perpetual mode: on EOS, back
-//! // step 10 tokens and restart hotter (method 4); cut repetition loops the same way;
-//! // DRY against verbatim repeats.
+//! // The paper's setting: T 1.0, top-k 20; the recommended perpetual mode: where the
+//! // model ends its answer or goes stale, a new answer to the prompt from the prompt
+//! // alone; repetition loops cut like an EOS; DRY against verbatim repeats.
 //! let chain = Chain::new(Multinomial).with(TopK::new(20)?).with(Temperature::new(1.0)?);
 //! let mut generator = Generator::builder(model)
 //!     .tokenizer(tokenizer)
