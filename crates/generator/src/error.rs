@@ -101,6 +101,22 @@ pub enum GenerateError {
         #[source]
         source: Box<GenerateError>,
     },
+    /// A sample of [`Generator::generate_n`](crate::Generator::generate_n) after the
+    /// first failed: `samples` holds the samples finished before it, then the failing
+    /// sample's partial output when it had begun decoding (finish reason
+    /// [`FinishReason::Error`](crate::FinishReason::Error)).
+    #[error("sample {failed} of {n} failed ({failed} finished before it): {source}")]
+    PartialSamples {
+        /// The finished samples, then the failing one's partial output (if any).
+        samples: Vec<Generation>,
+        /// Index of the sample that failed.
+        failed: usize,
+        /// Samples asked for.
+        n: usize,
+        /// What failed.
+        #[source]
+        source: Box<GenerateError>,
+    },
 }
 
 impl GenerateError {
@@ -125,6 +141,14 @@ impl GenerateError {
     pub fn partial_output(&self) -> Option<&Generation> {
         match self {
             Self::PartialGeneration { output, .. } => Some(output),
+            _ => None,
+        }
+    }
+
+    /// The samples kept by a [`PartialSamples`](Self::PartialSamples) error.
+    pub fn partial_samples(&self) -> Option<&[Generation]> {
+        match self {
+            Self::PartialSamples { samples, .. } => Some(samples),
             _ => None,
         }
     }

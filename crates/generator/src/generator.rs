@@ -1295,8 +1295,10 @@ impl<M: LanguageModel> Generator<M> {
     ///
     /// Each sample's `counts` and `timings` report the shared prefill.
     ///
-    /// Errors: as [`generate`](Self::generate); a failing sample's error carries its
-    /// partial output (the samples before it are dropped).
+    /// Errors: as [`generate`](Self::generate) while no sample has finished (a failure
+    /// in sample 0 carries its partial output, [`GenerateError::PartialGeneration`]);
+    /// a later sample's failure is [`GenerateError::PartialSamples`], which keeps the
+    /// finished samples and the failing one's partial output.
     pub fn generate_n(
         &mut self,
         prompt: impl Into<Prompt>,
@@ -1312,13 +1314,29 @@ impl<M: LanguageModel> Generator<M> {
         let prefill = self.prefill(&ids, &mut base)?;
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
-            let cache = base.fork()?;
-            let session = self.start_session(ids.clone(), cache, window, prefill, started, i as u64);
-            let mut stream = Stream { generator: self, session, queue: VecDeque::new(), done: false };
-            for item in stream.by_ref() {
-                item?;
+            let sample = (|| {
+                let cache = base.fork()?;
+                let session = self.start_session(ids.clone(), cache, window, prefill, started, i as u64);
+                let mut stream = Stream { generator: self, session, queue: VecDeque::new(), done: false };
+                for item in stream.by_ref() {
+                    item?;
+                }
+                Ok(stream.into_output())
+            })();
+            match sample {
+                Ok(g) => out.push(g),
+                Err(e) if out.is_empty() => return Err(e),
+                Err(e) => {
+                    let source = match e {
+                        GenerateError::PartialGeneration { output, source } => {
+                            out.push(*output);
+                            source
+                        }
+                        other => Box::new(other),
+                    };
+                    return Err(GenerateError::PartialSamples { samples: out, failed: i, n, source });
+                }
             }
-            out.push(stream.into_output());
         }
         Ok(out)
     }
