@@ -1243,14 +1243,22 @@ impl<M: LanguageModel> Generator<M> {
     /// Errors (before any token): prompt errors ([`encode_prompt`](Self::encode_prompt)),
     /// a prompt longer than the window, an invalid window, model errors in the prefill.
     pub fn stream(&mut self, prompt: impl Into<Prompt>) -> Result<Stream<'_, M>, GenerateError> {
+        let Opened { ids, cache, window, prefill, started } = self.open(prompt.into())?;
+        let session = self.start_session(ids, cache, window, prefill, started, 0);
+        Ok(Stream { generator: self, session, queue: VecDeque::new(), done: false })
+    }
+
+    /// What every generation starts with: the prompt encoded, a new cache, the window
+    /// checked, the prompt prefilled (a panic in the model becomes
+    /// [`GenerateError::Panicked`] `"prefill"`).
+    fn open(&mut self, prompt: Prompt) -> Result<Opened<M::Cache>, GenerateError> {
         let started = Instant::now();
-        let ids = self.start_prompt(prompt.into())?;
+        let ids = self.start_prompt(prompt)?;
         let mut cache = self.model.new_cache().map_err(model_err)?;
         let window = self.window_for(&cache, ids.len())?;
         let prefill = panic::catch_unwind(AssertUnwindSafe(|| self.prefill(&ids, &mut cache)))
             .unwrap_or_else(|payload| Err(GenerateError::from_panic("prefill", payload)))?;
-        let session = self.start_session(ids, cache, window, prefill, started, 0);
-        Ok(Stream { generator: self, session, queue: VecDeque::new(), done: false })
+        Ok(Opened { ids, cache, window, prefill, started })
     }
 
     /// Generate to completion.
@@ -1307,11 +1315,7 @@ impl<M: LanguageModel> Generator<M> {
     where
         M::Cache: ForkableCache,
     {
-        let started = Instant::now();
-        let ids = self.start_prompt(prompt.into())?;
-        let mut base = self.model.new_cache().map_err(model_err)?;
-        let window = self.window_for(&base, ids.len())?;
-        let prefill = self.prefill(&ids, &mut base)?;
+        let Opened { ids, cache: base, window, prefill, started } = self.open(prompt.into())?;
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
             let sample = (|| {
@@ -1866,6 +1870,15 @@ impl<M: LanguageModel> Generator<M> {
         }
         rolled(s, ev, t0, (sink, recent_start), recent_start - sink, reprefilled)
     }
+}
+
+/// A prompt opened for generation ([`Generator::open`]).
+struct Opened<C> {
+    ids: Vec<u32>,
+    cache: C,
+    window: usize,
+    prefill: Duration,
+    started: Instant,
 }
 
 /// Finish a context roll (or a forgetting resume): the new cache layout `(sink_len,

@@ -292,6 +292,9 @@ fn a_panicking_model_in_the_prefill_is_an_error() {
         matches!(&err, GenerateError::Panicked { during: "prefill", message } if message == "backend bug: 2 tokens"),
         "{err:?}"
     );
+    // `generate_n` opens its prompt the same way: the same typed error, no unwinding.
+    let err = g.generate_n(PROMPT.as_slice(), 2).unwrap_err();
+    assert!(matches!(&err, GenerateError::Panicked { during: "prefill", .. }), "{err:?}");
     // A one-token prompt has no prefill, so the same generator still works.
     assert_eq!(g.generate([1u32].as_slice()).unwrap().ids.len(), 5);
 }
