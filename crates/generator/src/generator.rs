@@ -1150,7 +1150,7 @@ impl<M: LanguageModel> Generator<M> {
         Ok(ids)
     }
 
-    fn window_for(&self, cache: &M::Cache, prompt_len: usize) -> Result<usize, GenerateError> {
+    pub(crate) fn window_for(&self, cache: &M::Cache, prompt_len: usize) -> Result<usize, GenerateError> {
         let limit = cache.capacity().min(self.model.max_context());
         let window = match self.context_window {
             Some(w) if w > limit => {

@@ -260,6 +260,35 @@ fn beam_config_errors_name_the_parameter() {
     assert_eq!(err(BeamConfig::new(2).length_penalty(f32::NAN)), "length_penalty");
 }
 
+/// The decoders open a prompt with the sampling loop's window rules: the context window
+/// (and a mode's) bounds prompt plus new tokens, a bad window is the same typed error.
+#[test]
+fn decoders_keep_the_context_window() {
+    let g = |window: usize| {
+        Generator::builder(FakeModel::new(8).with_seed(3).with_eos(7).with_eos_bias(-50.0))
+            .chain(Chain::new(Greedy))
+            .eos_ids([7])
+            .context_window(window)
+            .max_new_tokens(40)
+            .build()
+            .unwrap()
+    };
+    let prompt = [1u32, 2, 3, 4, 5];
+    let beam = g(12).beam_search(prompt, &BeamConfig::new(2)).unwrap();
+    assert_eq!(beam.generation.ids.len(), 7, "12 positions hold the 5 prompt tokens and 7 new");
+    let cot = g(12).cot_decode(prompt, &CotConfig::new(2)).unwrap();
+    assert!(cot.paths.iter().all(|p| p.generation.ids.len() <= 7));
+    // No room for a new token, and a window past the model's limit: typed errors.
+    match g(5).beam_search(prompt, &BeamConfig::new(2)) {
+        Err(GenerateError::PromptTooLong { len: 5, window: 5 }) => {}
+        other => panic!("{other:?}"),
+    }
+    match g(1 << 30).beam_search(prompt, &BeamConfig::new(2)) {
+        Err(GenerateError::InvalidParameter { name: "context_window", .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
 // ---------------------------------------------------------------- speculative
 
 /// Outcomes of a generation of at most `max_len` tokens over vocab {0, 1, 2} + EOS 3:

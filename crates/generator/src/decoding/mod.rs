@@ -27,7 +27,7 @@ use perpetua_sampling::{Chain, SamplingContext};
 use rand::{Rng, RngCore};
 
 use crate::generator::{feed_chunks, model_err};
-use crate::{GenerateError, Generator, KvCache, LanguageModel, Prompt};
+use crate::{GenerateError, Generator, LanguageModel, Prompt};
 
 /// A prompt encoded and prefilled into a fresh cache.
 pub(crate) struct Prefilled<C> {
@@ -43,7 +43,10 @@ pub(crate) struct Prefilled<C> {
 impl<M: LanguageModel> Generator<M> {
     /// Encode `prompt`, make a cache and prefill it: every prompt token when
     /// `feed_all` (the logits of the last one are returned), else all but the last.
-    /// `limit` caps the context further (another model's window).
+    /// The window is the sampling loop's ([`GeneratorBuilder::context_window`](crate::GeneratorBuilder::context_window),
+    /// a mode's window, the cache and the model; the same errors), which `limit` caps
+    /// further (another model's window); the decoders do not roll, so prompt and new
+    /// tokens must fit it.
     pub(crate) fn prefilled(
         &mut self,
         prompt: Prompt,
@@ -52,7 +55,7 @@ impl<M: LanguageModel> Generator<M> {
     ) -> Result<Prefilled<M::Cache>, GenerateError> {
         let ids = self.encode_prompt(prompt)?;
         let mut cache = self.model.new_cache().map_err(model_err)?;
-        let window = cache.capacity().min(self.model.max_context()).min(limit.unwrap_or(usize::MAX));
+        let window = self.window_for(&cache, ids.len())?.min(limit.unwrap_or(usize::MAX));
         // Prompt plus at least one new position.
         if ids.len() >= window {
             return Err(GenerateError::PromptTooLong { len: ids.len(), window });
