@@ -156,8 +156,10 @@ impl LlamaCache {
 
     /// Check that `n` more positions fit.
     pub(crate) fn ensure_room(&self, n: usize) -> Result<(), CacheError> {
-        if self.len + n > self.capacity {
-            return Err(CacheError::CapacityExceeded { needed: self.len + n, capacity: self.capacity });
+        // Saturating, as the burn cache: no length a caller passes can wrap around.
+        let needed = self.len.saturating_add(n);
+        if needed > self.capacity {
+            return Err(CacheError::CapacityExceeded { needed, capacity: self.capacity });
         }
         Ok(())
     }
