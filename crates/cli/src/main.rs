@@ -435,13 +435,14 @@ fn report(g: &Generation, verbose: u8) {
     let show = verbose > 0 || std::io::stderr().is_terminal();
     if show {
         eprintln!(
-            "\n[{} tokens, finished: {reason}; EOS avoided {}, back steps {} ({} for loops; {} tokens regenerated), context rolls {}; \
-             prefill {:.0} tok/s, decode {:.1} tok/s, sampling {:.1}% of decode]",
+            "\n[{} tokens, finished: {reason}; EOS avoided {}, back steps {} ({} for loops; {} tokens regenerated), new turns {}, \
+             context rolls {}; prefill {:.0} tok/s, decode {:.1} tok/s, sampling {:.1}% of decode]",
             g.counts.generated_tokens,
             g.counts.eos_avoided,
             g.counts.backsteps,
             g.counts.loop_backsteps,
             g.counts.tokens_removed,
+            g.counts.resumes,
             g.counts.context_rolls,
             g.prefill_tokens_per_second(),
             g.decode_tokens_per_second(),
