@@ -1740,12 +1740,18 @@ impl<M: LanguageModel> Generator<M> {
         // The cache holds `tokens[..old_len]` (this step fed the pending token); it must
         // end up holding all but the new last token.
         let mut fed_new = old_len + k - 1 - from;
-        if self.restart {
-            fed_new = 0;
-            self.forget_context(s, ev, old_len, s.prompt_len - 1)?;
-        } else if let Some(start) = self.forget.and_then(|recall| forget_start(s, old_len, k, recall)) {
+        // Forgetting keeps the prompt; a restart all of it but the last token, which is
+        // its one resume token.
+        let fresh = if self.restart {
+            Some((old_len, s.prompt_len - 1))
+        } else {
+            self.forget
+                .and_then(|recall| forget_start(s, old_len, k, recall))
+                .map(|start| (start, s.prompt_len))
+        };
+        if let Some((start, head)) = fresh {
             fed_new = k - 1;
-            self.forget_context(s, ev, start, s.prompt_len)?;
+            self.forget_context(s, ev, start, head)?;
         } else if s.expected_cache_len() >= s.window {
             self.roll(s, ev)?;
         } else {

@@ -29,14 +29,31 @@ fn eager_model(seed: u64) -> FakeModel {
 }
 
 fn generator(model: FakeModel, spec: &str, budget: usize) -> Generator<FakeModel> {
-    Generator::builder(model)
+    windowed(model, spec, 11, budget, None)
+}
+
+/// A generator in mode `spec` with the byte tokenizer; `window`: a context window and,
+/// when given, that many sink tokens.
+fn windowed(
+    model: FakeModel,
+    spec: &str,
+    seed: u64,
+    budget: usize,
+    window: Option<(usize, Option<usize>)>,
+) -> Generator<FakeModel> {
+    let mut b = Generator::builder(model)
         .tokenizer(ByteTokenizer::new())
         .chain(chain())
-        .seed(11)
+        .seed(seed)
         .perpetual(PerpetualMode::parse(spec).unwrap())
-        .max_new_tokens(budget)
-        .build()
-        .unwrap()
+        .max_new_tokens(budget);
+    if let Some((w, sinks)) = window {
+        b = b.context_window(w);
+        if let Some(n) = sinks {
+            b = b.sink_tokens(n);
+        }
+    }
+    b.build().unwrap()
 }
 
 /// What the cache may hold between events.
@@ -304,16 +321,7 @@ proptest! {
             // Restarts between context rolls (which keep the prompt as sinks).
             _ => ("resume+loop+stale+turns+restart", Layout::Rolls, Some(56)),
         };
-        let mut b = Generator::builder(eager_model(seed))
-            .tokenizer(ByteTokenizer::new())
-            .chain(chain())
-            .seed(11)
-            .perpetual(PerpetualMode::parse(spec).unwrap())
-            .max_new_tokens(budget);
-        if let Some(w) = window {
-            b = b.context_window(w);
-        }
-        let mut g = b.build().unwrap();
+        let mut g = windowed(eager_model(seed), spec, 11, budget, window.map(|w| (w, None)));
         let (out, ids, _) = run_checked(&mut g, layout);
         prop_assert_eq!(out.ids.len(), budget);
         prop_assert_eq!(ids.len(), budget);
@@ -383,17 +391,8 @@ fn forgetting_turns_start_from_the_prompt() {
         ("resume+loop+stale+forget=5", 5, None),
         ("resume+loop+stale+turns+forget=3", 3, Some(96)),
     ] {
-        let mut b = Generator::builder(eager_model(6))
-            .tokenizer(ByteTokenizer::new())
-            .chain(chain())
-            .seed(2)
-            .perpetual(PerpetualMode::parse(spec).unwrap())
-            .max_new_tokens(400);
-        if let Some(w) = window {
-            // Sinks shorter than the prompt: a roll drops part of it.
-            b = b.context_window(w).sink_tokens(2);
-        }
-        let mut g = b.build().unwrap();
+        // Sinks shorter than the prompt: a roll drops part of it.
+        let mut g = windowed(eager_model(6), spec, 2, 400, window.map(|w| (w, Some(2))));
         let mut stream = g.stream(prompt()).unwrap();
         let prompt_len = stream.sequence_len() - stream.generated_ids().len();
         let mut resumes = 0;
@@ -480,17 +479,8 @@ fn restarting_turns_answer_the_prompt_afresh() {
             .with_order(2)
             .with_eos(EOS)
             .with_eos_bias(bias);
-        let mut b = Generator::builder(model)
-            .tokenizer(ByteTokenizer::new())
-            .chain(chain())
-            .seed(2)
-            .perpetual(PerpetualMode::parse(spec).unwrap())
-            .max_new_tokens(400);
-        if let Some(w) = window {
-            // Sinks shorter than the prompt: a roll drops part of it.
-            b = b.context_window(w).sink_tokens(2);
-        }
-        let mut g = b.build().unwrap();
+        // Sinks shorter than the prompt: a roll drops part of it.
+        let mut g = windowed(model, spec, 2, 400, window.map(|w| (w, Some(2))));
         let layout = if window.is_some() { Layout::Rolls } else { Layout::Restarts };
         let (out, _, hidden) = run_checked(&mut g, layout);
         assert_eq!((out.ids.len(), out.finish_reason.clone()), (400, FinishReason::MaxNewTokens), "{spec}");
