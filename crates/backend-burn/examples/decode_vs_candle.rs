@@ -98,16 +98,16 @@ fn parse_args() -> Result<Args, BoxError> {
 const CONTENDERS: [&str; 5] = ["candle", "candle-kv32", "candle-q8", "candle-f32", "burn"];
 
 enum Contender {
-    Candle(perpetua_candle::Llama),
+    Candle(Box<perpetua_candle::Llama>),
     Burn(Box<perpetua_burn::Llama>),
 }
 
 fn load(name: &str, path: &Path, capacity: usize) -> Result<Contender, BoxError> {
     Ok(match name {
-        "candle" => Contender::Candle(perpetua_candle::Llama::load(
+        "candle" => Contender::Candle(Box::new(perpetua_candle::Llama::load(
             path,
             &perpetua_candle::LoadOptions { cache_capacity: Some(capacity), ..Default::default() },
-        )?),
+        )?)),
         "candle-kv32" | "candle-q8" => {
             let kv_dtype = if name == "candle-q8" {
                 perpetua_candle::KvDtype::Q8
@@ -119,9 +119,9 @@ fn load(name: &str, path: &Path, capacity: usize) -> Result<Contender, BoxError>
                 kv_dtype,
                 ..Default::default()
             };
-            Contender::Candle(perpetua_candle::Llama::load(path, &options)?)
+            Contender::Candle(Box::new(perpetua_candle::Llama::load(path, &options)?))
         }
-        "candle-f32" => Contender::Candle(perpetua_candle::Llama::load(
+        "candle-f32" => Contender::Candle(Box::new(perpetua_candle::Llama::load(
             path,
             &perpetua_candle::LoadOptions {
                 cache_capacity: Some(capacity),
@@ -130,7 +130,7 @@ fn load(name: &str, path: &Path, capacity: usize) -> Result<Contender, BoxError>
                 kv_dtype: perpetua_candle::KvDtype::F32,
                 ..Default::default()
             },
-        )?),
+        )?)),
         _ => Contender::Burn(Box::new(perpetua_burn::Llama::load(
             path,
             &perpetua_burn::LoadOptions { cache_capacity: Some(capacity), ..Default::default() },
@@ -165,14 +165,14 @@ fn main() -> Result<(), BoxError> {
         for k in 0..names.len() {
             let i = (k + round) % names.len();
             let (p, d) = match &models[i] {
-                Contender::Candle(m) => run(m, &tok, &prompt, args.new_tokens)?,
+                Contender::Candle(m) => run(m.as_ref(), &tok, &prompt, args.new_tokens)?,
                 Contender::Burn(m) => run(m.as_ref(), &tok, &prompt, args.new_tokens)?,
             };
             prefill[i].push(p);
             decode[i].push(d);
             if let Some(long) = &long {
                 let (_, d) = match &models[i] {
-                    Contender::Candle(m) => run(m, &tok, long, 16)?,
+                    Contender::Candle(m) => run(m.as_ref(), &tok, long, 16)?,
                     Contender::Burn(m) => run(m.as_ref(), &tok, long, 16)?,
                 };
                 far[i].push(d);

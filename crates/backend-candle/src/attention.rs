@@ -473,7 +473,8 @@ pub(crate) fn run_tasks(n: usize, width: usize, out: &mut Vec<f32>, task: impl F
     SHARED.with_borrow_mut(|slot| *slot = shared);
 }
 
-/// Attention of one query position over `visible` cached positions.
+/// Attention of one query position over the cached positions `seen` (`0..visible`
+/// without a sliding window, the window's last positions with one).
 ///
 /// - `q`: `n_heads × head_dim` (query head `h` at `q[h·d..]`), already rotated.
 /// - `k`, `v`: a layer's cache buffers, `n_kv_heads × head_stride × head_dim`.
@@ -496,16 +497,17 @@ pub(crate) fn attend_one<T: KvElem>(
     q: &[f32],
     (k, v): (&[T], &[T]),
     scales: Option<(&[f32], &[f32])>,
-    visible: usize,
+    seen: std::ops::Range<usize>,
     out: &mut [f32],
 ) {
+    let (first, visible) = (seen.start, seen.end.max(seen.start));
     let d = g.head_dim;
     let group = g.n_heads / g.n_kv_heads;
     debug_assert_eq!(q.len(), g.n_heads * d);
     debug_assert_eq!(out.len(), g.n_heads * d);
     debug_assert!(k.len() >= g.n_kv_heads * g.head_stride * d && visible <= g.head_stride);
     let scale = 1.0 / (d as f32).sqrt();
-    let chunks = visible.div_ceil(CHUNK).max(1);
+    let chunks = (visible - first).div_ceil(CHUNK).max(1);
     // Per item and query head of its group: the chunk's max, its sum, then `d` sums.
     let per_head = d + 2;
     let item = group * per_head;
@@ -514,7 +516,7 @@ pub(crate) fn attend_one<T: KvElem>(
     let mut partials = PARTIALS.with_borrow_mut(std::mem::take);
     run_tasks(g.n_kv_heads * chunks, item, &mut partials, |task, p| {
         let (j, c) = (task / chunks, task % chunks);
-        let (start, end) = (c * CHUNK, ((c + 1) * CHUNK).min(visible));
+        let (start, end) = (first + c * CHUNK, (first + (c + 1) * CHUNK).min(visible));
         let len = end - start;
         let base = j * g.head_stride * d;
         let q_j = &q[j * group * d..(j + 1) * group * d];
@@ -635,7 +637,7 @@ mod tests {
         #[test]
         fn matches_textbook_attention((g, q, k, v, visible) in case()) {
             let mut out = vec![f32::NAN; g.n_heads * g.head_dim];
-            attend_one(g, &q, (&k, &v), None, visible, &mut out);
+            attend_one(g, &q, (&k, &v), None, 0..visible, &mut out);
             let want = reference(g, &q, &k, &v, visible);
             for (i, (&a, &b)) in out.iter().zip(&want).enumerate() {
                 prop_assert!((f64::from(a) - b).abs() <= 1e-4 * (1.0 + b.abs()), "out[{i}] = {a}, want {b}");
@@ -650,8 +652,8 @@ mod tests {
             let (k32, v32) = (widen(&k16), widen(&v16));
             let mut a = vec![0.0; g.n_heads * g.head_dim];
             let mut b = vec![0.0; g.n_heads * g.head_dim];
-            attend_one(g, &q, (&k16, &v16), None, visible, &mut a);
-            attend_one(g, &q, (&k32, &v32), None, visible, &mut b);
+            attend_one(g, &q, (&k16, &v16), None, 0..visible, &mut a);
+            attend_one(g, &q, (&k32, &v32), None, 0..visible, &mut b);
             prop_assert_eq!(a, b);
         }
 
@@ -675,8 +677,40 @@ mod tests {
                 prop_assert!((x - y).abs() <= 0.5 * s * (1.0 + 1e-5) + rounding + 1e-7, "{x} decoded as {y} (scale {s})");
             }
             let mut out = vec![f32::NAN; g.n_heads * g.head_dim];
-            attend_one(g, &q, (&kc, &vc), Some((&ks, &vs)), visible, &mut out);
+            attend_one(g, &q, (&kc, &vc), Some((&ks, &vs)), 0..visible, &mut out);
             let want = reference(g, &q, &k8, &v8, visible);
+            for (i, (&a, &b)) in out.iter().zip(&want).enumerate() {
+                prop_assert!((f64::from(a) - b).abs() <= 1e-4 * (1.0 + b.abs()), "out[{i}] = {a}, want {b}");
+            }
+        }
+
+        #[test]
+        fn a_window_attends_to_its_positions_only((g, q, k, v, visible) in case(), cut in 0usize..64) {
+            // Positions before the window hold NaN: a kernel that reads them fails.
+            let first = cut * (visible - 1) / 63;
+            let mut poisoned_k = k.clone();
+            let mut poisoned_v = v.clone();
+            for j in 0..g.n_kv_heads {
+                for t in 0..first {
+                    let s = (j * g.head_stride + t) * g.head_dim;
+                    poisoned_k[s..s + g.head_dim].fill(f32::NAN);
+                    poisoned_v[s..s + g.head_dim].fill(f32::NAN);
+                }
+            }
+            let mut out = vec![f32::NAN; g.n_heads * g.head_dim];
+            attend_one(g, &q, (&poisoned_k, &poisoned_v), None, first..visible, &mut out);
+            // The textbook attention over the window's rows alone.
+            let rows = visible - first;
+            let window = |x: &[f32]| -> Vec<f32> {
+                let mut w = vec![0.0; g.n_kv_heads * g.head_stride * g.head_dim];
+                for j in 0..g.n_kv_heads {
+                    let from = (j * g.head_stride + first) * g.head_dim;
+                    let to = j * g.head_stride * g.head_dim;
+                    w[to..to + rows * g.head_dim].copy_from_slice(&x[from..from + rows * g.head_dim]);
+                }
+                w
+            };
+            let want = reference(g, &q, &window(&k), &window(&v), rows);
             for (i, (&a, &b)) in out.iter().zip(&want).enumerate() {
                 prop_assert!((f64::from(a) - b).abs() <= 1e-4 * (1.0 + b.abs()), "out[{i}] = {a}, want {b}");
             }
@@ -695,8 +729,8 @@ mod tests {
             }
             let mut a = vec![0.0; g.n_heads * g.head_dim];
             let mut b = vec![0.0; g.n_heads * g.head_dim];
-            attend_one(g, &q, (&k, &v), None, visible, &mut a);
-            attend_one(g, &q, (&poisoned_k, &poisoned_v), None, visible, &mut b);
+            attend_one(g, &q, (&k, &v), None, 0..visible, &mut a);
+            attend_one(g, &q, (&poisoned_k, &poisoned_v), None, 0..visible, &mut b);
             prop_assert_eq!(a, b);
         }
     }
@@ -810,14 +844,14 @@ mod tests {
             let t = std::time::Instant::now();
             for _ in 0..steps {
                 for l in 0..30 {
-                    attend_one(g, &q, (&k32[layer(l)], &v32[layer(l)]), None, visible, &mut out);
+                    attend_one(g, &q, (&k32[layer(l)], &v32[layer(l)]), None, 0..visible, &mut out);
                 }
             }
             let a = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
             let t = std::time::Instant::now();
             for _ in 0..steps {
                 for l in 0..30 {
-                    attend_one(g, &q, (&k16[layer(l)], &v16[layer(l)]), None, visible, &mut out);
+                    attend_one(g, &q, (&k16[layer(l)], &v16[layer(l)]), None, 0..visible, &mut out);
                 }
             }
             let b = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
@@ -825,7 +859,7 @@ mod tests {
             for _ in 0..steps {
                 for l in 0..30 {
                     let (kq, vq) = (&q8[layer(l)].0, &q8[layer(l)].1);
-                    attend_one(g, &q, (&kq.0, &vq.0), Some((&kq.1, &vq.1)), visible, &mut out);
+                    attend_one(g, &q, (&kq.0, &vq.0), Some((&kq.1, &vq.1)), 0..visible, &mut out);
                 }
             }
             let c = t.elapsed().as_secs_f64() * 1e3 / steps as f64;

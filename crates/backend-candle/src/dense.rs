@@ -91,6 +91,7 @@ impl DenseWeights {
     pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
         let mut file = GgufReader::open(path.as_ref(), &Device::Cpu)?;
         let config = file.llama_config()?;
+        dense_supports(&config)?;
         let (h, q_dim, kv_dim, ffn) = dims(&config);
         let mut read = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let t: QTensor = file.tensor(name, shape)?;
@@ -125,6 +126,7 @@ impl DenseWeights {
         } else {
             None
         };
+        file.finish(config.architecture)?;
         Ok(Self { config, embeddings, layers, final_norm, output })
     }
 
@@ -132,6 +134,7 @@ impl DenseWeights {
     pub fn from_safetensors_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let mut st = SafetensorsDir::open(dir.as_ref(), &Device::Cpu)?;
         let config = st.config.clone();
+        dense_supports(&config)?;
         let (h, q_dim, kv_dim, ffn) = dims(&config);
         let embeddings = matrix(st.take("model.embed_tokens.weight", &[config.vocab_size, h])?)?;
         let output = if st.hf.tie_word_embeddings {
@@ -166,6 +169,7 @@ impl DenseWeights {
                 w_down,
             });
         }
+        st.finish()?;
         Ok(Self { config, embeddings, layers, final_norm, output })
     }
 
@@ -179,6 +183,7 @@ impl DenseWeights {
     pub fn validate(&self) -> Result<()> {
         let c = &self.config;
         c.validate()?;
+        dense_supports(c)?;
         if self.layers.len() != c.n_layers {
             return Err(CandleBackendError::invalid(
                 "layers",
@@ -230,6 +235,24 @@ impl DenseWeights {
 }
 
 /// `(hidden, q_dim, kv_dim, ffn)` widths.
+/// Refuse what [`DenseLayer`] has no weights for: the plain llama block (with any
+/// [`RopeScaling`](crate::RopeScaling), which lives in the shared RoPE tables) only.
+fn dense_supports(c: &LlamaConfig) -> Result<()> {
+    let unsupported = [
+        (c.attention_bias, "q/k/v biases"),
+        (c.qk_norm, "q/k RMSNorm"),
+        (c.sliding_window.is_some(), "sliding-window attention"),
+    ];
+    match unsupported.into_iter().find(|(on, _)| *on) {
+        Some((_, feature)) => Err(CandleBackendError::UnsupportedFeature {
+            architecture: c.architecture,
+            feature,
+            loader: "the dense (burn) loader",
+        }),
+        None => Ok(()),
+    }
+}
+
 fn dims(c: &LlamaConfig) -> (usize, usize, usize, usize) {
     (c.hidden_size, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.intermediate_size)
 }

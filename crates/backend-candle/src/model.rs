@@ -16,8 +16,143 @@ use crate::attention;
 use crate::cache::{KvView, LlamaCache};
 use crate::error::{CandleBackendError, Result};
 
+/// The model families this backend runs: the llama block with the variations each
+/// family adds (all are switched by explicit [`LlamaConfig`] fields, this names them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Architecture {
+    /// Llama 1/2/3, SmolLM2, TinyLlama: the plain block (optionally with RoPE scaling).
+    #[default]
+    Llama,
+    /// Mistral: llama with an optional sliding attention window.
+    Mistral,
+    /// Qwen2 / Qwen2.5: llama with q/k/v biases.
+    Qwen2,
+    /// Qwen3: llama with a per-head RMSNorm of queries and keys before RoPE.
+    Qwen3,
+}
+
+impl Architecture {
+    /// The name Hugging Face's `model_type` and GGUF's `general.architecture` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How RoPE frequencies are rescaled for a longer context than the model was
+/// pre-trained on. Each variant changes the per-dimension frequency `θ_i` only (none
+/// of these rescales the attention logits), as Hugging Face's `rope_scaling` does.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub enum RopeScaling {
+    /// Plain RoPE.
+    #[default]
+    None,
+    /// Position interpolation (`rope_type = "linear"`): `θ_i / factor`.
+    Linear {
+        /// The divisor, `> 0`.
+        factor: f64,
+    },
+    /// Llama 3.1's (`rope_type = "llama3"`): with wavelength `λ_i = 2π/θ_i` and
+    /// `L = original_max_position`, frequencies with `λ_i < L/high_freq_factor` are
+    /// kept, those with `λ_i > L/low_freq_factor` divided by `factor`, and the band
+    /// between interpolated smoothly: `(1 − s)·θ_i/factor + s·θ_i`,
+    /// `s = (L/λ_i − low_freq_factor) / (high_freq_factor − low_freq_factor)`.
+    Llama3 {
+        /// Divisor of the low frequencies, `> 0`.
+        factor: f64,
+        /// Lower edge of the smoothed band, `> 0`.
+        low_freq_factor: f64,
+        /// Upper edge of the smoothed band, `> low_freq_factor`.
+        high_freq_factor: f64,
+        /// The pre-training context `L`, `> 0`.
+        original_max_position: usize,
+    },
+    /// One divisor per frequency, `θ_i / factors[i]` (`head_dim / 2` values, each
+    /// `> 0`): GGUF's `rope_freqs.weight`, in which llama.cpp's converter stores Llama
+    /// 3.1's scaling.
+    Factors(Vec<f32>),
+}
+
+impl RopeScaling {
+    /// The frequencies `θ_i` after scaling, computed in f32 as Hugging Face does.
+    fn apply(&self, inv_freq: &mut [f32]) {
+        match *self {
+            Self::None => {}
+            Self::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor as f32),
+            Self::Factors(ref factors) => inv_freq.iter_mut().zip(factors).for_each(|(f, d)| *f /= d),
+            Self::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+                let (factor, low, high) = (factor as f32, low_freq_factor as f32, high_freq_factor as f32);
+                let old = original_max_position as f32;
+                let (low_wavelen, high_wavelen) = (old / low, old / high);
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let positive = |name: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(CandleBackendError::invalid(name, v, "must be finite and positive"))
+            }
+        };
+        match *self {
+            Self::None => Ok(()),
+            Self::Linear { factor } => positive("rope_scaling.factor", factor),
+            Self::Factors(ref factors) => match factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+                Some(&bad) => {
+                    Err(CandleBackendError::invalid("rope_freqs.weight", bad, "must be finite and positive"))
+                }
+                None => Ok(()),
+            },
+            Self::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+                positive("rope_scaling.factor", factor)?;
+                positive("rope_scaling.low_freq_factor", low_freq_factor)?;
+                positive("rope_scaling.high_freq_factor", high_freq_factor)?;
+                if high_freq_factor <= low_freq_factor {
+                    return Err(CandleBackendError::invalid(
+                        "rope_scaling.high_freq_factor",
+                        high_freq_factor,
+                        "must exceed low_freq_factor",
+                    ));
+                }
+                if original_max_position == 0 {
+                    return Err(CandleBackendError::invalid(
+                        "rope_scaling.original_max_position_embeddings",
+                        0,
+                        "must be positive",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Hyper-parameters of a llama-family model.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct LlamaConfig {
     /// Width of the residual stream (`n_embd`).
     pub hidden_size: usize,
@@ -42,6 +177,18 @@ pub struct LlamaConfig {
     /// RoPE pairing: `true` pairs dimensions `(2i, 2i+1)` (GGUF llama, whose q/k rows are
     /// permuted by the converter), `false` pairs `(i, i + d/2)` (Hugging Face checkpoints).
     pub rope_interleaved: bool,
+    /// The family ([`Architecture`]); the fields below are what it switches on.
+    pub architecture: Architecture,
+    /// RoPE frequency scaling.
+    pub rope_scaling: RopeScaling,
+    /// Queries, keys and values have biases (Qwen2).
+    pub attention_bias: bool,
+    /// Queries and keys go through a per-head RMSNorm (weights of `head_dim`) before
+    /// RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// Each position attends to at most this many positions, itself included
+    /// (Mistral's sliding window); `None`: the whole context.
+    pub sliding_window: Option<usize>,
 }
 
 /// The longest context a configuration may declare (2,097,152 positions; the RoPE
@@ -62,10 +209,11 @@ impl LlamaConfig {
     /// Shared by every backend (the burn backend rotates by the same angles).
     pub fn rope_tables(&self) -> (Vec<f32>, Vec<f32>) {
         let base = self.rope_theta as f32;
-        let inv_freq: Vec<f32> = (0..self.head_dim)
+        let mut inv_freq: Vec<f32> = (0..self.head_dim)
             .step_by(2)
             .map(|i| 1f32 / base.powf(i as f32 / self.head_dim as f32))
             .collect();
+        self.rope_scaling.apply(&mut inv_freq);
         let mut cos = Vec::with_capacity(self.max_context * inv_freq.len());
         let mut sin = Vec::with_capacity(self.max_context * inv_freq.len());
         for p in 0..self.max_context {
@@ -121,7 +269,19 @@ impl LlamaConfig {
                 "must be finite and positive",
             ));
         }
-        Ok(())
+        if let RopeScaling::Factors(f) = &self.rope_scaling
+            && f.len() != self.head_dim / 2
+        {
+            return Err(CandleBackendError::invalid(
+                "rope_freqs.weight length",
+                f.len(),
+                "must be head_dim / 2",
+            ));
+        }
+        if self.sliding_window == Some(0) {
+            return Err(CandleBackendError::invalid("sliding_window", 0, "must be positive"));
+        }
+        self.rope_scaling.validate()
     }
 }
 
@@ -225,6 +385,10 @@ struct Layer {
     attn_norm: Tensor,
     /// `[W_q; W_k; W_v]`.
     qkv: Fused,
+    /// Biases of the query, key and value projections ([`LlamaConfig::attention_bias`]).
+    qkv_bias: Option<[Tensor; 3]>,
+    /// Per-head RMSNorm weights of queries and keys ([`LlamaConfig::qk_norm`]).
+    qk_norm: Option<[Tensor; 2]>,
     wo: QMatMul,
     ffn_norm: Tensor,
     /// `[W_gate; W_up]`.
@@ -370,26 +534,33 @@ pub(crate) struct GgufReader {
     content: gguf_file::Content,
     reader: BufReader<File>,
     device: Device,
+    /// Names of the tensors read so far ([`Self::finish`]).
+    taken: std::collections::HashSet<String>,
 }
 
 impl GgufReader {
     /// Open `path` and parse its header ([`read_gguf`]); tensors are read on `device`.
     pub(crate) fn open(path: &Path, device: &Device) -> Result<Self> {
         let (content, reader) = read_gguf(path)?;
-        Ok(Self { content, reader, device: device.clone() })
+        Ok(Self { content, reader, device: device.clone(), taken: Default::default() })
     }
 
-    /// The llama hyper-parameters from the metadata (`llama.*` keys), validated.
-    pub(crate) fn llama_config(&self) -> Result<LlamaConfig> {
+    /// The hyper-parameters from the metadata (`{arch}.*` keys), validated.
+    /// `general.architecture` may be `llama`, `qwen2` or `qwen3` (llama.cpp writes
+    /// Mistral checkpoints as `llama`, without their window, and so runs them).
+    pub(crate) fn llama_config(&mut self) -> Result<LlamaConfig> {
         let arch = self
             .metadata("general.architecture")?
             .to_string()
             .map_err(|e| CandleBackendError::metadata("general.architecture", e.to_string()))?
             .clone();
-        if arch != "llama" {
-            return Err(CandleBackendError::UnsupportedArchitecture(arch));
-        }
-        let key = |k: &str| format!("llama.{k}");
+        let architecture = match arch.as_str() {
+            "llama" => Architecture::Llama,
+            "qwen2" => Architecture::Qwen2,
+            "qwen3" => Architecture::Qwen3,
+            _ => return Err(CandleBackendError::UnsupportedArchitecture(arch)),
+        };
+        let key = |k: &str| format!("{arch}.{k}");
         let hidden_size = self.metadata_usize(&key("embedding_length"))?;
         let n_heads = self.metadata_usize(&key("attention.head_count"))?;
         let n_kv_heads = match self.metadata_usize(&key("attention.head_count_kv")) {
@@ -399,7 +570,19 @@ impl GgufReader {
         if n_heads == 0 {
             return Err(CandleBackendError::metadata(key("attention.head_count"), "zero"));
         }
-        let head_dim = hidden_size / n_heads;
+        // Qwen3 writes its head width (which need not be hidden / heads) as key_length.
+        let head_dim = match self.metadata_usize(&key("attention.key_length")) {
+            Ok(d) => d,
+            Err(_) => hidden_size / n_heads,
+        };
+        if let Ok(v) = self.metadata_usize(&key("attention.value_length"))
+            && v != head_dim
+        {
+            return Err(CandleBackendError::metadata(
+                key("attention.value_length"),
+                format!("{v} differs from the key width {head_dim}"),
+            ));
+        }
         if let Ok(rope_dim) = self.metadata_usize(&key("rope.dimension_count"))
             && rope_dim != head_dim
         {
@@ -408,34 +591,13 @@ impl GgufReader {
                 format!("partial rotary ({rope_dim} of {head_dim} dims) is not supported"),
             ));
         }
-        // RoPE scaling (Llama 3.x `rope_freqs`, linear / YaRN) changes every rotation:
-        // running such a file with plain RoPE degrades long context without a word.
-        let scaling = key("rope.scaling.type");
-        if let Some(v) = self.content.metadata.get(&scaling) {
-            let kind = v.to_string().map_err(|e| CandleBackendError::metadata(&scaling, e.to_string()))?;
-            if kind != "none" {
-                return Err(CandleBackendError::metadata(
-                    &scaling,
-                    format!("RoPE scaling `{kind}` is not supported yet"),
-                ));
-            }
-        }
-        let linear = key("rope.scale_linear");
-        if self.content.metadata.contains_key(&linear) {
-            let factor = self.metadata_f64(&linear)?;
-            if factor != 1.0 {
-                return Err(CandleBackendError::metadata(
-                    &linear,
-                    format!("linear RoPE scaling ×{factor} is not supported yet"),
-                ));
-            }
-        }
-        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
+        if self.content.metadata.contains_key(&key("attention.sliding_window")) {
             return Err(CandleBackendError::metadata(
-                "rope_freqs.weight",
-                "per-frequency RoPE factors (Llama 3.1+ RoPE scaling) are not supported yet",
+                key("attention.sliding_window"),
+                "a sliding window in a GGUF file is not supported",
             ));
         }
+        let rope_scaling = self.rope_scaling(&arch, head_dim)?;
         let vocab_size = match self.content.tensor_infos.get("token_embd.weight") {
             Some(info) => info.shape.dims().first().copied().unwrap_or(0),
             None => return Err(CandleBackendError::MissingTensor { name: "token_embd.weight".into() }),
@@ -451,10 +613,79 @@ impl GgufReader {
             rms_norm_eps: self.metadata_f64(&key("attention.layer_norm_rms_epsilon"))?,
             rope_theta: self.metadata_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
             max_context: self.metadata_usize(&key("context_length"))?,
-            rope_interleaved: true,
+            // llama.cpp's converter permutes llama's q/k rows for pairwise RoPE; Qwen's
+            // it leaves alone, and runs them with NeoX (half-split) RoPE.
+            rope_interleaved: architecture == Architecture::Llama,
+            architecture,
+            rope_scaling,
+            attention_bias: architecture == Architecture::Qwen2,
+            qk_norm: architecture == Architecture::Qwen3,
+            sliding_window: None,
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// RoPE scaling from `{arch}.rope.scaling.*` (`linear`; the legacy
+    /// `rope.scale_linear`) or a `rope_freqs.weight` tensor (Llama 3.1+). YaRN and the
+    /// rest change attention too and are refused with the key.
+    fn rope_scaling(&mut self, arch: &str, head_dim: usize) -> Result<RopeScaling> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let mut scaling = RopeScaling::None;
+        let kind_key = key("rope.scaling.type");
+        if let Some(v) = self.content.metadata.get(&kind_key) {
+            let kind =
+                v.to_string().map_err(|e| CandleBackendError::metadata(&kind_key, e.to_string()))?.clone();
+            match kind.as_str() {
+                "none" => {}
+                "linear" => {
+                    scaling = RopeScaling::Linear { factor: self.metadata_f64(&key("rope.scaling.factor"))? }
+                }
+                _ => {
+                    return Err(CandleBackendError::metadata(
+                        &kind_key,
+                        format!("RoPE scaling `{kind}` is not supported (none, linear)"),
+                    ));
+                }
+            }
+        }
+        let legacy = key("rope.scale_linear");
+        if self.content.metadata.contains_key(&legacy) {
+            let factor = self.metadata_f64(&legacy)?;
+            if factor != 1.0 {
+                if scaling != RopeScaling::None {
+                    return Err(CandleBackendError::metadata(&legacy, "given next to rope.scaling.type"));
+                }
+                scaling = RopeScaling::Linear { factor };
+            }
+        }
+        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            if scaling != RopeScaling::None {
+                return Err(CandleBackendError::metadata(
+                    "rope_freqs.weight",
+                    "per-frequency factors next to a linear scaling are not supported",
+                ));
+            }
+            let t = self.tensor("rope_freqs.weight", &[head_dim / 2])?.dequantize(&Device::Cpu)?;
+            scaling = RopeScaling::Factors(t.to_vec1::<f32>()?);
+        }
+        Ok(scaling)
+    }
+
+    /// After the loader read every tensor its configuration uses: refuse a file that
+    /// holds more (another family's biases or norms would otherwise be dropped).
+    pub(crate) fn finish(&self, architecture: Architecture) -> Result<()> {
+        let mut left: Vec<&String> =
+            self.content.tensor_infos.keys().filter(|k| !self.taken.contains(*k)).collect();
+        left.sort();
+        match left.first() {
+            None => Ok(()),
+            Some(name) => Err(CandleBackendError::UnexpectedTensor {
+                name: (*name).clone(),
+                architecture,
+                more: left.len() - 1,
+            }),
+        }
     }
 
     pub(crate) fn tensor(&mut self, name: &str, expected: &[usize]) -> Result<QTensor> {
@@ -476,7 +707,19 @@ impl GgufReader {
                 actual: info.shape.dims().to_vec(),
             });
         }
+        self.taken.insert(name.to_string());
         Ok(self.content.tensor(&mut self.reader, name, &self.device)?)
+    }
+
+    /// Total weights and tensor count per GGML type, from the tensor directory.
+    pub(crate) fn inventory(&self) -> (u64, std::collections::BTreeMap<String, usize>) {
+        let mut types = std::collections::BTreeMap::new();
+        let mut parameters = 0u64;
+        for info in self.content.tensor_infos.values() {
+            parameters += info.shape.elem_count() as u64;
+            *types.entry(format!("{:?}", info.ggml_dtype)).or_insert(0) += 1;
+        }
+        (parameters, types)
     }
 
     pub(crate) fn has(&self, name: &str) -> bool {
@@ -653,6 +896,21 @@ impl Llama {
             let p = format!("blk.{i}");
             layers.push(Layer {
                 attn_norm: norm(file.tensor(&format!("{p}.attn_norm.weight"), &[h])?)?,
+                qkv_bias: match config.attention_bias {
+                    true => Some([
+                        norm(file.tensor(&format!("{p}.attn_q.bias"), &[q_dim])?)?,
+                        norm(file.tensor(&format!("{p}.attn_k.bias"), &[kv_dim])?)?,
+                        norm(file.tensor(&format!("{p}.attn_v.bias"), &[kv_dim])?)?,
+                    ]),
+                    false => None,
+                },
+                qk_norm: match config.qk_norm {
+                    true => Some([
+                        norm(file.tensor(&format!("{p}.attn_q_norm.weight"), &[config.head_dim])?)?,
+                        norm(file.tensor(&format!("{p}.attn_k_norm.weight"), &[config.head_dim])?)?,
+                    ]),
+                    false => None,
+                },
                 qkv: Fused::stack(
                     vec![
                         requant(file.tensor(&format!("{p}.attn_q.weight"), &[q_dim, h])?)?,
@@ -673,6 +931,7 @@ impl Llama {
                 w_down: matmul(file.tensor(&format!("{p}.ffn_down.weight"), &[h, ffn])?)?,
             });
         }
+        file.finish(config.architecture)?;
         Self::assemble(config, options, embeddings, layers, final_norm, output)
     }
 
@@ -698,25 +957,42 @@ impl Llama {
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
             let p = format!("model.layers.{i}");
-            let mut linear = |name: &str, rows: usize, cols: usize| -> Result<QMatMul> {
-                Ok(QMatMul::Tensor(take(&format!("{p}.{name}.weight"), &[rows, cols])?))
+            let mut get = |name: &str, shape: &[usize]| take(&format!("{p}.{name}"), shape);
+            let qkv = Fused::separate(vec![
+                (QMatMul::Tensor(get("self_attn.q_proj.weight", &[q_dim, h])?), q_dim),
+                (QMatMul::Tensor(get("self_attn.k_proj.weight", &[kv_dim, h])?), kv_dim),
+                (QMatMul::Tensor(get("self_attn.v_proj.weight", &[kv_dim, h])?), kv_dim),
+            ]);
+            let qkv_bias = match config.attention_bias {
+                true => Some([
+                    get("self_attn.q_proj.bias", &[q_dim])?,
+                    get("self_attn.k_proj.bias", &[kv_dim])?,
+                    get("self_attn.v_proj.bias", &[kv_dim])?,
+                ]),
+                false => None,
+            };
+            let qk_norm = match config.qk_norm {
+                true => Some([
+                    get("self_attn.q_norm.weight", &[config.head_dim])?,
+                    get("self_attn.k_norm.weight", &[config.head_dim])?,
+                ]),
+                false => None,
             };
             layers.push(Layer {
-                qkv: Fused::separate(vec![
-                    (linear("self_attn.q_proj", q_dim, h)?, q_dim),
-                    (linear("self_attn.k_proj", kv_dim, h)?, kv_dim),
-                    (linear("self_attn.v_proj", kv_dim, h)?, kv_dim),
-                ]),
-                wo: linear("self_attn.o_proj", h, q_dim)?,
+                qkv,
+                qkv_bias,
+                qk_norm,
+                wo: QMatMul::Tensor(get("self_attn.o_proj.weight", &[h, q_dim])?),
                 gate_up: Fused::separate(vec![
-                    (linear("mlp.gate_proj", ffn, h)?, ffn),
-                    (linear("mlp.up_proj", ffn, h)?, ffn),
+                    (QMatMul::Tensor(get("mlp.gate_proj.weight", &[ffn, h])?), ffn),
+                    (QMatMul::Tensor(get("mlp.up_proj.weight", &[ffn, h])?), ffn),
                 ]),
-                w_down: linear("mlp.down_proj", h, ffn)?,
-                attn_norm: take(&format!("{p}.input_layernorm.weight"), &[h])?,
-                ffn_norm: take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                w_down: QMatMul::Tensor(get("mlp.down_proj.weight", &[h, ffn])?),
+                attn_norm: get("input_layernorm.weight", &[h])?,
+                ffn_norm: get("post_attention_layernorm.weight", &[h])?,
             });
         }
+        st.finish()?;
         Self::assemble(config, options, embeddings, layers, final_norm, output)
     }
 
@@ -855,10 +1131,19 @@ impl Llama {
 
         for (i, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let [q, k, v] =
+            let [mut q, mut k, mut v] =
                 if few_rows { fused_rows::<3>(&layer.qkv, &h)? } else { layer.qkv.forward::<3>(&h)? };
-            let q = self.rope(q.reshape((1, n, cfg.n_heads, cfg.head_dim))?, &cos, &sin)?;
-            let k = self.rope(k.reshape((1, n, cfg.n_kv_heads, cfg.head_dim))?, &cos, &sin)?;
+            if let Some([bq, bk, bv]) = &layer.qkv_bias {
+                (q, k, v) = (q.broadcast_add(bq)?, k.broadcast_add(bk)?, v.broadcast_add(bv)?);
+            }
+            let mut q = q.reshape((1, n, cfg.n_heads, cfg.head_dim))?;
+            let mut k = k.reshape((1, n, cfg.n_kv_heads, cfg.head_dim))?;
+            if let Some([wq, wk]) = &layer.qk_norm {
+                q = candle_nn::ops::rms_norm(&q.contiguous()?, wq, eps)?;
+                k = candle_nn::ops::rms_norm(&k.contiguous()?, wk, eps)?;
+            }
+            let q = self.rope(q, &cos, &sin)?;
+            let k = self.rope(k, &cos, &sin)?;
             let k = k.squeeze(0)?;
             let v = v.reshape((n, cfg.n_kv_heads, cfg.head_dim))?.transpose(0, 1)?.contiguous()?;
             let view = cache.write_and_view(i, &k, &v)?;
@@ -875,7 +1160,9 @@ impl Llama {
             let y = if self.fused_attention {
                 self.attend_fused(&q, &view, pos)?
             } else if n == 1 {
-                self.attend(&q, &k_all, &v_all)?
+                let first = self.window_start(pos + 1);
+                let seen = pos + 1 - first;
+                self.attend(&q, &k_all.narrow(1, first, seen)?, &v_all.narrow(1, first, seen)?)?
             } else {
                 // Batch-invariant prefill: each query position runs exactly the decode
                 // computation over its causal prefix (no mask, same matmul shapes), so a
@@ -887,10 +1174,11 @@ impl Llama {
                 let rows = (0..n)
                     .map(|j| {
                         let visible = pos + j + 1;
+                        let first = self.window_start(visible);
                         self.attend(
                             &q.narrow(0, j, 1)?,
-                            &k_all.narrow(1, 0, visible)?,
-                            &v_all.narrow(1, 0, visible)?,
+                            &k_all.narrow(1, first, visible - first)?,
+                            &v_all.narrow(1, first, visible - first)?,
                         )
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -908,6 +1196,12 @@ impl Llama {
             x = (linear(&layer.w_down, &(gate * up)?)? + x)?;
         }
         Ok(x)
+    }
+
+    /// The first position a query that sees `visible` positions attends to: `0`, or
+    /// the start of the last [`LlamaConfig::sliding_window`] positions.
+    fn window_start(&self, visible: usize) -> usize {
+        self.config.sliding_window.map_or(0, |w| visible.saturating_sub(w))
     }
 
     /// Attention of one query position `q` `(1, n_heads, head_dim)` over keys/values
@@ -1021,11 +1315,12 @@ impl Llama {
         let mut out = vec![0.0_f32; n * width];
         for (i, (q_i, out_i)) in qs.chunks_exact(width).zip(out.chunks_exact_mut(width)).enumerate() {
             let visible = pos + i + 1;
+            let seen = self.window_start(visible)..visible;
             match kv {
-                Kv::F32(ks, vs) => attention::attend_one(geometry, q_i, (ks, vs), None, visible, out_i),
-                Kv::F16(ks, vs) => attention::attend_one(geometry, q_i, (ks, vs), None, visible, out_i),
+                Kv::F32(ks, vs) => attention::attend_one(geometry, q_i, (ks, vs), None, seen, out_i),
+                Kv::F16(ks, vs) => attention::attend_one(geometry, q_i, (ks, vs), None, seen, out_i),
                 Kv::Q8(ks, vs, kss, vss) => {
-                    attention::attend_one(geometry, q_i, (ks, vs), Some((kss, vss)), visible, out_i)
+                    attention::attend_one(geometry, q_i, (ks, vs), Some((kss, vss)), seen, out_i)
                 }
             }
         }
@@ -1130,7 +1425,7 @@ fn rope_tables(config: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)
 
 /// The tensors of a Hugging Face llama checkpoint directory, taken out one by one.
 pub(crate) struct SafetensorsDir {
-    pub(crate) hf: HfLlamaConfig,
+    pub(crate) hf: HfConfig,
     pub(crate) config: LlamaConfig,
     tensors: HashMap<String, Tensor>,
 }
@@ -1138,13 +1433,7 @@ pub(crate) struct SafetensorsDir {
 impl SafetensorsDir {
     /// Read `config.json` (validated) and every `*.safetensors` file of `dir`.
     pub(crate) fn open(dir: &Path, device: &Device) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|source| CandleBackendError::Io { path: config_path.clone(), source })?;
-        let hf: HfLlamaConfig = serde_json::from_str(&text)
-            .map_err(|e| CandleBackendError::metadata("config.json", e.to_string()))?;
-        let config = hf.to_config()?;
-        config.validate()?;
+        let (hf, config) = HfConfig::read_raw(dir)?;
 
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|source| CandleBackendError::Io { path: dir.to_path_buf(), source })?
@@ -1162,6 +1451,28 @@ impl SafetensorsDir {
             tensors.extend(candle_core::safetensors::load(f, device)?);
         }
         Ok(Self { hf, config, tensors })
+    }
+
+    /// After every tensor the configuration uses was taken: refuse a checkpoint that
+    /// holds more (a bias or norm of another family would otherwise be dropped without
+    /// a word). RoPE buffers some exporters save, and an `lm_head.weight` next to tied
+    /// embeddings (the tie wins, as in transformers), are ignored.
+    pub(crate) fn finish(&self) -> Result<()> {
+        let mut left: Vec<&String> = self
+            .tensors
+            .keys()
+            .filter(|k| !k.ends_with("rotary_emb.inv_freq"))
+            .filter(|k| !(self.hf.tie_word_embeddings && k.as_str() == "lm_head.weight"))
+            .collect();
+        left.sort();
+        match left.first() {
+            None => Ok(()),
+            Some(name) => Err(CandleBackendError::UnexpectedTensor {
+                name: (*name).clone(),
+                architecture: self.config.architecture,
+                more: left.len() - 1,
+            }),
+        }
     }
 
     /// Remove tensor `name`, checking its dtype (f32/f16/bf16) and shape; as f32.
@@ -1187,9 +1498,12 @@ impl SafetensorsDir {
     }
 }
 
-/// The `config.json` fields of a Hugging Face llama checkpoint that the forward uses.
+/// The `config.json` fields of a Hugging Face checkpoint that the forward uses, in
+/// both the classic layout (`rope_theta`, `rope_scaling`) and transformers 5's
+/// (`rope_parameters`). Every field that would change the computation and is not
+/// implemented is checked and refused by [`HfConfig::to_config`].
 #[derive(Debug, Clone, serde::Deserialize)]
-pub(crate) struct HfLlamaConfig {
+pub(crate) struct HfConfig {
     hidden_size: usize,
     intermediate_size: usize,
     num_hidden_layers: usize,
@@ -1198,43 +1512,86 @@ pub(crate) struct HfLlamaConfig {
     head_dim: Option<usize>,
     vocab_size: usize,
     rms_norm_eps: f64,
-    #[serde(default = "default_rope_theta")]
-    rope_theta: f64,
+    rope_theta: Option<f64>,
     max_position_embeddings: usize,
     #[serde(default)]
     pub(crate) tie_word_embeddings: bool,
-    /// `"llama"` (or absent, for old checkpoints); other families are refused.
+    /// `llama` (or absent, for old checkpoints), `mistral`, `qwen2`, `qwen3`.
     #[serde(default)]
     model_type: Option<String>,
-    /// Must be absent or `null`: RoPE scaling is not implemented.
     #[serde(default)]
     rope_scaling: Option<serde_json::Value>,
-    /// Must be absent or `false`: Qwen2-style q/k/v biases are not implemented.
+    #[serde(default)]
+    rope_parameters: Option<serde_json::Value>,
     #[serde(default)]
     attention_bias: Option<bool>,
+    #[serde(default)]
+    mlp_bias: Option<bool>,
+    #[serde(default)]
+    hidden_act: Option<String>,
+    #[serde(default)]
+    sliding_window: Option<usize>,
+    #[serde(default)]
+    use_sliding_window: Option<bool>,
+    #[serde(default)]
+    layer_types: Option<Vec<String>>,
+    #[serde(default)]
+    partial_rotary_factor: Option<f64>,
 }
 
-fn default_rope_theta() -> f64 {
-    10_000.0
-}
+impl HfConfig {
+    /// `dir/config.json`, parsed and turned into a validated [`LlamaConfig`].
+    pub(crate) fn read(dir: &Path) -> Result<LlamaConfig> {
+        Ok(Self::read_raw(dir)?.1)
+    }
 
-impl HfLlamaConfig {
+    /// The parsed file and its validated configuration.
+    pub(crate) fn read_raw(dir: &Path) -> Result<(Self, LlamaConfig)> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|source| CandleBackendError::Io { path: config_path.clone(), source })?;
+        let hf: Self = serde_json::from_str(&text)
+            .map_err(|e| CandleBackendError::metadata("config.json", e.to_string()))?;
+        let config = hf.to_config()?;
+        config.validate()?;
+        Ok((hf, config))
+    }
+
     pub(crate) fn to_config(&self) -> Result<LlamaConfig> {
-        if let Some(t) = self.model_type.as_deref().filter(|&t| t != "llama") {
-            return Err(CandleBackendError::UnsupportedArchitecture(t.to_string()));
-        }
-        if let Some(r) = self.rope_scaling.as_ref().filter(|r| !r.is_null()) {
+        let model_type = self.model_type.as_deref().unwrap_or("llama");
+        let architecture = match model_type {
+            "llama" => Architecture::Llama,
+            "mistral" => Architecture::Mistral,
+            "qwen2" => Architecture::Qwen2,
+            "qwen3" => Architecture::Qwen3,
+            other => return Err(CandleBackendError::UnsupportedArchitecture(other.to_string())),
+        };
+        if let Some(act) = self.hidden_act.as_deref().filter(|&a| a != "silu") {
             return Err(CandleBackendError::metadata(
-                "rope_scaling",
-                format!("RoPE scaling {r} is not supported yet"),
+                "hidden_act",
+                format!("`{act}` is not supported (only `silu`)"),
             ));
         }
-        if self.attention_bias == Some(true) {
+        if self.mlp_bias == Some(true) {
+            return Err(CandleBackendError::metadata("mlp_bias", "MLP biases are not supported"));
+        }
+        // Qwen2 always has q/k/v biases (and no `attention_bias` key); elsewhere the key
+        // would also put a bias on the output projection, which is not implemented.
+        let attention_bias = architecture == Architecture::Qwen2;
+        if !attention_bias && self.attention_bias == Some(true) {
             return Err(CandleBackendError::metadata(
                 "attention_bias",
-                "attention biases are not supported yet",
+                format!("true is not supported for `{model_type}`"),
             ));
         }
+        if let Some(f) = self.partial_rotary_factor.filter(|&f| f != 1.0) {
+            return Err(CandleBackendError::metadata(
+                "partial_rotary_factor",
+                format!("{f} is not supported (only full rotary)"),
+            ));
+        }
+        let sliding_window = self.attention_window(architecture)?;
+        let (rope_theta, rope_scaling) = self.rope()?;
         if self.num_attention_heads == 0 {
             return Err(CandleBackendError::metadata("num_attention_heads", "zero"));
         }
@@ -1247,10 +1604,84 @@ impl HfLlamaConfig {
             head_dim: self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads),
             vocab_size: self.vocab_size,
             rms_norm_eps: self.rms_norm_eps,
-            rope_theta: self.rope_theta,
+            rope_theta,
             max_context: self.max_position_embeddings,
             rope_interleaved: false,
+            architecture,
+            rope_scaling,
+            attention_bias,
+            qk_norm: architecture == Architecture::Qwen3,
+            sliding_window,
         })
+    }
+
+    /// The sliding window every layer uses: Mistral's `sliding_window` (all layers);
+    /// Qwen's `use_sliding_window` applies it to some layers only, which is refused, as
+    /// is any `layer_types` entry other than full attention outside Mistral.
+    fn attention_window(&self, architecture: Architecture) -> Result<Option<usize>> {
+        let window = match architecture {
+            Architecture::Mistral => self.sliding_window,
+            _ if self.use_sliding_window == Some(true) => {
+                return Err(CandleBackendError::metadata(
+                    "use_sliding_window",
+                    "true (a window on some layers only) is not supported",
+                ));
+            }
+            _ => None,
+        };
+        let expected = if window.is_some() { "sliding_attention" } else { "full_attention" };
+        if let Some(t) = self.layer_types.iter().flatten().find(|&t| t != expected) {
+            return Err(CandleBackendError::metadata(
+                "layer_types",
+                format!("`{t}` is not supported for this config (every layer must be `{expected}`)"),
+            ));
+        }
+        Ok(window)
+    }
+
+    /// `rope_theta` and the scaling, from `rope_parameters` (transformers ≥ 5) or
+    /// `rope_theta` + `rope_scaling`.
+    fn rope(&self) -> Result<(f64, RopeScaling)> {
+        let (params, key) = match (&self.rope_parameters, &self.rope_scaling) {
+            (Some(p), _) if !p.is_null() => (Some(p), "rope_parameters"),
+            (_, Some(s)) if !s.is_null() => (Some(s), "rope_scaling"),
+            _ => (None, "rope_scaling"),
+        };
+        let field = |name: &str| params.and_then(|p| p.get(name)).filter(|v| !v.is_null());
+        let number = |name: &str| -> Result<f64> {
+            field(name).and_then(serde_json::Value::as_f64).ok_or_else(|| {
+                CandleBackendError::metadata(format!("{key}.{name}"), "absent or not a number")
+            })
+        };
+        let theta = match field("rope_theta") {
+            Some(_) => number("rope_theta")?,
+            None => self.rope_theta.unwrap_or(10_000.0),
+        };
+        let kind = field("rope_type").or_else(|| field("type")).map(|v| v.as_str().unwrap_or("?"));
+        let scaling = match kind {
+            None | Some("default") => RopeScaling::None,
+            Some("linear") => RopeScaling::Linear { factor: number("factor")? },
+            Some("llama3") => {
+                let original = number("original_max_position_embeddings")?;
+                RopeScaling::Llama3 {
+                    factor: number("factor")?,
+                    low_freq_factor: number("low_freq_factor")?,
+                    high_freq_factor: number("high_freq_factor")?,
+                    original_max_position: if original.fract() == 0.0 && original > 0.0 {
+                        original as usize
+                    } else {
+                        0
+                    },
+                }
+            }
+            Some(other) => {
+                return Err(CandleBackendError::metadata(
+                    format!("{key}.rope_type"),
+                    format!("`{other}` is not supported (default, linear, llama3)"),
+                ));
+            }
+        };
+        Ok((theta, scaling))
     }
 }
 

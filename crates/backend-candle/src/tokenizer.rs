@@ -249,6 +249,98 @@ impl LlamaTokenizer {
         Ok(Self { inner, bytes, special, eos_ids, bos_id: None, add_bos: false, chat_template: None })
     }
 
+    /// The tokenizer of a model path, as [`Llama::load`](crate::Llama::load) takes it:
+    /// a directory is a Hugging Face checkpoint ([`Self::from_hf_dir`]), a file a GGUF
+    /// ([`Self::from_gguf`]).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_dir() { Self::from_hf_dir(path) } else { Self::from_gguf(path) }
+    }
+
+    /// Read the tokenizer of a Hugging Face checkpoint directory, as transformers does:
+    /// `tokenizer.json` (required; its own pre-tokenizer, so every byte-level BPE family
+    /// splits text as upstream), and from `tokenizer_config.json` the BOS token,
+    /// `add_bos_token` and the chat template (or `chat_template.jinja`, transformers 5's
+    /// file). EOS ids: the config's `eos_token` and every `eos_token_id` of
+    /// `generation_config.json` and `config.json` (Llama 3 and Qwen list several).
+    ///
+    /// Only byte-level BPE is read (SmolLM2, Llama 3, Qwen2/3, GPT-2 style): a
+    /// SentencePiece-style `tokenizer.json` (`▁` word markers, byte fallback; Llama 2,
+    /// Mistral v0.1, Gemma) is refused with [`CandleBackendError::Tokenizer`], since
+    /// its token bytes would be decoded wrongly.
+    pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let read_json = |name: &str, required: bool| -> Result<Option<serde_json::Value>> {
+            let path = dir.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => serde_json::from_str(&text)
+                    .map(Some)
+                    .map_err(|e| CandleBackendError::metadata(name, e.to_string())),
+                Err(source) if required || source.kind() != std::io::ErrorKind::NotFound => {
+                    Err(CandleBackendError::Io { path, source })
+                }
+                Err(_) => Ok(None),
+            }
+        };
+        let raw = read_json("tokenizer.json", true)?.unwrap_or_default();
+        let byte_level = |v: &serde_json::Value| {
+            v.get("type").and_then(|t| t.as_str()) == Some("ByteLevel")
+                || v.get("decoders").and_then(|d| d.as_array()).is_some_and(|d| {
+                    d.iter().any(|x| x.get("type").and_then(|t| t.as_str()) == Some("ByteLevel"))
+                })
+        };
+        let model_type = raw.pointer("/model/type").and_then(|t| t.as_str()).unwrap_or("?");
+        if model_type != "BPE" || !raw.get("decoder").is_some_and(byte_level) {
+            return Err(CandleBackendError::Tokenizer(format!(
+                "{}: only byte-level BPE tokenizers are supported (this one is `{model_type}` with decoder {})",
+                dir.join("tokenizer.json").display(),
+                raw.get("decoder").map_or("none".to_string(), |d| d.to_string().chars().take(80).collect())
+            )));
+        }
+        let config = read_json("tokenizer_config.json", false)?.unwrap_or_default();
+        // A special token is a string or `{"content": …}`.
+        let token_text = |v: Option<&serde_json::Value>| -> Option<String> {
+            let v = v?;
+            v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str())).map(str::to_string)
+        };
+        let eos_text = token_text(config.get("eos_token"));
+        let mut tokenizer = Self::from_tokenizer_json(dir.join("tokenizer.json"), &[])?;
+        let vocab = tokenizer.vocab_size();
+        let mut eos_ids: Vec<u32> = eos_text.and_then(|t| tokenizer.token_id(&t)).into_iter().collect();
+        for name in ["generation_config.json", "config.json"] {
+            let ids = read_json(name, false)?.and_then(|c| c.get("eos_token_id").cloned());
+            let ids: Vec<u64> = match ids {
+                Some(serde_json::Value::Number(n)) => n.as_u64().into_iter().collect(),
+                Some(serde_json::Value::Array(a)) => a.iter().filter_map(serde_json::Value::as_u64).collect(),
+                _ => Vec::new(),
+            };
+            for id in ids {
+                let id = u32::try_from(id).ok().filter(|&i| (i as usize) < vocab).ok_or_else(|| {
+                    CandleBackendError::metadata(
+                        format!("{name}: eos_token_id"),
+                        format!("{id} is outside the vocabulary of {vocab} tokens"),
+                    )
+                })?;
+                if !eos_ids.contains(&id) {
+                    eos_ids.push(id);
+                }
+            }
+        }
+        tokenizer.eos_ids = eos_ids;
+        tokenizer.bos_id = token_text(config.get("bos_token")).and_then(|t| tokenizer.token_id(&t));
+        tokenizer.add_bos = config.get("add_bos_token").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        tokenizer.chat_template = match config.get("chat_template") {
+            Some(serde_json::Value::String(t)) => Some(t.clone()),
+            // A list of named templates: the `default` one.
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template").and_then(|t| t.as_str()).map(str::to_string)),
+            _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+        };
+        Ok(tokenizer)
+    }
+
     /// Replace the chat template (Jinja, Hugging Face conventions).
     pub fn with_chat_template(mut self, template: impl Into<String>) -> Self {
         self.chat_template = Some(template.into());

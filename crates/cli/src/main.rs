@@ -73,6 +73,15 @@ fn models(action: ModelsAction) -> Result<()> {
             })?;
             println!("{}", path.display());
         }
+        ModelsAction::Inspect { path } => {
+            let path = match path {
+                Some(p) => p,
+                None => default_model_path()?,
+            };
+            let info =
+                perpetua::candle::inspect(&path).with_context(|| format!("inspecting {}", path.display()))?;
+            println!("{}\n{info}", path.display());
+        }
     }
     Ok(())
 }
@@ -273,7 +282,7 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
     let options = crate::args::load_options(args.exact_weights, args.kv_cache);
     let model =
         Llama::load(&model_path, &options).with_context(|| format!("loading {}", model_path.display()))?;
-    let tokenizer = LlamaTokenizer::from_gguf(&model_path)?;
+    let tokenizer = LlamaTokenizer::load(&model_path)?;
     tracing::info!(
         "loaded {} in {:.2}s; chain: {:?}; mode: {mode}",
         model_path.display(),

@@ -94,3 +94,54 @@ fn unparsable_values_are_clap_errors_naming_the_flag() {
     assert_eq!(code, 2);
     assert!(stderr.lines().next().unwrap().contains("forever"), "{stderr}");
 }
+
+/// `--model` takes a Hugging Face checkpoint directory too: the tiny random Qwen2 of the
+/// model-families tests (weights, `config.json`, `tokenizer.json` with a chat template)
+/// generates the requested number of tokens through the whole CLI path.
+#[test]
+fn a_safetensors_directory_runs_as_model() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../backend-candle/tests/data/families/qwen2");
+    let (code, out, err) = perpetua(&[
+        "generate",
+        "--model",
+        dir,
+        "--max-new-tokens",
+        "12",
+        "--strategy",
+        "suppress",
+        "--seed",
+        "1",
+        "--json",
+        "hello",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["ids"].as_array().map(Vec::len), Some(12), "{out}");
+    assert_eq!(report["finish_reason"], "MaxNewTokens", "{out}");
+}
+
+/// `perpetua models inspect` reads a file's headers: the tiny Qwen3 checkpoint directory
+/// and its llama.cpp Q8_0 conversion; a file of an unsupported family is refused naming
+/// the key.
+#[test]
+fn models_inspect_shows_the_architecture_or_the_refusal() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../backend-candle/tests/data/families/qwen3");
+    let (code, out, err) = perpetua(&["models", "inspect", dir]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("architecture:  qwen3") && out.contains("q/k norms"), "{out}");
+    assert!(out.contains("format:        safetensors") && out.contains("F32 ×"), "{out}");
+    let gguf = format!("{dir}/model-q8_0.gguf");
+    let (code, out, err) = perpetua(&["models", "inspect", &gguf]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("format:        gguf") && out.contains("Q8_0 ×"), "{out}");
+    // An edited config naming an architecture we do not run.
+    let scratch = std::env::temp_dir().join(format!("perpetua-cli-inspect-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let config =
+        std::fs::read_to_string(format!("{dir}/config.json")).unwrap().replace("\"qwen3\"", "\"phi3\"");
+    std::fs::write(scratch.join("config.json"), config).unwrap();
+    let (code, _, err) = perpetua(&["models", "inspect", scratch.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unsupported architecture `phi3`"), "{err}");
+    let _ = std::fs::remove_dir_all(scratch);
+}
