@@ -14,7 +14,8 @@ distribution of llama-cpp-python (which vendors llama.cpp):
 The tokenizer is make_tiny.py's (ids 0..=255 the bytes, 256 `<s>`, 257 `</s>`). The
 converter identifies a BPE pre-tokenizer by hashing how it splits a test text and
   refuses hashes it does not know; this vocabulary is not one of them, so the script
-answers `gpt-2` for it (the logits tests do not tokenize).
+answers `gpt-2` for it (the logits tests do not tokenize). Phi-3's converter reads only
+SentencePiece vocabularies, so it is given the byte-level one the same way.
 
 Mistral is not converted: llama.cpp writes MistralForCausalLM as `llama` without the
 sliding window (and runs it so), which is not the model transformers computes.
@@ -27,7 +28,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "..", "crates", "backend-candle", "tests", "data", "families")
-FAMILIES = ["llama3", "llama-linear", "qwen2", "qwen3"]
+FAMILIES = ["llama3", "llama-linear", "qwen2", "qwen3", "phi3"]
 OUTTYPES = ["f32", "q8_0"]
 
 
@@ -38,6 +39,8 @@ sys.path.insert(0, {gguf_py!r})
 import convert_hf_to_gguf as c
 import conversion.base as base
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
+import conversion.phi as phi
+phi.Phi3MiniModel.set_vocab = lambda self: self._set_vocab_gpt2()
 sys.argv = ["convert_hf_to_gguf.py"] + {args!r}
 c.main()
 """

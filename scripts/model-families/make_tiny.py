@@ -59,6 +59,8 @@ FAMILIES = {
     "mistral": dict(model_type="mistral", sliding_window=5, head_dim=16),
     # q/k/v biases.
     "qwen2": dict(model_type="qwen2", use_sliding_window=False),
+    # Fused qkv_proj and gate_up_proj, and a sliding window of 6 positions.
+    "phi3": dict(model_type="phi3", sliding_window=6, pad_token_id=257),
     # q/k RMSNorm per head, and head_dim 32 != hidden / heads (= 16).
     "qwen3": dict(model_type="qwen3", head_dim=32, use_sliding_window=False, attention_bias=False),
 }

@@ -41,7 +41,7 @@ fn rope_scaled_llamas_match_transformers() {
 
 #[test]
 fn families_with_weights_burn_lacks_are_refused() {
-    for family in ["mistral", "qwen2", "qwen3"] {
+    for family in ["mistral", "qwen2", "qwen3", "phi3"] {
         let err = perpetua_burn::Llama::load(dir(family), &Default::default()).unwrap_err();
         assert!(err.to_string().contains("not supported by the dense (burn) loader"), "{family}: {err}");
     }

@@ -239,6 +239,7 @@ impl DenseWeights {
 /// [`RopeScaling`](crate::RopeScaling), which lives in the shared RoPE tables) only.
 fn dense_supports(c: &LlamaConfig) -> Result<()> {
     let unsupported = [
+        (c.architecture == crate::Architecture::Phi3, "fused q/k/v and gate/up weights"),
         (c.attention_bias, "q/k/v biases"),
         (c.qk_norm, "q/k RMSNorm"),
         (c.sliding_window.is_some(), "sliding-window attention"),

@@ -30,6 +30,9 @@ pub enum Architecture {
     Qwen2,
     /// Qwen3: llama with a per-head RMSNorm of queries and keys before RoPE.
     Qwen3,
+    /// Phi-3: llama with q/k/v and gate/up each stored as one fused matrix, and an
+    /// optional sliding window.
+    Phi3,
 }
 
 impl Architecture {
@@ -40,6 +43,7 @@ impl Architecture {
             Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
+            Self::Phi3 => "phi3",
         }
     }
 }
@@ -546,7 +550,7 @@ impl GgufReader {
     }
 
     /// The hyper-parameters from the metadata (`{arch}.*` keys), validated.
-    /// `general.architecture` may be `llama`, `qwen2` or `qwen3` (llama.cpp writes
+    /// `general.architecture` may be `llama`, `qwen2`, `qwen3` or `phi3` (llama.cpp writes
     /// Mistral checkpoints as `llama`, without their window, and so runs them).
     pub(crate) fn llama_config(&mut self) -> Result<LlamaConfig> {
         let arch = self
@@ -558,6 +562,7 @@ impl GgufReader {
             "llama" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
+            "phi3" => Architecture::Phi3,
             _ => return Err(CandleBackendError::UnsupportedArchitecture(arch)),
         };
         let key = |k: &str| format!("{arch}.{k}");
@@ -591,11 +596,16 @@ impl GgufReader {
                 format!("partial rotary ({rope_dim} of {head_dim} dims) is not supported"),
             ));
         }
-        if self.content.metadata.contains_key(&key("attention.sliding_window")) {
-            return Err(CandleBackendError::metadata(
-                key("attention.sliding_window"),
-                "a sliding window in a GGUF file is not supported",
-            ));
+        // llama.cpp's standard window: a position sees itself and the `n - 1` before it,
+        // as transformers' (0: none, which is how the converter marks Phi-4).
+        let sliding_window = match self.content.metadata.get(&key("attention.sliding_window")) {
+            None => None,
+            Some(_) => Some(self.metadata_usize(&key("attention.sliding_window"))?).filter(|&w| w > 0),
+        };
+        for k in ["rope.scaling.attn_factor", "attention.sliding_window_pattern"] {
+            if self.content.metadata.contains_key(&key(k)) {
+                return Err(CandleBackendError::metadata(key(k), "is not supported"));
+            }
         }
         let rope_scaling = self.rope_scaling(&arch, head_dim)?;
         let vocab_size = match self.content.tensor_infos.get("token_embd.weight") {
@@ -620,7 +630,7 @@ impl GgufReader {
             rope_scaling,
             attention_bias: architecture == Architecture::Qwen2,
             qk_norm: architecture == Architecture::Qwen3,
-            sliding_window: None,
+            sliding_window,
         };
         config.validate()?;
         Ok(config)
@@ -891,6 +901,7 @@ impl Llama {
             matmul(embd_q)?
         };
         let final_norm = norm(file.tensor("output_norm.weight", &[h])?)?;
+        let fused_weights = config.architecture == Architecture::Phi3;
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
             let p = format!("blk.{i}");
@@ -911,23 +922,35 @@ impl Llama {
                     ]),
                     false => None,
                 },
-                qkv: Fused::stack(
-                    vec![
-                        requant(file.tensor(&format!("{p}.attn_q.weight"), &[q_dim, h])?)?,
-                        requant(file.tensor(&format!("{p}.attn_k.weight"), &[kv_dim, h])?)?,
-                        requant(file.tensor(&format!("{p}.attn_v.weight"), &[kv_dim, h])?)?,
-                    ],
-                    &device,
-                )?,
+                // Phi-3 files keep q/k/v in one `attn_qkv` and gate/up in one `ffn_up`
+                // (gate rows first): one matmul each, its output split.
+                qkv: if fused_weights {
+                    let w = matmul(file.tensor(&format!("{p}.attn_qkv.weight"), &[q_dim + 2 * kv_dim, h])?)?;
+                    Fused { parts: vec![(w, vec![q_dim, kv_dim, kv_dim])] }
+                } else {
+                    Fused::stack(
+                        vec![
+                            requant(file.tensor(&format!("{p}.attn_q.weight"), &[q_dim, h])?)?,
+                            requant(file.tensor(&format!("{p}.attn_k.weight"), &[kv_dim, h])?)?,
+                            requant(file.tensor(&format!("{p}.attn_v.weight"), &[kv_dim, h])?)?,
+                        ],
+                        &device,
+                    )?
+                },
                 wo: matmul(file.tensor(&format!("{p}.attn_output.weight"), &[h, q_dim])?)?,
                 ffn_norm: norm(file.tensor(&format!("{p}.ffn_norm.weight"), &[h])?)?,
-                gate_up: Fused::stack(
-                    vec![
-                        requant(file.tensor(&format!("{p}.ffn_gate.weight"), &[ffn, h])?)?,
-                        requant(file.tensor(&format!("{p}.ffn_up.weight"), &[ffn, h])?)?,
-                    ],
-                    &device,
-                )?,
+                gate_up: if fused_weights {
+                    let w = matmul(file.tensor(&format!("{p}.ffn_up.weight"), &[2 * ffn, h])?)?;
+                    Fused { parts: vec![(w, vec![ffn, ffn])] }
+                } else {
+                    Fused::stack(
+                        vec![
+                            requant(file.tensor(&format!("{p}.ffn_gate.weight"), &[ffn, h])?)?,
+                            requant(file.tensor(&format!("{p}.ffn_up.weight"), &[ffn, h])?)?,
+                        ],
+                        &device,
+                    )?
+                },
                 w_down: matmul(file.tensor(&format!("{p}.ffn_down.weight"), &[h, ffn])?)?,
             });
         }
@@ -958,11 +981,17 @@ impl Llama {
         for i in 0..config.n_layers {
             let p = format!("model.layers.{i}");
             let mut get = |name: &str, shape: &[usize]| take(&format!("{p}.{name}"), shape);
-            let qkv = Fused::separate(vec![
-                (QMatMul::Tensor(get("self_attn.q_proj.weight", &[q_dim, h])?), q_dim),
-                (QMatMul::Tensor(get("self_attn.k_proj.weight", &[kv_dim, h])?), kv_dim),
-                (QMatMul::Tensor(get("self_attn.v_proj.weight", &[kv_dim, h])?), kv_dim),
-            ]);
+            let fused_weights = config.architecture == Architecture::Phi3;
+            let qkv = if fused_weights {
+                let w = get("self_attn.qkv_proj.weight", &[q_dim + 2 * kv_dim, h])?;
+                Fused { parts: vec![(QMatMul::Tensor(w), vec![q_dim, kv_dim, kv_dim])] }
+            } else {
+                Fused::separate(vec![
+                    (QMatMul::Tensor(get("self_attn.q_proj.weight", &[q_dim, h])?), q_dim),
+                    (QMatMul::Tensor(get("self_attn.k_proj.weight", &[kv_dim, h])?), kv_dim),
+                    (QMatMul::Tensor(get("self_attn.v_proj.weight", &[kv_dim, h])?), kv_dim),
+                ])
+            };
             let qkv_bias = match config.attention_bias {
                 true => Some([
                     get("self_attn.q_proj.bias", &[q_dim])?,
@@ -983,10 +1012,15 @@ impl Llama {
                 qkv_bias,
                 qk_norm,
                 wo: QMatMul::Tensor(get("self_attn.o_proj.weight", &[h, q_dim])?),
-                gate_up: Fused::separate(vec![
-                    (QMatMul::Tensor(get("mlp.gate_proj.weight", &[ffn, h])?), ffn),
-                    (QMatMul::Tensor(get("mlp.up_proj.weight", &[ffn, h])?), ffn),
-                ]),
+                gate_up: if fused_weights {
+                    let w = get("mlp.gate_up_proj.weight", &[2 * ffn, h])?;
+                    Fused { parts: vec![(QMatMul::Tensor(w), vec![ffn, ffn])] }
+                } else {
+                    Fused::separate(vec![
+                        (QMatMul::Tensor(get("mlp.gate_proj.weight", &[ffn, h])?), ffn),
+                        (QMatMul::Tensor(get("mlp.up_proj.weight", &[ffn, h])?), ffn),
+                    ])
+                },
                 w_down: QMatMul::Tensor(get("mlp.down_proj.weight", &[h, ffn])?),
                 attn_norm: get("input_layernorm.weight", &[h])?,
                 ffn_norm: get("post_attention_layernorm.weight", &[h])?,
@@ -1564,6 +1598,7 @@ impl HfConfig {
             "mistral" => Architecture::Mistral,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
+            "phi3" => Architecture::Phi3,
             other => return Err(CandleBackendError::UnsupportedArchitecture(other.to_string())),
         };
         if let Some(act) = self.hidden_act.as_deref().filter(|&a| a != "silu") {
@@ -1615,12 +1650,12 @@ impl HfConfig {
         })
     }
 
-    /// The sliding window every layer uses: Mistral's `sliding_window` (all layers);
+    /// The sliding window every layer uses: Mistral's and Phi-3's `sliding_window`;
     /// Qwen's `use_sliding_window` applies it to some layers only, which is refused, as
     /// is any `layer_types` entry other than full attention outside Mistral.
     fn attention_window(&self, architecture: Architecture) -> Result<Option<usize>> {
         let window = match architecture {
-            Architecture::Mistral => self.sliding_window,
+            Architecture::Mistral | Architecture::Phi3 => self.sliding_window,
             _ if self.use_sliding_window == Some(true) => {
                 return Err(CandleBackendError::metadata(
                     "use_sliding_window",
@@ -1653,6 +1688,14 @@ impl HfConfig {
                 CandleBackendError::metadata(format!("{key}.{name}"), "absent or not a number")
             })
         };
+        if let Some(f) =
+            field("partial_rotary_factor").and_then(serde_json::Value::as_f64).filter(|&f| f != 1.0)
+        {
+            return Err(CandleBackendError::metadata(
+                format!("{key}.partial_rotary_factor"),
+                format!("{f} is not supported (only full rotary)"),
+            ));
+        }
         let theta = match field("rope_theta") {
             Some(_) => number("rope_theta")?,
             None => self.rope_theta.unwrap_or(10_000.0),

@@ -24,7 +24,7 @@ use perpetua_sampling::processors::LogitBias;
 use perpetua_sampling::samplers::Multinomial;
 use perpetua_sampling::{Chain, processors::TopK};
 
-const FAMILIES: [&str; 5] = ["llama3", "llama-linear", "mistral", "qwen2", "qwen3"];
+const FAMILIES: [&str; 6] = ["llama3", "llama-linear", "mistral", "qwen2", "qwen3", "phi3"];
 
 fn dir(family: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/families").join(family)
@@ -92,11 +92,12 @@ fn every_family_matches_transformers_in_prefill_and_decode() {
 
 /// The families llama.cpp's converter writes as GGUF (`make_gguf.py`; Mistral it writes
 /// as `llama` without the window, so it has no GGUF here).
-const GGUF_FAMILIES: [&str; 4] = ["llama3", "llama-linear", "qwen2", "qwen3"];
+const GGUF_FAMILIES: [&str; 5] = ["llama3", "llama-linear", "qwen2", "qwen3", "phi3"];
 
 /// llama.cpp's F32 conversion computes transformers' logits: the GGUF layout (q/k rows
 /// permuted for llama, NeoX RoPE for Qwen, `rope_freqs` factors for Llama 3.1, the
-/// linear factor under its GGUF key, biases and q/k norms as llama.cpp names them).
+/// linear factor under its GGUF key, biases and q/k norms as llama.cpp names them, Phi-3's
+/// fused `attn_qkv` / `ffn_up` and its `attention.sliding_window`).
 #[test]
 fn every_converted_gguf_matches_transformers() {
     for family in GGUF_FAMILIES {
@@ -219,6 +220,10 @@ fn configs_are_read_as_their_family() {
     assert_eq!((c.architecture, c.attention_bias, c.qk_norm), (Architecture::Qwen2, true, false));
     let c = arch("qwen3");
     assert_eq!((c.architecture, c.qk_norm, c.head_dim), (Architecture::Qwen3, true, 32));
+    let c = arch("phi3");
+    assert_eq!((c.architecture, c.sliding_window), (Architecture::Phi3, Some(6)));
+    let gguf = Llama::load(dir("phi3").join("model-f32.gguf"), &exact()).unwrap();
+    assert_eq!(gguf.config().sliding_window, Some(6), "the converter's window key");
 }
 
 /// A copy of `family`'s checkpoint whose `config.json` is edited by `edit`.
@@ -260,8 +265,9 @@ fn classic_rope_keys_load_the_same_model() {
 #[test]
 fn the_reference_data_exercises_each_feature() {
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, Edit); 3] = [
+    let cases: [(&str, Edit); 4] = [
         ("mistral", |c| c["sliding_window"] = serde_json::Value::Null),
+        ("phi3", |c| c["sliding_window"] = serde_json::Value::Null),
         ("llama3", |c| {
             c["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 10000.0})
         }),
@@ -341,7 +347,7 @@ fn settings_that_are_not_implemented_are_refused_with_the_key() {
 
 #[test]
 fn the_dense_loader_refuses_what_burn_does_not_implement() {
-    for family in ["mistral", "qwen2", "qwen3"] {
+    for family in ["mistral", "qwen2", "qwen3", "phi3"] {
         match perpetua_candle::dense::DenseWeights::load(dir(family)) {
             Err(CandleBackendError::UnsupportedFeature { architecture, .. }) => {
                 assert_eq!(architecture.as_str(), family);

@@ -263,10 +263,11 @@ fn tensor_shape_mismatches_name_the_tensor() {
 fn bad_model_metadata_is_named() {
     let n = vocab().len();
     let cases: [(&str, Option<Value>, &str); 10] = [
-        // Files we would run wrongly are refused (YaRN, a window, a family we lack).
+        // Files we would run wrongly are refused (YaRN, windows on some layers only, a
+        // family we lack).
         ("llama.rope.scaling.type", Some(Value::String("yarn".into())), "RoPE scaling `yarn`"),
         ("llama.rope.scaling.type", Some(Value::U32(1)), "llama.rope.scaling.type"),
-        ("llama.attention.sliding_window", Some(Value::U32(4)), "sliding window"),
+        ("llama.attention.sliding_window_pattern", Some(Value::U32(4)), "sliding_window_pattern"),
         ("llama.block_count", None, "llama.block_count"),
         ("llama.attention.head_count", Some(Value::U32(0)), "llama.attention.head_count"),
         ("llama.attention.head_count_kv", Some(Value::U32(3)), "n_kv_heads"),
@@ -375,6 +376,21 @@ fn rope_scaling_metadata_is_applied_or_refused() {
         matches!(&err, CandleBackendError::BadShape { name, .. } if name == "rope_freqs.weight"),
         "{err}"
     );
+}
+
+/// `{arch}.attention.sliding_window` is applied (0 means none, as llama.cpp writes it).
+#[test]
+fn a_sliding_window_key_limits_attention() {
+    let n = vocab().len();
+    let plain = logits("window-none", &tiny());
+    let with = |w: u32| {
+        let mut md = metadata(n);
+        md.push(("llama.attention.sliding_window", Value::U32(w)));
+        logits(&format!("window-{w}"), &gguf(&md, &tensors(n)))
+    };
+    assert_eq!(with(0), plain);
+    assert_eq!(with(6), plain, "a window as long as the prompt changes nothing");
+    assert_ne!(with(2), plain);
 }
 
 /// A tensor the configuration does not use (here a Qwen2-style bias in a `llama` file)
