@@ -17,7 +17,50 @@ use crate::model::read_gguf;
 
 /// The GGUF pre-tokenizers (`tokenizer.ggml.pre`) this tokenizer implements; files
 /// naming another are refused rather than tokenized with the wrong splits.
-pub const SUPPORTED_PRE_TOKENIZERS: [&str; 1] = ["smollm"];
+///
+/// - `smollm`: digits one by one, then GPT-2's byte-level split (SmolLM2, StarCoder);
+/// - `gpt-2`: GPT-2's byte-level split;
+/// - `llama-bpe`: Llama 3's split (contractions in any case, runs of ≤ 3 digits), whole
+///   vocabulary words taken before merges (`ignore_merges`), as Llama 3's tokenizer.json;
+/// - `qwen2`: Qwen2/2.5/3's split (as Llama 3's, digits one by one).
+///
+/// The regexes are the families' own (their `tokenizer.json`), which llama.cpp's
+/// `llama-vocab.cpp` cites as the source of its adaptations.
+pub const SUPPORTED_PRE_TOKENIZERS: [&str; 4] = ["smollm", "gpt-2", "llama-bpe", "qwen2"];
+
+/// Llama 3's pre-tokenizer regex (`tokenizer.ggml.pre = llama-bpe`).
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Qwen2's pre-tokenizer regex (`tokenizer.ggml.pre = qwen2`).
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The pre-tokenizer a supported `tokenizer.ggml.pre` value stands for, and whether BPE
+/// takes whole vocabulary words before merging (`ignore_merges`).
+fn pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool)> {
+    let byte_level = |use_regex| -> PreTokenizerWrapper { ByteLevel::new(false, true, use_regex).into() };
+    let split = |regex: &str| -> Result<PreTokenizerWrapper> {
+        let pattern = tokenizers::pre_tokenizers::split::SplitPattern::Regex(regex.to_string());
+        Ok(tokenizers::pre_tokenizers::split::Split::new(
+            pattern,
+            tokenizers::SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tok_err)?
+        .into())
+    };
+    Ok(match pre {
+        "smollm" => (Sequence::new(vec![Digits::new(true).into(), byte_level(true)]).into(), false),
+        "gpt-2" => (byte_level(true), false),
+        "llama-bpe" => (Sequence::new(vec![split(LLAMA3_SPLIT)?, byte_level(false)]).into(), true),
+        "qwen2" => (Sequence::new(vec![split(QWEN2_SPLIT)?, byte_level(false)]).into(), false),
+        other => {
+            return Err(CandleBackendError::metadata(
+                "tokenizer.ggml.pre",
+                format!("`{other}` is not supported (only {SUPPORTED_PRE_TOKENIZERS:?})"),
+            ));
+        }
+    })
+}
 
 /// GGUF `tokenizer.ggml.token_type` of control tokens (`<|im_start|>`, `<|im_end|>`…).
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -134,16 +177,11 @@ impl LlamaTokenizer {
             None => {
                 return Err(CandleBackendError::metadata(
                     "tokenizer.ggml.pre",
-                    "absent: the pre-tokenizer cannot be chosen (only `smollm` is supported)",
+                    "absent: the pre-tokenizer cannot be chosen (supported: smollm, gpt-2, llama-bpe, qwen2)",
                 ));
             }
         };
-        if !SUPPORTED_PRE_TOKENIZERS.contains(&pre.as_str()) {
-            return Err(CandleBackendError::metadata(
-                "tokenizer.ggml.pre",
-                format!("`{pre}` is not supported (only {SUPPORTED_PRE_TOKENIZERS:?})"),
-            ));
-        }
+        let (pre_tokenizer, ignore_merges) = pre_tokenizer(&pre)?;
         let tokens = string_array("tokenizer.ggml.tokens")?;
         let merges = string_array("tokenizer.ggml.merges")?;
         let types: Vec<i64> = match md.get("tokenizer.ggml.token_type") {
@@ -172,11 +210,13 @@ impl LlamaTokenizer {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .ignore_merges(ignore_merges)
+            .build()
+            .map_err(tok_err)?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
-        let pre: Vec<PreTokenizerWrapper> =
-            vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()];
-        inner.with_pre_tokenizer(Some(Sequence::new(pre)));
+        inner.with_pre_tokenizer(Some(pre_tokenizer));
         inner.with_decoder(Some(ByteLevel::default()));
         let special: Vec<bool> = types.iter().map(|&t| t == TOKEN_TYPE_CONTROL).collect();
         let added: Vec<AddedToken> = tokens

@@ -300,8 +300,8 @@ fn bad_model_metadata_is_named() {
 fn missing_or_bad_tokenizer_metadata_is_named() {
     let n = vocab().len();
     let cases: [(&str, Option<Value>, &str); 8] = [
-        // Another model's pre-tokenizer (Llama 3's) would split text wrongly.
-        ("tokenizer.ggml.pre", Some(Value::String("llama-bpe".into())), "`llama-bpe` is not supported"),
+        // A pre-tokenizer we do not implement (DeepSeek's) would split text wrongly.
+        ("tokenizer.ggml.pre", Some(Value::String("deepseek-llm".into())), "`deepseek-llm` is not supported"),
         ("tokenizer.ggml.pre", None, "absent"),
         ("tokenizer.ggml.tokens", None, "tokenizer.ggml.tokens"),
         ("tokenizer.ggml.merges", None, "tokenizer.ggml.merges"),

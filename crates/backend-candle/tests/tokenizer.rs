@@ -240,3 +240,64 @@ proptest! {
         }
     }
 }
+
+/// Every supported `tokenizer.ggml.pre` value (issue 19): the default model's vocabulary
+/// and merges written into a vocab-only GGUF with that value must tokenize a 300-string
+/// corpus (mixed scripts, digits, code, whitespace runs, emoji, contractions in both
+/// cases) exactly as the family's own pre-tokenizer does — reference ids from Hugging
+/// Face `tokenizers` with the family's `tokenizer.json` definition
+/// (`scripts/model-families/make_pretok_reference.py`) — and decode back to the text.
+/// Five three-digit words are added to the vocabulary so that Llama 3's split (digit
+/// runs of up to 3, whole words before merges) differs from Qwen2's (digits one by one).
+#[test]
+fn every_supported_pre_tokenizer_matches_its_reference() {
+    use candle_core::quantized::gguf_file::{self, Value};
+    let data: serde_json::Value = serde_json::from_str(include_str!("data/pretokenizer_ids.json")).unwrap();
+    let corpus: Vec<String> = serde_json::from_value(data["corpus"].clone()).unwrap();
+    assert_eq!(corpus.len(), 300);
+    let mut file = std::fs::File::open(model_path()).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let dir = std::env::temp_dir().join(format!("perpetua-pretok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for pre in perpetua_candle::SUPPORTED_PRE_TOKENIZERS {
+        let want: Vec<Vec<u32>> = serde_json::from_value(data["ids"][pre].clone()).unwrap();
+        let pre_value = Value::String(pre.to_string());
+        // Plus EXTRA's three-digit words, which no merge reaches (as the reference).
+        let mut tokens = content.metadata["tokenizer.ggml.tokens"].to_vec().unwrap().clone();
+        let mut types = content.metadata["tokenizer.ggml.token_type"].to_vec().unwrap().clone();
+        for extra in ["123", "000", "202", "999", "314"] {
+            tokens.push(Value::String(extra.into()));
+            types.push(Value::I32(1));
+        }
+        let (tokens, types) = (Value::Array(tokens), Value::Array(types));
+        let replaced = ["tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type"];
+        let metadata: Vec<(&str, &Value)> = content
+            .metadata
+            .iter()
+            .filter(|(k, _)| k.starts_with("tokenizer.") && !replaced.contains(&k.as_str()))
+            .map(|(k, v)| (k.as_str(), v))
+            .chain([(replaced[0], &pre_value), (replaced[1], &tokens), (replaced[2], &types)])
+            .collect();
+        let path = dir.join(format!("{pre}.gguf"));
+        let mut out = std::fs::File::create(&path).unwrap();
+        gguf_file::write(&mut out, &metadata, &[]).unwrap();
+        drop(out);
+        let tok = LlamaTokenizer::from_gguf(&path).unwrap();
+        let mut wrong = Vec::new();
+        for (text, want) in corpus.iter().zip(&want) {
+            let got = tok.encode(text, false).unwrap();
+            if &got != want {
+                wrong.push(format!("{text:?}: got {got:?}, want {want:?}"));
+            }
+            assert_eq!(&tok.decode_ids(&got, false).unwrap(), text, "{pre}: round trip");
+        }
+        println!("{pre}: {} of {} strings as the reference", corpus.len() - wrong.len(), corpus.len());
+        assert!(
+            wrong.is_empty(),
+            "{pre}: {} strings differ, e.g. {}",
+            wrong.len(),
+            wrong[..wrong.len().min(3)].join("; ")
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
