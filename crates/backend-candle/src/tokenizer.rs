@@ -62,8 +62,50 @@ fn pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool)> {
     })
 }
 
-/// GGUF `tokenizer.ggml.token_type` of control tokens (`<|im_start|>`, `<|im_end|>`…).
+/// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
+const TOKEN_TYPE_NORMAL: i64 = 1;
+const TOKEN_TYPE_UNKNOWN: i64 = 2;
+/// Control tokens (`<|im_start|>`, `<s>`…): special, matched verbatim in the input.
 const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+/// SentencePiece byte-fallback pieces `<0xXX>`.
+const TOKEN_TYPE_BYTE: i64 = 6;
+
+/// The byte of a `<0xXX>` piece.
+fn byte_piece(piece: &str) -> Option<u8> {
+    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() == 2 { u8::from_str_radix(hex, 16).ok() } else { None }
+}
+
+/// EOS ids (`eos_token_id`, `eot_token_id`) and the BOS id from GGUF metadata, each
+/// checked to be inside the vocabulary.
+fn special_ids(
+    md: &HashMap<String, candle_core::quantized::gguf_file::Value>,
+    n_tokens: usize,
+) -> Result<(Vec<u32>, Option<u32>)> {
+    let id = |key: &str| -> Option<u32> { md.get(key).and_then(|v| v.to_u32().ok()) };
+    let mut eos_ids: Vec<u32> = [id("tokenizer.ggml.eos_token_id"), id("tokenizer.ggml.eot_token_id")]
+        .into_iter()
+        .flatten()
+        .collect();
+    eos_ids.dedup();
+    let bos_id = id("tokenizer.ggml.bos_token_id");
+    for (key, value) in [
+        ("tokenizer.ggml.eos_token_id", id("tokenizer.ggml.eos_token_id")),
+        ("tokenizer.ggml.eot_token_id", id("tokenizer.ggml.eot_token_id")),
+        ("tokenizer.ggml.bos_token_id", bos_id),
+    ] {
+        if let Some(v) = value
+            && v as usize >= n_tokens
+        {
+            return Err(CandleBackendError::metadata(
+                key,
+                format!("token id {v} is outside the vocabulary of {n_tokens} tokens"),
+            ));
+        }
+    }
+    Ok((eos_ids, bos_id))
+}
 
 /// A byte-level BPE tokenizer (GPT-2 style, as SmolLM2 and most llama-family GGUFs
 /// use) plus the model's special tokens, EOS ids and chat template.
@@ -155,15 +197,17 @@ impl LlamaTokenizer {
                 .map(|v| v.to_string().cloned().map_err(|e| CandleBackendError::metadata(key, e.to_string())))
                 .collect()
         };
-        let id = |key: &str| -> Option<u32> { md.get(key).and_then(|v| v.to_u32().ok()) };
 
         let model = get("tokenizer.ggml.model")?
             .to_string()
             .map_err(|e| CandleBackendError::metadata("tokenizer.ggml.model", e.to_string()))?;
+        if model == "llama" {
+            return Self::sentencepiece(md);
+        }
         if model != "gpt2" {
             return Err(CandleBackendError::metadata(
                 "tokenizer.ggml.model",
-                format!("`{model}` is not supported (only byte-level BPE `gpt2`)"),
+                format!("`{model}` is not supported (byte-level BPE `gpt2`, SentencePiece `llama`)"),
             ));
         }
         // The pre-tokenizer decides how text is split before BPE; building SmolLM2's for
@@ -233,26 +277,7 @@ impl LlamaTokenizer {
             .zip(&special)
             .map(|(t, &s)| if s { t.as_bytes().to_vec() } else { token_string_to_bytes(t, &char_to_byte) })
             .collect();
-        let mut eos_ids: Vec<u32> = [id("tokenizer.ggml.eos_token_id"), id("tokenizer.ggml.eot_token_id")]
-            .into_iter()
-            .flatten()
-            .collect();
-        eos_ids.dedup();
-        let bos_id = id("tokenizer.ggml.bos_token_id");
-        for (key, value) in [
-            ("tokenizer.ggml.eos_token_id", id("tokenizer.ggml.eos_token_id")),
-            ("tokenizer.ggml.eot_token_id", id("tokenizer.ggml.eot_token_id")),
-            ("tokenizer.ggml.bos_token_id", bos_id),
-        ] {
-            if let Some(v) = value
-                && v as usize >= tokens.len()
-            {
-                return Err(CandleBackendError::metadata(
-                    key,
-                    format!("token id {v} is outside the vocabulary of {} tokens", tokens.len()),
-                ));
-            }
-        }
+        let (eos_ids, bos_id) = special_ids(md, tokens.len())?;
         let chat_template = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
         Ok(Self {
             inner,
@@ -287,6 +312,107 @@ impl LlamaTokenizer {
         }
         let eos_ids = eos_tokens.iter().filter_map(|t| inner.token_to_id(t)).collect();
         Ok(Self { inner, bytes, special, eos_ids, bos_id: None, add_bos: false, chat_template: None })
+    }
+
+    /// A SentencePiece BPE vocabulary from GGUF (`tokenizer.ggml.model = llama`: Llama 2,
+    /// Mistral v0.1, TinyLlama, Phi-3), as llama.cpp and `sentencepiece` tokenize it: a
+    /// `▁` prepended (unless `tokenizer.ggml.add_space_prefix` is false) and spaces
+    /// written as `▁`, then adjacent pieces merged best score first (the merges are
+    /// derived from `tokenizer.ggml.scores`: a split `l + r` of a normal piece merges with
+    /// that piece's score), characters outside the vocabulary as `<0xXX>` byte pieces.
+    fn sentencepiece(md: &HashMap<String, candle_core::quantized::gguf_file::Value>) -> Result<Self> {
+        use tokenizers::normalizers::{Prepend, Replace, Sequence as Normalizers};
+        let key_err = |key: &str, e: candle_core::Error| CandleBackendError::metadata(key, e.to_string());
+        let array = |key: &str| md.get(key).ok_or_else(|| CandleBackendError::metadata(key, "absent"));
+        let tokens: Vec<String> = array("tokenizer.ggml.tokens")?
+            .to_vec()
+            .map_err(|e| key_err("tokenizer.ggml.tokens", e))?
+            .iter()
+            .map(|v| v.to_string().cloned().map_err(|e| key_err("tokenizer.ggml.tokens", e)))
+            .collect::<Result<_>>()?;
+        let scores: Vec<f32> = array("tokenizer.ggml.scores")?
+            .to_vec()
+            .map_err(|e| key_err("tokenizer.ggml.scores", e))?
+            .iter()
+            .map(|v| v.to_f32().map_err(|e| key_err("tokenizer.ggml.scores", e)))
+            .collect::<Result<_>>()?;
+        let types: Vec<i64> = match md.get("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .to_vec()
+                .map_err(|e| key_err("tokenizer.ggml.token_type", e))?
+                .iter()
+                .map(|t| t.to_i32().map(i64::from).unwrap_or(TOKEN_TYPE_NORMAL))
+                .collect(),
+            None => vec![TOKEN_TYPE_NORMAL; tokens.len()],
+        };
+        for (key, n) in [("tokenizer.ggml.scores", scores.len()), ("tokenizer.ggml.token_type", types.len())]
+        {
+            if n != tokens.len() {
+                return Err(CandleBackendError::metadata(
+                    key,
+                    format!("{n} entries for {} tokens", tokens.len()),
+                ));
+            }
+        }
+        let vocab: tokenizers::models::bpe::Vocab =
+            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        // Merges from scores, as transformers converts a SentencePiece model: every split
+        // of a normal piece into two vocabulary pieces, best piece score first.
+        let mut merges: Vec<(f32, u32, u32, String, String)> = Vec::new();
+        for (piece, (&score, &ty)) in tokens.iter().zip(scores.iter().zip(&types)) {
+            if ty != TOKEN_TYPE_NORMAL {
+                continue;
+            }
+            for (at, _) in piece.char_indices().skip(1) {
+                let (l, r) = piece.split_at(at);
+                if let (Some(&il), Some(&ir)) = (vocab.get(l), vocab.get(r)) {
+                    merges.push((score, il, ir, l.to_string(), r.to_string()));
+                }
+            }
+        }
+        merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let merges = merges.into_iter().map(|(_, _, _, l, r)| (l, r)).collect();
+        let mut bpe = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
+        if let Some(unk) = tokens.iter().zip(&types).find(|(_, t)| **t == TOKEN_TYPE_UNKNOWN) {
+            bpe = bpe.unk_token(unk.0.clone());
+        }
+        let mut inner = tokenizers::Tokenizer::new(bpe.build().map_err(tok_err)?);
+        let space_prefix =
+            md.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.to_bool().ok()).unwrap_or(true);
+        let mut normalizers = Vec::new();
+        if space_prefix {
+            normalizers.push(Prepend::new("\u{2581}".to_string()).into());
+        }
+        normalizers.push(Replace::new(" ", "\u{2581}").map_err(tok_err)?.into());
+        inner.with_normalizer(Some(Normalizers::new(normalizers))).map_err(tok_err)?;
+        let special: Vec<bool> = types.iter().map(|&t| t == TOKEN_TYPE_CONTROL).collect();
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, t)| matches!(**t, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED))
+            .map(|(t, &ty)| AddedToken::from(t.clone(), ty == TOKEN_TYPE_CONTROL))
+            .collect();
+        inner.add_tokens(added).map_err(tok_err)?;
+        let bytes = tokens
+            .iter()
+            .zip(&types)
+            .map(|(t, &ty)| match ty {
+                TOKEN_TYPE_BYTE => byte_piece(t).map_or_else(|| t.as_bytes().to_vec(), |b| vec![b]),
+                TOKEN_TYPE_CONTROL => t.as_bytes().to_vec(),
+                _ => t.replace('\u{2581}', " ").into_bytes(),
+            })
+            .collect();
+        let (eos_ids, bos_id) = special_ids(md, tokens.len())?;
+        Ok(Self {
+            inner,
+            bytes,
+            special,
+            eos_ids,
+            bos_id,
+            // llama.cpp's default for SentencePiece vocabularies.
+            add_bos: md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(true),
+            chat_template: md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned(),
+        })
     }
 
     /// The tokenizer of a model path, as [`Llama::load`](crate::Llama::load) takes it:

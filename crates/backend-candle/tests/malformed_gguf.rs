@@ -305,7 +305,7 @@ fn missing_or_bad_tokenizer_metadata_is_named() {
         ("tokenizer.ggml.pre", None, "absent"),
         ("tokenizer.ggml.tokens", None, "tokenizer.ggml.tokens"),
         ("tokenizer.ggml.merges", None, "tokenizer.ggml.merges"),
-        ("tokenizer.ggml.model", Some(Value::String("llama".into())), "only byte-level BPE"),
+        ("tokenizer.ggml.model", Some(Value::String("bert".into())), "`bert` is not supported"),
         ("tokenizer.ggml.token_type", Some(Value::Array(vec![Value::I32(1); 3])), "3 entries"),
         ("tokenizer.ggml.eos_token_id", Some(Value::U32(5000)), "outside the vocabulary"),
         ("tokenizer.ggml.merges", Some(Value::Array(vec![Value::String("nospace".into())])), "bad merge"),

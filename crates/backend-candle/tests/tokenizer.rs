@@ -301,3 +301,39 @@ fn every_supported_pre_tokenizer_matches_its_reference() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// SentencePiece vocabularies from GGUF (`tokenizer.ggml.model = llama`; Llama 2,
+/// Mistral v0.1, TinyLlama, Phi-3): a vocabulary trained by `sentencepiece` with Llama's
+/// settings and written by llama.cpp's converter
+/// (`scripts/model-families/make_spm_reference.py`) must tokenize the 300-string corpus
+/// exactly as `sentencepiece` does (byte fallback, dummy prefix, whitespace pieces),
+/// and decode back to the text with the dummy prefix's space in front.
+#[test]
+fn sentencepiece_vocabularies_match_sentencepiece() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/spm");
+    let data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/reference.json")).unwrap()).unwrap();
+    let corpus: Vec<String> = serde_json::from_value(data["corpus"].clone()).unwrap();
+    let want: Vec<Vec<u32>> = serde_json::from_value(data["ids"].clone()).unwrap();
+    let tok = LlamaTokenizer::from_gguf(format!("{dir}/vocab.gguf")).unwrap();
+    let mut wrong = Vec::new();
+    for (text, want) in corpus.iter().zip(&want) {
+        let got = tok.encode(text, false).unwrap();
+        if &got != want {
+            wrong.push(format!("{text:?}: got {got:?}, want {want:?}"));
+        }
+        let decoded = tok.decode_ids(&got, false).unwrap();
+        let expected = if text.is_empty() { String::new() } else { format!(" {text}") };
+        assert_eq!(decoded, expected, "round trip of {text:?}");
+    }
+    println!("sentencepiece: {} of {} strings as the reference", corpus.len() - wrong.len(), corpus.len());
+    assert!(
+        wrong.is_empty(),
+        "{} strings differ, e.g. {}",
+        wrong.len(),
+        wrong[..wrong.len().min(3)].join("; ")
+    );
+    // BOS is added by default for SentencePiece vocabularies (llama.cpp's default), EOS is `</s>`.
+    assert_eq!(tok.encode("a", true).unwrap()[0], 1);
+    assert_eq!(tok.eos_ids(), [2]);
+}
