@@ -582,6 +582,8 @@ impl LlamaTokenizer {
                     Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
                 },
             );
+            // transformers' template globals: Llama 3.x dates its system prompt with it.
+            env.add_function("strftime_now", |format: String| strftime_now(&format));
             let tmpl = env.template_from_str(template)?;
             tmpl.render(minijinja::context! {
                 messages => messages,
@@ -621,5 +623,102 @@ impl Tokenizer for LlamaTokenizer {
         add_generation_prompt: bool,
     ) -> Option<Result<String, BoxError>> {
         self.render_chat(messages, add_generation_prompt).map(|r| r.map_err(Into::into))
+    }
+}
+
+/// The current UTC time formatted like Python's `strftime` (what transformers' chat
+/// templates call as `strftime_now`): `%Y %y %m %d %e %B %b %A %a %H %M %S %j %%`; an
+/// unknown directive is an error naming it.
+fn strftime_now(format: &str) -> std::result::Result<String, minijinja::Error> {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format_utc(secs, format)
+}
+
+fn format_utc(secs: u64, format: &str) -> std::result::Result<String, minijinja::Error> {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian; Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let cumulative = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let day_of_year = cumulative[(month - 1) as usize] + day + i64::from(leap && month > 2);
+    let (m, d) = ((month - 1) as usize, day);
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year.rem_euclid(100))),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('d') => out.push_str(&format!("{d:02}")),
+            Some('e') => out.push_str(&format!("{d:>2}")),
+            Some('B') => out.push_str(MONTHS[m]),
+            Some('b') => out.push_str(&MONTHS[m][..3]),
+            Some('A') => out.push_str(DAYS[days.rem_euclid(7) as usize]),
+            Some('a') => out.push_str(&DAYS[days.rem_euclid(7) as usize][..3]),
+            Some('H') => out.push_str(&format!("{:02}", rem / 3600)),
+            Some('M') => out.push_str(&format!("{:02}", rem / 60 % 60)),
+            Some('S') => out.push_str(&format!("{:02}", rem % 60)),
+            Some('j') => out.push_str(&format!("{day_of_year:03}")),
+            Some('%') => out.push('%'),
+            other => {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!(
+                        "strftime_now: directive %{} is not supported",
+                        other.map_or(String::new(), String::from)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_utc;
+
+    #[test]
+    fn utc_dates_format_like_python_strftime() {
+        // Values from Python: time.strftime(fmt, time.gmtime(secs)).
+        let cases = [
+            (0, "%d %b %Y", "01 Jan 1970"),
+            (951_782_400, "%Y-%m-%d %A %j", "2000-02-29 Tuesday 060"),
+            (1_721_952_000, "%d %B %y %a", "26 July 24 Fri"),
+            (1_764_720_000 + 3_723, "%H:%M:%S %% %e", "01:02:03 %  3"),
+            (4_107_542_399, "%Y-%m-%d %H:%M:%S", "2100-02-28 23:59:59"),
+        ];
+        for (secs, format, want) in cases {
+            assert_eq!(format_utc(secs, format).unwrap(), want, "{secs} {format}");
+        }
+        assert!(format_utc(0, "%Q").is_err());
     }
 }

@@ -497,3 +497,37 @@ fn a_sentencepiece_style_tokenizer_json_is_refused() {
     }
     let _ = std::fs::remove_dir_all(to);
 }
+
+/// What the chat templates of Llama 3.x and Qwen2.5 use beyond the basics renders:
+/// `strftime_now` (transformers' global), `tojson`, `raise_exception`, `is defined`
+/// tests, `trim`, namespaces and loop variables (a template written for this test in
+/// their style; the families' own templates are not redistributed here).
+#[test]
+fn chat_templates_get_transformers_globals() {
+    use perpetua_candle::LlamaTokenizer;
+    use perpetua_generator::ChatMessage;
+    let template = r#"{%- set ns = namespace(system="") -%}
+{%- if strftime_now is defined %}{% set date = strftime_now("%d %b %Y") %}{% else %}{% set date = "none" %}{% endif -%}
+{%- for m in messages %}{% if m.role == "system" %}{% set ns.system = m.content | trim %}{% endif %}{% endfor -%}
+<s>system
+Today: {{ date }}. {{ ns.system }} {{ {"k": [1, 2]} | tojson }}</s>
+{% for m in messages if m.role != "system" -%}
+{%- if m.role not in ["user", "assistant"] %}{{ raise_exception("bad role " ~ m.role) }}{% endif -%}
+<s>{{ m.role }}
+{{ m.content | trim }}</s>{% if not loop.last %}
+{% endif %}
+{%- endfor %}"#;
+    let tok = LlamaTokenizer::load(dir("qwen2")).unwrap().with_chat_template(template);
+    let chat = tok
+        .render_chat(&[ChatMessage::system("  Be brief. "), ChatMessage::user(" hi ")], false)
+        .unwrap()
+        .unwrap();
+    let date = chat.lines().nth(1).unwrap();
+    // "Today: 03 Dec 2026. …": a real date, not the fallback.
+    let parts: Vec<&str> = date.trim_start_matches("Today: ").split(' ').collect();
+    assert!(parts[0].len() == 2 && parts[0].parse::<u32>().is_ok() && parts[2].starts_with("20"), "{chat}");
+    assert!(chat.contains(r#"Be brief. {"k":[1,2]}"#), "{chat}");
+    assert!(chat.ends_with("<s>user\nhi</s>"), "{chat}");
+    let err = tok.render_chat(&[ChatMessage::new("tool", "x")], false).unwrap().unwrap_err();
+    assert!(err.to_string().contains("bad role tool"), "{err}");
+}
