@@ -191,7 +191,7 @@ fn malformed_checkpoints_give_typed_errors() {
 
     // Other families and features we would run wrongly are refused, naming why.
     for (name, extra, named) in [
-        ("phi3", r#""model_type": "phi3","#, "phi3"),
+        ("gemma2", r#""model_type": "gemma2","#, "gemma2"),
         ("rope-scaling", r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0},"#, "rope_scaling"),
         ("bias", r#""attention_bias": true,"#, "attention_bias"),
     ] {
