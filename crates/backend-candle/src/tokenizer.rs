@@ -277,17 +277,7 @@ impl LlamaTokenizer {
             .zip(&special)
             .map(|(t, &s)| if s { t.as_bytes().to_vec() } else { token_string_to_bytes(t, &char_to_byte) })
             .collect();
-        let (eos_ids, bos_id) = special_ids(md, tokens.len())?;
-        let chat_template = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
-        Ok(Self {
-            inner,
-            bytes,
-            special,
-            eos_ids,
-            bos_id,
-            add_bos: md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),
-            chat_template,
-        })
+        Self::with_gguf_specials(inner, bytes, special, md, false)
     }
 
     /// Read a Hugging Face `tokenizer.json` (byte-level BPE). Special tokens are its
@@ -402,15 +392,30 @@ impl LlamaTokenizer {
                 _ => t.replace('\u{2581}', " ").into_bytes(),
             })
             .collect();
-        let (eos_ids, bos_id) = special_ids(md, tokens.len())?;
+        // llama.cpp adds BOS by default for SentencePiece vocabularies.
+        Self::with_gguf_specials(inner, bytes, special, md, true)
+    }
+
+    /// The tokenizer with the GGUF metadata's EOS/BOS ids, `add_bos_token` (else
+    /// `default_add_bos`) and chat template.
+    fn with_gguf_specials(
+        inner: tokenizers::Tokenizer,
+        bytes: Vec<Vec<u8>>,
+        special: Vec<bool>,
+        md: &HashMap<String, candle_core::quantized::gguf_file::Value>,
+        default_add_bos: bool,
+    ) -> Result<Self> {
+        let (eos_ids, bos_id) = special_ids(md, bytes.len())?;
         Ok(Self {
             inner,
             bytes,
             special,
             eos_ids,
             bos_id,
-            // llama.cpp's default for SentencePiece vocabularies.
-            add_bos: md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(true),
+            add_bos: md
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(default_add_bos),
             chat_template: md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned(),
         })
     }

@@ -3,38 +3,10 @@
 
 mod common;
 
-use perpetua_candle::{CandleBackendError, KvDtype, Llama, LlamaCache, LlamaTokenizer, LoadOptions};
-use perpetua_generator::LanguageModel;
-use perpetua_kv_cache::testing::{CacheHarness, ConformanceConfig, Property, run_all};
+use perpetua_candle::{KvDtype, Llama, LlamaTokenizer, LoadOptions};
+use perpetua_kv_cache::testing::{ConformanceConfig, Property, run_all};
 
-struct Harness(Llama);
-
-impl CacheHarness for Harness {
-    type Cache = LlamaCache;
-    type Error = CandleBackendError;
-
-    fn new_cache(&mut self) -> Result<LlamaCache, CandleBackendError> {
-        self.0.new_cache()
-    }
-
-    fn new_cache_with_capacity(&mut self, capacity: usize) -> Result<LlamaCache, CandleBackendError> {
-        self.0.new_cache_with_capacity(capacity)
-    }
-
-    fn feed(
-        &mut self,
-        cache: &mut LlamaCache,
-        tokens: &[u32],
-        out: &mut Vec<f32>,
-    ) -> Result<(), CandleBackendError> {
-        self.0.forward(tokens, cache, out)
-    }
-
-    fn shift(&mut self, cache: &mut LlamaCache, start: usize, n: usize) -> Result<bool, CandleBackendError> {
-        self.0.shift_cache(cache, start, n)?;
-        Ok(true)
-    }
-}
+use common::Harness;
 
 #[test]
 fn real_model_cache_passes_the_conformance_kit_exactly() {

@@ -15,7 +15,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use perpetua_candle::{
-    Architecture, Attention, CandleBackendError, KvDtype, Llama, LlamaCache, LoadOptions, RopeScaling,
+    Architecture, Attention, CandleBackendError, KvDtype, Llama, LoadOptions, RopeScaling,
 };
 use perpetua_generator::testing::{ByteTokenizer, ModelHarness};
 use perpetua_generator::{Event, Generator, KvCache, LanguageModel};
@@ -360,34 +360,7 @@ fn the_dense_loader_refuses_what_burn_does_not_implement() {
     assert!(matches!(dense.config.rope_scaling, RopeScaling::Llama3 { .. }));
 }
 
-struct Harness(Llama);
-
-impl perpetua_kv_cache::testing::CacheHarness for Harness {
-    type Cache = LlamaCache;
-    type Error = CandleBackendError;
-
-    fn new_cache(&mut self) -> Result<LlamaCache, CandleBackendError> {
-        self.0.new_cache()
-    }
-
-    fn new_cache_with_capacity(&mut self, capacity: usize) -> Result<LlamaCache, CandleBackendError> {
-        self.0.new_cache_with_capacity(capacity)
-    }
-
-    fn feed(
-        &mut self,
-        cache: &mut LlamaCache,
-        tokens: &[u32],
-        out: &mut Vec<f32>,
-    ) -> Result<(), CandleBackendError> {
-        self.0.forward(tokens, cache, out)
-    }
-
-    fn shift(&mut self, cache: &mut LlamaCache, start: usize, n: usize) -> Result<bool, CandleBackendError> {
-        self.0.shift_cache(cache, start, n)?;
-        Ok(true)
-    }
-}
+use common::Harness;
 
 #[test]
 fn every_family_passes_the_cache_conformance_kit() {
