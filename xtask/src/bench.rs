@@ -24,7 +24,9 @@ const LLAMA_CPP_PYTHON: &str = "llama-cpp-python==0.3.36";
 /// Threads for every contender.
 const THREADS: usize = 2;
 /// Positions of the long-context decode measurement.
-const POSITIONS: [usize; 3] = [100, 2_000, 6_000];
+/// Positions of the long-context decode measurement; filling the cache to each is also
+/// the long-prompt prefill measurement (issue 24: 512 and 2,000 tokens).
+const POSITIONS: [usize; 4] = [100, 512, 2_000, 6_000];
 /// Greedy decode steps timed at each position.
 const POSITION_STEPS: usize = 32;
 /// Markers of the generated section in docs/PERFORMANCE.md.
@@ -107,6 +109,13 @@ pub fn bench(quick: bool, model: PathBuf) -> Result<()> {
     let mut runs: Vec<Value> = Vec::new();
     let mut record = |mut v: Value, round: usize| {
         v["round"] = json!(round);
+        // Long-prompt prefill rate: the filled positions ÷ the fill time (every contender
+        // fills exactly `position` ids before its first timed decode step).
+        if let (Some(p), Some(s)) = (v["position"].as_f64(), v["fill_s"].as_f64())
+            && s > 0.0
+        {
+            v["fill_tok_s"] = json!(p / s);
+        }
         eprintln!("xtask: bench: {}", summary(&v));
         runs.push(v);
     };
@@ -723,6 +732,48 @@ fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
     }
     writeln!(md)?;
 
+    // Long-prompt prefill.
+    writeln!(
+        md,
+        "**Prefill of long prompts** (issue 24; filling the cache to the position with filler ids, \
+         chunks of 512 for every contender; positions ÷ fill time, tok/s, best round; the 44-token row is \
+         the greedy runs' prompt prefill):\n"
+    )?;
+    writeln!(
+        md,
+        "| prompt tokens | perpetua | candle-transformers | llama.cpp | perpetua ÷ llama.cpp | perpetua ÷ candle-tf |"
+    )?;
+    writeln!(md, "|---:|---:|---:|---:|---:|---:|")?;
+    {
+        let get = |c: &str| best(runs, c, "greedy", "prefill_tok_s", None);
+        let cell = |x: Option<f64>| x.map_or("–".to_string(), |x| format!("{x:.1}"));
+        let prompt = runs.iter().find_map(|v| v["prompt_tokens"].as_u64()).unwrap_or(0);
+        writeln!(
+            md,
+            "| {prompt} | {} | {} | {} | {} | {} |",
+            cell(get(PERPETUA)),
+            cell(get(CANDLE)),
+            cell(get(LLAMA_CPP)),
+            fmt_ratio(get(PERPETUA), get(LLAMA_CPP)),
+            fmt_ratio(get(PERPETUA), get(CANDLE)),
+        )?;
+    }
+    for position in POSITIONS.into_iter().filter(|&p| p >= 512) {
+        let get = |c: &str| best(runs, c, "position", "fill_tok_s", Some(position));
+        let cell = |x: Option<f64>| x.map_or("n/a".to_string(), |x| format!("{x:.1}"));
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            thousands(position),
+            cell(get(PERPETUA)),
+            cell(get(CANDLE)),
+            cell(get(LLAMA_CPP)),
+            fmt_ratio(get(PERPETUA), get(LLAMA_CPP)),
+            fmt_ratio(get(PERPETUA), get(CANDLE)),
+        )?;
+    }
+    writeln!(md)?;
+
     // Sampling share.
     writeln!(
         md,
@@ -832,6 +883,32 @@ fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
             Some(false) => "**did not hold** (counts above)",
             None => "not measured",
         }
+    )?;
+    let prefill_ratio = |position: Option<usize>| match position {
+        None => (
+            best(runs, PERPETUA, "greedy", "prefill_tok_s", None),
+            best(runs, LLAMA_CPP, "greedy", "prefill_tok_s", None),
+        ),
+        Some(p) => (
+            best(runs, PERPETUA, "position", "fill_tok_s", Some(p)),
+            best(runs, LLAMA_CPP, "position", "fill_tok_s", Some(p)),
+        ),
+    };
+    let prefill_goal = |position: Option<usize>| {
+        let (ours, theirs) = prefill_ratio(position);
+        match (ours, theirs) {
+            (Some(o), Some(t)) if t > 0.0 => {
+                format!("{:.2}× ({})", o / t, if o >= t { "met" } else { "**not met**" })
+            }
+            _ => "not measured".to_string(),
+        }
+    };
+    writeln!(
+        md,
+        "- Issue 24: prefill ≥ 1.0× llama.cpp at 44, 512 and 2,000 tokens: {}, {}, {}.",
+        prefill_goal(None),
+        prefill_goal(Some(512)),
+        prefill_goal(Some(2_000))
     )?;
     if config.quick {
         writeln!(

@@ -148,24 +148,20 @@ fn hadd(a: [f32; LANES], b: [f32; LANES]) -> [f32; LANES] {
     [a[0] + a[1], a[2] + a[3], b[0] + b[1], b[2] + b[3], a[4] + a[5], a[6] + a[7], b[4] + b[5], b[6] + b[7]]
 }
 
-/// `[sum_lanes(a[0]), …, sum_lanes(a[7])]`, bit for bit, as a transposing reduction:
-/// seven horizontal adds and one add for eight rows instead of eight separate
-/// reductions.
+/// `[sum_lanes(a[0]), …, sum_lanes(a[P − 1])]`, bit for bit, as a transposing
+/// reduction: per four rows, three horizontal adds and one add instead of four separate
+/// reductions (`P` a multiple of 4).
 #[inline(always)]
-fn sum_lanes_of_rows(a: &[[f32; LANES]; POS_BLOCK]) -> [f32; POS_BLOCK] {
-    let g0 = hadd(hadd(a[0], a[1]), hadd(a[2], a[3]));
-    let g1 = hadd(hadd(a[4], a[5]), hadd(a[6], a[7]));
-    // g0 = [lo(a0), lo(a1), lo(a2), lo(a3) | hi(a0), …, hi(a3)], lo = (v0+v1)+(v2+v3).
-    [
-        g0[0] + g0[4],
-        g0[1] + g0[5],
-        g0[2] + g0[6],
-        g0[3] + g0[7],
-        g1[0] + g1[4],
-        g1[1] + g1[5],
-        g1[2] + g1[6],
-        g1[3] + g1[7],
-    ]
+fn sum_lanes_of_rows<const P: usize>(a: &[[f32; LANES]; P]) -> [f32; P] {
+    let mut out = [0.0; P];
+    for (o, a) in out.chunks_exact_mut(4).zip(a.chunks_exact(4)) {
+        // g = [lo(a0), lo(a1), lo(a2), lo(a3) | hi(a0), …, hi(a3)], lo = (v0+v1)+(v2+v3).
+        let g = hadd(hadd(a[0], a[1]), hadd(a[2], a[3]));
+        for (i, o) in o.iter_mut().enumerate() {
+            *o = g[i] + g[i + 4];
+        }
+    }
+    out
 }
 
 /// How far ahead of the rows being scored [`key_scores`] asks for key and value rows:
@@ -192,10 +188,13 @@ fn prefetch<T>(s: &[T], i: usize) {
 }
 
 /// Positions per register block of [`key_scores`]: `G × POS_BLOCK` accumulators of
-/// `LANES` (24 registers for SmolLM2's group of 3: AVX-512 machines have 32), each key
-/// row loaded (and, for f16, widened) once for the whole group, the eight sums of each
-/// head reduced together.
-const POS_BLOCK: usize = LANES;
+/// `LANES`, each key row loaded (and, for f16, widened) once for the whole group, the
+/// sums of each head reduced together. Eight on AVX-512 machines (24 accumulators for
+/// SmolLM2's group of 3 in their 32 registers); four elsewhere, where AVX2's 16
+/// registers would spill 24 accumulators on every multiply-add (measured in
+/// docs/PERFORMANCE.md). A score's arithmetic does not depend on the block (see
+/// [`key_scores`]), so both give the same bits.
+const POS_BLOCK: usize = if cfg!(target_feature = "avx512f") { LANES } else { 4 };
 
 /// `scores[g·len + t] = (q_g · k_t) · scale` for the `G` query heads of a group and the
 /// first `len` key rows of `k` (`d` a multiple of [`LANES`]).
@@ -381,6 +380,14 @@ fn weighted_value_sums<T: KvElem>(
         }
     }
     let per_head = d + 2;
+    // `p` is the thread's scratch, reused from task to task: start the sums from zero
+    // (the blocked kernels overwrite their columns). Before this reset, a thread running
+    // several items in a row added the previous item's sums into the next one whenever
+    // `head_dim` was not a multiple of 32 — hidden while a dispatch had at most 16 items
+    // (one per thread grab); the row-blocked prefill dispatch found it.
+    for acc in p.chunks_exact_mut(per_head).take(group) {
+        acc[2..].fill(0.0);
+    }
     for (t, v_t) in v.chunks_exact(d).take(len).enumerate() {
         for (gi, acc) in p.chunks_exact_mut(per_head).enumerate() {
             let w = scores[gi * len + t];
@@ -473,13 +480,43 @@ pub(crate) fn run_tasks(n: usize, width: usize, out: &mut Vec<f32>, task: impl F
     SHARED.with_borrow_mut(|slot| *slot = shared);
 }
 
-/// Attention of one query position over the cached positions `seen` (`0..visible`
-/// without a sliding window, the window's last positions with one).
+/// [`attend_rows`] for a single query row (what a decode step computes; the tests'
+/// reference for one position).
+#[cfg(test)]
+pub(crate) fn attend_one<T: KvElem>(
+    g: Geometry,
+    q: &[f32],
+    kv: (&[T], &[T]),
+    scales: Option<(&[f32], &[f32])>,
+    seen: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    attend_rows(g, q, kv, scales, |_| seen.clone(), out);
+}
+
+/// Query rows per pool dispatch in [`attend_rows`]: enough (row, KV head, chunk) items
+/// to keep every thread busy from the first positions of a prompt on, few enough that
+/// the partial results of one dispatch stay small (≈ 2.4 MB for SmolLM2 at 8,192
+/// positions).
+const ROWS_PER_DISPATCH: usize = 32;
+
+/// Attention of `n = q.len() / (n_heads · head_dim)` query rows (one for a decode
+/// step, a prompt's rows for a prefill), row `i` over the cached positions `seen(i)`
+/// (`0..visible` without a sliding window, the window's last positions with one).
 ///
-/// - `q`: `n_heads × head_dim` (query head `h` at `q[h·d..]`), already rotated.
+/// - `q`: `n × n_heads × head_dim` (row `i`, query head `h` at `q[(i·n_heads + h)·d..]`),
+///   already rotated.
 /// - `k`, `v`: a layer's cache buffers, `n_kv_heads × head_stride × head_dim`.
-/// - `out`: `n_heads × head_dim`, overwritten with `softmax(q_h·Kᵀ/√d)·V` per head,
-///   query head `h` reading KV head `h / (n_heads / n_kv_heads)`.
+/// - `out`: like `q`, overwritten with `softmax(q_h·Kᵀ/√d)·V` per row and head, query
+///   head `h` reading KV head `h / (n_heads / n_kv_heads)`.
+///
+/// The work items are (row, KV head, chunk of [`CHUNK`] positions) triples, run on the
+/// pool [`ROWS_PER_DISPATCH`] rows at a time: a prefill pays one pool hand-off per block
+/// of rows, not one per row, and short rows (a prompt's first positions: one chunk per
+/// KV head) no longer leave threads idle. An item's computation depends only on its
+/// row's query and positions, and each row's chunks are combined in chunk order, so a
+/// row's output is bit-identical whether it is computed alone (decode) or among other
+/// rows (prefill): batch invariance, which truncate-and-refeed relies on (tested below).
 ///
 /// Scratch space for the scores is a per-thread buffer reused across calls, so
 /// steady-state decode allocates nothing here.
@@ -492,58 +529,119 @@ pub(crate) fn run_tasks(n: usize, width: usize, out: &mut Vec<f32>, task: impl F
 /// (keys', values'; `n_kv_heads × head_stride`, one per row): a key row's scale
 /// multiplies its score, a value row's scale its softmax weight (after the softmax sum,
 /// which stays that of the unscaled weights).
-pub(crate) fn attend_one<T: KvElem>(
+pub(crate) fn attend_rows<T: KvElem>(
     g: Geometry,
     q: &[f32],
     (k, v): (&[T], &[T]),
     scales: Option<(&[f32], &[f32])>,
-    seen: std::ops::Range<usize>,
+    seen: impl Fn(usize) -> std::ops::Range<usize> + Sync,
     out: &mut [f32],
 ) {
-    let (first, visible) = (seen.start, seen.end.max(seen.start));
     let d = g.head_dim;
     let group = g.n_heads / g.n_kv_heads;
-    debug_assert_eq!(q.len(), g.n_heads * d);
-    debug_assert_eq!(out.len(), g.n_heads * d);
-    debug_assert!(k.len() >= g.n_kv_heads * g.head_stride * d && visible <= g.head_stride);
+    let width = g.n_heads * d;
+    debug_assert_eq!(q.len() % width.max(1), 0);
+    debug_assert_eq!(out.len(), q.len());
+    debug_assert!(k.len() >= g.n_kv_heads * g.head_stride * d);
+    let n = q.len() / width.max(1);
     let scale = 1.0 / (d as f32).sqrt();
-    let chunks = (visible - first).div_ceil(CHUNK).max(1);
     // Per item and query head of its group: the chunk's max, its sum, then `d` sums.
     let per_head = d + 2;
     let item = group * per_head;
+    let span = |i: usize| {
+        let s = seen(i);
+        let (first, visible) = (s.start, s.end.max(s.start));
+        debug_assert!(visible <= g.head_stride);
+        (first, visible, (visible - first).div_ceil(CHUNK).max(1))
+    };
     // Taken out of the thread-local (not borrowed) across the parallel section: the
     // calling thread runs tasks too, and they use the other thread-locals.
     let mut partials = PARTIALS.with_borrow_mut(std::mem::take);
-    run_tasks(g.n_kv_heads * chunks, item, &mut partials, |task, p| {
-        let (j, c) = (task / chunks, task % chunks);
-        let (start, end) = (first + c * CHUNK, (first + (c + 1) * CHUNK).min(visible));
-        let len = end - start;
-        let base = j * g.head_stride * d;
-        let q_j = &q[j * group * d..(j + 1) * group * d];
-        let k_c = &k[base + start * d..base + end * d];
-        let v_c = &v[base + start * d..base + end * d];
-        let rows = j * g.head_stride + start..j * g.head_stride + end;
-        let row_scales = scales.map(|(ks, vs)| (&ks[rows.clone()], &vs[rows]));
-        SCORES.with_borrow_mut(|scores| {
-            // scores[gi * len + t] = q_gi · k_t / √d
-            scores.clear();
-            scores.resize(group * len, 0.0);
-            scores_of_group(q_j, k_c, v_c, d, scale, scores);
-            if let Some((ks, _)) = row_scales {
-                scale_rows(scores, len, ks);
-            }
-            for (gi, row) in scores.chunks_exact_mut(len.max(1)).enumerate() {
-                let (max, sum) = exp_shifted_in_place(row);
-                p[gi * per_head] = max;
-                p[gi * per_head + 1] = sum;
-            }
-            if let Some((_, vs)) = row_scales {
-                scale_rows(scores, len, vs);
-            }
-            weighted_value_sums(scores, len, v_c, d, group, p);
+    // starts[r]: the first item of row `block + r`; a row's items are (KV head, chunk).
+    let mut starts = [0_usize; ROWS_PER_DISPATCH + 1];
+    for block in (0..n).step_by(ROWS_PER_DISPATCH) {
+        let rows = block..n.min(block + ROWS_PER_DISPATCH);
+        for (r, i) in rows.clone().enumerate() {
+            starts[r + 1] = starts[r] + g.n_kv_heads * span(i).2;
+        }
+        let total = starts[rows.len()];
+        let starts = &starts[..=rows.len()];
+        run_tasks(total, item, &mut partials, |task, p| {
+            let r = starts.partition_point(|&s| s <= task) - 1;
+            let i = block + r;
+            let (first, visible, chunks) = span(i);
+            let local = task - starts[r];
+            let (j, c) = (local / chunks, local % chunks);
+            let q_i = &q[i * width..(i + 1) * width];
+            chunk_partials(g, q_i, (k, v), scales, (first, visible), (j, c), scale, p);
         });
+        for i in rows {
+            let (_, _, chunks) = span(i);
+            let at = starts[i - block] * item;
+            combine_chunks(
+                g,
+                &partials[at..at + g.n_kv_heads * chunks * item],
+                chunks,
+                &mut out[i * width..(i + 1) * width],
+            );
+        }
+    }
+    PARTIALS.with_borrow_mut(|slot| *slot = partials);
+}
+
+/// One work item: the query heads of KV head `j` over chunk `c` of the positions
+/// `first..visible`. Writes, per query head of the group, the chunk's score maximum,
+/// the sum of its shifted exponentials and the `d` weighted value sums into `p`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn chunk_partials<T: KvElem>(
+    g: Geometry,
+    q: &[f32],
+    (k, v): (&[T], &[T]),
+    scales: Option<(&[f32], &[f32])>,
+    (first, visible): (usize, usize),
+    (j, c): (usize, usize),
+    scale: f32,
+    p: &mut [f32],
+) {
+    let d = g.head_dim;
+    let group = g.n_heads / g.n_kv_heads;
+    let per_head = d + 2;
+    let (start, end) = (first + c * CHUNK, (first + (c + 1) * CHUNK).min(visible));
+    let len = end - start;
+    let base = j * g.head_stride * d;
+    let q_j = &q[j * group * d..(j + 1) * group * d];
+    let k_c = &k[base + start * d..base + end * d];
+    let v_c = &v[base + start * d..base + end * d];
+    let rows = j * g.head_stride + start..j * g.head_stride + end;
+    let row_scales = scales.map(|(ks, vs)| (&ks[rows.clone()], &vs[rows]));
+    SCORES.with_borrow_mut(|scores| {
+        // scores[gi * len + t] = q_gi · k_t / √d
+        scores.clear();
+        scores.resize(group * len, 0.0);
+        scores_of_group(q_j, k_c, v_c, d, scale, scores);
+        if let Some((ks, _)) = row_scales {
+            scale_rows(scores, len, ks);
+        }
+        for (gi, row) in scores.chunks_exact_mut(len.max(1)).enumerate() {
+            let (max, sum) = exp_shifted_in_place(row);
+            p[gi * per_head] = max;
+            p[gi * per_head + 1] = sum;
+        }
+        if let Some((_, vs)) = row_scales {
+            scale_rows(scores, len, vs);
+        }
+        weighted_value_sums(scores, len, v_c, d, group, p);
     });
-    // Combine the chunks in order: out_h = Σ_c e^(m_c − M) acc_c / Σ_c e^(m_c − M) s_c.
+}
+
+/// Combine one query row's chunk partials (`n_kv_heads × chunks` items, KV head major)
+/// in chunk order: out_h = Σ_c e^(m_c − M) acc_c / Σ_c e^(m_c − M) s_c.
+fn combine_chunks(g: Geometry, partials: &[f32], chunks: usize, out: &mut [f32]) {
+    let d = g.head_dim;
+    let group = g.n_heads / g.n_kv_heads;
+    let per_head = d + 2;
+    let item = group * per_head;
     for (h, o) in out.chunks_exact_mut(d).enumerate() {
         let (j, gi) = (h / group, h % group);
         let part = |c: usize| {
@@ -566,7 +664,6 @@ pub(crate) fn attend_one<T: KvElem>(
             *o *= inv;
         }
     }
-    PARTIALS.with_borrow_mut(|slot| *slot = partials);
 }
 
 #[cfg(test)]
@@ -681,6 +778,51 @@ mod tests {
             let want = reference(g, &q, &k8, &v8, visible);
             for (i, (&a, &b)) in out.iter().zip(&want).enumerate() {
                 prop_assert!((f64::from(a) - b).abs() <= 1e-4 * (1.0 + b.abs()), "out[{i}] = {a}, want {b}");
+            }
+        }
+
+        #[test]
+        fn rows_together_equal_rows_one_by_one(
+            (g, _q, k, v, visible) in case(),
+            extra in 1usize..70,
+            window in prop_oneof![Just(None), (1usize..300).prop_map(Some)],
+            q8 in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            // `n` query rows ending at `visible` (more than one dispatch block when
+            // `extra` > ROWS_PER_DISPATCH), each seeing its causal prefix within the window.
+            let n = extra.min(visible);
+            let width = g.n_heads * g.head_dim;
+            let mut state = seed | 1;
+            let q: Vec<f32> = (0..n * width).map(|_| {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                (state % 8_000) as f32 / 1_000.0 - 4.0
+            }).collect();
+            let pos = visible - n;
+            let seen = |i: usize| {
+                let end = pos + i + 1;
+                window.map_or(0, |w: usize| end.saturating_sub(w))..end
+            };
+            let (mut kc, mut ks, mut vc, mut vs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            crate::cache::quantize_q8(&k, g.head_dim, &mut kc, &mut ks);
+            crate::cache::quantize_q8(&v, g.head_dim, &mut vc, &mut vs);
+            let mut together = vec![f32::NAN; n * width];
+            if q8 {
+                attend_rows(g, &q, (&kc, &vc), Some((&ks, &vs)), seen, &mut together);
+            } else {
+                attend_rows(g, &q, (&k, &v), None, seen, &mut together);
+            }
+            for i in 0..n {
+                let mut alone = vec![f32::NAN; width];
+                let q_i = &q[i * width..(i + 1) * width];
+                if q8 {
+                    attend_one(g, q_i, (&kc, &vc), Some((&ks, &vs)), seen(i), &mut alone);
+                } else {
+                    attend_one(g, q_i, (&k, &v), None, seen(i), &mut alone);
+                }
+                let got: Vec<u32> = together[i * width..(i + 1) * width].iter().map(|x| x.to_bits()).collect();
+                let want: Vec<u32> = alone.iter().map(|x| x.to_bits()).collect();
+                prop_assert_eq!(got, want, "row {} of {}", i, n);
             }
         }
 

@@ -51,6 +51,8 @@ pub mod dense;
 mod error;
 mod inspect;
 mod model;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod qgemm;
 mod tokenizer;
 
 use std::path::PathBuf;

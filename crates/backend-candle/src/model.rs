@@ -454,7 +454,7 @@ impl Fused {
 
     /// The `N` outputs `x·W_iᵀ` (views into the stacked output when fused).
     fn forward<const N: usize>(&self, x: &Tensor) -> Result<[Tensor; N]> {
-        self.forward_with(x, |m, x| Ok(m.forward(x)?))
+        self.forward_with(x, linear)
     }
 
     /// As [`Self::forward`], each matrix applied with `linear`.
@@ -1156,7 +1156,7 @@ impl Llama {
         let pos = cache.seq_len();
         let cfg = &self.config;
         let eps = cfg.rms_norm_eps as f32;
-        let linear = |m: &QMatMul, x: &Tensor| if few_rows { linear_rows(m, x) } else { Ok(m.forward(x)?) };
+        let linear = |m: &QMatMul, x: &Tensor| if few_rows { linear_rows(m, x) } else { linear(m, x) };
 
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embeddings.index_select(&ids, 0)?;
@@ -1347,15 +1347,16 @@ impl Llama {
         };
         let qs = &qs[q_layout.start_offset()..q_layout.start_offset() + n * width];
         let mut out = vec![0.0_f32; n * width];
-        for (i, (q_i, out_i)) in qs.chunks_exact(width).zip(out.chunks_exact_mut(width)).enumerate() {
+        // Row `i` sees the positions up to its own (`pos + i`), within the window.
+        let seen = |i: usize| {
             let visible = pos + i + 1;
-            let seen = self.window_start(visible)..visible;
-            match kv {
-                Kv::F32(ks, vs) => attention::attend_one(geometry, q_i, (ks, vs), None, seen, out_i),
-                Kv::F16(ks, vs) => attention::attend_one(geometry, q_i, (ks, vs), None, seen, out_i),
-                Kv::Q8(ks, vs, kss, vss) => {
-                    attention::attend_one(geometry, q_i, (ks, vs), Some((kss, vss)), seen, out_i)
-                }
+            self.window_start(visible)..visible
+        };
+        match kv {
+            Kv::F32(ks, vs) => attention::attend_rows(geometry, qs, (ks, vs), None, seen, &mut out),
+            Kv::F16(ks, vs) => attention::attend_rows(geometry, qs, (ks, vs), None, seen, &mut out),
+            Kv::Q8(ks, vs, kss, vss) => {
+                attention::attend_rows(geometry, qs, (ks, vs), Some((kss, vss)), seen, &mut out)
             }
         }
         drop((q_store, k_store, v_store, scale_store));
@@ -1783,6 +1784,39 @@ impl perpetua_generator::LanguageModel for Llama {
     }
 }
 
+/// `x · Wᵀ` for `x` of shape `(rows, k)`: Q8_0 weights with more than one row go
+/// through [`crate::qgemm::matmul`] on AVX2 CPUs (register-tiled, bit-identical to candle's
+/// kernel, so a prefill row still equals a decode step), everything else through
+/// `QMatMul::forward`.
+fn linear(m: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    if let QMatMul::QTensor(w) = m
+        && w.dtype() == GgmlDType::Q8_0
+        && x.dtype() == DType::F32
+        && x.device().is_cpu()
+        && let Ok((rows, k)) = x.dims2()
+        && rows > 1
+        && let Ok((n, wk)) = w.shape().dims2()
+        && wk == k
+    {
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        if let candle_core::Storage::Cpu(cpu) = &*storage {
+            let start = layout.start_offset();
+            let xs = cpu.as_slice::<f32>()?.get(start..start + rows * k);
+            let bytes = w.data()?;
+            let mut out = vec![0.0_f32; rows * n];
+            if let Some(xs) = xs
+                && crate::qgemm::matmul(xs, rows, k, &bytes, n, &mut out).is_some()
+            {
+                drop(storage);
+                return Ok(Tensor::from_vec(out, (rows, n), x.device())?);
+            }
+        }
+    }
+    Ok(m.forward(x)?)
+}
+
 /// Most rows [`linear_rows`] handles with its weight-stationary kernel.
 const FEW_ROWS: usize = 16;
 
@@ -1790,10 +1824,10 @@ const FEW_ROWS: usize = 16;
 /// `2 <= n <= FEW_ROWS` it reads each weight row once and dots it with every input row:
 /// a verification pass of a few tokens then costs about one decode step of weight
 /// traffic, where gemm would first pack the whole weight matrix. Anything else goes to
-/// `QMatMul::forward` (quantized kernels already tile rows).
+/// [`linear`] (quantized kernels already tile rows).
 fn linear_rows(m: &QMatMul, x: &Tensor) -> Result<Tensor> {
     let QMatMul::Tensor(w) = m else {
-        return Ok(m.forward(x)?);
+        return linear(m, x);
     };
     let (n, k) = x.dims2()?;
     if w.dtype() != DType::F32
@@ -1801,18 +1835,18 @@ fn linear_rows(m: &QMatMul, x: &Tensor) -> Result<Tensor> {
         || !(2..=FEW_ROWS).contains(&n)
         || !w.device().is_cpu()
     {
-        return Ok(m.forward(x)?);
+        return linear(m, x);
     }
     let (out_dim, wk) = w.dims2()?;
     if wk != k {
-        return Ok(m.forward(x)?);
+        return linear(m, x);
     }
     let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let w = w.contiguous()?;
     let (storage, layout) = w.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
         drop(storage);
-        return Ok(m.forward(x)?);
+        return linear(m, x);
     };
     let start = layout.start_offset();
     let ws = cpu.as_slice::<f32>()?.get(start..start + out_dim * k).ok_or_else(|| {
