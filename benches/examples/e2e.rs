@@ -11,6 +11,7 @@
 //!     --tokens-file target/bench/tokens.json --position 2000 --steps 32
 //! e2e --contender perpetua --mode perpetual --tokens-file target/bench/tokens.json --new-tokens 2000 \
 //!     [--spec dynamic|perpetual|…]
+//! e2e --contender perpetua --mode long --tokens-file target/bench/tokens.json --new-tokens 20000 --window 8192
 //! ```
 //!
 //! - `tokens`: the chat prompt ("Write a book about a dog that can talk and is a
@@ -30,6 +31,13 @@
 //!   `perpetual` is the recommended mode), T 1.0, top-k 20, seed 1, then a plain
 //!   `StopAtEos` run doing the same number of forward passes (`min_new_tokens` =
 //!   `max_new_tokens` = that count).
+//!
+//! - `long` (issue 24): `--new-tokens` sampled tokens (T 1.0, top-k 20, seed 1, EOS
+//!   masked: `SuppressEos::hard_mask`) through a `--window`-position context, rolled by
+//!   the default `ContextRoll::Shift` (keep the prompt as sinks and the most recent half
+//!   of the rest; the same amounts as `xtask/bench_llama_cpp.py --mode long`, llama.cpp's
+//!   own context shift). Reports new tokens ÷ wall time (prefill and rolls included), the
+//!   roll count and time, and RSS sampled every 1,000 tokens after the first roll.
 //!
 //! Threads: set `RAYON_NUM_THREADS` and `CANDLE_NUM_THREADS` (the xtask sets both to 2).
 
@@ -78,6 +86,7 @@ struct Args {
     position: usize,
     steps: usize,
     spec: String,
+    window: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -91,6 +100,7 @@ fn parse_args() -> Result<Args> {
         position: 100,
         steps: 32,
         spec: "dynamic".to_string(),
+        window: 8_192,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -105,6 +115,7 @@ fn parse_args() -> Result<Args> {
             "--position" => args.position = value()?.parse().context("--position")?,
             "--steps" => args.steps = value()?.parse().context("--steps")?,
             "--spec" => args.spec = value()?,
+            "--window" => args.window = value()?.parse().context("--window")?,
             other => bail!("unknown argument `{other}` (see the module docs of benches/examples/e2e.rs)"),
         }
     }
@@ -116,9 +127,14 @@ fn parse_args() -> Result<Args> {
 
 /// Peak resident set size of this process (`VmHWM`), MiB.
 fn peak_rss_mib() -> Result<f64> {
+    status_mib("VmHWM:")
+}
+
+/// A `/proc/self/status` memory field (`VmHWM:`, `VmRSS:`), MiB.
+fn status_mib(field: &str) -> Result<f64> {
     let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).ok_or_else(|| anyhow!("no VmHWM"))?;
-    let kib: f64 = line.split_whitespace().nth(1).ok_or_else(|| anyhow!("bad VmHWM line"))?.parse()?;
+    let line = status.lines().find(|l| l.starts_with(field)).ok_or_else(|| anyhow!("no {field}"))?;
+    let kib: f64 = line.split_whitespace().nth(1).ok_or_else(|| anyhow!("bad {field} line"))?.parse()?;
     Ok(kib / 1024.0)
 }
 
@@ -447,6 +463,7 @@ fn run() -> Result<Value> {
                 "no_reprefill": c.prefill_tokens + 1 == c.prompt_tokens && c.context_rolls == 0,
             })
         }
+        ("perpetua", "long") => long_run(&path, &tokens.prompt, args.new_tokens, args.window)?,
         (c, m) => bail!("unknown contender/mode `{c}` / `{m}`"),
     };
     out["contender"] = json!(contender);
@@ -460,4 +477,57 @@ fn run() -> Result<Value> {
     out["peak_rss_mib"] = json!(peak_rss_mib()?);
     out["wall_s"] = json!(started.elapsed().as_secs_f64());
     Ok(out)
+}
+
+/// `--mode long`: `n` sampled tokens with EOS masked through a `window`-position context
+/// rolled by cache shifts (see the module docs).
+fn long_run(path: &std::path::Path, prompt: &[u32], n: usize, window: usize) -> Result<Value> {
+    use perpetua_generator::Event;
+    let model = load_ours(path, "perpetua")?;
+    let tok = tokenizer(path)?;
+    let mut generator = Generator::builder(&model)
+        .tokenizer(tok)
+        .chain(sampled_chain()?)
+        .seed(SEED)
+        .eos_strategy(perpetua_perpetual::SuppressEos::hard_mask())
+        .max_new_tokens(n)
+        .context_window(window)
+        .build()?;
+    let t = Instant::now();
+    let mut stream = generator.stream(Prompt::Ids(prompt.to_vec()))?;
+    let (mut rolls, mut next_sample) = (0usize, 1_000usize);
+    let mut rss_after_roll: Vec<f64> = Vec::new();
+    while let Some(event) = stream.next() {
+        match event? {
+            Event::ContextRolled { .. } => rolls += 1,
+            Event::Token { .. } if stream.generated_ids().len() >= next_sample => {
+                next_sample += 1_000;
+                if rolls > 0 {
+                    rss_after_roll.push(status_mib("VmRSS:")?);
+                }
+            }
+            _ => {}
+        }
+    }
+    let out = stream.into_output();
+    let wall = t.elapsed().as_secs_f64();
+    let roll_s = out.timings.roll.as_secs_f64();
+    let roll_s_each =
+        if out.counts.context_rolls > 0 { roll_s / out.counts.context_rolls as f64 } else { 0.0 };
+    let (lo, hi) =
+        (rss_after_roll.iter().copied().reduce(f64::min), rss_after_roll.iter().copied().reduce(f64::max));
+    Ok(json!({
+        "new_tokens": out.ids.len(),
+        "window": window,
+        "run_s": wall,
+        "tok_s": rate(out.ids.len(), wall),
+        "rolls": out.counts.context_rolls,
+        "rolls_seen": rolls,
+        "roll_s": roll_s,
+        "roll_s_each": roll_s_each,
+        "reprefilled_tokens": out.counts.reprefilled_tokens,
+        "finish": format!("{:?}", out.finish_reason),
+        "rss_after_first_roll_min_mib": lo,
+        "rss_after_first_roll_max_mib": hi,
+    }))
 }

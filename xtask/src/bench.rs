@@ -57,14 +57,8 @@ struct Paths {
     model: PathBuf,
 }
 
-/// Run the benchmark. `model` is the fetched default model.
-pub fn bench(quick: bool, model: PathBuf) -> Result<()> {
-    let started = Instant::now();
-    let config = if quick {
-        Config { quick, rounds: 1, new_tokens: 32, perpetual_tokens: 500 }
-    } else {
-        Config { quick, rounds: 3, new_tokens: 128, perpetual_tokens: 2_000 }
-    };
+/// The venv, the release `e2e` binary and the shared token ids: what every bench needs.
+fn setup(model: PathBuf) -> Result<(Paths, Value)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or_else(|| anyhow!("xtask has no parent directory"))?
@@ -75,7 +69,6 @@ pub fn bench(quick: bool, model: PathBuf) -> Result<()> {
     };
     let out_dir = target.join("bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let load_before = load_average();
 
     let python = ensure_venv(&target)?;
     crate::cargo(&["build", "--release", "-p", "perpetua-benches", "--example", "e2e"])?;
@@ -99,6 +92,90 @@ pub fn bench(quick: bool, model: PathBuf) -> Result<()> {
             .arg(&paths.tokens),
         "e2e --mode tokens",
     )?;
+    Ok((paths, tokens))
+}
+
+/// `cargo xtask bench --long [TOKENS [WINDOW]]` (issue 24): one perpetual run of
+/// `new_tokens` sampled tokens (EOS masked) through a `window`-position context, perpetua
+/// rolling by cache shifts against llama.cpp's own context shift, same machine, same run,
+/// one after the other. Writes `target/bench/long.json` and `target/bench/LONG.md`.
+pub fn long(model: PathBuf, new_tokens: usize, window: usize) -> Result<()> {
+    let started = Instant::now();
+    let (paths, _) = setup(model)?;
+    let load = |v: Value| v.as_str().map_or_else(|| "unknown".to_string(), str::to_string);
+    let load_before = load(load_average());
+    let (n, w) = (new_tokens.to_string(), window.to_string());
+    let mut runs = Vec::new();
+    for contender in [PERPETUA, LLAMA_CPP] {
+        let v = contender_run(&paths, contender, "long", &["--new-tokens", &n, "--window", &w])?;
+        eprintln!(
+            "xtask: bench --long: {contender}: {} tokens in {:.1} s ({:.2} tok/s), {} rolls, {:.3} s rolling",
+            v["new_tokens"],
+            num(&v["run_s"]),
+            num(&v["tok_s"]),
+            v["rolls"],
+            num(&v["roll_s"])
+        );
+        runs.push(v);
+    }
+    let load_after = load(load_average());
+    let (cpu, cores, flags) = cpu_facts();
+    let mut md = String::new();
+    writeln!(
+        md,
+        "**A {new_tokens}-token perpetual run through a {window}-position context** (`cargo xtask bench --long \
+         {new_tokens} {window}`, {:.1} min; {cpu}, {cores} logical cores, SIMD: {flags}; {THREADS} threads each; \
+         load average before {load_before}, after {load_after}). Sampled (top-k 20, T 1.0, seed 1), EOS masked; \
+         perpetua rolls by `ContextRoll::Shift`, llama.cpp by `llama_memory_seq_rm` + `llama_memory_seq_add` \
+         (its re-rotation of the kept keys runs inside its next decode, so it counts in its tok/s, not in its \
+         roll time); both keep the prompt and drop half of the rest per roll.\n",
+        started.elapsed().as_secs_f64() / 60.0
+    )?;
+    writeln!(
+        md,
+        "| contender | new tokens | wall s | tok/s | ÷ llama.cpp | rolls | s per roll | RSS after the first roll, MiB | peak RSS MiB |"
+    )?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    let base = runs.iter().find(|v| v["contender"] == LLAMA_CPP).and_then(|v| v["tok_s"].as_f64());
+    for v in &runs {
+        let rss =
+            match (v["rss_after_first_roll_min_mib"].as_f64(), v["rss_after_first_roll_max_mib"].as_f64()) {
+                (Some(lo), Some(hi)) => format!("{lo:.0}–{hi:.0}"),
+                _ => "–".to_string(),
+            };
+        writeln!(
+            md,
+            "| {} | {} | {:.1} | {:.2} | {} | {} | {:.4} | {rss} | {:.0} |",
+            v["contender"].as_str().unwrap_or("?"),
+            v["new_tokens"],
+            num(&v["run_s"]),
+            num(&v["tok_s"]),
+            fmt_ratio(v["tok_s"].as_f64(), base),
+            v["rolls"],
+            num(&v["roll_s_each"]),
+            num(&v["peak_rss_mib"]),
+        )?;
+    }
+    let json_path = paths.out_dir.join("long.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&runs)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let md_path = paths.out_dir.join("LONG.md");
+    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    println!("{md}");
+    eprintln!("xtask: bench --long: wrote {} and {}", md_path.display(), json_path.display());
+    Ok(())
+}
+
+/// Run the benchmark. `model` is the fetched default model.
+pub fn bench(quick: bool, model: PathBuf) -> Result<()> {
+    let started = Instant::now();
+    let config = if quick {
+        Config { quick, rounds: 1, new_tokens: 32, perpetual_tokens: 500 }
+    } else {
+        Config { quick, rounds: 3, new_tokens: 128, perpetual_tokens: 2_000 }
+    };
+    let load_before = load_average();
+    let (paths, tokens) = setup(model)?;
     eprintln!(
         "xtask: bench: prompt {} tokens, filler {} tokens ({})",
         tokens["prompt_tokens"],

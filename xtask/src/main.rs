@@ -11,11 +11,11 @@
 //!   tokens, each EOS method × {nothing, DRY, loop + stale back steps, both, + anticipation}),
 //!   each a section of `docs/EVALUATION.md` with figures and JSON in `docs/eval/`.
 //!   Resumable: finished runs are kept in `target/eval-runs/` and not redone.
-//! - `bench [--quick]`: end-to-end benchmark on the default model (issue 10): our
+//! - `bench [--quick | --long [TOKENS [WINDOW]]]`: end-to-end benchmark on the default model (issue 10): our
 //!   `Generator` vs candle-transformers' `quantized_llama` vs llama.cpp
 //!   (`llama-cpp-python` 0.3.36 in a virtual environment under `target/bench-venv`), each
 //!   measurement in its own process, 2 threads, same GGUF and prompt ids; prefill/decode
-//!   tok/s, decode at positions 100/2,000/6,000, peak RSS, sampling share, perpetual
+//!   tok/s, decode and prefill at positions 100/512/2,000/6,000, peak RSS, sampling share, perpetual
 //!   overhead. Rewrites the marked section of `docs/PERFORMANCE.md` (`--quick`:
 //!   `target/bench/BENCH.md`); raw JSON in `target/bench/`. Code: `xtask/src/bench.rs`,
 //!   `benches/examples/e2e.rs`, `xtask/bench_llama_cpp.py`.
@@ -43,10 +43,13 @@ tasks:
                 `eval ablation` runs one; resumable (runs kept in target/eval-runs/);
                 --quick: 5 prompts, 500 tokens, to target/eval-quick/
   bench         end to end vs candle-transformers and llama.cpp (llama-cpp-python in
-                target/bench-venv): 3 rounds, 128 tokens, positions 100/2,000/6,000,
+                target/bench-venv): 3 rounds, 128 tokens, positions 100/512/2,000/6,000 (decode, and prefill),
                 RSS, sampling share, perpetual overhead; writes the marked section of
                 docs/PERFORMANCE.md and target/bench/*.json (--quick: 1 round, 32 tokens,
-                a 500-token perpetual run, written to target/bench/BENCH.md)";
+                a 500-token perpetual run, written to target/bench/BENCH.md;
+                --long [TOKENS [WINDOW]]: a 20,000-token run through an 8,192-position
+                context with rolls, perpetua's cache shift against llama.cpp's context
+                shift, written to target/bench/LONG.md)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -65,7 +68,21 @@ fn main() -> ExitCode {
         Some("bench") => match args.get(1).map(String::as_str) {
             None => fetch_model().and_then(|model| bench::bench(false, model)),
             Some("--quick") => fetch_model().and_then(|model| bench::bench(true, model)),
-            Some(other) => Err(anyhow::anyhow!("bench: unknown option `{other}` (only --quick)")),
+            Some("--long") => {
+                let number = |i: usize, default: usize| -> Result<usize> {
+                    args.get(i).map_or(Ok(default), |a| {
+                        a.parse::<usize>()
+                            .ok()
+                            .filter(|&n| n > 0)
+                            .ok_or_else(|| anyhow::anyhow!("bench --long: `{a}` is not a positive count"))
+                    })
+                };
+                number(2, 20_000).and_then(|tokens| {
+                    number(3, 8_192)
+                        .and_then(|window| fetch_model().and_then(|model| bench::long(model, tokens, window)))
+                })
+            }
+            Some(other) => Err(anyhow::anyhow!("bench: unknown option `{other}` (--quick or --long)")),
         },
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
