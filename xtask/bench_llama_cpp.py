@@ -32,12 +32,17 @@ import sys
 import time
 
 
-def peak_rss_mib():
+def status_mib(field):
+    """A /proc/self/status memory field (`VmHWM:`, `VmRSS:`), MiB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024.0
     return None
+
+
+def peak_rss_mib():
+    return status_mib("VmHWM:")
 
 
 def main():
@@ -146,14 +151,6 @@ def main():
     print(json.dumps(out))
 
 
-def vm_rss_mib():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return None
-
-
 def long_run(llm, llama_cpp, np, prompt, a, n_vocab, _argmax):
     """`--mode long`: sampled tokens through a rolled context (see the module docs)."""
     eos = llm.token_eos()
@@ -175,7 +172,7 @@ def long_run(llm, llama_cpp, np, prompt, a, n_vocab, _argmax):
         tok = int(top[rng.choice(20, p=p / p.sum())])
         generated += 1
         if generated % 1000 == 0 and rolls > 0:
-            rss_after_roll.append(vm_rss_mib())
+            rss_after_roll.append(status_mib("VmRSS:"))
         if llm.n_tokens + 1 > a.window:
             t = time.perf_counter()
             n_past = llm.n_tokens

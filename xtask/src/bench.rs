@@ -524,6 +524,14 @@ fn fmt_rate(x: Option<f64>) -> String {
     x.map_or_else(|| "–".to_string(), |x| format!("{x:.1}"))
 }
 
+/// Best prefill rate of `contender`: the chat prompt's (`None`) or the fill to `position`.
+fn prefill_rate(runs: &[Value], contender: &str, position: Option<usize>) -> Option<f64> {
+    match position {
+        None => best(runs, contender, "greedy", "prefill_tok_s", None),
+        Some(p) => best(runs, contender, "position", "fill_tok_s", Some(p)),
+    }
+}
+
 fn fmt_ratio(x: Option<f64>, base: Option<f64>) -> String {
     match (x, base) {
         (Some(x), Some(b)) if b > 0.0 => format!("{:.2}×", x / b),
@@ -821,27 +829,16 @@ fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
         "| prompt tokens | perpetua | candle-transformers | llama.cpp | perpetua ÷ llama.cpp | perpetua ÷ candle-tf |"
     )?;
     writeln!(md, "|---:|---:|---:|---:|---:|---:|")?;
-    {
-        let get = |c: &str| best(runs, c, "greedy", "prefill_tok_s", None);
-        let cell = |x: Option<f64>| x.map_or("–".to_string(), |x| format!("{x:.1}"));
-        let prompt = runs.iter().find_map(|v| v["prompt_tokens"].as_u64()).unwrap_or(0);
+    // The chat prompt (the greedy runs' prefill), then the long fills.
+    let prompt = runs.iter().find_map(|v| v["prompt_tokens"].as_u64()).unwrap_or(0);
+    let rows = std::iter::once((prompt.to_string(), None, "–"))
+        .chain(POSITIONS.into_iter().filter(|&p| p >= 512).map(|p| (thousands(p), Some(p), "n/a")));
+    for (label, position, missing) in rows {
+        let get = |c: &str| prefill_rate(runs, c, position);
+        let cell = |x: Option<f64>| x.map_or(missing.to_string(), |x| format!("{x:.1}"));
         writeln!(
             md,
-            "| {prompt} | {} | {} | {} | {} | {} |",
-            cell(get(PERPETUA)),
-            cell(get(CANDLE)),
-            cell(get(LLAMA_CPP)),
-            fmt_ratio(get(PERPETUA), get(LLAMA_CPP)),
-            fmt_ratio(get(PERPETUA), get(CANDLE)),
-        )?;
-    }
-    for position in POSITIONS.into_iter().filter(|&p| p >= 512) {
-        let get = |c: &str| best(runs, c, "position", "fill_tok_s", Some(position));
-        let cell = |x: Option<f64>| x.map_or("n/a".to_string(), |x| format!("{x:.1}"));
-        writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} |",
-            thousands(position),
+            "| {label} | {} | {} | {} | {} | {} |",
             cell(get(PERPETUA)),
             cell(get(CANDLE)),
             cell(get(LLAMA_CPP)),
@@ -961,24 +958,14 @@ fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
             None => "not measured",
         }
     )?;
-    let prefill_ratio = |position: Option<usize>| match position {
-        None => (
-            best(runs, PERPETUA, "greedy", "prefill_tok_s", None),
-            best(runs, LLAMA_CPP, "greedy", "prefill_tok_s", None),
-        ),
-        Some(p) => (
-            best(runs, PERPETUA, "position", "fill_tok_s", Some(p)),
-            best(runs, LLAMA_CPP, "position", "fill_tok_s", Some(p)),
-        ),
-    };
-    let prefill_goal = |position: Option<usize>| {
-        let (ours, theirs) = prefill_ratio(position);
-        match (ours, theirs) {
-            (Some(o), Some(t)) if t > 0.0 => {
-                format!("{:.2}× ({})", o / t, if o >= t { "met" } else { "**not met**" })
-            }
-            _ => "not measured".to_string(),
+    let prefill_goal = |position: Option<usize>| match (
+        prefill_rate(runs, PERPETUA, position),
+        prefill_rate(runs, LLAMA_CPP, position),
+    ) {
+        (Some(o), Some(t)) if t > 0.0 => {
+            format!("{:.2}× ({})", o / t, if o >= t { "met" } else { "**not met**" })
         }
+        _ => "not measured".to_string(),
     };
     writeln!(
         md,
