@@ -14,8 +14,9 @@ distribution of llama-cpp-python (which vendors llama.cpp):
 The tokenizer is make_tiny.py's (ids 0..=255 the bytes, 256 `<s>`, 257 `</s>`). The
 converter identifies a BPE pre-tokenizer by hashing how it splits a test text and
   refuses hashes it does not know; this vocabulary is not one of them, so the script
-answers `gpt-2` for it (the logits tests do not tokenize). Phi-3's converter reads only
-SentencePiece vocabularies, so it is given the byte-level one the same way.
+answers `gpt-2` for it (the logits tests do not tokenize). Phi-3's and Gemma 2's
+converters read only SentencePiece vocabularies, so they are given the byte-level one the
+same way (Gemma 3's falls back to it by itself when there is no `tokenizer.model`).
 
 Mistral is not converted: llama.cpp writes MistralForCausalLM as `llama` without the
 sliding window (and runs it so), which is not the model transformers computes.
@@ -28,7 +29,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "..", "crates", "backend-candle", "tests", "data", "families")
-FAMILIES = ["llama3", "llama-linear", "qwen2", "qwen3", "phi3"]
+FAMILIES = ["llama3", "llama-linear", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"]
 OUTTYPES = ["f32", "q8_0"]
 
 
@@ -41,6 +42,8 @@ import conversion.base as base
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
 import conversion.phi as phi
 phi.Phi3MiniModel.set_vocab = lambda self: self._set_vocab_gpt2()
+import conversion.gemma as gemma
+gemma.Gemma2Model.set_vocab = lambda self: self._set_vocab_gpt2()
 sys.argv = ["convert_hf_to_gguf.py"] + {args!r}
 c.main()
 """
@@ -48,7 +51,8 @@ c.main()
 
 def main():
     llama_cpp = os.path.abspath(os.environ["LLAMA_CPP"])
-    for family in FAMILIES:
+    only = sys.argv[1:]
+    for family in [f for f in FAMILIES if not only or f in only]:
         src = os.path.join(DATA, family)
         with tempfile.TemporaryDirectory() as tmp:
             for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):

@@ -63,6 +63,25 @@ FAMILIES = {
     "phi3": dict(model_type="phi3", sliding_window=6, pad_token_id=257),
     # q/k RMSNorm per head, and head_dim 32 != hidden / heads (= 16).
     "qwen3": dict(model_type="qwen3", head_dim=32, use_sliding_window=False, attention_bias=False),
+    # Gemma 2: √hidden embedding scale, norms as offsets from 1 (randomised below like
+    # every norm), post-attention and post-MLP norms, GeGLU, a window of 5 positions on
+    # layer 0 (layer 1 global), and soft-capping with caps small enough (2 on attention
+    # scores, 3 on logits) that random weights reach them. head_dim 32 != hidden/heads,
+    # and query_pre_attn_scalar = head_dim as in Gemma 2 2B/9B: GGUF has no key for
+    # it, llama.cpp scales by 1/sqrt(head_dim) below 27B, so the converted file computes
+    # the same model.
+    "gemma2": dict(model_type="gemma2", head_dim=32, query_pre_attn_scalar=32, sliding_window=5,
+                   attn_logit_softcapping=2.0, final_logit_softcapping=3.0, tie_word_embeddings=True),
+    # Gemma 3: Gemma 2's block with q/k norms instead of attention soft-capping, six
+    # layers so that the default pattern windows layers 0-4 and leaves layer 5 global,
+    # the windowed layers rotating with base 10,000, the global one with 10^6 and a
+    # linear RoPE scaling (as Gemma 3 4B+).
+    "gemma3": dict(model_type="gemma3_text", num_hidden_layers=6, head_dim=32, query_pre_attn_scalar=32,
+                   sliding_window=5, tie_word_embeddings=True,
+                   rope_parameters={
+                       "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
+                       "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                   }),
 }
 
 
@@ -122,6 +141,8 @@ def build(name, extra):
     torch.manual_seed(sum(map(ord, name)))
     kw = dict(COMMON)
     kw.update(extra)
+    if "rope_parameters" in kw:
+        kw.pop("rope_theta")
     model_type = kw.pop("model_type")
     config = AutoConfig.for_model(model_type, **kw)
     config._attn_implementation = "eager"

@@ -93,6 +93,28 @@ pub(crate) struct Geometry {
     pub head_dim: usize,
     /// Positions between two KV heads in the cache buffers (`capacity`).
     pub head_stride: usize,
+    /// Multiplier of `q·k` (`1/√head_dim` for most families; Gemma's
+    /// `query_pre_attn_scalar^-½`).
+    pub scale: f32,
+    /// Attention-logit soft-capping (Gemma 2): a scaled score `s` becomes
+    /// `cap · tanh(s / cap)` before the softmax. `None`: scores as they are.
+    pub softcap: Option<f32>,
+}
+
+impl Geometry {
+    /// The plain geometry: scale `1/√head_dim`, no soft-capping.
+    #[cfg(test)]
+    pub(crate) fn plain(n_heads: usize, n_kv_heads: usize, head_dim: usize, head_stride: usize) -> Self {
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        Self { n_heads, n_kv_heads, head_dim, head_stride, scale, softcap: None }
+    }
+}
+
+/// `s ← cap · tanh(s / cap)` over `scores` (attention-logit soft-capping).
+fn softcap_in_place(scores: &mut [f32], cap: f32) {
+    for s in scores {
+        *s = cap * (*s / cap).tanh();
+    }
 }
 
 /// `Σ a_i b_i` over equal-length slices, in `LANES` independent partial sums (so the
@@ -544,7 +566,6 @@ pub(crate) fn attend_rows<T: KvElem>(
     debug_assert_eq!(out.len(), q.len());
     debug_assert!(k.len() >= g.n_kv_heads * g.head_stride * d);
     let n = q.len() / width.max(1);
-    let scale = 1.0 / (d as f32).sqrt();
     // Per item and query head of its group: the chunk's max, its sum, then `d` sums.
     let per_head = d + 2;
     let item = group * per_head;
@@ -573,7 +594,7 @@ pub(crate) fn attend_rows<T: KvElem>(
             let local = task - starts[r];
             let (j, c) = (local / chunks, local % chunks);
             let q_i = &q[i * width..(i + 1) * width];
-            chunk_partials(g, q_i, (k, v), scales, (first, visible), (j, c), scale, p);
+            chunk_partials(g, q_i, (k, v), scales, (first, visible), (j, c), p);
         });
         for i in rows {
             let (_, _, chunks) = span(i);
@@ -592,7 +613,6 @@ pub(crate) fn attend_rows<T: KvElem>(
 /// One work item: the query heads of KV head `j` over chunk `c` of the positions
 /// `first..visible`. Writes, per query head of the group, the chunk's score maximum,
 /// the sum of its shifted exponentials and the `d` weighted value sums into `p`.
-#[allow(clippy::too_many_arguments)]
 #[inline]
 fn chunk_partials<T: KvElem>(
     g: Geometry,
@@ -601,7 +621,6 @@ fn chunk_partials<T: KvElem>(
     scales: Option<(&[f32], &[f32])>,
     (first, visible): (usize, usize),
     (j, c): (usize, usize),
-    scale: f32,
     p: &mut [f32],
 ) {
     let d = g.head_dim;
@@ -616,12 +635,15 @@ fn chunk_partials<T: KvElem>(
     let rows = j * g.head_stride + start..j * g.head_stride + end;
     let row_scales = scales.map(|(ks, vs)| (&ks[rows.clone()], &vs[rows]));
     SCORES.with_borrow_mut(|scores| {
-        // scores[gi * len + t] = q_gi · k_t / √d
+        // scores[gi * len + t] = q_gi · k_t · scale (then soft-capped)
         scores.clear();
         scores.resize(group * len, 0.0);
-        scores_of_group(q_j, k_c, v_c, d, scale, scores);
+        scores_of_group(q_j, k_c, v_c, d, g.scale, scores);
         if let Some((ks, _)) = row_scales {
             scale_rows(scores, len, ks);
+        }
+        if let Some(cap) = g.softcap {
+            softcap_in_place(scores, cap);
         }
         for (gi, row) in scores.chunks_exact_mut(len.max(1)).enumerate() {
             let (max, sum) = exp_shifted_in_place(row);
@@ -683,8 +705,10 @@ mod tests {
                 buf[s..s + d].iter().map(|&x| f64::from(x)).collect()
             };
             let qh: Vec<f64> = q[h * d..(h + 1) * d].iter().map(|&x| f64::from(x)).collect();
+            let cap = g.softcap.map(f64::from);
             let scores: Vec<f64> = (0..visible)
-                .map(|t| row(k, t).iter().zip(&qh).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt())
+                .map(|t| row(k, t).iter().zip(&qh).map(|(a, b)| a * b).sum::<f64>() * f64::from(g.scale))
+                .map(|s| cap.map_or(s, |c| c * (s / c).tanh()))
                 .collect();
             let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -700,13 +724,17 @@ mod tests {
 
     fn case() -> impl Strategy<Value = (Geometry, Vec<f32>, Vec<f32>, Vec<f32>, usize)> {
         // Capacities up to 2.5 chunks, so multi-chunk combination is covered.
-        (1usize..4, 1usize..4, 1usize..20, prop_oneof![1usize..40, 200usize..(CHUNK * 5 / 2)]).prop_flat_map(
-            |(n_kv, group, d, cap)| {
-                let g = Geometry { n_heads: n_kv * group, n_kv_heads: n_kv, head_dim: d, head_stride: cap };
+        // A quarter of the cases with Gemma's scoring: another scale, soft-capped scores.
+        let scoring = prop_oneof![3 => Just(None), 1 => (0.05f32..1.0, 0.5f32..8.0).prop_map(Some)];
+        (1usize..4, 1usize..4, 1usize..20, prop_oneof![1usize..40, 200usize..(CHUNK * 5 / 2)], scoring)
+            .prop_flat_map(|(n_kv, group, d, cap, scoring)| {
+                let mut g = Geometry::plain(n_kv * group, n_kv, d, cap);
+                if let Some((scale, softcap)) = scoring {
+                    (g.scale, g.softcap) = (scale, Some(softcap));
+                }
                 let vals = |n| proptest::collection::vec(-4.0f32..4.0, n);
                 (Just(g), vals(g.n_heads * d), vals(n_kv * cap * d), vals(n_kv * cap * d), 1..=cap)
-            },
-        )
+            })
     }
 
     proptest! {
@@ -963,7 +991,7 @@ mod tests {
         // SAME=1: every layer reads layer 0's buffers (cache-resident: the arithmetic
         // alone); unset: 30 distinct layers' buffers, which come from memory.
         let same = std::env::var_os("SAME").is_some();
-        let g = Geometry { n_heads: 9, n_kv_heads: 3, head_dim: 64, head_stride: visible + 96 };
+        let g = Geometry::plain(9, 3, 64, visible + 96);
         let n = g.n_kv_heads * g.head_stride * g.head_dim;
         let f = |i: usize| ((i as u32).wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0 - 1.0;
         let k32: Vec<Vec<f32>> = (0..30).map(|l| (0..n).map(|i| f(i + l)).collect()).collect();

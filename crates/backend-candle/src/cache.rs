@@ -170,8 +170,8 @@ impl LlamaCache {
     }
 
     /// Drop positions `start..start + n` of every layer and move the later ones down
-    /// by `n` (a context shift). `rotate` turns `(n_kv_heads, m, head_dim)` f32 keys
-    /// into the keys of the same tokens `n` positions earlier; values move unchanged.
+    /// by `n` (a context shift). `rotate(layer, keys)` turns `(n_kv_heads, m, head_dim)`
+    /// f32 keys of `layer` into the keys of the same tokens `n` positions earlier; values move unchanged.
     /// An f16 or Q8 cache rounds the rotated keys back to its element type (Q8 with
     /// fresh row scales). Errors: the range past `seq_len()`; a failure after the
     /// range check can leave layers partly shifted (the length is only moved at the
@@ -180,7 +180,7 @@ impl LlamaCache {
         &mut self,
         start: usize,
         n: usize,
-        rotate: impl Fn(&Tensor) -> Result<Tensor>,
+        rotate: impl Fn(usize, &Tensor) -> Result<Tensor>,
     ) -> Result<()> {
         let len = self.len;
         if start.checked_add(n).is_none_or(|end| end > len) {
@@ -200,7 +200,7 @@ impl LlamaCache {
                 let Some((ks, vs)) = self.scales.get(layer) else {
                     return Err(CandleBackendError::invalid("layer", layer, "Q8 cache without scales"));
                 };
-                let keys = rotate(&crate::model::dequantize_q8(&tail(kc)?, &tail(ks)?)?)?;
+                let keys = rotate(layer, &crate::model::dequantize_q8(&tail(kc)?, &tail(ks)?)?)?;
                 quantize_q8(&keys.flatten_all()?.to_vec1::<f32>()?, d, &mut codes, &mut row_scales);
                 let device = kc.device();
                 kc.slice_set(&Tensor::from_slice(&codes, (h, m, d), device)?, 1, start)?;
@@ -208,7 +208,7 @@ impl LlamaCache {
                 vc.slice_set(&tail(vc)?.force_contiguous()?, 1, start)?;
                 vs.slice_set(&tail(vs)?.force_contiguous()?, 1, start)?;
             } else {
-                let keys = rotate(&tail(kc)?.to_dtype(DType::F32)?)?.to_dtype(kc.dtype())?;
+                let keys = rotate(layer, &tail(kc)?.to_dtype(DType::F32)?)?.to_dtype(kc.dtype())?;
                 kc.slice_set(&keys.force_contiguous()?, 1, start)?;
                 vc.slice_set(&tail(vc)?.force_contiguous()?, 1, start)?;
             }

@@ -234,12 +234,16 @@ impl DenseWeights {
     }
 }
 
-/// `(hidden, q_dim, kv_dim, ffn)` widths.
 /// Refuse what [`DenseLayer`] has no weights for: the plain llama block (with any
 /// [`RopeScaling`](crate::RopeScaling), which lives in the shared RoPE tables) only.
 fn dense_supports(c: &LlamaConfig) -> Result<()> {
     let unsupported = [
         (c.architecture == crate::Architecture::Phi3, "fused q/k/v and gate/up weights"),
+        (c.sandwich_norms, "norms after attention and the MLP (Gemma)"),
+        (c.embedding_scale.is_some(), "scaled embeddings (Gemma)"),
+        (c.hidden_act != crate::Activation::Silu, "a GELU MLP (Gemma)"),
+        (c.attn_logit_softcap.is_some() || c.final_logit_softcap.is_some(), "logit soft-capping (Gemma 2)"),
+        (c.attention_scale.is_some(), "a query scale other than 1/√head_dim (Gemma)"),
         (c.attention_bias, "q/k/v biases"),
         (c.qk_norm, "q/k RMSNorm"),
         (c.sliding_window.is_some(), "sliding-window attention"),
@@ -254,6 +258,7 @@ fn dense_supports(c: &LlamaConfig) -> Result<()> {
     }
 }
 
+/// `(hidden, q_dim, kv_dim, ffn)` widths.
 fn dims(c: &LlamaConfig) -> (usize, usize, usize, usize) {
     (c.hidden_size, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.intermediate_size)
 }

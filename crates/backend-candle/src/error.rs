@@ -102,7 +102,7 @@ pub enum CandleBackendError {
     /// The file names an architecture this backend does not run (see
     /// [`Architecture`](crate::Architecture) for those it does).
     #[error(
-        "unsupported architecture `{0}` (safetensors: llama, mistral, qwen2, qwen3, phi3; GGUF: llama, qwen2, qwen3, phi3)"
+        "unsupported architecture `{0}` (safetensors: llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text; GGUF: llama, qwen2, qwen3, phi3, gemma2, gemma3)"
     )]
     UnsupportedArchitecture(String),
     /// A caller-supplied parameter is out of range.

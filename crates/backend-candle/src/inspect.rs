@@ -43,7 +43,34 @@ impl std::fmt::Display for ModelInfo {
             extras.push("q/k norms".to_string());
         }
         if let Some(w) = c.sliding_window {
-            extras.push(format!("sliding window {w}"));
+            match &c.sliding_layers {
+                Some(layers) => {
+                    let n = layers.iter().filter(|&&l| l).count();
+                    extras.push(format!("sliding window {w} on {n} of {} layers", layers.len()));
+                }
+                None => extras.push(format!("sliding window {w}")),
+            }
+        }
+        if let Some(theta) = c.rope_local_theta {
+            extras.push(format!("windowed layers' rope theta {theta}"));
+        }
+        if c.hidden_act != crate::Activation::Silu {
+            extras.push(format!("{:?} MLP", c.hidden_act));
+        }
+        if let Some(s) = c.embedding_scale {
+            extras.push(format!("embeddings × {s:.3}"));
+        }
+        if c.attention_scale.is_some() {
+            extras.push(format!("query scale {:.4}", c.query_scale()));
+        }
+        if let Some(cap) = c.attn_logit_softcap {
+            extras.push(format!("attention soft-cap {cap}"));
+        }
+        if let Some(cap) = c.final_logit_softcap {
+            extras.push(format!("logit soft-cap {cap}"));
+        }
+        if c.sandwich_norms {
+            extras.push("post-attention/MLP norms".to_string());
         }
         write!(f, "extras:        {}", if extras.is_empty() { "none".to_string() } else { extras.join(", ") })
     }

@@ -63,7 +63,7 @@ pub use candle_core::quantized::GgmlDType;
 pub use error::{CandleBackendError, Result};
 pub use inspect::{ModelInfo, inspect};
 pub use model::{
-    Architecture, Attention, KvDtype, Llama, LlamaConfig, LoadOptions, MAX_CONTEXT, RopeScaling,
+    Activation, Architecture, Attention, KvDtype, Llama, LlamaConfig, LoadOptions, MAX_CONTEXT, RopeScaling,
 };
 pub use tokenizer::{LlamaTokenizer, SUPPORTED_PRE_TOKENIZERS};
 

@@ -33,6 +33,15 @@ pub enum Architecture {
     /// Phi-3: llama with q/k/v and gate/up each stored as one fused matrix, and an
     /// optional sliding window.
     Phi3,
+    /// Gemma 2: embeddings scaled by `√hidden_size`, RMSNorm weights stored as an offset
+    /// from one, a norm after attention and after the MLP too, GeGLU (tanh GELU),
+    /// attention-logit and final-logit soft-capping, a sliding window on alternate
+    /// layers, queries scaled by `query_pre_attn_scalar^-½`.
+    Gemma2,
+    /// Gemma 3 (text, Hugging Face's `gemma3_text`): Gemma 2's block with a per-head
+    /// q/k RMSNorm instead of attention soft-capping, five sliding-window layers to one
+    /// global layer, and the windowed layers rotating with their own RoPE base.
+    Gemma3,
 }
 
 impl Architecture {
@@ -44,8 +53,27 @@ impl Architecture {
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
             Self::Phi3 => "phi3",
+            Self::Gemma2 => "gemma2",
+            Self::Gemma3 => "gemma3",
         }
     }
+
+    /// Gemma stores RMSNorm weights as `w − 1` (its norm multiplies by `1 + w`);
+    /// safetensors loaders add the one back (llama.cpp's converter already did in GGUF).
+    fn norm_weights_offset(self) -> bool {
+        matches!(self, Self::Gemma2 | Self::Gemma3)
+    }
+}
+
+/// The gate activation of the gated MLP, `down(act(gate(x)) · up(x))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Activation {
+    /// SwiGLU, `silu(x) = x · σ(x)`: llama, Mistral, Qwen, Phi-3.
+    #[default]
+    Silu,
+    /// GeGLU with GELU's tanh approximation (`gelu_pytorch_tanh`): Gemma.
+    GeluTanh,
 }
 
 impl std::fmt::Display for Architecture {
@@ -188,11 +216,32 @@ pub struct LlamaConfig {
     /// Queries, keys and values have biases (Qwen2).
     pub attention_bias: bool,
     /// Queries and keys go through a per-head RMSNorm (weights of `head_dim`) before
-    /// RoPE (Qwen3).
+    /// RoPE (Qwen3, Gemma 3).
     pub qk_norm: bool,
     /// Each position attends to at most this many positions, itself included
     /// (Mistral's sliding window); `None`: the whole context.
     pub sliding_window: Option<usize>,
+    /// Which layers use [`sliding_window`](Self::sliding_window) (`n_layers` flags;
+    /// Gemma alternates windowed and global layers). `None`: every layer.
+    pub sliding_layers: Option<Vec<bool>>,
+    /// RoPE base of the sliding-window layers, which rotate without
+    /// [`rope_scaling`](Self::rope_scaling) (Gemma 3's `rope_local_base_freq`). `None`:
+    /// every layer uses [`rope_theta`](Self::rope_theta) and the scaling.
+    pub rope_local_theta: Option<f64>,
+    /// The MLP's gate activation.
+    pub hidden_act: Activation,
+    /// Embeddings are multiplied by this before the first layer (Gemma: `√hidden_size`).
+    pub embedding_scale: Option<f64>,
+    /// Multiplier of `q·k` in attention; `None`: `1/√head_dim` (Gemma:
+    /// `query_pre_attn_scalar^-½`).
+    pub attention_scale: Option<f64>,
+    /// Attention scores become `cap · tanh(score / cap)` (Gemma 2).
+    pub attn_logit_softcap: Option<f64>,
+    /// Logits become `cap · tanh(logit / cap)` (Gemma 2).
+    pub final_logit_softcap: Option<f64>,
+    /// A norm on the attention output and on the MLP output before each residual add
+    /// (Gemma's `post_attention_layernorm` / `post_feedforward_layernorm`).
+    pub sandwich_norms: bool,
 }
 
 /// The longest context a configuration may declare (2,097,152 positions; the RoPE
@@ -212,12 +261,33 @@ impl LlamaConfig {
     ///
     /// Shared by every backend (the burn backend rotates by the same angles).
     pub fn rope_tables(&self) -> (Vec<f32>, Vec<f32>) {
-        let base = self.rope_theta as f32;
+        self.rope_tables_for(self.rope_theta, &self.rope_scaling)
+    }
+
+    /// The tables of the sliding-window layers when they rotate with their own base
+    /// ([`rope_local_theta`](Self::rope_local_theta), unscaled), as [`Self::rope_tables`].
+    pub fn local_rope_tables(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        self.rope_local_theta.map(|theta| self.rope_tables_for(theta, &RopeScaling::None))
+    }
+
+    /// Whether layer `layer` attends through the sliding window.
+    pub fn is_sliding_layer(&self, layer: usize) -> bool {
+        self.sliding_window.is_some()
+            && self.sliding_layers.as_ref().is_none_or(|l| l.get(layer).copied().unwrap_or(false))
+    }
+
+    /// The multiplier of `q·k`: [`attention_scale`](Self::attention_scale) or `1/√head_dim`.
+    pub fn query_scale(&self) -> f64 {
+        self.attention_scale.unwrap_or_else(|| 1.0 / (self.head_dim as f64).sqrt())
+    }
+
+    fn rope_tables_for(&self, theta: f64, scaling: &RopeScaling) -> (Vec<f32>, Vec<f32>) {
+        let base = theta as f32;
         let mut inv_freq: Vec<f32> = (0..self.head_dim)
             .step_by(2)
             .map(|i| 1f32 / base.powf(i as f32 / self.head_dim as f32))
             .collect();
-        self.rope_scaling.apply(&mut inv_freq);
+        scaling.apply(&mut inv_freq);
         let mut cos = Vec::with_capacity(self.max_context * inv_freq.len());
         let mut sin = Vec::with_capacity(self.max_context * inv_freq.len());
         for p in 0..self.max_context {
@@ -284,6 +354,32 @@ impl LlamaConfig {
         }
         if self.sliding_window == Some(0) {
             return Err(CandleBackendError::invalid("sliding_window", 0, "must be positive"));
+        }
+        if let Some(layers) = &self.sliding_layers
+            && layers.len() != self.n_layers
+        {
+            return Err(CandleBackendError::invalid("sliding layers", layers.len(), "must be one per layer"));
+        }
+        if self.rope_local_theta.is_some() && self.sliding_window.is_none() {
+            return Err(CandleBackendError::invalid(
+                "rope_local_base_freq",
+                self.rope_local_theta.unwrap_or_default(),
+                "needs a sliding window",
+            ));
+        }
+        let positive = [
+            ("rope_local_base_freq", self.rope_local_theta),
+            ("embedding scale", self.embedding_scale),
+            ("attention scale", self.attention_scale),
+            ("attn_logit_softcapping", self.attn_logit_softcap),
+            ("final_logit_softcapping", self.final_logit_softcap),
+        ];
+        for (name, value) in positive {
+            if let Some(v) = value
+                && !(v.is_finite() && v > 0.0)
+            {
+                return Err(CandleBackendError::invalid(name, v, "must be finite and positive"));
+            }
         }
         self.rope_scaling.validate()
     }
@@ -398,6 +494,9 @@ struct Layer {
     /// `[W_gate; W_up]`.
     gate_up: Fused,
     w_down: QMatMul,
+    /// Norms of the attention output and of the MLP output before their residual adds
+    /// ([`LlamaConfig::sandwich_norms`]).
+    post_norms: Option<[Tensor; 2]>,
 }
 
 /// Linear maps of one input. Quantized weights of one dtype are stacked row-wise into
@@ -496,6 +595,8 @@ pub struct Llama {
     /// `(max_context, head_dim / 2)` tables of `cos(p·θ_i)` and `sin(p·θ_i)`.
     rope_cos: Tensor,
     rope_sin: Tensor,
+    /// The sliding-window layers' own tables ([`LlamaConfig::rope_local_theta`]).
+    rope_local: Option<(Tensor, Tensor)>,
     cache_capacity: usize,
     /// [`Attention::Fused`] on a CPU device.
     fused_attention: bool,
@@ -542,6 +643,17 @@ pub(crate) struct GgufReader {
     taken: std::collections::HashSet<String>,
 }
 
+/// What a Gemma GGUF's keys set beyond the llama block ([`GgufReader::gemma_settings`]).
+#[derive(Default)]
+struct GemmaSettings {
+    window: Option<usize>,
+    sliding_layers: Option<Vec<bool>>,
+    rope_local_theta: Option<f64>,
+    attention_scale: Option<f64>,
+    attn_logit_softcap: Option<f64>,
+    final_logit_softcap: Option<f64>,
+}
+
 impl GgufReader {
     /// Open `path` and parse its header ([`read_gguf`]); tensors are read on `device`.
     pub(crate) fn open(path: &Path, device: &Device) -> Result<Self> {
@@ -563,8 +675,11 @@ impl GgufReader {
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
             "phi3" => Architecture::Phi3,
+            "gemma2" => Architecture::Gemma2,
+            "gemma3" => Architecture::Gemma3,
             _ => return Err(CandleBackendError::UnsupportedArchitecture(arch)),
         };
+        let gemma = architecture.norm_weights_offset();
         let key = |k: &str| format!("{arch}.{k}");
         let hidden_size = self.metadata_usize(&key("embedding_length"))?;
         let n_heads = self.metadata_usize(&key("attention.head_count"))?;
@@ -602,12 +717,35 @@ impl GgufReader {
             None => None,
             Some(_) => Some(self.metadata_usize(&key("attention.sliding_window"))?).filter(|&w| w > 0),
         };
-        for k in ["rope.scaling.attn_factor", "attention.sliding_window_pattern"] {
-            if self.content.metadata.contains_key(&key(k)) {
-                return Err(CandleBackendError::metadata(key(k), "is not supported"));
-            }
+        if self.content.metadata.contains_key(&key("rope.scaling.attn_factor")) {
+            return Err(CandleBackendError::metadata(key("rope.scaling.attn_factor"), "is not supported"));
         }
         let rope_scaling = self.rope_scaling(&arch, head_dim)?;
+        let rope_theta = self.metadata_f64(&key("rope.freq_base")).unwrap_or(10_000.0);
+        let n_layers = self.metadata_usize(&key("block_count"))?;
+        let gemma_settings = match gemma {
+            true => self.gemma_settings(
+                &arch,
+                architecture,
+                sliding_window,
+                rope_theta,
+                n_layers,
+                hidden_size / n_heads,
+            )?,
+            false => {
+                let only_gemma = [
+                    "attention.sliding_window_pattern",
+                    "rope.freq_base_swa",
+                    "attn_logit_softcapping",
+                    "final_logit_softcapping",
+                ];
+                if let Some(k) = only_gemma.into_iter().find(|k| self.content.metadata.contains_key(&key(k)))
+                {
+                    return Err(CandleBackendError::metadata(key(k), format!("is not supported for {arch}")));
+                }
+                GemmaSettings::default()
+            }
+        };
         let vocab_size = match self.content.tensor_infos.get("token_embd.weight") {
             Some(info) => info.shape.dims().first().copied().unwrap_or(0),
             None => return Err(CandleBackendError::MissingTensor { name: "token_embd.weight".into() }),
@@ -615,22 +753,30 @@ impl GgufReader {
         let config = LlamaConfig {
             hidden_size,
             intermediate_size: self.metadata_usize(&key("feed_forward_length"))?,
-            n_layers: self.metadata_usize(&key("block_count"))?,
+            n_layers,
             n_heads,
             n_kv_heads,
             head_dim,
             vocab_size,
             rms_norm_eps: self.metadata_f64(&key("attention.layer_norm_rms_epsilon"))?,
-            rope_theta: self.metadata_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
+            rope_theta,
             max_context: self.metadata_usize(&key("context_length"))?,
-            // llama.cpp's converter permutes llama's q/k rows for pairwise RoPE; Qwen's
-            // it leaves alone, and runs them with NeoX (half-split) RoPE.
+            // llama.cpp's converter permutes llama's q/k rows for pairwise RoPE; the
+            // other families' it leaves alone, and runs them with NeoX (half-split) RoPE.
             rope_interleaved: architecture == Architecture::Llama,
             architecture,
             rope_scaling,
             attention_bias: architecture == Architecture::Qwen2,
-            qk_norm: architecture == Architecture::Qwen3,
-            sliding_window,
+            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
+            sliding_window: gemma_settings.window.or(sliding_window),
+            sliding_layers: gemma_settings.sliding_layers,
+            rope_local_theta: gemma_settings.rope_local_theta,
+            hidden_act: if gemma { Activation::GeluTanh } else { Activation::Silu },
+            embedding_scale: gemma.then(|| (hidden_size as f64).sqrt()),
+            attention_scale: gemma_settings.attention_scale,
+            attn_logit_softcap: gemma_settings.attn_logit_softcap,
+            final_logit_softcap: gemma_settings.final_logit_softcap,
+            sandwich_norms: gemma,
         };
         config.validate()?;
         Ok(config)
@@ -680,6 +826,109 @@ impl GgufReader {
             scaling = RopeScaling::Factors(t.to_vec1::<f32>()?);
         }
         Ok(scaling)
+    }
+
+    /// Gemma's settings as llama.cpp reads them from `{arch}.*` keys, with its defaults
+    /// where a key is absent:
+    /// - the window (Gemma 2: 4,096 by default; Gemma 3: none without the key) on the
+    ///   layers of `attention.sliding_window_pattern`, a per-layer flag array or a period
+    ///   `p` (layer `i` windowed when `i % p < p − 1`; Gemma 2: 2, Gemma 3: 6);
+    /// - soft-capping: Gemma 2 attention 50 and final 30 unless the keys say otherwise,
+    ///   Gemma 3 final only when its key is there;
+    /// - Gemma 3's windowed layers rotate with `rope.freq_base_swa` (10,000), unscaled;
+    /// - queries are scaled by `1/√head_dim`, except in the 27B models (46 and 62
+    ///   layers), which use `1/√(hidden / heads)`: GGUF has no key for Gemma's
+    ///   `query_pre_attn_scalar`, llama.cpp recognises the model by its depth.
+    fn gemma_settings(
+        &self,
+        arch: &str,
+        architecture: Architecture,
+        window: Option<usize>,
+        rope_theta: f64,
+        n_layers: usize,
+        hidden_per_head: usize,
+    ) -> Result<GemmaSettings> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let gemma2 = architecture == Architecture::Gemma2;
+        let optional = |k: &str| -> Result<Option<f64>> {
+            match self.content.metadata.contains_key(&key(k)) {
+                true => Ok(Some(self.metadata_f64(&key(k))?)),
+                false => Ok(None),
+            }
+        };
+        let window = if gemma2 { Some(window.unwrap_or(4096)) } else { window };
+        let pattern_key = key("attention.sliding_window_pattern");
+        let sliding_layers = match self.content.metadata.get(&pattern_key) {
+            _ if window.is_none() => None,
+            Some(gguf_file::Value::Array(flags)) => {
+                let flags = flags
+                    .iter()
+                    .map(gguf_file::Value::to_bool)
+                    .collect::<candle_core::Result<Vec<bool>>>()
+                    .map_err(|e| CandleBackendError::metadata(&pattern_key, e.to_string()))?;
+                if flags.len() != n_layers {
+                    return Err(CandleBackendError::metadata(
+                        &pattern_key,
+                        format!("{} flags for {n_layers} layers", flags.len()),
+                    ));
+                }
+                Some(flags)
+            }
+            found => {
+                let p = match found {
+                    Some(_) => self.metadata_usize(&pattern_key)?,
+                    None if gemma2 => 2,
+                    None => 6,
+                };
+                Some((0..n_layers).map(|i| p == 0 || i % p < p - 1).collect())
+            }
+        };
+        let cap = |value: Option<f64>| value.filter(|&c| c != 0.0);
+        let attn = optional("attn_logit_softcapping")?;
+        let (attn_logit_softcap, final_logit_softcap) = match gemma2 {
+            true => (
+                cap(Some(attn.unwrap_or(50.0))),
+                cap(Some(optional("final_logit_softcapping")?.unwrap_or(30.0))),
+            ),
+            false => {
+                if let Some(c) = attn {
+                    return Err(CandleBackendError::metadata(
+                        key("attn_logit_softcapping"),
+                        format!("{c}: attention soft-capping is supported for gemma2 only"),
+                    ));
+                }
+                (None, cap(optional("final_logit_softcapping")?))
+            }
+        };
+        let local_base = optional("rope.freq_base_swa")?;
+        let rope_local_theta = match gemma2 {
+            // Gemma 2's windowed layers rotate like its global ones.
+            true => match local_base {
+                Some(b) if b != rope_theta => {
+                    return Err(CandleBackendError::metadata(
+                        key("rope.freq_base_swa"),
+                        format!("{b}: a RoPE base per layer type is supported for gemma3 only"),
+                    ));
+                }
+                _ => None,
+            },
+            false => window.map(|_| local_base.unwrap_or(10_000.0)),
+        };
+        let attention_scale = match (architecture, n_layers) {
+            (Architecture::Gemma2, 46) | (Architecture::Gemma3, 62) => 1.0 / (hidden_per_head as f64).sqrt(),
+            _ => {
+                1.0 / (self.metadata_usize(&key("attention.key_length")).unwrap_or(hidden_per_head) as f64)
+                    .sqrt()
+            }
+        };
+        Ok(GemmaSettings {
+            window,
+            sliding_layers,
+            rope_local_theta,
+            attention_scale: Some(attention_scale),
+            attn_logit_softcap,
+            final_logit_softcap,
+        })
     }
 
     /// After the loader read every tensor its configuration uses: refuse a file that
@@ -952,6 +1201,13 @@ impl Llama {
                     )?
                 },
                 w_down: matmul(file.tensor(&format!("{p}.ffn_down.weight"), &[h, ffn])?)?,
+                post_norms: match config.sandwich_norms {
+                    true => Some([
+                        norm(file.tensor(&format!("{p}.post_attention_norm.weight"), &[h])?)?,
+                        norm(file.tensor(&format!("{p}.post_ffw_norm.weight"), &[h])?)?,
+                    ]),
+                    false => None,
+                },
             });
         }
         file.finish(config.architecture)?;
@@ -963,6 +1219,35 @@ impl Llama {
     pub fn from_safetensors_dir(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
         let mut st = SafetensorsDir::open(dir.as_ref(), &options.device)?;
         let (hf, config) = (st.hf.clone(), st.config.clone());
+        let offset = config.architecture.norm_weights_offset();
+        // Norm weights, with Gemma's `1 + w` folded in (the f32 sum HF's norm computes).
+        let take_norm = |st: &mut SafetensorsDir, name: &str, expected: &[usize]| -> Result<Tensor> {
+            let w = st.take(name, expected)?;
+            Ok(if offset { (w + 1.0)? } else { w })
+        };
+        let final_norm = take_norm(&mut st, "model.norm.weight", &[config.hidden_size])?;
+        let mut norms = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let p = format!("model.layers.{i}");
+            let mut get = |name: &str, shape: &[usize]| take_norm(&mut st, &format!("{p}.{name}"), shape);
+            let h = [config.hidden_size];
+            let d = [config.head_dim];
+            // Gemma's `post_attention_layernorm` follows attention; llama's (the same
+            // name) precedes the MLP.
+            let (attn, ffn, post) = if config.sandwich_norms {
+                let attn = get("input_layernorm.weight", &h)?;
+                let post_attn = get("post_attention_layernorm.weight", &h)?;
+                let ffn = get("pre_feedforward_layernorm.weight", &h)?;
+                (attn, ffn, Some([post_attn, get("post_feedforward_layernorm.weight", &h)?]))
+            } else {
+                (get("input_layernorm.weight", &h)?, get("post_attention_layernorm.weight", &h)?, None)
+            };
+            let qk = match config.qk_norm {
+                true => Some([get("self_attn.q_norm.weight", &d)?, get("self_attn.k_norm.weight", &d)?]),
+                false => None,
+            };
+            norms.push((attn, ffn, post, qk));
+        }
         let mut take = |name: &str, expected: &[usize]| st.take(name, expected);
         let (h, q_dim, kv_dim, ffn) = (
             config.hidden_size,
@@ -976,9 +1261,8 @@ impl Llama {
         } else {
             QMatMul::Tensor(take("lm_head.weight", &[config.vocab_size, h])?)
         };
-        let final_norm = take("model.norm.weight", &[h])?;
         let mut layers = Vec::with_capacity(config.n_layers);
-        for i in 0..config.n_layers {
+        for (i, (attn_norm, ffn_norm, post_norms, qk_norm)) in norms.into_iter().enumerate() {
             let p = format!("model.layers.{i}");
             let mut get = |name: &str, shape: &[usize]| take(&format!("{p}.{name}"), shape);
             let fused_weights = config.architecture == Architecture::Phi3;
@@ -1000,13 +1284,6 @@ impl Llama {
                 ]),
                 false => None,
             };
-            let qk_norm = match config.qk_norm {
-                true => Some([
-                    get("self_attn.q_norm.weight", &[config.head_dim])?,
-                    get("self_attn.k_norm.weight", &[config.head_dim])?,
-                ]),
-                false => None,
-            };
             layers.push(Layer {
                 qkv,
                 qkv_bias,
@@ -1022,8 +1299,9 @@ impl Llama {
                     ])
                 },
                 w_down: QMatMul::Tensor(get("mlp.down_proj.weight", &[h, ffn])?),
-                attn_norm: get("input_layernorm.weight", &[h])?,
-                ffn_norm: get("post_attention_layernorm.weight", &[h])?,
+                attn_norm,
+                ffn_norm,
+                post_norms,
             });
         }
         st.finish()?;
@@ -1053,7 +1331,11 @@ impl Llama {
                 "the 8-bit KV cache runs on the CPU only; use F16 on other devices",
             ));
         }
-        let (rope_cos, rope_sin) = rope_tables(&config, &options.device)?;
+        let (rope_cos, rope_sin) = rope_tables(&config, config.rope_tables(), &options.device)?;
+        let rope_local = match config.local_rope_tables() {
+            Some(tables) => Some(rope_tables(&config, tables, &options.device)?),
+            None => None,
+        };
         Ok(Self {
             config,
             device: options.device.clone(),
@@ -1063,6 +1345,7 @@ impl Llama {
             output,
             rope_cos,
             rope_sin,
+            rope_local,
             cache_capacity,
             fused_attention: options.attention == Attention::Fused && options.device.is_cpu(),
             kv_dtype: options.kv_dtype.dtype(),
@@ -1108,7 +1391,7 @@ impl Llama {
         let n = tokens.len();
         let last = x.narrow(0, n - 1, 1)?;
         let last = candle_nn::ops::rms_norm(&last, &self.final_norm, self.config.rms_norm_eps as f32)?;
-        let logits = self.output.forward(&last)?.squeeze(0)?;
+        let logits = self.softcap_logits(self.output.forward(&last)?.squeeze(0)?)?;
         cache.commit(n);
         Ok(logits)
     }
@@ -1128,9 +1411,26 @@ impl Llama {
     pub fn forward_logits_all(&self, tokens: &[u32], cache: &mut LlamaCache) -> Result<Tensor> {
         let x = self.hidden_states(tokens, cache, true)?;
         let x = candle_nn::ops::rms_norm(&x, &self.final_norm, self.config.rms_norm_eps as f32)?;
-        let logits = linear_rows(&self.output, &x)?;
+        let logits = self.softcap_logits(linear_rows(&self.output, &x)?)?;
         cache.commit(tokens.len());
         Ok(logits)
+    }
+
+    /// [`LlamaConfig::final_logit_softcap`]: `cap · tanh(logits / cap)`.
+    fn softcap_logits(&self, logits: Tensor) -> Result<Tensor> {
+        Ok(match self.config.final_logit_softcap {
+            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+            None => logits,
+        })
+    }
+
+    /// The RoPE tables layer `layer` rotates by: the local ones on a sliding-window
+    /// layer of a model that has them ([`LlamaConfig::rope_local_theta`]).
+    fn layer_rope(&self, layer: usize) -> (&Tensor, &Tensor) {
+        match &self.rope_local {
+            Some((cos, sin)) if self.config.is_sliding_layer(layer) => (cos, sin),
+            _ => (&self.rope_cos, &self.rope_sin),
+        }
     }
 
     /// The residual stream `(n, hidden_size)` after every layer, for `tokens` at
@@ -1160,10 +1460,14 @@ impl Llama {
 
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embeddings.index_select(&ids, 0)?;
-        let cos = self.rope_cos.narrow(0, pos, n)?;
-        let sin = self.rope_sin.narrow(0, pos, n)?;
+        if let Some(scale) = cfg.embedding_scale {
+            // HF multiplies by the scale rounded to the activations' dtype (f32).
+            x = (x * f64::from(scale as f32))?;
+        }
 
         for (i, layer) in self.layers.iter().enumerate() {
+            let (cos, sin) = self.layer_rope(i);
+            let (cos, sin) = (cos.narrow(0, pos, n)?, sin.narrow(0, pos, n)?);
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
             let [mut q, mut k, mut v] =
                 if few_rows { fused_rows::<3>(&layer.qkv, &h)? } else { layer.qkv.forward::<3>(&h)? };
@@ -1192,9 +1496,9 @@ impl Llama {
                 None => (view.k.to_dtype(DType::F32)?, view.v.to_dtype(DType::F32)?),
             };
             let y = if self.fused_attention {
-                self.attend_fused(&q, &view, pos)?
+                self.attend_fused(i, &q, &view, pos)?
             } else if n == 1 {
-                let first = self.window_start(pos + 1);
+                let first = self.window_start(i, pos + 1);
                 let seen = pos + 1 - first;
                 self.attend(&q, &k_all.narrow(1, first, seen)?, &v_all.narrow(1, first, seen)?)?
             } else {
@@ -1208,7 +1512,7 @@ impl Llama {
                 let rows = (0..n)
                     .map(|j| {
                         let visible = pos + j + 1;
-                        let first = self.window_start(visible);
+                        let first = self.window_start(i, visible);
                         self.attend(
                             &q.narrow(0, j, 1)?,
                             &k_all.narrow(1, first, visible - first)?,
@@ -1218,7 +1522,11 @@ impl Llama {
                     .collect::<Result<Vec<_>>>()?;
                 Tensor::cat(&rows, 0)?
             };
-            x = (linear(&layer.wo, &y)? + x)?;
+            let mut y = linear(&layer.wo, &y)?;
+            if let Some([post_attn, _]) = &layer.post_norms {
+                y = candle_nn::ops::rms_norm(&y, post_attn, eps)?;
+            }
+            x = (y + x)?;
 
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             let [gate, up] = if few_rows {
@@ -1226,16 +1534,27 @@ impl Llama {
             } else {
                 layer.gate_up.forward::<2>(&h)?
             };
-            let gate = candle_nn::ops::silu(&gate)?;
-            x = (linear(&layer.w_down, &(gate * up)?)? + x)?;
+            let gate = match cfg.hidden_act {
+                Activation::Silu => candle_nn::ops::silu(&gate)?,
+                Activation::GeluTanh => gate.gelu()?,
+            };
+            let mut y = linear(&layer.w_down, &(gate * up)?)?;
+            if let Some([_, post_ffn]) = &layer.post_norms {
+                y = candle_nn::ops::rms_norm(&y, post_ffn, eps)?;
+            }
+            x = (y + x)?;
         }
         Ok(x)
     }
 
-    /// The first position a query that sees `visible` positions attends to: `0`, or
-    /// the start of the last [`LlamaConfig::sliding_window`] positions.
-    fn window_start(&self, visible: usize) -> usize {
-        self.config.sliding_window.map_or(0, |w| visible.saturating_sub(w))
+    /// The first position a query of layer `layer` that sees `visible` positions
+    /// attends to: `0`, or on a sliding-window layer the start of the last
+    /// [`LlamaConfig::sliding_window`] positions.
+    fn window_start(&self, layer: usize, visible: usize) -> usize {
+        match self.config.sliding_window {
+            Some(w) if self.config.is_sliding_layer(layer) => visible.saturating_sub(w),
+            _ => 0,
+        }
     }
 
     /// Attention of one query position `q` `(1, n_heads, head_dim)` over keys/values
@@ -1246,7 +1565,7 @@ impl Llama {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let cfg = &self.config;
         let group = cfg.n_heads / cfg.n_kv_heads;
-        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+        let scale = cfg.query_scale();
         // One query head at a time (m = 1, gemm's gemv path), exactly the products
         // candle-transformers computes after repeating K/V: batched over the `group`
         // heads of a KV head (m = group), gemm blocks the reductions differently from
@@ -1261,7 +1580,10 @@ impl Llama {
             let v_j = v.narrow(0, j, 1)?;
             for g in 0..group {
                 let q_h = q.narrow(0, j * group + g, 1)?;
-                let att = (q_h.matmul(&k_t)? * scale)?;
+                let mut att = (q_h.matmul(&k_t)? * scale)?;
+                if let Some(cap) = cfg.attn_logit_softcap {
+                    att = ((att / cap)?.tanh()? * cap)?;
+                }
                 let att = candle_nn::ops::softmax_last_dim(&att)?;
                 heads.push(att.matmul(&v_j)?);
             }
@@ -1273,7 +1595,7 @@ impl Llama {
     /// over the cache views `(n_kv_heads, pos + n, head_dim)`; returns
     /// `(n, n_heads · head_dim)`. Row `i` attends to positions `0..=pos + i` with exactly
     /// the computation a one-token decode at that position runs (batch invariance).
-    fn attend_fused(&self, q: &Tensor, view: &KvView, pos: usize) -> Result<Tensor> {
+    fn attend_fused(&self, layer: usize, q: &Tensor, view: &KvView, pos: usize) -> Result<Tensor> {
         let cfg = &self.config;
         let n = q.dim(0)?;
         let width = cfg.n_heads * cfg.head_dim;
@@ -1344,13 +1666,15 @@ impl Llama {
             n_kv_heads: cfg.n_kv_heads,
             head_dim: cfg.head_dim,
             head_stride,
+            scale: cfg.query_scale() as f32,
+            softcap: cfg.attn_logit_softcap.map(|c| c as f32),
         };
         let qs = &qs[q_layout.start_offset()..q_layout.start_offset() + n * width];
         let mut out = vec![0.0_f32; n * width];
         // Row `i` sees the positions up to its own (`pos + i`), within the window.
         let seen = |i: usize| {
             let visible = pos + i + 1;
-            self.window_start(visible)..visible
+            self.window_start(layer, visible)..visible
         };
         match kv {
             Kv::F32(ks, vs) => attention::attend_rows(geometry, qs, (ks, vs), None, seen, &mut out),
@@ -1403,10 +1727,11 @@ impl Llama {
             return Err(CandleBackendError::invalid("shift", n, "must be below the model's max_context"));
         }
         let half = self.config.head_dim / 2;
-        cache.shift(start, n, |keys| {
+        cache.shift(start, n, |layer, keys| {
             let (h, m, d) = keys.dims3()?;
-            let cos = self.rope_cos.narrow(0, n, 1)?.broadcast_as((m, half))?.contiguous()?;
-            let sin = self.rope_sin.narrow(0, n, 1)?.neg()?.broadcast_as((m, half))?.contiguous()?;
+            let (cos, sin) = self.layer_rope(layer);
+            let cos = cos.narrow(0, n, 1)?.broadcast_as((m, half))?.contiguous()?;
+            let sin = sin.narrow(0, n, 1)?.neg()?.broadcast_as((m, half))?.contiguous()?;
             let rotated = self.rope_bhtd(&keys.reshape((1, h, m, d))?.contiguous()?, &cos, &sin)?;
             Ok(rotated.reshape((h, m, d))?)
         })
@@ -1448,9 +1773,12 @@ pub(crate) fn dequantize_q8(codes: &Tensor, scales: &Tensor) -> Result<Tensor> {
     Ok(centred.broadcast_mul(&scales.unsqueeze(2)?)?)
 }
 
-/// The RoPE tables ([`LlamaConfig::rope_tables`]) as `(max_context, head_dim/2)` tensors.
-fn rope_tables(config: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
-    let (cos, sin) = config.rope_tables();
+/// RoPE tables ([`LlamaConfig::rope_tables`]) as `(max_context, head_dim/2)` tensors.
+fn rope_tables(
+    config: &LlamaConfig,
+    (cos, sin): (Vec<f32>, Vec<f32>),
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let half = config.head_dim / 2;
     Ok((
         Tensor::from_vec(cos, (config.max_context, half), device)?,
@@ -1549,9 +1877,14 @@ pub(crate) struct HfConfig {
     rms_norm_eps: f64,
     rope_theta: Option<f64>,
     max_position_embeddings: usize,
-    #[serde(default)]
+    /// As written; absent means the family's default (tied for Gemma only).
+    #[serde(default, rename = "tie_word_embeddings")]
+    tie: Option<bool>,
+    /// The input and output embeddings are one matrix (resolved by [`Self::read_raw`]).
+    #[serde(skip)]
     pub(crate) tie_word_embeddings: bool,
-    /// `llama` (or absent, for old checkpoints), `mistral`, `qwen2`, `qwen3`.
+    /// `llama` (or absent, for old checkpoints), `mistral`, `qwen2`, `qwen3`, `phi3`,
+    /// `gemma2`, `gemma3_text`.
     #[serde(default)]
     model_type: Option<String>,
     #[serde(default)]
@@ -1572,6 +1905,31 @@ pub(crate) struct HfConfig {
     layer_types: Option<Vec<String>>,
     #[serde(default)]
     partial_rotary_factor: Option<f64>,
+    /// Gemma's name for `hidden_act`.
+    #[serde(default)]
+    hidden_activation: Option<String>,
+    #[serde(default)]
+    query_pre_attn_scalar: Option<f64>,
+    /// Gemma's soft-capping: absent means the family's default, `null` none.
+    #[serde(default, deserialize_with = "present")]
+    attn_logit_softcapping: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    final_logit_softcapping: Option<serde_json::Value>,
+    /// Gemma 3's RoPE base of the windowed layers (before transformers 5).
+    #[serde(default)]
+    rope_local_base_freq: Option<f64>,
+    /// Gemma 3: every `n`-th layer is global (before transformers 5's `layer_types`).
+    #[serde(default)]
+    sliding_window_pattern: Option<usize>,
+    #[serde(default)]
+    use_bidirectional_attention: Option<bool>,
+}
+
+/// A field that is present, `null` included (`Some(Value::Null)`); absent stays `None`.
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<serde_json::Value>, D::Error> {
+    <serde_json::Value as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 impl HfConfig {
@@ -1585,9 +1943,10 @@ impl HfConfig {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path)
             .map_err(|source| CandleBackendError::Io { path: config_path.clone(), source })?;
-        let hf: Self = serde_json::from_str(&text)
+        let mut hf: Self = serde_json::from_str(&text)
             .map_err(|e| CandleBackendError::metadata("config.json", e.to_string()))?;
         let config = hf.to_config()?;
+        hf.tie_word_embeddings = hf.tie.unwrap_or(config.architecture.norm_weights_offset());
         config.validate()?;
         Ok((hf, config))
     }
@@ -1600,12 +1959,16 @@ impl HfConfig {
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
             "phi3" => Architecture::Phi3,
+            "gemma2" => Architecture::Gemma2,
+            "gemma3_text" => Architecture::Gemma3,
             other => return Err(CandleBackendError::UnsupportedArchitecture(other.to_string())),
         };
-        if let Some(act) = self.hidden_act.as_deref().filter(|&a| a != "silu") {
+        let gemma = architecture.norm_weights_offset();
+        let hidden_act = self.activation(gemma)?;
+        if self.use_bidirectional_attention == Some(true) {
             return Err(CandleBackendError::metadata(
-                "hidden_act",
-                format!("`{act}` is not supported (only `silu`)"),
+                "use_bidirectional_attention",
+                "true (an encoder) is not supported",
             ));
         }
         if self.mlp_bias == Some(true) {
@@ -1626,11 +1989,32 @@ impl HfConfig {
                 format!("{f} is not supported (only full rotary)"),
             ));
         }
-        let sliding_window = self.attention_window(architecture)?;
-        let (rope_theta, rope_scaling) = self.rope()?;
+        let (sliding_window, sliding_layers) = self.attention_window(architecture)?;
+        let (rope_theta, rope_scaling, rope_local_theta) = self.rope(architecture)?;
         if self.num_attention_heads == 0 {
             return Err(CandleBackendError::metadata("num_attention_heads", "zero"));
         }
+        // Gemma's class defaults where the file leaves a key out (transformers writes
+        // only what differs from them): softcaps 50 / 30 for Gemma 2, none for Gemma 3.
+        let softcap = |key: &'static str, value: &Option<serde_json::Value>, default: Option<f64>| match value
+        {
+            None => Ok(default),
+            Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| CandleBackendError::metadata(key, "not a number")),
+        };
+        let (attn_default, final_default) =
+            if architecture == Architecture::Gemma2 { (Some(50.0), Some(30.0)) } else { (None, None) };
+        let attn_logit_softcap =
+            softcap("attn_logit_softcapping", &self.attn_logit_softcapping, attn_default)?;
+        let final_logit_softcap =
+            softcap("final_logit_softcapping", &self.final_logit_softcapping, final_default)?;
+        if !gemma && let Some(c) = attn_logit_softcap.or(final_logit_softcap).or(self.query_pre_attn_scalar) {
+            return Err(CandleBackendError::metadata(
+                "attn_logit_softcapping",
+                format!("{c}: Gemma's scoring keys are supported for gemma2 and gemma3_text only"),
+            ));
+        }
+        let attention_scale = gemma.then(|| 1.0 / self.query_pre_attn_scalar.unwrap_or(256.0).sqrt());
         Ok(LlamaConfig {
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
@@ -1646,15 +2030,46 @@ impl HfConfig {
             architecture,
             rope_scaling,
             attention_bias,
-            qk_norm: architecture == Architecture::Qwen3,
+            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
             sliding_window,
+            sliding_layers,
+            rope_local_theta,
+            hidden_act,
+            embedding_scale: gemma.then(|| (self.hidden_size as f64).sqrt()),
+            attention_scale,
+            attn_logit_softcap,
+            final_logit_softcap,
+            sandwich_norms: gemma,
         })
+    }
+
+    /// `hidden_act` (or Gemma's `hidden_activation`): `silu`, or for Gemma
+    /// `gelu_pytorch_tanh` (its default).
+    fn activation(&self, gemma: bool) -> Result<Activation> {
+        let (key, act) = match (&self.hidden_activation, &self.hidden_act) {
+            (Some(a), _) => ("hidden_activation", Some(a.as_str())),
+            (None, a) => ("hidden_act", a.as_deref()),
+        };
+        match (gemma, act) {
+            (false, None | Some("silu")) => Ok(Activation::Silu),
+            (true, None | Some("gelu_pytorch_tanh")) => Ok(Activation::GeluTanh),
+            (_, Some(other)) => Err(CandleBackendError::metadata(
+                key,
+                format!(
+                    "`{other}` is not supported (only `{}` for this family)",
+                    if gemma { "gelu_pytorch_tanh" } else { "silu" }
+                ),
+            )),
+        }
     }
 
     /// The sliding window every layer uses: Mistral's and Phi-3's `sliding_window`;
     /// Qwen's `use_sliding_window` applies it to some layers only, which is refused, as
     /// is any `layer_types` entry other than full attention outside Mistral.
-    fn attention_window(&self, architecture: Architecture) -> Result<Option<usize>> {
+    fn attention_window(&self, architecture: Architecture) -> Result<(Option<usize>, Option<Vec<bool>>)> {
+        if architecture.norm_weights_offset() {
+            return self.gemma_window(architecture);
+        }
         let window = match architecture {
             Architecture::Mistral | Architecture::Phi3 => self.sliding_window,
             _ if self.use_sliding_window == Some(true) => {
@@ -1672,17 +2087,99 @@ impl HfConfig {
                 format!("`{t}` is not supported for this config (every layer must be `{expected}`)"),
             ));
         }
-        Ok(window)
+        Ok((window, None))
+    }
+
+    /// Gemma's alternating layers: `layer_types` when written (transformers ≥ 4.5x),
+    /// else the family's pattern (Gemma 2: every other layer from the first; Gemma 3:
+    /// `sliding_window_pattern`, default 6, the last of each group global), over a
+    /// window of `sliding_window` positions (default 4,096).
+    fn gemma_window(&self, architecture: Architecture) -> Result<(Option<usize>, Option<Vec<bool>>)> {
+        let n = self.num_hidden_layers;
+        let layers = match &self.layer_types {
+            Some(types) => {
+                if types.len() != n {
+                    return Err(CandleBackendError::metadata(
+                        "layer_types",
+                        format!("{} entries for {n} layers", types.len()),
+                    ));
+                }
+                types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        "sliding_attention" => Ok(true),
+                        "full_attention" => Ok(false),
+                        other => Err(CandleBackendError::metadata(
+                            "layer_types",
+                            format!("`{other}` is not supported (sliding_attention, full_attention)"),
+                        )),
+                    })
+                    .collect::<Result<Vec<bool>>>()?
+            }
+            None => {
+                let p = match architecture {
+                    Architecture::Gemma2 => 2,
+                    _ => self.sliding_window_pattern.unwrap_or(6),
+                };
+                if p == 0 {
+                    return Err(CandleBackendError::metadata("sliding_window_pattern", "zero"));
+                }
+                (0..n).map(|i| (i + 1) % p != 0).collect()
+            }
+        };
+        Ok((Some(self.sliding_window.unwrap_or(4096)), Some(layers)))
     }
 
     /// `rope_theta` and the scaling, from `rope_parameters` (transformers ≥ 5) or
     /// `rope_theta` + `rope_scaling`.
-    fn rope(&self) -> Result<(f64, RopeScaling)> {
+    ///
+    /// Gemma 3 also returns the windowed layers' base: `rope_parameters.sliding_attention`
+    /// (transformers ≥ 5, which splits the parameters by layer type) or
+    /// `rope_local_base_freq` (default 10,000); its global layers default to 10⁶.
+    fn rope(&self, architecture: Architecture) -> Result<(f64, RopeScaling, Option<f64>)> {
         let (params, key) = match (&self.rope_parameters, &self.rope_scaling) {
             (Some(p), _) if !p.is_null() => (Some(p), "rope_parameters"),
             (_, Some(s)) if !s.is_null() => (Some(s), "rope_scaling"),
             _ => (None, "rope_scaling"),
         };
+        if architecture != Architecture::Gemma3 {
+            if let Some(f) = self.rope_local_base_freq {
+                return Err(CandleBackendError::metadata(
+                    "rope_local_base_freq",
+                    format!("{f}: a RoPE base per layer type is supported for gemma3_text only"),
+                ));
+            }
+            let (theta, scaling) = Self::rope_set(params, key, self.rope_theta.unwrap_or(10_000.0))?;
+            return Ok((theta, scaling, None));
+        }
+        let global_default = self.rope_theta.unwrap_or(1_000_000.0);
+        let local_default = self.rope_local_base_freq.unwrap_or(10_000.0);
+        let by_type =
+            params.filter(|p| p.get("full_attention").is_some() || p.get("sliding_attention").is_some());
+        let ((theta, scaling), (local, local_scaling)) = match by_type {
+            Some(p) => (
+                Self::rope_set(p.get("full_attention"), "rope_parameters.full_attention", global_default)?,
+                Self::rope_set(
+                    p.get("sliding_attention"),
+                    "rope_parameters.sliding_attention",
+                    local_default,
+                )?,
+            ),
+            None => (Self::rope_set(params, key, global_default)?, (local_default, RopeScaling::None)),
+        };
+        if local_scaling != RopeScaling::None {
+            return Err(CandleBackendError::metadata(
+                "rope_parameters.sliding_attention.rope_type",
+                "scaling the windowed layers' RoPE is not supported",
+            ));
+        }
+        Ok((theta, scaling, Some(local)))
+    }
+
+    /// One set of RoPE parameters (`rope_theta`, `rope_type` and its fields) from the
+    /// object `params` named `key`; `theta` when it has no `rope_theta`.
+    fn rope_set(params: Option<&serde_json::Value>, key: &str, theta: f64) -> Result<(f64, RopeScaling)> {
+        let params = params.filter(|p| !p.is_null());
         let field = |name: &str| params.and_then(|p| p.get(name)).filter(|v| !v.is_null());
         let number = |name: &str| -> Result<f64> {
             field(name).and_then(serde_json::Value::as_f64).ok_or_else(|| {
@@ -1699,7 +2196,7 @@ impl HfConfig {
         }
         let theta = match field("rope_theta") {
             Some(_) => number("rope_theta")?,
-            None => self.rope_theta.unwrap_or(10_000.0),
+            None => theta,
         };
         let kind = field("rope_type").or_else(|| field("type")).map(|v| v.as_str().unwrap_or("?"));
         let scaling = match kind {

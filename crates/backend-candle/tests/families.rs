@@ -24,7 +24,8 @@ use perpetua_sampling::processors::LogitBias;
 use perpetua_sampling::samplers::Multinomial;
 use perpetua_sampling::{Chain, processors::TopK};
 
-const FAMILIES: [&str; 6] = ["llama3", "llama-linear", "mistral", "qwen2", "qwen3", "phi3"];
+const FAMILIES: [&str; 8] =
+    ["llama3", "llama-linear", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"];
 
 fn dir(family: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/families").join(family)
@@ -92,7 +93,7 @@ fn every_family_matches_transformers_in_prefill_and_decode() {
 
 /// The families llama.cpp's converter writes as GGUF (`make_gguf.py`; Mistral it writes
 /// as `llama` without the window, so it has no GGUF here).
-const GGUF_FAMILIES: [&str; 5] = ["llama3", "llama-linear", "qwen2", "qwen3", "phi3"];
+const GGUF_FAMILIES: [&str; 7] = ["llama3", "llama-linear", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"];
 
 /// llama.cpp's F32 conversion computes transformers' logits: the GGUF layout (q/k rows
 /// permuted for llama, NeoX RoPE for Qwen, `rope_freqs` factors for Llama 3.1, the
@@ -113,17 +114,99 @@ fn every_converted_gguf_matches_transformers() {
 }
 
 /// The Q8_0 conversion, as users run it (default options: fused attention, f16 cache),
-/// against transformers' f32 logits: within the quantization's error, measured here as
-/// the largest difference over the 9 steps relative to the logits' spread.
+/// against transformers' f32 logits over the prefill and 8 decode steps: within the
+/// quantization's error, measured as 6 % of the logits' spread. Gemma's soft-capped
+/// logits (Gemma 2) and six chaotic random layers (Gemma 3) make that measure
+/// meaningless for them; their quantized files are held to llama.cpp instead (above).
 #[test]
 fn every_q8_0_gguf_stays_within_quantization_error_of_transformers() {
-    for family in GGUF_FAMILIES {
+    for family in GGUF_FAMILIES.into_iter().filter(|f| !f.starts_with("gemma")) {
         let r = reference(family);
         let model = Llama::load(dir(family).join("model-q8_0.gguf"), &LoadOptions::default()).unwrap();
         let worst = decode_diffs(&model, &r).into_iter().fold(0.0, f32::max);
         let spread = r.logits.iter().flatten().fold(0.0f32, |m, &x| m.max(x.abs()));
         println!("{family} GGUF Q8_0: max |Δlogit| {worst:.3} (logits up to {spread:.1})");
         assert!(worst <= 0.06 * spread, "{family}: {worst} against logits up to {spread}");
+    }
+}
+
+/// llama.cpp's logits for the converted files (`llama_cpp.json`, written by
+/// `scripts/model-families/make_llama_cpp_reference.py`): every position of the 20
+/// tokens in one batch; F32 with an f32 cache, Q8_0 with llama.cpp's default f16 cache
+/// and again with an f32 cache.
+#[derive(serde::Deserialize)]
+struct LlamaCppReference {
+    tokens: Vec<u32>,
+    f32: Vec<Vec<f32>>,
+    q8_0: Vec<Vec<f32>>,
+    q8_0_f32_cache: Vec<Vec<f32>>,
+}
+
+fn llama_cpp_reference(family: &str) -> LlamaCppReference {
+    let text = std::fs::read_to_string(dir(family).join("llama_cpp.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// All positions of `tokens` in one pass.
+fn all_positions(model: &Llama, tokens: &[u32]) -> Vec<f32> {
+    let mut cache = model.new_cache().unwrap();
+    let mut out = Vec::new();
+    model.forward_all(tokens, &mut cache, &mut out).unwrap();
+    out
+}
+
+/// The runtime reference for quantized files: llama.cpp on the same GGUF.
+///
+/// - F32 (exact options): within 1e-4 of llama.cpp. Gemma's MLP is the exception:
+///   llama.cpp evaluates GELU through a table indexed by the f16-rounded input, which
+///   puts its own logits 2.6e-3 (Gemma 2) and 2.3e-2 (Gemma 3, six layers) off
+///   transformers'; ours stay within 1e-4 of transformers (tests above), so there the
+///   bound is llama.cpp's distance from transformers plus 1e-4.
+/// - Q8_0 as users run it (default options: fused attention, f16 cache, like
+///   llama.cpp's default): these tiny random models amplify rounding — llama.cpp's
+///   own logits move by up to 2.3 when only its cache turns from f16 to f32 — so ours
+///   must be no further from llama.cpp than twice that spread (two runtimes, each with
+///   its own roundings), with a floor of 0.05 for families where the cache barely
+///   matters.
+///
+/// Phi-3 is left out: llama.cpp's loader disables Phi-3's sliding window ("Phi SWA is
+/// currently disabled"), so its logits are ~5.8 off transformers' even in F32 (ours
+/// match transformers within 1e-4, above) and it is not a reference there (asserted,
+/// so the exclusion stays justified).
+#[test]
+fn every_gguf_matches_llama_cpp_on_the_same_file() {
+    for family in GGUF_FAMILIES {
+        let lcp = llama_cpp_reference(family);
+        let r = reference(family);
+        assert_eq!(lcp.tokens, r.tokens, "{family}");
+        let hf = r.full.concat();
+        if family == "phi3" {
+            let off = common::max_abs_diff(&lcp.f32.concat(), &hf);
+            assert!(off > 1.0, "llama.cpp now agrees with transformers on phi3 ({off}): test it");
+            continue;
+        }
+        let ours =
+            all_positions(&Llama::load(dir(family).join("model-f32.gguf"), &exact()).unwrap(), &r.tokens);
+        let diff = common::max_abs_diff(&ours, &lcp.f32.concat());
+        let gelu_table =
+            if family.starts_with("gemma") { common::max_abs_diff(&lcp.f32.concat(), &hf) } else { 0.0 };
+        println!("{family} F32: ours vs llama.cpp {diff:.2e} (llama.cpp vs transformers {gelu_table:.2e})");
+        assert!(diff <= TOLERANCE + gelu_table, "{family} F32: {diff}");
+
+        let q8 = Llama::load(dir(family).join("model-q8_0.gguf"), &LoadOptions::default()).unwrap();
+        let ours = all_positions(&q8, &r.tokens);
+        let diff = common::max_abs_diff(&ours, &lcp.q8_0.concat());
+        let cache_rounding = common::max_abs_diff(&lcp.q8_0.concat(), &lcp.q8_0_f32_cache.concat());
+        println!(
+            "{family} Q8_0: ours vs llama.cpp {diff:.2e}; llama.cpp f16 vs f32 cache {cache_rounding:.2e}; \
+             vs transformers: ours {:.2e}, llama.cpp {:.2e}",
+            common::max_abs_diff(&ours, &hf),
+            common::max_abs_diff(&lcp.q8_0.concat(), &hf)
+        );
+        assert!(
+            diff <= (2.0 * cache_rounding).max(0.05),
+            "{family} Q8_0: {diff} (llama.cpp's own spread {cache_rounding})"
+        );
     }
 }
 
@@ -265,8 +348,14 @@ fn classic_rope_keys_load_the_same_model() {
 #[test]
 fn the_reference_data_exercises_each_feature() {
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, Edit); 4] = [
+    let cases: [(&str, Edit); 10] = [
         ("mistral", |c| c["sliding_window"] = serde_json::Value::Null),
+        ("gemma2", |c| c["attn_logit_softcapping"] = serde_json::Value::Null),
+        ("gemma2", |c| c["final_logit_softcapping"] = serde_json::Value::Null),
+        ("gemma2", |c| c["query_pre_attn_scalar"] = 64.into()),
+        ("gemma2", |c| c["layer_types"] = serde_json::json!(["full_attention", "full_attention"])),
+        ("gemma3", |c| c["layer_types"][0] = "full_attention".into()),
+        ("gemma3", |c| c["rope_parameters"]["sliding_attention"]["rope_theta"] = 1e6.into()),
         ("phi3", |c| c["sliding_window"] = serde_json::Value::Null),
         ("llama3", |c| {
             c["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 10000.0})
@@ -316,8 +405,21 @@ fn a_checkpoint_under_another_config_is_refused() {
 fn settings_that_are_not_implemented_are_refused_with_the_key() {
     use serde_json::json;
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, Edit, &str); 8] = [
-        ("qwen2", |c| c["model_type"] = "gemma2".into(), "gemma2"),
+    let cases: [(&str, Edit, &str); 13] = [
+        // The multimodal Gemma 3 wrapper (its text model under `text_config`).
+        ("qwen2", |c| c["model_type"] = "gemma3".into(), "gemma3"),
+        ("gemma2", |c| c["hidden_activation"] = "gelu".into(), "hidden_activation"),
+        ("gemma2", |c| c["layer_types"][1] = "chunked_attention".into(), "layer_types"),
+        ("gemma3", |c| c["use_bidirectional_attention"] = true.into(), "use_bidirectional_attention"),
+        (
+            "gemma3",
+            |c| {
+                c["rope_parameters"]["sliding_attention"] =
+                    json!({"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
+            },
+            "rope_parameters.sliding_attention.rope_type",
+        ),
+        ("llama3", |c| c["attn_logit_softcapping"] = json!(30.0), "attn_logit_softcapping"),
         ("llama3", |c| c["rope_parameters"]["rope_type"] = "yarn".into(), "rope_parameters.rope_type"),
         ("llama3", |c| c["rope_parameters"]["rope_type"] = "longrope".into(), "rope_parameters.rope_type"),
         (
@@ -347,7 +449,7 @@ fn settings_that_are_not_implemented_are_refused_with_the_key() {
 
 #[test]
 fn the_dense_loader_refuses_what_burn_does_not_implement() {
-    for family in ["mistral", "qwen2", "qwen3", "phi3"] {
+    for family in ["mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"] {
         match perpetua_candle::dense::DenseWeights::load(dir(family)) {
             Err(CandleBackendError::UnsupportedFeature { architecture, .. }) => {
                 assert_eq!(architecture.as_str(), family);
@@ -503,4 +605,185 @@ Today: {{ date }}. {{ ns.system }} {{ {"k": [1, 2]} | tojson }}</s>
     assert!(chat.ends_with("<s>user\nhi</s>"), "{chat}");
     let err = tok.render_chat(&[ChatMessage::new("tool", "x")], false).unwrap().unwrap_err();
     assert!(err.to_string().contains("bad role tool"), "{err}");
+}
+
+/// A copy of `family`'s F32 GGUF with its metadata edited by `edit`.
+fn edited_gguf(
+    family: &str,
+    name: &str,
+    edit: impl FnOnce(&mut std::collections::HashMap<String, candle_core::quantized::gguf_file::Value>),
+) -> PathBuf {
+    use candle_core::quantized::gguf_file;
+    let src = dir(family).join("model-f32.gguf");
+    let mut file = std::fs::File::open(&src).unwrap();
+    let mut content = gguf_file::Content::read(&mut file).unwrap();
+    edit(&mut content.metadata);
+    let mut names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    names.sort();
+    let tensors: Vec<_> =
+        names.iter().map(|n| content.tensor(&mut file, n, &candle_core::Device::Cpu).unwrap()).collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> =
+        content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<(&str, &candle_core::quantized::QTensor)> =
+        names.iter().map(String::as_str).zip(tensors.iter()).collect();
+    let to = std::env::temp_dir().join(format!("perpetua-families-{}-{name}.gguf", std::process::id()));
+    let mut out = std::fs::File::create(&to).unwrap();
+    gguf_file::write(&mut out, &metadata, &tensors).unwrap();
+    to
+}
+
+/// Gemma's GGUF settings as llama.cpp reads them: the layer pattern as a period or a
+/// per-layer array, llama.cpp's defaults where keys are absent, and the keys Gemma 3
+/// does not have refused.
+#[test]
+fn gemma_gguf_keys_are_read_as_llama_cpp_reads_them() {
+    use candle_core::quantized::gguf_file::Value;
+    let config = |path: &Path| {
+        let c = Llama::load(path, &exact()).map(|m| m.config().clone());
+        if path.starts_with(std::env::temp_dir()) {
+            let _ = std::fs::remove_file(path);
+        }
+        c
+    };
+    let c = config(&dir("gemma2").join("model-f32.gguf")).unwrap();
+    assert_eq!(c.architecture, Architecture::Gemma2);
+    assert_eq!((c.sliding_window, c.sliding_layers.as_deref()), (Some(5), Some(&[true, false][..])));
+    assert_eq!((c.attn_logit_softcap, c.final_logit_softcap), (Some(2.0), Some(3.0)));
+    let c = config(&dir("gemma3").join("model-f32.gguf")).unwrap();
+    assert_eq!(c.sliding_layers.as_deref(), Some(&[true, true, true, true, true, false][..]));
+    assert_eq!((c.rope_local_theta, c.rope_theta), (Some(10_000.0), 1_000_000.0));
+    assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 8.0 });
+
+    // Without the softcap keys Gemma 2 takes llama.cpp's defaults (50, 30).
+    let path = edited_gguf("gemma2", "gemma2-defaults", |m| {
+        m.remove("gemma2.attn_logit_softcapping");
+        m.remove("gemma2.final_logit_softcapping");
+        m.remove("gemma2.attention.sliding_window");
+    });
+    let c = config(&path).unwrap();
+    assert_eq!(
+        (c.attn_logit_softcap, c.final_logit_softcap, c.sliding_window),
+        (Some(50.0), Some(30.0), Some(4096))
+    );
+    // The pattern as a per-layer flag array, and as a period.
+    let flags = Value::Array([false, true, false, true, true, true].map(Value::Bool).to_vec());
+    let path = edited_gguf("gemma3", "gemma3-flags", |m| {
+        m.insert("gemma3.attention.sliding_window_pattern".into(), flags);
+    });
+    assert_eq!(
+        config(&path).unwrap().sliding_layers.as_deref(),
+        Some(&[false, true, false, true, true, true][..])
+    );
+    let path = edited_gguf("gemma3", "gemma3-period", |m| {
+        m.insert("gemma3.attention.sliding_window_pattern".into(), Value::U32(3));
+        m.insert("gemma3.rope.freq_base_swa".into(), Value::F32(500.0));
+    });
+    let c = config(&path).unwrap();
+    assert_eq!(c.sliding_layers.as_deref(), Some(&[true, true, false, true, true, false][..]));
+    assert_eq!(c.rope_local_theta, Some(500.0));
+    // Without a window key Gemma 3 attends globally everywhere, with one RoPE base.
+    let path = edited_gguf("gemma3", "gemma3-global", |m| {
+        m.remove("gemma3.attention.sliding_window");
+    });
+    let c = config(&path).unwrap();
+    assert_eq!((c.sliding_window, c.sliding_layers, c.rope_local_theta), (None, None, None));
+
+    type Edit = fn(&mut std::collections::HashMap<String, Value>);
+    let refused: [(&str, Edit, &str); 3] = [
+        (
+            "gemma3",
+            |m| drop(m.insert("gemma3.attn_logit_softcapping".into(), Value::F32(50.0))),
+            "gemma3.attn_logit_softcapping",
+        ),
+        (
+            "gemma2",
+            |m| drop(m.insert("gemma2.rope.freq_base_swa".into(), Value::F32(500.0))),
+            "gemma2.rope.freq_base_swa",
+        ),
+        (
+            "gemma3",
+            |m| {
+                drop(m.insert(
+                    "gemma3.attention.sliding_window_pattern".into(),
+                    Value::Array(vec![Value::Bool(true)]),
+                ))
+            },
+            "gemma3.attention.sliding_window_pattern",
+        ),
+    ];
+    for (i, (family, edit, key)) in refused.into_iter().enumerate() {
+        let path = edited_gguf(family, &format!("gemma-refused-{i}"), edit);
+        match Llama::load(&path, &exact()) {
+            Err(CandleBackendError::Metadata { key: k, .. }) => assert_eq!(k, key),
+            other => panic!("{key}: {other:?}"),
+        }
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// What Gemma's chat templates use renders as transformers renders it: `messages[1:]`,
+/// `loop.first`, `is string` / `is iterable`, a system prompt folded into the first
+/// user turn, roles renamed, whitespace control, and `raise_exception` for turns that
+/// do not alternate. The template (`tests/data/chat/gemma-style.jinja`) is written for
+/// this test in Gemma 3's style; the expected text was printed by transformers 5.25's
+/// `apply_chat_template` with it on the gemma2 directory's tokenizer.
+#[test]
+fn gemma_style_chat_templates_render_as_transformers_does() {
+    use perpetua_candle::LlamaTokenizer;
+    use perpetua_generator::ChatMessage;
+    let template = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/chat/gemma-style.jinja"),
+    )
+    .unwrap();
+    let tok = LlamaTokenizer::load(dir("gemma2")).unwrap().with_chat_template(template);
+    let messages = [
+        ChatMessage::system("Be brief."),
+        ChatMessage::user(" hi "),
+        ChatMessage::assistant("Hello! "),
+        ChatMessage::user("Why?"),
+    ];
+    let chat = tok.render_chat(&messages, true).unwrap().unwrap();
+    assert_eq!(
+        chat,
+        "<s><start_of_turn>user\nBe brief.\n\nhi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n\
+         <start_of_turn>user\nWhy?<end_of_turn>\n<start_of_turn>model\n"
+    );
+    match tok.render_chat(&[ChatMessage::user("a"), ChatMessage::user("b")], false).unwrap() {
+        Err(CandleBackendError::ChatTemplate(msg)) => assert!(msg.contains("must alternate"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A context shift re-rotates each layer's keys with that layer's RoPE table: Gemma 3's
+/// windowed layers with their own base, its global ones with the scaled global table.
+/// Layer 0's keys depend only on token and position, so after dropping positions 2..6
+/// they must equal a fresh prefill's of the kept tokens — checked with layer 0 windowed
+/// (the checkpoint as made) and global (`layer_types` edited).
+#[test]
+fn gemma3_context_shifts_rotate_each_layer_with_its_own_table() {
+    let tokens = reference("gemma3").tokens[..12].to_vec();
+    let fresh_tokens: Vec<u32> = tokens[..2].iter().chain(&tokens[6..]).copied().collect();
+    let global_first = edited("gemma3", "shift-global", |c| c["layer_types"][0] = "full_attention".into());
+    for (layer0, path) in [("windowed", dir("gemma3")), ("global", global_first.clone())] {
+        let model = Llama::load(&path, &exact()).unwrap();
+        assert_eq!(model.config().is_sliding_layer(0), layer0 == "windowed");
+        let mut out = Vec::new();
+        let mut shifted = model.new_cache().unwrap();
+        model.forward(&tokens, &mut shifted, &mut out).unwrap();
+        let k0 = |c: &perpetua_candle::LlamaCache, from: usize, n: usize| -> Vec<f32> {
+            c.layer_keys(0).unwrap().narrow(1, from, n).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let before = k0(&shifted, 6, 6);
+        assert!(LanguageModel::shift_cache(&model, &mut shifted, 2, 4).unwrap());
+        let mut fresh = model.new_cache().unwrap();
+        model.forward(&fresh_tokens, &mut fresh, &mut out).unwrap();
+        let diff = common::max_abs_diff(&k0(&shifted, 0, 8), &k0(&fresh, 0, 8));
+        let control = common::max_abs_diff(&before, &k0(&fresh, 2, 6));
+        println!(
+            "gemma3, layer 0 {layer0}: shifted keys vs fresh {diff:.1e} (before the shift {control:.2})"
+        );
+        assert!(diff <= 1e-4, "{layer0}: {diff}");
+        assert!(control > 100.0 * diff.max(1e-6), "{layer0}: the shift moved nothing ({control})");
+    }
+    let _ = std::fs::remove_dir_all(global_first);
 }

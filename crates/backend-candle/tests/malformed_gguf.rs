@@ -262,7 +262,7 @@ fn tensor_shape_mismatches_name_the_tensor() {
 #[test]
 fn bad_model_metadata_is_named() {
     let n = vocab().len();
-    let cases: [(&str, Option<Value>, &str); 10] = [
+    let cases: [(&str, Option<Value>, &str); 12] = [
         // Files we would run wrongly are refused (YaRN, windows on some layers only, a
         // family we lack).
         ("llama.rope.scaling.type", Some(Value::String("yarn".into())), "RoPE scaling `yarn`"),
@@ -274,7 +274,10 @@ fn bad_model_metadata_is_named() {
         ("llama.context_length", Some(Value::U64(1 << 40)), "max_context"),
         ("llama.embedding_length", Some(Value::String("sixty-four".into())), "llama.embedding_length"),
         ("general.architecture", Some(Value::String("mamba".into())), "mamba"),
-        ("general.architecture", Some(Value::String("gemma2".into())), "gemma2"),
+        ("general.architecture", Some(Value::String("gemma".into())), "gemma"),
+        // Gemma's keys on another family: llama.cpp would ignore them, we refuse.
+        ("llama.attn_logit_softcapping", Some(Value::F32(50.0)), "llama.attn_logit_softcapping"),
+        ("llama.rope.freq_base_swa", Some(Value::F32(10000.0)), "llama.rope.freq_base_swa"),
     ];
     for (key, value, named) in cases {
         let mut md = metadata(n);

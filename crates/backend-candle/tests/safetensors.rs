@@ -191,7 +191,7 @@ fn malformed_checkpoints_give_typed_errors() {
 
     // Other families and features we would run wrongly are refused, naming why.
     for (name, extra, named) in [
-        ("gemma2", r#""model_type": "gemma2","#, "gemma2"),
+        ("gemma", r#""model_type": "gemma","#, "gemma"),
         ("rope-scaling", r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0},"#, "rope_scaling"),
         ("bias", r#""attention_bias": true,"#, "attention_bias"),
     ] {

@@ -199,7 +199,7 @@ pub struct GenerateArgs {
 
     /// Model: a GGUF file, or a Hugging Face checkpoint directory (`config.json`,
     /// `*.safetensors`, `tokenizer.json`); default: SmolLM2-135M-Instruct Q4_1 in the
-    /// model directory. Families: llama, mistral, qwen2, qwen3 (README).
+    /// model directory. Families: llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3 (README).
     #[arg(long)]
     pub model: Option<PathBuf>,
 

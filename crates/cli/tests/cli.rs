@@ -138,10 +138,10 @@ fn models_inspect_shows_the_architecture_or_the_refusal() {
     let scratch = std::env::temp_dir().join(format!("perpetua-cli-inspect-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
     let config =
-        std::fs::read_to_string(format!("{dir}/config.json")).unwrap().replace("\"qwen3\"", "\"gemma2\"");
+        std::fs::read_to_string(format!("{dir}/config.json")).unwrap().replace("\"qwen3\"", "\"gemma\"");
     std::fs::write(scratch.join("config.json"), config).unwrap();
     let (code, _, err) = perpetua(&["models", "inspect", scratch.to_str().unwrap()]);
     assert_ne!(code, 0);
-    assert!(err.contains("unsupported architecture `gemma2`"), "{err}");
+    assert!(err.contains("unsupported architecture `gemma`"), "{err}");
     let _ = std::fs::remove_dir_all(scratch);
 }

@@ -236,6 +236,11 @@ impl ChatMessage {
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)
     }
+
+    /// An assistant message (an earlier reply of the model, in a multi-turn chat).
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
 }
 
 /// Text ↔ token ids for a model.
