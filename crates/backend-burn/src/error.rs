@@ -1,7 +1,7 @@
 //! The one error type of this crate.
 
-use perpetua_candle::CandleBackendError;
 use perpetua_kv_cache::CacheError;
+use perpetua_model_files::ModelError;
 
 /// Everything that can go wrong loading or running a model on burn.
 #[derive(Debug, thiserror::Error)]
@@ -9,12 +9,12 @@ use perpetua_kv_cache::CacheError;
 pub enum BurnBackendError {
     /// Reading the checkpoint failed: a missing or malformed file, a missing tensor, a
     /// bad shape, an unsupported type or architecture (the shared GGUF / safetensors
-    /// reader of `perpetua-candle`, whose error says which).
+    /// reader of `perpetua-model-files`, whose error says which).
     #[error("loading the model: {0}")]
     Load(
         #[from]
         #[source]
-        CandleBackendError,
+        ModelError,
     ),
     /// A caller-supplied parameter is out of range.
     #[error("invalid {name} = {value}: {reason}")]

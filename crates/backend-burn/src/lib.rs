@@ -9,8 +9,9 @@
 //! - [`LlamaCache`]: per-layer keys/values preallocated on the device for `capacity`
 //!   positions, appended in place, truncated in O(1), forkable
 //!   ([`perpetua_kv_cache::KvCache`], [`perpetua_kv_cache::ForkableCache`]).
-//! - [`LlamaTokenizer`]: the GGUF tokenizer and chat template (shared with
-//!   `perpetua-candle`, which also reads and validates the checkpoint files).
+//! - [`LlamaTokenizer`]: the GGUF tokenizer and chat template, and the checkpoint
+//!   reading and validation, from `perpetua-model-files` (shared with `perpetua-candle`,
+//!   which this crate does not depend on).
 //!
 //! # Backends (features)
 //!
@@ -39,7 +40,7 @@
 //! use perpetua_burn::{Llama, LlamaTokenizer, LoadOptions};
 //! use perpetua_generator::LanguageModel;
 //!
-//! let path = perpetua_candle::default_model_path()?;
+//! let path = perpetua_burn::default_model_path()?;
 //! let model = Llama::load(&path, &LoadOptions::default())?;
 //! let tokenizer = LlamaTokenizer::from_gguf(&path)?;
 //! let mut cache = model.new_cache()?;
@@ -59,5 +60,5 @@ pub use burn_tensor::Device;
 pub use cache::LlamaCache;
 pub use error::{BurnBackendError, Result};
 pub use model::{Llama, LoadOptions, PREFILL_ROWS};
-pub use perpetua_candle::dense::DenseWeights;
-pub use perpetua_candle::{LlamaConfig, LlamaTokenizer, default_model_path};
+pub use perpetua_model_files::dense::DenseWeights;
+pub use perpetua_model_files::{LlamaConfig, LlamaTokenizer, ModelError, default_model_path};

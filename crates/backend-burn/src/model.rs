@@ -6,9 +6,9 @@ use std::path::Path;
 
 use burn_tensor::activation::{silu, softmax};
 use burn_tensor::{Bool, DType, Device, Int, Tensor, TensorData};
-use perpetua_candle::LlamaConfig;
-use perpetua_candle::dense::{DenseMatrix, DenseWeights};
 use perpetua_kv_cache::KvCache;
+use perpetua_model_files::LlamaConfig;
+use perpetua_model_files::dense::{DenseMatrix, DenseWeights};
 
 use crate::cache::LlamaCache;
 use crate::error::{BurnBackendError, Result};

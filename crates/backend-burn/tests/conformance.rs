@@ -107,7 +107,7 @@ fn invalid_input_is_a_typed_error_and_leaves_the_cache_alone() {
 fn load_errors_are_typed() {
     let err = Llama::load("/nonexistent/model.gguf", &LoadOptions::default()).unwrap_err();
     assert!(
-        matches!(err, BurnBackendError::Load(perpetua_candle::CandleBackendError::ModelNotFound { .. })),
+        matches!(err, BurnBackendError::Load(perpetua_model_files::ModelError::ModelNotFound { .. })),
         "{err}"
     );
     let dir = std::env::temp_dir().join(format!("perpetua-burn-bad-{}", std::process::id()));
@@ -116,7 +116,7 @@ fn load_errors_are_typed() {
     std::fs::write(&bad, b"not a gguf file at all").unwrap();
     let err = Llama::load(&bad, &LoadOptions::default()).unwrap_err();
     assert!(
-        matches!(err, BurnBackendError::Load(perpetua_candle::CandleBackendError::MalformedGguf { .. })),
+        matches!(err, BurnBackendError::Load(perpetua_model_files::ModelError::MalformedGguf { .. })),
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();

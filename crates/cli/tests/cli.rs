@@ -145,3 +145,35 @@ fn models_inspect_shows_the_architecture_or_the_refusal() {
     assert!(err.contains("unsupported architecture `gemma`"), "{err}");
     let _ = std::fs::remove_dir_all(scratch);
 }
+
+/// `perpetua models list` shows, for every GGUF file and checkpoint directory in the
+/// model directory, its format, architecture, size and tensor types — or why it would
+/// be refused.
+#[test]
+fn models_list_describes_every_file_in_the_model_directory() {
+    let families = concat!(env!("CARGO_MANIFEST_DIR"), "/../backend-candle/tests/data/families");
+    let scratch = std::env::temp_dir().join(format!("perpetua-cli-list-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(scratch.join("qwen3-dir")).unwrap();
+    std::fs::copy(format!("{families}/gemma3/model-q8_0.gguf"), scratch.join("gemma3.gguf")).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(format!("{families}/qwen3/{f}"), scratch.join("qwen3-dir").join(f)).unwrap();
+    }
+    std::fs::write(scratch.join("broken.gguf"), b"not a gguf").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_perpetua"))
+        .args(["models", "list"])
+        .env("PERPETUA_MODEL_DIR", &scratch)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    let line =
+        |name: &str| text.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_default().to_string();
+    assert!(line("gemma3.gguf").contains("gguf  gemma3") && line("gemma3.gguf").contains("Q8_0 ×"), "{text}");
+    assert!(
+        line("qwen3-dir").contains("safetensors  qwen3") && line("qwen3-dir").contains("F32 ×"),
+        "{text}"
+    );
+    assert!(line("broken.gguf").contains("refused: malformed GGUF"), "{text}");
+    let _ = std::fs::remove_dir_all(scratch);
+}

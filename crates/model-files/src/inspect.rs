@@ -3,8 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::error::{CandleBackendError, Result};
-use crate::model::{GgufReader, HfConfig, LlamaConfig};
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufReader;
+use crate::safetensors::HfConfig;
 
 /// A model file's configuration and tensor inventory, read from its headers only.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +21,21 @@ pub struct ModelInfo {
     pub parameters: u64,
     /// Tensor count per storage type (`"Q4_1"`, `"F32"`, `"BF16"`, …).
     pub tensor_types: BTreeMap<String, usize>,
+}
+
+impl ModelInfo {
+    /// One line: format, architecture, size and tensor types, e.g.
+    /// `gguf  llama  134.5 M  F32 ×61, Q4_1 ×150`.
+    pub fn summary(&self) -> String {
+        let types: Vec<String> = self.tensor_types.iter().map(|(t, n)| format!("{t} ×{n}")).collect();
+        format!(
+            "{}  {}  {:.1} M  {}",
+            self.format,
+            self.config.architecture,
+            self.parameters as f64 / 1e6,
+            types.join(", ")
+        )
+    }
 }
 
 impl std::fmt::Display for ModelInfo {
@@ -89,7 +106,7 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<ModelInfo> {
         let (parameters, tensor_types) = file.inventory();
         Ok(ModelInfo { format: "gguf", config, parameters, tensor_types })
     } else {
-        Err(CandleBackendError::ModelNotFound { path: path.to_path_buf() })
+        Err(ModelError::ModelNotFound { path: path.to_path_buf() })
     }
 }
 
@@ -97,8 +114,8 @@ fn inspect_dir(dir: &Path) -> Result<ModelInfo> {
     let config = HfConfig::read(dir)?;
     let mut parameters = 0u64;
     let mut tensor_types = BTreeMap::new();
-    let entries = std::fs::read_dir(dir)
-        .map_err(|source| CandleBackendError::Io { path: dir.to_path_buf(), source })?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
     let mut files: Vec<_> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
@@ -117,8 +134,8 @@ fn inspect_dir(dir: &Path) -> Result<ModelInfo> {
 /// 8-byte little-endian length, then that many bytes of JSON) without reading the data.
 fn safetensors_header(file: &Path) -> Result<Vec<(String, u64)>> {
     use std::io::Read;
-    let io = |source| CandleBackendError::Io { path: file.to_path_buf(), source };
-    let bad = |reason: String| CandleBackendError::metadata(file.display().to_string(), reason);
+    let io = |source| ModelError::Io { path: file.to_path_buf(), source };
+    let bad = |reason: String| ModelError::metadata(file.display().to_string(), reason);
     let mut f = std::fs::File::open(file).map_err(io)?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len).map_err(io)?;

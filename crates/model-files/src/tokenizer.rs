@@ -12,8 +12,8 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, PreTokenizerWrapper};
 
-use crate::error::{CandleBackendError, Result};
-use crate::model::read_gguf;
+use crate::error::{ModelError, Result};
+use crate::gguf::read_gguf;
 
 /// The GGUF pre-tokenizers (`tokenizer.ggml.pre`) this tokenizer implements; files
 /// naming another are refused rather than tokenized with the wrong splits.
@@ -54,7 +54,7 @@ fn pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool)> {
         "llama-bpe" => (Sequence::new(vec![split(LLAMA3_SPLIT)?, byte_level(false)]).into(), true),
         "qwen2" => (Sequence::new(vec![split(QWEN2_SPLIT)?, byte_level(false)]).into(), false),
         other => {
-            return Err(CandleBackendError::metadata(
+            return Err(ModelError::metadata(
                 "tokenizer.ggml.pre",
                 format!("`{other}` is not supported (only {SUPPORTED_PRE_TOKENIZERS:?})"),
             ));
@@ -98,7 +98,7 @@ fn special_ids(
         if let Some(v) = value
             && v as usize >= n_tokens
         {
-            return Err(CandleBackendError::metadata(
+            return Err(ModelError::metadata(
                 key,
                 format!("token id {v} is outside the vocabulary of {n_tokens} tokens"),
             ));
@@ -176,36 +176,36 @@ fn char_to_byte_map() -> HashMap<char, u8> {
     byte_to_char_table().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
 }
 
-fn tok_err(e: impl std::fmt::Display) -> CandleBackendError {
-    CandleBackendError::Tokenizer(e.to_string())
+fn tok_err(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Tokenizer(e.to_string())
 }
 
 impl LlamaTokenizer {
     /// Rebuild the tokenizer from a GGUF file's metadata (`tokenizer.ggml.*`,
     /// `tokenizer.chat_template`). Only `tokenizer.ggml.model = "gpt2"` (byte-level BPE)
     /// with `tokenizer.ggml.pre` in [`SUPPORTED_PRE_TOKENIZERS`] is supported; anything
-    /// else is a [`CandleBackendError::Metadata`] naming the key.
+    /// else is a [`ModelError::Metadata`] naming the key.
     pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
         let (content, _) = read_gguf(path.as_ref())?;
         let md = &content.metadata;
-        let get = |key: &str| md.get(key).ok_or_else(|| CandleBackendError::metadata(key, "absent"));
+        let get = |key: &str| md.get(key).ok_or_else(|| ModelError::metadata(key, "absent"));
         let string_array = |key: &str| -> Result<Vec<String>> {
             get(key)?
                 .to_vec()
-                .map_err(|e| CandleBackendError::metadata(key, e.to_string()))?
+                .map_err(|e| ModelError::metadata(key, e.to_string()))?
                 .iter()
-                .map(|v| v.to_string().cloned().map_err(|e| CandleBackendError::metadata(key, e.to_string())))
+                .map(|v| v.to_string().cloned().map_err(|e| ModelError::metadata(key, e.to_string())))
                 .collect()
         };
 
         let model = get("tokenizer.ggml.model")?
             .to_string()
-            .map_err(|e| CandleBackendError::metadata("tokenizer.ggml.model", e.to_string()))?;
+            .map_err(|e| ModelError::metadata("tokenizer.ggml.model", e.to_string()))?;
         if model == "llama" {
             return Self::sentencepiece(md);
         }
         if model != "gpt2" {
-            return Err(CandleBackendError::metadata(
+            return Err(ModelError::metadata(
                 "tokenizer.ggml.model",
                 format!("`{model}` is not supported (byte-level BPE `gpt2`, SentencePiece `llama`)"),
             ));
@@ -214,12 +214,11 @@ impl LlamaTokenizer {
         // another model's vocabulary (Llama 3's `llama-bpe`, Qwen2's `qwen2`, …) would
         // tokenize wrongly without a word. Refuse what we do not implement.
         let pre = match md.get("tokenizer.ggml.pre") {
-            Some(v) => v
-                .to_string()
-                .map_err(|e| CandleBackendError::metadata("tokenizer.ggml.pre", e.to_string()))?
-                .clone(),
+            Some(v) => {
+                v.to_string().map_err(|e| ModelError::metadata("tokenizer.ggml.pre", e.to_string()))?.clone()
+            }
             None => {
-                return Err(CandleBackendError::metadata(
+                return Err(ModelError::metadata(
                     "tokenizer.ggml.pre",
                     "absent: the pre-tokenizer cannot be chosen (supported: smollm, gpt-2, llama-bpe, qwen2)",
                 ));
@@ -231,14 +230,14 @@ impl LlamaTokenizer {
         let types: Vec<i64> = match md.get("tokenizer.ggml.token_type") {
             Some(v) => v
                 .to_vec()
-                .map_err(|e| CandleBackendError::metadata("tokenizer.ggml.token_type", e.to_string()))?
+                .map_err(|e| ModelError::metadata("tokenizer.ggml.token_type", e.to_string()))?
                 .iter()
                 .map(|t| t.to_i32().map(i64::from).unwrap_or(1))
                 .collect(),
             None => vec![1; tokens.len()],
         };
         if types.len() != tokens.len() {
-            return Err(CandleBackendError::metadata(
+            return Err(ModelError::metadata(
                 "tokenizer.ggml.token_type",
                 format!("{} entries for {} tokens", types.len(), tokens.len()),
             ));
@@ -249,9 +248,9 @@ impl LlamaTokenizer {
         let merges = merges
             .iter()
             .map(|m| {
-                m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| {
-                    CandleBackendError::metadata("tokenizer.ggml.merges", format!("bad merge `{m}`"))
-                })
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| ModelError::metadata("tokenizer.ggml.merges", format!("bad merge `{m}`")))
             })
             .collect::<Result<Vec<_>>>()?;
         let bpe = BPE::builder()
@@ -312,8 +311,8 @@ impl LlamaTokenizer {
     /// that piece's score), characters outside the vocabulary as `<0xXX>` byte pieces.
     fn sentencepiece(md: &HashMap<String, candle_core::quantized::gguf_file::Value>) -> Result<Self> {
         use tokenizers::normalizers::{Prepend, Replace, Sequence as Normalizers};
-        let key_err = |key: &str, e: candle_core::Error| CandleBackendError::metadata(key, e.to_string());
-        let array = |key: &str| md.get(key).ok_or_else(|| CandleBackendError::metadata(key, "absent"));
+        let key_err = |key: &str, e: candle_core::Error| ModelError::metadata(key, e.to_string());
+        let array = |key: &str| md.get(key).ok_or_else(|| ModelError::metadata(key, "absent"));
         let tokens: Vec<String> = array("tokenizer.ggml.tokens")?
             .to_vec()
             .map_err(|e| key_err("tokenizer.ggml.tokens", e))?
@@ -338,10 +337,7 @@ impl LlamaTokenizer {
         for (key, n) in [("tokenizer.ggml.scores", scores.len()), ("tokenizer.ggml.token_type", types.len())]
         {
             if n != tokens.len() {
-                return Err(CandleBackendError::metadata(
-                    key,
-                    format!("{n} entries for {} tokens", tokens.len()),
-                ));
+                return Err(ModelError::metadata(key, format!("{n} entries for {} tokens", tokens.len())));
             }
         }
         let vocab: tokenizers::models::bpe::Vocab =
@@ -420,7 +416,7 @@ impl LlamaTokenizer {
         })
     }
 
-    /// The tokenizer of a model path, as [`Llama::load`](crate::Llama::load) takes it:
+    /// The tokenizer of a model path, as `perpetua_candle::Llama::load` takes it:
     /// a directory is a Hugging Face checkpoint ([`Self::from_hf_dir`]), a file a GGUF
     /// ([`Self::from_gguf`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
@@ -437,7 +433,7 @@ impl LlamaTokenizer {
     ///
     /// Only byte-level BPE is read (SmolLM2, Llama 3, Qwen2/3, GPT-2 style): a
     /// SentencePiece-style `tokenizer.json` (`▁` word markers, byte fallback; Llama 2,
-    /// Mistral v0.1, Gemma) is refused with [`CandleBackendError::Tokenizer`], since
+    /// Mistral v0.1, Gemma) is refused with [`ModelError::Tokenizer`], since
     /// its token bytes would be decoded wrongly.
     pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
@@ -446,9 +442,9 @@ impl LlamaTokenizer {
             match std::fs::read_to_string(&path) {
                 Ok(text) => serde_json::from_str(&text)
                     .map(Some)
-                    .map_err(|e| CandleBackendError::metadata(name, e.to_string())),
+                    .map_err(|e| ModelError::metadata(name, e.to_string())),
                 Err(source) if required || source.kind() != std::io::ErrorKind::NotFound => {
-                    Err(CandleBackendError::Io { path, source })
+                    Err(ModelError::Io { path, source })
                 }
                 Err(_) => Ok(None),
             }
@@ -462,7 +458,7 @@ impl LlamaTokenizer {
         };
         let model_type = raw.pointer("/model/type").and_then(|t| t.as_str()).unwrap_or("?");
         if model_type != "BPE" || !raw.get("decoder").is_some_and(byte_level) {
-            return Err(CandleBackendError::Tokenizer(format!(
+            return Err(ModelError::Tokenizer(format!(
                 "{}: only byte-level BPE tokenizers are supported (this one is `{model_type}` with decoder {})",
                 dir.join("tokenizer.json").display(),
                 raw.get("decoder").map_or("none".to_string(), |d| d.to_string().chars().take(80).collect())
@@ -487,7 +483,7 @@ impl LlamaTokenizer {
             };
             for id in ids {
                 let id = u32::try_from(id).ok().filter(|&i| (i as usize) < vocab).ok_or_else(|| {
-                    CandleBackendError::metadata(
+                    ModelError::metadata(
                         format!("{name}: eos_token_id"),
                         format!("{id} is outside the vocabulary of {vocab} tokens"),
                     )
@@ -552,7 +548,7 @@ impl LlamaTokenizer {
             let bytes = self
                 .bytes
                 .get(i)
-                .ok_or_else(|| CandleBackendError::invalid("token id", id, "is not in the vocabulary"))?;
+                .ok_or_else(|| ModelError::invalid("token id", id, "is not in the vocabulary"))?;
             if skip_special && self.special.get(i).copied().unwrap_or(false) {
                 continue;
             }
@@ -597,7 +593,7 @@ impl LlamaTokenizer {
                 eos_token => eos_token,
             })
         };
-        Some(render().map_err(|e| CandleBackendError::ChatTemplate(e.to_string())))
+        Some(render().map_err(|e| ModelError::ChatTemplate(e.to_string())))
     }
 }
 

@@ -2,7 +2,7 @@
 //! process on the same model file (the numbers in docs/PERFORMANCE.md, "burn backend").
 //!
 //! ```text
-//! cargo run --release -p perpetua-burn --example decode_vs_candle -- [--rounds 3] [--new-tokens 64] \
+//! cargo run --release -p perpetua --features burn --example decode_vs_candle -- [--rounds 3] [--new-tokens 64] \
 //!     [--position 1000] [--contenders candle,candle-f32,burn]
 //! ```
 //!
@@ -15,8 +15,9 @@
 //! - `candle-f32` — the candle backend with f32 weights, an f32 KV cache and reference
 //!   attention: the
 //!   parity reference of the burn backend, doing the same arithmetic in f32;
-//! - `burn` — this crate on `Device::default()` (burn's ndarray CPU backend with the
-//!   default features).
+//! - `burn` — `perpetua-burn` on `Device::default()` (burn's ndarray CPU backend, the
+//!   `burn` feature);
+//! - `burn-flex` — the same on `Device::flex()` (needs `--features burn-flex`).
 //!
 //! Each round runs every contender once, in rotating order, so drift of the machine
 //! hits all of them; the report is the median over rounds and the ratio of every
@@ -95,7 +96,7 @@ fn parse_args() -> Result<Args, BoxError> {
     Ok(args)
 }
 
-const CONTENDERS: [&str; 5] = ["candle", "candle-kv32", "candle-q8", "candle-f32", "burn"];
+const CONTENDERS: [&str; 6] = ["candle", "candle-kv32", "candle-q8", "candle-f32", "burn", "burn-flex"];
 
 enum Contender {
     Candle(Box<perpetua_candle::Llama>),
@@ -131,6 +132,17 @@ fn load(name: &str, path: &Path, capacity: usize) -> Result<Contender, BoxError>
                 ..Default::default()
             },
         )?)),
+        #[cfg(feature = "burn-flex")]
+        "burn-flex" => Contender::Burn(Box::new(perpetua_burn::Llama::load(
+            path,
+            &perpetua_burn::LoadOptions {
+                cache_capacity: Some(capacity),
+                device: perpetua_burn::Device::flex(),
+                ..Default::default()
+            },
+        )?)),
+        #[cfg(not(feature = "burn-flex"))]
+        "burn-flex" => return Err("the `burn-flex` contender needs `--features burn-flex`".into()),
         _ => Contender::Burn(Box::new(perpetua_burn::Llama::load(
             path,
             &perpetua_burn::LoadOptions { cache_capacity: Some(capacity), ..Default::default() },

@@ -1,6 +1,6 @@
 //! A llama checkpoint as plain `f32` arrays, for backends that bring their own tensor
 //! library (the burn backend): the same GGUF / safetensors reading, validation and
-//! typed errors as [`Llama::load`](crate::Llama::load), with every quantized matrix
+//! typed errors as `perpetua_candle::Llama::load`, with every quantized matrix
 //! dequantized on the CPU (GGUF Q4_1 → f32 is exact: each weight is `d·q + m`).
 
 use std::path::Path;
@@ -8,8 +8,10 @@ use std::path::Path;
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 
-use crate::error::{CandleBackendError, Result};
-use crate::model::{GgufReader, LlamaConfig, SafetensorsDir};
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufReader;
+use crate::safetensors::SafetensorsDir;
 
 /// A row-major `rows × cols` matrix (`data[r · cols + c]`), in the orientation of the
 /// checkpoint: a linear map's weight is `(out_features, in_features)`.
@@ -72,8 +74,8 @@ impl DenseWeights {
     /// Load a GGUF file or a Hugging Face safetensors directory (`config.json` +
     /// `*.safetensors`), dequantizing every tensor to `f32`.
     ///
-    /// Errors: exactly those of [`Llama::load`](crate::Llama::load) —
-    /// [`CandleBackendError::ModelNotFound`], malformed files, missing tensors, bad
+    /// Errors: exactly those of `perpetua_candle::Llama::load` —
+    /// [`ModelError::ModelNotFound`], malformed files, missing tensors, bad
     /// shapes, unsupported dtypes or architectures.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
@@ -82,11 +84,11 @@ impl DenseWeights {
         } else if path.exists() {
             Self::from_gguf(path)
         } else {
-            Err(CandleBackendError::ModelNotFound { path: path.to_path_buf() })
+            Err(ModelError::ModelNotFound { path: path.to_path_buf() })
         }
     }
 
-    /// Load a llama-architecture GGUF file (any type [`Llama::from_gguf`](crate::Llama::from_gguf)
+    /// Load a llama-architecture GGUF file (any type `perpetua_candle::Llama::from_gguf`
     /// reads), dequantized.
     pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
         let mut file = GgufReader::open(path.as_ref(), &Device::Cpu)?;
@@ -178,23 +180,19 @@ impl DenseWeights {
     /// matrix and norm vector of the shape the configuration implies, with
     /// `rows · cols` values. The loaders return validated weights.
     ///
-    /// Errors: [`CandleBackendError::InvalidParameter`] for the configuration,
-    /// [`CandleBackendError::BadShape`] naming the first tensor that does not fit.
+    /// Errors: [`ModelError::InvalidParameter`] for the configuration,
+    /// [`ModelError::BadShape`] naming the first tensor that does not fit.
     pub fn validate(&self) -> Result<()> {
         let c = &self.config;
         c.validate()?;
         dense_supports(c)?;
         if self.layers.len() != c.n_layers {
-            return Err(CandleBackendError::invalid(
-                "layers",
-                self.layers.len(),
-                "differs from config.n_layers",
-            ));
+            return Err(ModelError::invalid("layers", self.layers.len(), "differs from config.n_layers"));
         }
         let (h, q_dim, kv_dim, ffn) = dims(c);
         let check = |name: String, m: &DenseMatrix, rows: usize, cols: usize| -> Result<()> {
             if m.rows != rows || m.cols != cols || m.data.len() != rows.saturating_mul(cols) {
-                return Err(CandleBackendError::BadShape {
+                return Err(ModelError::BadShape {
                     name,
                     expected: vec![rows, cols],
                     actual: vec![m.rows, m.cols, m.data.len()],
@@ -204,7 +202,7 @@ impl DenseWeights {
         };
         let norm = |name: String, v: &[f32]| -> Result<()> {
             if v.len() != h {
-                return Err(CandleBackendError::BadShape { name, expected: vec![h], actual: vec![v.len()] });
+                return Err(ModelError::BadShape { name, expected: vec![h], actual: vec![v.len()] });
             }
             Ok(())
         };
@@ -249,7 +247,7 @@ fn dense_supports(c: &LlamaConfig) -> Result<()> {
         (c.sliding_window.is_some(), "sliding-window attention"),
     ];
     match unsupported.into_iter().find(|(on, _)| *on) {
-        Some((_, feature)) => Err(CandleBackendError::UnsupportedFeature {
+        Some((_, feature)) => Err(ModelError::UnsupportedFeature {
             architecture: c.architecture,
             feature,
             loader: "the dense (burn) loader",
