@@ -246,13 +246,16 @@ proptest! {
 /// corpus (mixed scripts, digits, code, whitespace runs, emoji, contractions in both
 /// cases) exactly as the family's own pre-tokenizer does — reference ids from Hugging
 /// Face `tokenizers` with the family's `tokenizer.json` definition
-/// (`scripts/model-families/make_pretok_reference.py`) — and decode back to the text.
+/// (`scripts/model-families/make_pretok_reference.py`), equal to llama.cpp's on the same
+/// file (`make_pretok_llama_cpp_reference.py`) — and decode back to the text.
 /// Five three-digit words are added to the vocabulary so that Llama 3's split (digit
 /// runs of up to 3, whole words before merges) differs from Qwen2's (digits one by one).
 #[test]
 fn every_supported_pre_tokenizer_matches_its_reference() {
     use candle_core::quantized::gguf_file::{self, Value};
     let data: serde_json::Value = serde_json::from_str(include_str!("data/pretokenizer_ids.json")).unwrap();
+    let llama_cpp: serde_json::Value =
+        serde_json::from_str(include_str!("data/pretokenizer_ids_llama_cpp.json")).unwrap();
     let corpus: Vec<String> = serde_json::from_value(data["corpus"].clone()).unwrap();
     assert_eq!(corpus.len(), 300);
     let mut file = std::fs::File::open(model_path()).unwrap();
@@ -261,6 +264,10 @@ fn every_supported_pre_tokenizer_matches_its_reference() {
     std::fs::create_dir_all(&dir).unwrap();
     for pre in perpetua_candle::SUPPORTED_PRE_TOKENIZERS {
         let want: Vec<Vec<u32>> = serde_json::from_value(data["ids"][pre].clone()).unwrap();
+        // The runtime reference: llama.cpp on the same vocab-only file
+        // (`make_pretok_llama_cpp_reference.py`), which agrees with HF on all 300.
+        let theirs: Vec<Vec<u32>> = serde_json::from_value(llama_cpp["ids"][pre].clone()).unwrap();
+        assert_eq!(theirs, want, "{pre}: the two references disagree");
         let pre_value = Value::String(pre.to_string());
         // Plus EXTRA's three-digit words, which no merge reaches (as the reference).
         let mut tokens = content.metadata["tokenizer.ggml.tokens"].to_vec().unwrap().clone();
@@ -315,6 +322,11 @@ fn sentencepiece_vocabularies_match_sentencepiece() {
         serde_json::from_str(&std::fs::read_to_string(format!("{dir}/reference.json")).unwrap()).unwrap();
     let corpus: Vec<String> = serde_json::from_value(data["corpus"].clone()).unwrap();
     let want: Vec<Vec<u32>> = serde_json::from_value(data["ids"].clone()).unwrap();
+    // llama.cpp on the same file agrees with sentencepiece on all 300 strings.
+    let llama_cpp: serde_json::Value =
+        serde_json::from_str(include_str!("data/pretokenizer_ids_llama_cpp.json")).unwrap();
+    let theirs: Vec<Vec<u32>> = serde_json::from_value(llama_cpp["spm"].clone()).unwrap();
+    assert_eq!(theirs, want, "sentencepiece and llama.cpp disagree");
     let tok = LlamaTokenizer::from_gguf(format!("{dir}/vocab.gguf")).unwrap();
     let mut wrong = Vec::new();
     for (text, want) in corpus.iter().zip(&want) {
