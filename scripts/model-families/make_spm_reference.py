@@ -40,19 +40,25 @@ def training_text():
     return "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(3, 20))) for _ in range(3000))
 
 
+def train(tmp):
+    """Train the vocabulary in `tmp` (deterministic); returns the `.model` path."""
+    text = os.path.join(tmp, "train.txt")
+    with open(text, "w") as f:
+        f.write(training_text())
+    prefix = os.path.join(tmp, "tokenizer")
+    spm.SentencePieceTrainer.train(
+        input=text, model_prefix=prefix, model_type="bpe", vocab_size=600, byte_fallback=True,
+        split_digits=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=True, allow_whitespace_only_pieces=True, character_coverage=1.0,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+    )
+    return prefix + ".model"
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        text = os.path.join(tmp, "train.txt")
-        with open(text, "w") as f:
-            f.write(training_text())
-        prefix = os.path.join(tmp, "tokenizer")
-        spm.SentencePieceTrainer.train(
-            input=text, model_prefix=prefix, model_type="bpe", vocab_size=600, byte_fallback=True,
-            split_digits=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-            add_dummy_prefix=True, allow_whitespace_only_pieces=True, character_coverage=1.0,
-            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
-        )
+        prefix = train(tmp)[: -len(".model")]
         sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
         # llama.cpp's converter needs a model directory: the tiny llama's config and
         # weights (only the vocabulary is written) with this tokenizer.model.

@@ -547,27 +547,60 @@ fn a_checkpoint_directory_brings_its_tokenizer() {
     assert_eq!(chat, "<s>user\nhi</s>\n<s>assistant\n");
 }
 
-/// A SentencePiece-style `tokenizer.json` (Llama 2, Mistral v0.1: `▁` markers and byte
-/// fallback) would decode wrongly through the byte-level table: refused.
+/// A SentencePiece-style `tokenizer.json` (Llama 2, Mistral v0.1, TinyLlama, Gemma: `▁`
+/// markers and byte fallback) in a checkpoint directory: a vocabulary trained by
+/// `sentencepiece` with Llama's settings, converted by transformers' converter into Llama
+/// 2's layout (`scripts/model-families/make_spm_tokenizer_json.py`), must tokenize the
+/// 300-string corpus as HF `tokenizers` does (which equals `sentencepiece` on all 300),
+/// decode back to the text (with the dummy prefix's space, as the GGUF path), and take
+/// BOS from `tokenizer_config.json`.
 #[test]
-fn a_sentencepiece_style_tokenizer_json_is_refused() {
+fn a_sentencepiece_style_tokenizer_json_matches_transformers() {
     use perpetua_candle::LlamaTokenizer;
-    let to = std::env::temp_dir().join(format!("perpetua-families-{}-spm", std::process::id()));
+    let spm = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/spm");
+    let corpus: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(spm.join("reference.json")).unwrap()).unwrap();
+    let corpus: Vec<String> = serde_json::from_value(corpus["corpus"].clone()).unwrap();
+    let hf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(spm.join("hf/reference.json")).unwrap()).unwrap();
+    let want: Vec<Vec<u32>> = serde_json::from_value(hf["ids"].clone()).unwrap();
+    let tok = LlamaTokenizer::load(spm.join("hf")).unwrap();
+    let mut wrong = Vec::new();
+    for (text, want) in corpus.iter().zip(&want) {
+        let got = tok.encode_ids(text, false).unwrap();
+        if &got != want {
+            wrong.push(format!("{text:?}: got {got:?}, want {want:?}"));
+        }
+        let expected = if text.is_empty() { String::new() } else { format!(" {text}") };
+        assert_eq!(tok.decode_ids(&got, false).unwrap(), expected, "round trip of {text:?}");
+    }
+    println!(
+        "SentencePiece tokenizer.json: {} of {} strings as transformers",
+        corpus.len() - wrong.len(),
+        corpus.len()
+    );
+    assert!(wrong.is_empty(), "{} differ, e.g. {}", wrong.len(), wrong[..wrong.len().min(3)].join("; "));
+    // BOS `<s>` (id 1) from tokenizer_config.json's `add_bos_token`.
+    assert_eq!(tok.encode_ids("hi", true).unwrap()[0], 1);
+    assert_eq!(tok.decode_ids(&[1], true).unwrap(), "");
+}
+
+/// A `tokenizer.json` of another kind (WordPiece here) would be tokenized or decoded
+/// wrongly: refused, naming what is supported.
+#[test]
+fn another_kind_of_tokenizer_json_is_refused() {
+    use perpetua_candle::LlamaTokenizer;
+    let to = std::env::temp_dir().join(format!("perpetua-families-{}-wordpiece", std::process::id()));
     std::fs::create_dir_all(&to).unwrap();
     let json = serde_json::json!({
         "version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": null,
-        "post_processor": null,
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
-            {"type": "ByteFallback"}, {"type": "Fuse"}
-        ]},
-        "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
-                  "vocab": {"<unk>": 0, "▁a": 1, "<0x0A>": 2}, "merges": []}
+        "post_processor": null, "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                  "max_input_chars_per_word": 100, "vocab": {"[UNK]": 0, "a": 1, "##b": 2}}
     });
     std::fs::write(to.join("tokenizer.json"), json.to_string()).unwrap();
     match LlamaTokenizer::load(&to) {
-        Err(CandleBackendError::Tokenizer(msg)) => assert!(msg.contains("byte-level"), "{msg}"),
+        Err(CandleBackendError::Tokenizer(msg)) => assert!(msg.contains("SentencePiece-style"), "{msg}"),
         other => panic!("{other:?}"),
     }
     let _ = std::fs::remove_dir_all(to);

@@ -62,6 +62,44 @@ fn pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool)> {
     })
 }
 
+/// The two `tokenizer.json` kinds [`LlamaTokenizer::from_tokenizer_json`] reads.
+#[derive(Clone, Copy)]
+enum JsonStyle {
+    /// GPT-2's byte-to-character table (a `ByteLevel` decoder).
+    ByteLevel,
+    /// `▁` for spaces and `<0xXX>` byte-fallback pieces (a decoder with `ByteFallback`
+    /// or `▁` replaced by a space, or a `Metaspace` decoder).
+    SentencePiece,
+}
+
+impl JsonStyle {
+    /// The style of a BPE `tokenizer.json`, from its decoder; `None` for anything else.
+    fn of(raw: &serde_json::Value) -> Option<Self> {
+        if raw.pointer("/model/type").and_then(|t| t.as_str()) != Some("BPE") {
+            return None;
+        }
+        let decoder = raw.get("decoder")?;
+        let parts: Vec<&serde_json::Value> = match decoder.get("decoders").and_then(|d| d.as_array()) {
+            Some(list) => list.iter().collect(),
+            None => vec![decoder],
+        };
+        fn kind(v: &serde_json::Value) -> &str {
+            v.get("type").and_then(|t| t.as_str()).unwrap_or("")
+        }
+        if parts.iter().any(|d| kind(d) == "ByteLevel") {
+            Some(Self::ByteLevel)
+        } else if parts.iter().any(|d| {
+            matches!(kind(d), "ByteFallback" | "Metaspace")
+                || (kind(d) == "Replace"
+                    && d.pointer("/pattern/String").and_then(|p| p.as_str()) == Some("\u{2581}"))
+        }) {
+            Some(Self::SentencePiece)
+        } else {
+            None
+        }
+    }
+}
+
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_NORMAL: i64 = 1;
 const TOKEN_TYPE_UNKNOWN: i64 = 2;
@@ -279,12 +317,28 @@ impl LlamaTokenizer {
         Self::with_gguf_specials(inner, bytes, special, md, false)
     }
 
-    /// Read a Hugging Face `tokenizer.json` (byte-level BPE). Special tokens are its
-    /// added tokens marked `special`; EOS ids are those among `eos_tokens` (e.g.
-    /// `["<|im_end|>"]`) that exist. No BOS is added and there is no chat template until
-    /// [`with_chat_template`](Self::with_chat_template).
+    /// Read a Hugging Face `tokenizer.json`: byte-level BPE (GPT-2 style: SmolLM2,
+    /// Llama 3, Qwen) or SentencePiece-style BPE (`▁` word markers and `<0xXX>` byte
+    /// fallback: Llama 2, Mistral v0.1, TinyLlama, Gemma), encoded by the file's own
+    /// normalizer, pre-tokenizer and model. Special tokens are its added tokens marked
+    /// `special`; EOS ids are those among `eos_tokens` (e.g. `["<|im_end|>"]`) that
+    /// exist. No BOS is added and there is no chat template until
+    /// [`with_chat_template`](Self::with_chat_template). Another kind of tokenizer
+    /// (WordPiece, Unigram, a byte-level BPE without its decoder) is refused with
+    /// [`ModelError::Tokenizer`], since its token bytes would be decoded wrongly.
     pub fn from_tokenizer_json(path: impl AsRef<Path>, eos_tokens: &[&str]) -> Result<Self> {
         let path = path.as_ref();
+        let raw: serde_json::Value = std::fs::read_to_string(path)
+            .map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
+            .and_then(|t| serde_json::from_str(&t).map_err(|e| ModelError::Tokenizer(e.to_string())))?;
+        let style = JsonStyle::of(&raw).ok_or_else(|| {
+            let model_type = raw.pointer("/model/type").and_then(|t| t.as_str()).unwrap_or("?");
+            ModelError::Tokenizer(format!(
+                "{}: only byte-level and SentencePiece-style BPE tokenizers are supported (this one is `{model_type}` with decoder {})",
+                path.display(),
+                raw.get("decoder").map_or("none".to_string(), |d| d.to_string().chars().take(80).collect())
+            ))
+        })?;
         let inner = tokenizers::Tokenizer::from_file(path).map_err(tok_err)?;
         let size = inner.get_vocab_size(true);
         let char_to_byte = char_to_byte_map();
@@ -297,7 +351,13 @@ impl LlamaTokenizer {
                 *slot = s;
             }
             let text = inner.id_to_token(id).unwrap_or_default();
-            bytes.push(if s { text.into_bytes() } else { token_string_to_bytes(&text, &char_to_byte) });
+            bytes.push(match style {
+                _ if s => text.into_bytes(),
+                JsonStyle::ByteLevel => token_string_to_bytes(&text, &char_to_byte),
+                JsonStyle::SentencePiece => {
+                    byte_piece(&text).map_or_else(|| text.replace('\u{2581}', " ").into_bytes(), |b| vec![b])
+                }
+            });
         }
         let eos_ids = eos_tokens.iter().filter_map(|t| inner.token_to_id(t)).collect();
         Ok(Self { inner, bytes, special, eos_ids, bos_id: None, add_bos: false, chat_template: None })
@@ -431,10 +491,11 @@ impl LlamaTokenizer {
     /// file). EOS ids: the config's `eos_token` and every `eos_token_id` of
     /// `generation_config.json` and `config.json` (Llama 3 and Qwen list several).
     ///
-    /// Only byte-level BPE is read (SmolLM2, Llama 3, Qwen2/3, GPT-2 style): a
-    /// SentencePiece-style `tokenizer.json` (`▁` word markers, byte fallback; Llama 2,
-    /// Mistral v0.1, Gemma) is refused with [`ModelError::Tokenizer`], since
-    /// its token bytes would be decoded wrongly.
+    /// Byte-level BPE (SmolLM2, Llama 3, Qwen2/3, GPT-2 style) and SentencePiece-style
+    /// BPE (`▁` word markers, byte fallback; Llama 2, Mistral v0.1, TinyLlama, Gemma) are
+    /// read ([`Self::from_tokenizer_json`]); anything else is refused with
+    /// [`ModelError::Tokenizer`]. Decoding a SentencePiece-style vocabulary keeps the
+    /// dummy prefix's space in front of the first word, as the GGUF path does.
     pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let read_json = |name: &str, required: bool| -> Result<Option<serde_json::Value>> {
@@ -449,20 +510,11 @@ impl LlamaTokenizer {
                 Err(_) => Ok(None),
             }
         };
-        let raw = read_json("tokenizer.json", true)?.unwrap_or_default();
-        let byte_level = |v: &serde_json::Value| {
-            v.get("type").and_then(|t| t.as_str()) == Some("ByteLevel")
-                || v.get("decoders").and_then(|d| d.as_array()).is_some_and(|d| {
-                    d.iter().any(|x| x.get("type").and_then(|t| t.as_str()) == Some("ByteLevel"))
-                })
-        };
-        let model_type = raw.pointer("/model/type").and_then(|t| t.as_str()).unwrap_or("?");
-        if model_type != "BPE" || !raw.get("decoder").is_some_and(byte_level) {
-            return Err(ModelError::Tokenizer(format!(
-                "{}: only byte-level BPE tokenizers are supported (this one is `{model_type}` with decoder {})",
-                dir.join("tokenizer.json").display(),
-                raw.get("decoder").map_or("none".to_string(), |d| d.to_string().chars().take(80).collect())
-            )));
+        if !dir.join("tokenizer.json").is_file() {
+            return Err(ModelError::Io {
+                path: dir.join("tokenizer.json"),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
         }
         let config = read_json("tokenizer_config.json", false)?.unwrap_or_default();
         // A special token is a string or `{"content": …}`.
