@@ -349,3 +349,37 @@ fn sentencepiece_vocabularies_match_sentencepiece() {
     assert_eq!(tok.encode("a", true).unwrap()[0], 1);
     assert_eq!(tok.eos_ids(), [2]);
 }
+
+/// Gemma-style SentencePiece GGUF vocabularies: `tokenizer.ggml.add_space_prefix =
+/// false` (no dummy `▁` before the text) and turn markers as control tokens matched
+/// verbatim in the input. The committed vocabulary with those two changes
+/// (`scripts/model-families/make_spm_gemma_style.py`) must tokenize the 300-string
+/// corpus and chat-shaped strings exactly as llama.cpp does on the same file, and
+/// decode back to the text (no leading space this time).
+#[test]
+fn gemma_style_sentencepiece_vocabularies_match_llama_cpp() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/spm");
+    let data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/gemma-style.json")).unwrap()).unwrap();
+    let texts: Vec<String> = serde_json::from_value(data["texts"].clone()).unwrap();
+    let want: Vec<Vec<u32>> = serde_json::from_value(data["ids"].clone()).unwrap();
+    let tok = LlamaTokenizer::from_gguf(format!("{dir}/gemma-style.gguf")).unwrap();
+    let start = tok.token_id("<start_of_turn>").unwrap();
+    assert!(tok.is_special(start));
+    let mut wrong = Vec::new();
+    for (text, want) in texts.iter().zip(&want) {
+        let got = tok.encode(text, false).unwrap();
+        if &got != want {
+            wrong.push(format!("{text:?}: got {got:?}, want {want:?}"));
+        }
+        assert_eq!(&tok.decode_ids(&got, false).unwrap(), text, "round trip of {text:?}");
+    }
+    println!(
+        "gemma-style sentencepiece: {} of {} strings as llama.cpp",
+        texts.len() - wrong.len(),
+        texts.len()
+    );
+    assert!(wrong.is_empty(), "{} differ, e.g. {}", wrong.len(), wrong[..wrong.len().min(3)].join("; "));
+    // The markers are parsed as one token each, never spelled out.
+    assert_eq!(want[300][0], start);
+}
