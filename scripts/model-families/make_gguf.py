@@ -18,8 +18,12 @@ answers `gpt-2` for it (the logits tests do not tokenize). Phi-3's and Gemma 2's
 converters read only SentencePiece vocabularies, so they are given the byte-level one the
 same way (Gemma 3's falls back to it by itself when there is no `tokenizer.model`).
 
-Mistral is not converted: llama.cpp writes MistralForCausalLM as `llama` without the
-sliding window (and runs it so), which is not the model transformers computes.
+Mistral: llama.cpp writes MistralForCausalLM as `llama` without the sliding window (and
+runs it so), which is not the model transformers computes. Its conversions are written
+as they come (`model-f32.gguf`, `model-q8_0.gguf`: what llama.cpp runs, its runtime
+reference), and once more with the window declared (`model-f32-sliding.gguf`: the
+converted F32 file plus `llama.attention.sliding_window = 5`, written with the `gguf`
+package), which is the model transformers computes.
 """
 import os
 import shutil
@@ -29,7 +33,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "..", "crates", "backend-candle", "tests", "data", "families")
-FAMILIES = ["llama3", "llama-linear", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"]
+FAMILIES = ["llama3", "llama-linear", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"]
 OUTTYPES = ["f32", "q8_0"]
 
 
@@ -49,6 +53,32 @@ c.main()
 """
 
 
+def with_window(llama_cpp, src, dst):
+    """`src` with `llama.attention.sliding_window` set from the checkpoint's config."""
+    sys.path.insert(0, os.path.join(llama_cpp, "gguf-py"))
+    import gguf
+    import json
+    window = json.load(open(os.path.join(os.path.dirname(src), "config.json")))["sliding_window"]
+    r = gguf.GGUFReader(src, "r")
+    w = gguf.GGUFWriter(dst, arch=r.fields[gguf.Keys.General.ARCHITECTURE].contents(), endianess=r.endianess)
+    for field in r.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        kind = field.types[0]
+        w.add_key_value(field.name, field.contents(), kind,
+                        sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+    w.add_key_value("llama.attention.sliding_window", window, gguf.GGUFValueType.UINT32)
+    for t in r.tensors:
+        w.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for t in r.tensors:
+        w.write_tensor_data(t.data, tensor_endianess=r.endianess)
+    w.close()
+    print("mistral with its window ->", dst, os.path.getsize(dst), "bytes")
+
+
 def main():
     llama_cpp = os.path.abspath(os.environ["LLAMA_CPP"])
     only = sys.argv[1:]
@@ -63,6 +93,8 @@ def main():
                                       args=[tmp, "--outtype", outtype, "--outfile", out])
                 subprocess.run([sys.executable, "-c", code], check=True)
                 print(family, outtype, "->", out, os.path.getsize(out), "bytes")
+        if family == "mistral":
+            with_window(llama_cpp, os.path.join(src, "model-f32.gguf"), os.path.join(src, "model-f32-sliding.gguf"))
 
 
 if __name__ == "__main__":

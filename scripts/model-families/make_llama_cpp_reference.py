@@ -30,7 +30,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "..", "crates", "backend-candle", "tests", "data", "families")
-FAMILIES = ["llama3", "llama-linear", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"]
+FAMILIES = ["llama3", "llama-linear", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"]
 GGML_TYPE_F32, GGML_TYPE_F16 = 0, 1
 
 
