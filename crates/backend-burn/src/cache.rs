@@ -39,6 +39,14 @@ impl LlamaCache {
         self.layers.len()
     }
 
+    /// The keys of layer `layer` at positions `0..seq_len()`, `(n_kv_heads, seq_len,
+    /// head_dim)` (after RoPE), or `None` for a layer index out of range: for tests and
+    /// inspection.
+    pub fn layer_keys(&self, layer: usize) -> Option<Tensor<3>> {
+        let (keys, _) = self.layers.get(layer)?.as_ref()?;
+        Some(keys.clone().slice([0..self.n_kv_heads, 0..self.len, 0..self.head_dim]))
+    }
+
     /// `(n_kv_heads, head_dim)` of the model this cache was made for.
     pub(crate) fn geometry(&self) -> (usize, usize) {
         (self.n_kv_heads, self.head_dim)
@@ -91,7 +99,7 @@ impl LlamaCache {
         &mut self,
         start: usize,
         n: usize,
-        rotate: impl Fn(Tensor<3>) -> Tensor<3>,
+        rotate: impl Fn(usize, Tensor<3>) -> Tensor<3>,
     ) -> Result<(), CacheError> {
         let len = self.len;
         if start.checked_add(n).is_none_or(|end| end > len) {
@@ -103,10 +111,10 @@ impl LlamaCache {
         let m = len - start - n;
         if n > 0 && m > 0 {
             let (kv, hd) = (self.n_kv_heads, self.head_dim);
-            for slot in &mut self.layers {
+            for (layer, slot) in self.layers.iter_mut().enumerate() {
                 let Some((keys, values)) = slot.take() else { continue };
                 let tail = |t: &Tensor<3>| t.clone().slice([0..kv, start + n..len, 0..hd]);
-                let rotated = rotate(tail(&keys).swap_dims(0, 1)).swap_dims(0, 1);
+                let rotated = rotate(layer, tail(&keys).swap_dims(0, 1)).swap_dims(0, 1);
                 let moved = tail(&values);
                 let keys = keys.slice_assign([0..kv, start..start + m, 0..hd], rotated);
                 let values = values.slice_assign([0..kv, start..start + m, 0..hd], moved);

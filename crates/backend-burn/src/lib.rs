@@ -3,8 +3,11 @@
 //! cache, for perpetua's `Generator` and every perpetual strategy unchanged.
 //!
 //! - [`Llama`]: grouped-query attention, RoPE over the model's whole context with its
-//!   `rope.freq_base`, RMSNorm, SwiGLU, tied embeddings; weights from GGUF
-//!   (dequantized to `f32` at load) or Hugging Face safetensors. It implements
+//!   `rope.freq_base`, RMSNorm, SwiGLU, tied embeddings, and every family's variation
+//!   the candle backend runs (Llama 3 RoPE scaling, Mistral/Phi-3 windows, Qwen2 biases,
+//!   Qwen3 q/k norms, Gemma 2/3: GeGLU, soft-capping, post norms, windowed layers with
+//!   their own RoPE base); weights from GGUF (dequantized to `f32` at load) or Hugging
+//!   Face safetensors. It implements
 //!   [`perpetua_generator::LanguageModel`].
 //! - [`LlamaCache`]: per-layer keys/values preallocated on the device for `capacity`
 //!   positions, appended in place, truncated in O(1), forkable

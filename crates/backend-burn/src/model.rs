@@ -1,5 +1,5 @@
 //! The llama-architecture forward pass on burn: embeddings → `n_layers` × (RMSNorm →
-//! grouped-query attention with RoPE → residual → RMSNorm → SwiGLU MLP → residual) →
+//! grouped-query attention with RoPE → residual → RMSNorm → gated MLP → residual) →
 //! RMSNorm → output projection, all in `f32`.
 
 use std::path::Path;
@@ -7,6 +7,7 @@ use std::path::Path;
 use burn_tensor::activation::{silu, softmax};
 use burn_tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use perpetua_kv_cache::KvCache;
+use perpetua_model_files::Activation;
 use perpetua_model_files::LlamaConfig;
 use perpetua_model_files::dense::{DenseMatrix, DenseWeights};
 
@@ -45,6 +46,12 @@ struct Layer {
     w_gate_up: Tensor<2>,
     /// `W_downᵀ`: `(intermediate, hidden)`.
     w_down: Tensor<2>,
+    /// `[b_q; b_k; b_v]` as one `(1, q_dim + 2 · kv_dim)` row (Qwen2).
+    qkv_bias: Option<Tensor<2>>,
+    /// Per-head norms of queries and keys, `(1, 1, head_dim)` each (Qwen3, Gemma 3).
+    qk_norm: Option<[Tensor<3>; 2]>,
+    /// Norms of the attention and MLP outputs (Gemma).
+    post_norms: Option<[Tensor<2>; 2]>,
 }
 
 /// A llama-family causal language model on burn, from GGUF (dequantized to `f32` at
@@ -67,6 +74,8 @@ pub struct Llama {
     /// `(max_context, head_dim / 2)` tables of `cos(p·θ_i)` and `sin(p·θ_i)`.
     rope_cos: Tensor<2>,
     rope_sin: Tensor<2>,
+    /// The sliding-window layers' own tables ([`LlamaConfig::rope_local_theta`]).
+    rope_local: Option<(Tensor<2>, Tensor<2>)>,
     cache_capacity: usize,
 }
 
@@ -116,20 +125,28 @@ impl Llama {
         };
         let transposed = |ms: &[&DenseMatrix]| transposed_stack(ms, device);
         let output = transposed(&[output.as_ref().unwrap_or(&embeddings)]);
+        let head = |v: Vec<f32>| -> Tensor<3> {
+            let n = v.len();
+            Tensor::from_data(TensorData::new(v, [1, 1, n]), (device, DType::F32))
+        };
         let layers = layers
             .into_iter()
             .map(|l| Layer {
                 wqkv: transposed(&[&l.wq, &l.wk, &l.wv]),
+                qkv_bias: l.qkv_bias.map(|[q, k, v]| row([q, k, v].concat())),
+                qk_norm: l.qk_norm.map(|[q, k]| [head(q), head(k)]),
                 wo: transposed(&[&l.wo]),
                 w_gate_up: transposed(&[&l.w_gate, &l.w_up]),
                 w_down: transposed(&[&l.w_down]),
                 attn_norm: row(l.attn_norm),
                 ffn_norm: row(l.ffn_norm),
+                post_norms: l.post_norms.map(|[a, f]| [row(a), row(f)]),
             })
             .collect();
         let DenseMatrix { rows, cols, data } = embeddings;
         let embeddings = Tensor::from_data(TensorData::new(data, [rows, cols]), (device, DType::F32));
-        let (rope_cos, rope_sin) = rope_tables(&config, device);
+        let (rope_cos, rope_sin) = rope_tables(&config, config.rope_tables(), device);
+        let rope_local = config.local_rope_tables().map(|tables| rope_tables(&config, tables, device));
         Ok(Self {
             device: device.clone(),
             embeddings,
@@ -138,6 +155,7 @@ impl Llama {
             output,
             rope_cos,
             rope_sin,
+            rope_local,
             cache_capacity,
             config,
         })
@@ -182,7 +200,7 @@ impl Llama {
         let x = last.ok_or_else(|| BurnBackendError::invalid("tokens", "[]", "must not be empty"))?;
         let rows = x.dims()[0];
         let last = x.slice([rows - 1..rows, 0..self.config.hidden_size]);
-        Ok(self.rms_norm(last, &self.final_norm).matmul(self.output.clone()))
+        Ok(self.softcap_logits(self.rms_norm(last, &self.final_norm).matmul(self.output.clone())))
     }
 
     /// Like [`forward_logits`](Self::forward_logits), but the logits of *every* fed
@@ -191,7 +209,7 @@ impl Llama {
     pub fn forward_logits_all(&self, tokens: &[u32], cache: &mut LlamaCache) -> Result<Tensor<2>> {
         let mut rows = Vec::new();
         self.in_chunks(tokens, cache, |x| {
-            rows.push(self.rms_norm(x, &self.final_norm).matmul(self.output.clone()))
+            rows.push(self.softcap_logits(self.rms_norm(x, &self.final_norm).matmul(self.output.clone())))
         })?;
         Ok(Tensor::cat(rows, 0))
     }
@@ -256,56 +274,114 @@ impl Llama {
         let (heads, kv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let group = heads / kv;
         let (q_dim, kv_dim, ffn) = (heads * hd, kv * hd, cfg.intermediate_size);
-        let scale = 1.0 / (hd as f64).sqrt();
+        let scale = cfg.query_scale();
         let visible = pos + n;
 
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
         let mut x = self.embeddings.clone().select(0, ids);
+        if let Some(s) = cfg.embedding_scale {
+            // Rounded to f32 first, as transformers multiplies in the activations' dtype.
+            x = x.mul_scalar(f64::from(s as f32));
+        }
         let half = hd / 2;
-        let cos = self.rope_cos.clone().slice([pos..visible, 0..half]).reshape([n, 1, half]);
-        let sin = self.rope_sin.clone().slice([pos..visible, 0..half]).reshape([n, 1, half]);
-        // Causal mask over (query row (g, i), key j): j > pos + i is hidden. Decode
-        // (n = 1) sees every cached position and needs none.
-        let mask = (n > 1).then(|| {
-            let mut hidden = Vec::with_capacity(group * n * visible);
-            for _ in 0..group {
-                for i in 0..n {
-                    hidden.extend((0..visible).map(|j| j > pos + i));
+        let angles = |(cos, sin): (&Tensor<2>, &Tensor<2>)| {
+            let cut = |t: &Tensor<2>| t.clone().slice([pos..visible, 0..half]).reshape([n, 1, half]);
+            (cut(cos), cut(sin))
+        };
+        let global = angles((&self.rope_cos, &self.rope_sin));
+        let local = self.rope_local.as_ref().map(|(c, s)| angles((c, s)));
+        // Masks over (query row (g, i), key j): j > pos + i is hidden (causal), and on
+        // windowed layers also j <= pos + i − window. Decode (n = 1) needs none unless a
+        // window cuts into what it sees.
+        let mask_for = |window: Option<usize>| {
+            let cut = window.is_some_and(|w| visible > w);
+            (n > 1 || cut).then(|| {
+                let mut hidden = Vec::with_capacity(group * n * visible);
+                for _ in 0..group {
+                    for i in 0..n {
+                        let first = window.map_or(0, |w| (pos + i + 1).saturating_sub(w));
+                        hidden.extend((0..visible).map(|j| j > pos + i || j < first));
+                    }
                 }
-            }
-            Tensor::<3, Bool>::from_data(TensorData::new(hidden, [1, group * n, visible]), &self.device)
-                .expand([kv, group * n, visible])
-        });
+                Tensor::<3, Bool>::from_data(TensorData::new(hidden, [1, group * n, visible]), &self.device)
+                    .expand([kv, group * n, visible])
+            })
+        };
+        let full_mask = mask_for(None);
+        let window_mask = cfg.sliding_window.and_then(|w| mask_for(Some(w)));
 
         for (i, layer) in self.layers.iter().enumerate() {
+            let sliding = cfg.is_sliding_layer(i);
+            let (cos, sin) = match (&local, sliding) {
+                (Some(local), true) => local,
+                _ => &global,
+            };
+            let mask = if sliding { &window_mask } else { &full_mask };
             let h = self.rms_norm(x.clone(), &layer.attn_norm);
-            let qkv = h.matmul(layer.wqkv.clone());
-            let q = qkv.clone().slice([0..n, 0..q_dim]).reshape([n, heads, hd]);
-            let k = qkv.clone().slice([0..n, q_dim..q_dim + kv_dim]).reshape([n, kv, hd]);
+            let mut qkv = h.matmul(layer.wqkv.clone());
+            if let Some(bias) = &layer.qkv_bias {
+                qkv = qkv + bias.clone();
+            }
+            let mut q = qkv.clone().slice([0..n, 0..q_dim]).reshape([n, heads, hd]);
+            let mut k = qkv.clone().slice([0..n, q_dim..q_dim + kv_dim]).reshape([n, kv, hd]);
             let v = qkv.slice([0..n, q_dim + kv_dim..q_dim + 2 * kv_dim]).reshape([n, kv, hd]);
-            let q = self.rope(q, &cos, &sin);
-            let k = self.rope(k, &cos, &sin);
+            if let Some([wq, wk]) = &layer.qk_norm {
+                q = self.rms_norm_heads(q, wq);
+                k = self.rms_norm_heads(k, wk);
+            }
+            let q = self.rope(q, cos, sin);
+            let k = self.rope(k, cos, sin);
             // (kv, n, hd) rows for the cache.
             let (k_all, v_all) = cache.write_and_view(i, k.swap_dims(0, 1), v.swap_dims(0, 1))?;
             // Query head h = j · group + g reads KV head j: rows (g, i) of KV head j.
             let q = q.reshape([n, kv, group, hd]).permute([1, 2, 0, 3]).reshape([kv, group * n, hd]);
-            let scores = q.matmul(k_all.swap_dims(1, 2)).mul_scalar(scale);
-            let scores = match &mask {
+            let mut scores = q.matmul(k_all.swap_dims(1, 2)).mul_scalar(scale);
+            if let Some(cap) = cfg.attn_logit_softcap {
+                scores = scores.div_scalar(cap).tanh().mul_scalar(cap);
+            }
+            let scores = match mask {
                 Some(mask) => scores.mask_fill(mask.clone(), f32::NEG_INFINITY),
                 None => scores,
             };
             let y = softmax(scores, 2).matmul(v_all);
             let y = y.reshape([kv, group, n, hd]).permute([2, 0, 1, 3]).reshape([n, q_dim]);
-            x = x + y.matmul(layer.wo.clone());
+            let mut y = y.matmul(layer.wo.clone());
+            if let Some([post_attn, _]) = &layer.post_norms {
+                y = self.rms_norm(y, post_attn);
+            }
+            x = x + y;
 
             let h = self.rms_norm(x.clone(), &layer.ffn_norm);
             let gate_up = h.matmul(layer.w_gate_up.clone());
             let gate = gate_up.clone().slice([0..n, 0..ffn]);
             let up = gate_up.slice([0..n, ffn..2 * ffn]);
-            x = x + (silu(gate) * up).matmul(layer.w_down.clone());
+            let gate = match cfg.hidden_act {
+                Activation::GeluTanh => gelu_tanh(gate),
+                _ => silu(gate),
+            };
+            let mut y = (gate * up).matmul(layer.w_down.clone());
+            if let Some([_, post_ffn]) = &layer.post_norms {
+                y = self.rms_norm(y, post_ffn);
+            }
+            x = x + y;
         }
         Ok(x)
+    }
+
+    /// [`LlamaConfig::final_logit_softcap`]: `cap · tanh(logits / cap)`.
+    fn softcap_logits(&self, logits: Tensor<2>) -> Tensor<2> {
+        match self.config.final_logit_softcap {
+            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
+            None => logits,
+        }
+    }
+
+    /// RMSNorm over the last dimension of `(n, heads, head_dim)` with `(1, 1, head_dim)`
+    /// weights (per-head q/k norms).
+    fn rms_norm_heads(&self, x: Tensor<3>, w: &Tensor<3>) -> Tensor<3> {
+        let inv = x.clone().powf_scalar(2.0).mean_dim(2).add_scalar(self.config.rms_norm_eps).sqrt().recip();
+        x * inv * w.clone()
     }
 
     /// `x / sqrt(mean(x²) + eps) · w` over the last dimension of `(n, hidden)`.
@@ -325,17 +401,15 @@ impl Llama {
             return Err(BurnBackendError::invalid("shift", n, "must be below the model's max_context"));
         }
         let half = self.config.head_dim / 2;
-        cache.shift(start, n, |keys| {
+        cache.shift(start, n, |layer, keys| {
             let m = keys.dims()[0];
-            let cos =
-                self.rope_cos.clone().slice([n..n + 1, 0..half]).reshape([1, 1, half]).expand([m, 1, half]);
-            let sin = self
-                .rope_sin
-                .clone()
-                .slice([n..n + 1, 0..half])
-                .neg()
-                .reshape([1, 1, half])
-                .expand([m, 1, half]);
+            // Each layer's own table (Gemma 3's windowed layers have their own base).
+            let (cos, sin) = match &self.rope_local {
+                Some(local) if self.config.is_sliding_layer(layer) => (&local.0, &local.1),
+                _ => (&self.rope_cos, &self.rope_sin),
+            };
+            let cos = cos.clone().slice([n..n + 1, 0..half]).reshape([1, 1, half]).expand([m, 1, half]);
+            let sin = sin.clone().slice([n..n + 1, 0..half]).neg().reshape([1, 1, half]).expand([m, 1, half]);
             self.rope(keys, &cos, &sin)
         })?;
         Ok(())
@@ -382,10 +456,21 @@ fn transposed_stack(ms: &[&DenseMatrix], device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(t, [cols, rows]), (device, DType::F32))
 }
 
-/// [`LlamaConfig::rope_tables`] (the candle backend's own tables, so both backends
-/// rotate by identical angles) as `(max_context, head_dim/2)` tensors.
-fn rope_tables(config: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) {
-    let (cos, sin) = config.rope_tables();
+/// GELU with its tanh approximation (`gelu_pytorch_tanh`, Gemma's MLP):
+/// `0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³)))`.
+fn gelu_tanh(x: Tensor<2>) -> Tensor<2> {
+    let inner = (x.clone() + x.clone().powf_scalar(3.0).mul_scalar(0.044715))
+        .mul_scalar((2.0 / std::f64::consts::PI).sqrt());
+    x.mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
+}
+
+/// RoPE tables ([`LlamaConfig::rope_tables`], the candle backend's own, so both
+/// backends rotate by identical angles) as `(max_context, head_dim/2)` tensors.
+fn rope_tables(
+    config: &LlamaConfig,
+    (cos, sin): (Vec<f32>, Vec<f32>),
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>) {
     let shape = [config.max_context, config.head_dim / 2];
     let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, shape), (device, DType::F32));
     (table(cos), table(sin))

@@ -449,18 +449,32 @@ fn settings_that_are_not_implemented_are_refused_with_the_key() {
     }
 }
 
+/// The dense loader (the burn backend's) reads every family: each optional part is
+/// there exactly when the configuration asks for it (Qwen2's biases, Qwen3's and Gemma
+/// 3's q/k norms, Gemma's post norms; Phi-3's fused matrices split), and `validate`
+/// refuses weights whose parts disagree with their configuration.
 #[test]
-fn the_dense_loader_refuses_what_burn_does_not_implement() {
-    for family in ["mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"] {
-        match perpetua_candle::dense::DenseWeights::load(dir(family)) {
-            Err(CandleBackendError::UnsupportedFeature { architecture, .. }) => {
-                assert_eq!(architecture.as_str(), family);
-            }
-            other => panic!("{family}: {other:?}"),
+fn the_dense_loader_reads_every_family_with_its_parts() {
+    use perpetua_candle::dense::DenseWeights;
+    for family in FAMILIES {
+        let dense = DenseWeights::load(dir(family)).unwrap();
+        let (c, l) = (&dense.config, &dense.layers[0]);
+        assert_eq!(l.qkv_bias.is_some(), c.attention_bias, "{family}");
+        assert_eq!(l.qk_norm.is_some(), c.qk_norm, "{family}");
+        assert_eq!(l.post_norms.is_some(), c.sandwich_norms, "{family}");
+        assert_eq!((l.wq.rows, l.wk.rows), (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim), "{family}");
+        dense.validate().unwrap();
+    }
+    let mut qwen2 = DenseWeights::load(dir("qwen2")).unwrap();
+    qwen2.layers[1].qkv_bias = None;
+    match qwen2.validate() {
+        Err(CandleBackendError::InvalidParameter { value, .. }) => {
+            assert!(value.contains("qkv_bias"), "{value}")
         }
+        other => panic!("{other:?}"),
     }
     // RoPE scaling lives in the shared tables: the dense loader takes it.
-    let dense = perpetua_candle::dense::DenseWeights::load(dir("llama3")).unwrap();
+    let dense = DenseWeights::load(dir("llama3")).unwrap();
     assert!(matches!(dense.config.rope_scaling, RopeScaling::Llama3 { .. }));
 }
 

@@ -52,6 +52,12 @@ pub struct DenseLayer {
     pub w_up: DenseMatrix,
     /// SwiGLU down projection `(hidden_size, intermediate_size)`.
     pub w_down: DenseMatrix,
+    /// Biases of the query, key and value projections ([`LlamaConfig::attention_bias`]).
+    pub qkv_bias: Option<[Vec<f32>; 3]>,
+    /// Per-head RMSNorm weights of queries and keys ([`LlamaConfig::qk_norm`], `head_dim` each).
+    pub qk_norm: Option<[Vec<f32>; 2]>,
+    /// Norms of the attention and MLP outputs ([`LlamaConfig::sandwich_norms`]).
+    pub post_norms: Option<[Vec<f32>; 2]>,
 }
 
 /// A whole llama-family checkpoint in `f32`.
@@ -93,12 +99,13 @@ impl DenseWeights {
     pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
         let mut file = GgufReader::open(path.as_ref(), &Device::Cpu)?;
         let config = file.llama_config()?;
-        dense_supports(&config)?;
         let (h, q_dim, kv_dim, ffn) = dims(&config);
         let mut read = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let t: QTensor = file.tensor(name, shape)?;
             Ok(t.dequantize(&Device::Cpu)?)
         };
+        let fused = config.architecture == crate::Architecture::Phi3;
+        let d = config.head_dim;
         let embeddings = matrix(read("token_embd.weight", &[config.vocab_size, h])?)?;
         let final_norm = vector(read("output_norm.weight", &[h])?)?;
         let mut layers = Vec::with_capacity(config.n_layers);
@@ -107,20 +114,42 @@ impl DenseWeights {
             let mut m = |name: &str, rows: usize, cols: usize| {
                 matrix(read(&format!("{p}.{name}.weight"), &[rows, cols])?)
             };
-            let (wq, wk, wv) = (m("attn_q", q_dim, h)?, m("attn_k", kv_dim, h)?, m("attn_v", kv_dim, h)?);
+            // Phi-3 keeps q/k/v in one `attn_qkv` and gate/up in one `ffn_up` (gate first).
+            let [wq, wk, wv] = match fused {
+                true => split_rows(m("attn_qkv", q_dim + 2 * kv_dim, h)?, [q_dim, kv_dim, kv_dim]),
+                false => [m("attn_q", q_dim, h)?, m("attn_k", kv_dim, h)?, m("attn_v", kv_dim, h)?],
+            };
             let wo = m("attn_output", h, q_dim)?;
-            let (w_gate, w_up, w_down) =
-                (m("ffn_gate", ffn, h)?, m("ffn_up", ffn, h)?, m("ffn_down", h, ffn)?);
+            let [w_gate, w_up] = match fused {
+                true => split_rows(m("ffn_up", 2 * ffn, h)?, [ffn, ffn]),
+                false => [m("ffn_gate", ffn, h)?, m("ffn_up", ffn, h)?],
+            };
+            let w_down = m("ffn_down", h, ffn)?;
+            let mut v = |name: &str, len: usize| vector(read(&format!("{p}.{name}"), &[len])?);
             layers.push(DenseLayer {
-                attn_norm: vector(read(&format!("{p}.attn_norm.weight"), &[h])?)?,
+                attn_norm: v("attn_norm.weight", h)?,
                 wq,
                 wk,
                 wv,
                 wo,
-                ffn_norm: vector(read(&format!("{p}.ffn_norm.weight"), &[h])?)?,
+                ffn_norm: v("ffn_norm.weight", h)?,
                 w_gate,
                 w_up,
                 w_down,
+                qkv_bias: match config.attention_bias {
+                    true => {
+                        Some([v("attn_q.bias", q_dim)?, v("attn_k.bias", kv_dim)?, v("attn_v.bias", kv_dim)?])
+                    }
+                    false => None,
+                },
+                qk_norm: match config.qk_norm {
+                    true => Some([v("attn_q_norm.weight", d)?, v("attn_k_norm.weight", d)?]),
+                    false => None,
+                },
+                post_norms: match config.sandwich_norms {
+                    true => Some([v("post_attention_norm.weight", h)?, v("post_ffw_norm.weight", h)?]),
+                    false => None,
+                },
             });
         }
         let output = if file.has("output.weight") {
@@ -136,7 +165,6 @@ impl DenseWeights {
     pub fn from_safetensors_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let mut st = SafetensorsDir::open(dir.as_ref(), &Device::Cpu)?;
         let config = st.config.clone();
-        dense_supports(&config)?;
         let (h, q_dim, kv_dim, ffn) = dims(&config);
         let embeddings = matrix(st.take("model.embed_tokens.weight", &[config.vocab_size, h])?)?;
         let output = if st.hf.tie_word_embeddings {
@@ -144,31 +172,75 @@ impl DenseWeights {
         } else {
             Some(matrix(st.take("lm_head.weight", &[config.vocab_size, h])?)?)
         };
-        let final_norm = vector(st.take("model.norm.weight", &[h])?)?;
+        // Gemma stores norm weights as `w − 1`: the one is added back (as HF's norm does).
+        let offset = config.architecture.norm_weights_offset();
+        let norm = |st: &mut SafetensorsDir, name: &str, len: usize| -> Result<Vec<f32>> {
+            let w = st.take(name, &[len])?;
+            vector(if offset { (w + 1.0)? } else { w })
+        };
+        let final_norm = norm(&mut st, "model.norm.weight", h)?;
+        let fused = config.architecture == crate::Architecture::Phi3;
+        let d = config.head_dim;
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
             let p = format!("model.layers.{i}");
-            let mut m = |name: &str, rows: usize, cols: usize| {
-                matrix(st.take(&format!("{p}.{name}.weight"), &[rows, cols])?)
+            let name = |n: &str| format!("{p}.{n}");
+            // Gemma's `post_attention_layernorm` follows attention; llama's precedes the MLP.
+            let (attn_norm, ffn_norm, post_norms) = if config.sandwich_norms {
+                let attn = norm(&mut st, &name("input_layernorm.weight"), h)?;
+                let post_attn = norm(&mut st, &name("post_attention_layernorm.weight"), h)?;
+                let ffn = norm(&mut st, &name("pre_feedforward_layernorm.weight"), h)?;
+                let post_ffn = norm(&mut st, &name("post_feedforward_layernorm.weight"), h)?;
+                (attn, ffn, Some([post_attn, post_ffn]))
+            } else {
+                let attn = norm(&mut st, &name("input_layernorm.weight"), h)?;
+                (attn, norm(&mut st, &name("post_attention_layernorm.weight"), h)?, None)
             };
-            let (wq, wk, wv) = (
-                m("self_attn.q_proj", q_dim, h)?,
-                m("self_attn.k_proj", kv_dim, h)?,
-                m("self_attn.v_proj", kv_dim, h)?,
-            );
+            let qk_norm = match config.qk_norm {
+                true => Some([
+                    norm(&mut st, &name("self_attn.q_norm.weight"), d)?,
+                    norm(&mut st, &name("self_attn.k_norm.weight"), d)?,
+                ]),
+                false => None,
+            };
+            let qkv_bias = match config.attention_bias {
+                true => Some([
+                    vector(st.take(&name("self_attn.q_proj.bias"), &[q_dim])?)?,
+                    vector(st.take(&name("self_attn.k_proj.bias"), &[kv_dim])?)?,
+                    vector(st.take(&name("self_attn.v_proj.bias"), &[kv_dim])?)?,
+                ]),
+                false => None,
+            };
+            let mut m = |n: &str, rows: usize, cols: usize| {
+                matrix(st.take(&name(&format!("{n}.weight")), &[rows, cols])?)
+            };
+            let [wq, wk, wv] = match fused {
+                true => split_rows(m("self_attn.qkv_proj", q_dim + 2 * kv_dim, h)?, [q_dim, kv_dim, kv_dim]),
+                false => [
+                    m("self_attn.q_proj", q_dim, h)?,
+                    m("self_attn.k_proj", kv_dim, h)?,
+                    m("self_attn.v_proj", kv_dim, h)?,
+                ],
+            };
             let wo = m("self_attn.o_proj", h, q_dim)?;
-            let (w_gate, w_up, w_down) =
-                (m("mlp.gate_proj", ffn, h)?, m("mlp.up_proj", ffn, h)?, m("mlp.down_proj", h, ffn)?);
+            let [w_gate, w_up] = match fused {
+                true => split_rows(m("mlp.gate_up_proj", 2 * ffn, h)?, [ffn, ffn]),
+                false => [m("mlp.gate_proj", ffn, h)?, m("mlp.up_proj", ffn, h)?],
+            };
+            let w_down = m("mlp.down_proj", h, ffn)?;
             layers.push(DenseLayer {
-                attn_norm: vector(st.take(&format!("{p}.input_layernorm.weight"), &[h])?)?,
+                attn_norm,
                 wq,
                 wk,
                 wv,
                 wo,
-                ffn_norm: vector(st.take(&format!("{p}.post_attention_layernorm.weight"), &[h])?)?,
+                ffn_norm,
                 w_gate,
                 w_up,
                 w_down,
+                qkv_bias,
+                qk_norm,
+                post_norms,
             });
         }
         st.finish()?;
@@ -185,7 +257,6 @@ impl DenseWeights {
     pub fn validate(&self) -> Result<()> {
         let c = &self.config;
         c.validate()?;
-        dense_supports(c)?;
         if self.layers.len() != c.n_layers {
             return Err(ModelError::invalid("layers", self.layers.len(), "differs from config.n_layers"));
         }
@@ -222,6 +293,41 @@ impl DenseWeights {
             check(name("w_gate"), &l.w_gate, ffn, h)?;
             check(name("w_up"), &l.w_up, ffn, h)?;
             check(name("w_down"), &l.w_down, h, ffn)?;
+            let sized = |what: &str, v: &[f32], len: usize| -> Result<()> {
+                if v.len() != len {
+                    return Err(ModelError::BadShape {
+                        name: name(what),
+                        expected: vec![len],
+                        actual: vec![v.len()],
+                    });
+                }
+                Ok(())
+            };
+            let present = [
+                ("qkv_bias", l.qkv_bias.is_some(), c.attention_bias),
+                ("qk_norm", l.qk_norm.is_some(), c.qk_norm),
+                ("post_norms", l.post_norms.is_some(), c.sandwich_norms),
+            ];
+            if let Some((what, _, _)) = present.into_iter().find(|(_, has, wanted)| has != wanted) {
+                return Err(ModelError::invalid(
+                    "dense layer",
+                    name(what),
+                    "presence differs from the config",
+                ));
+            }
+            if let Some([bq, bk, bv]) = &l.qkv_bias {
+                sized("qkv_bias[0]", bq, q_dim)?;
+                sized("qkv_bias[1]", bk, kv_dim)?;
+                sized("qkv_bias[2]", bv, kv_dim)?;
+            }
+            if let Some([nq, nk]) = &l.qk_norm {
+                sized("qk_norm[0]", nq, c.head_dim)?;
+                sized("qk_norm[1]", nk, c.head_dim)?;
+            }
+            if let Some([pa, pf]) = &l.post_norms {
+                sized("post_norms[0]", pa, h)?;
+                sized("post_norms[1]", pf, h)?;
+            }
         }
         Ok(())
     }
@@ -232,28 +338,14 @@ impl DenseWeights {
     }
 }
 
-/// Refuse what [`DenseLayer`] has no weights for: the plain llama block (with any
-/// [`RopeScaling`](crate::RopeScaling), which lives in the shared RoPE tables) only.
-fn dense_supports(c: &LlamaConfig) -> Result<()> {
-    let unsupported = [
-        (c.architecture == crate::Architecture::Phi3, "fused q/k/v and gate/up weights"),
-        (c.sandwich_norms, "norms after attention and the MLP (Gemma)"),
-        (c.embedding_scale.is_some(), "scaled embeddings (Gemma)"),
-        (c.hidden_act != crate::Activation::Silu, "a GELU MLP (Gemma)"),
-        (c.attn_logit_softcap.is_some() || c.final_logit_softcap.is_some(), "logit soft-capping (Gemma 2)"),
-        (c.attention_scale.is_some(), "a query scale other than 1/√head_dim (Gemma)"),
-        (c.attention_bias, "q/k/v biases"),
-        (c.qk_norm, "q/k RMSNorm"),
-        (c.sliding_window.is_some(), "sliding-window attention"),
-    ];
-    match unsupported.into_iter().find(|(on, _)| *on) {
-        Some((_, feature)) => Err(ModelError::UnsupportedFeature {
-            architecture: c.architecture,
-            feature,
-            loader: "the dense (burn) loader",
-        }),
-        None => Ok(()),
-    }
+/// `m`'s rows cut into consecutive blocks of `sizes` rows (a fused projection's parts).
+fn split_rows<const N: usize>(m: DenseMatrix, sizes: [usize; N]) -> [DenseMatrix; N] {
+    let mut start = 0;
+    sizes.map(|rows| {
+        let data = m.data[start * m.cols..(start + rows) * m.cols].to_vec();
+        start += rows;
+        DenseMatrix { rows, cols: m.cols, data }
+    })
 }
 
 /// `(hidden, q_dim, kv_dim, ffn)` widths.
