@@ -56,26 +56,12 @@ c.main()
 def with_window(llama_cpp, src, dst):
     """`src` with `llama.attention.sliding_window` set from the checkpoint's config."""
     sys.path.insert(0, os.path.join(llama_cpp, "gguf-py"))
+    sys.path.insert(0, HERE)
     import gguf
     import json
+    from gguf_copy import copy_gguf
     window = json.load(open(os.path.join(os.path.dirname(src), "config.json")))["sliding_window"]
-    r = gguf.GGUFReader(src, "r")
-    w = gguf.GGUFWriter(dst, arch=r.fields[gguf.Keys.General.ARCHITECTURE].contents(), endianess=r.endianess)
-    for field in r.fields.values():
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue
-        kind = field.types[0]
-        w.add_key_value(field.name, field.contents(), kind,
-                        sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
-    w.add_key_value("llama.attention.sliding_window", window, gguf.GGUFValueType.UINT32)
-    for t in r.tensors:
-        w.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    for t in r.tensors:
-        w.write_tensor_data(t.data, tensor_endianess=r.endianess)
-    w.close()
+    copy_gguf(gguf, src, dst, extra=[("llama.attention.sliding_window", window, gguf.GGUFValueType.UINT32)])
     print("mistral with its window ->", dst, os.path.getsize(dst), "bytes")
 
 

@@ -14,7 +14,7 @@ it is the tests' measure of how sensitive a tiny random model is to rounding.
 
 The byte vocabulary of make_tiny.py has no merges, which llama.cpp's loader requires
 of a `gpt2` vocabulary: the script evaluates a copy of each file with one merge added
-(ids are fed directly, nothing is tokenized). The copy is written with the `gguf`
+(ids are fed directly, nothing is tokenized). The copy is written by gguf_copy.py with the `gguf`
 package of the llama-cpp-python sdist (see make_gguf.py), which needs pyyaml and tqdm:
 
     target/bench-venv/bin/pip install pyyaml tqdm
@@ -29,24 +29,22 @@ import tempfile
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 DATA = os.path.join(HERE, "..", "..", "crates", "backend-candle", "tests", "data", "families")
 FAMILIES = ["llama3", "llama-linear", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"]
 GGML_TYPE_F32, GGML_TYPE_F16 = 0, 1
 
 
-def with_merge(src, dst, gguf, copy_with_new_metadata, MetadataDetails):
-    reader = gguf.GGUFReader(src, "r")
-    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
-    writer = gguf.GGUFWriter(dst, arch=arch, endianess=reader.endianess)
-    merges = MetadataDetails(gguf.GGUFValueType.ARRAY, ["Ġ Ġ"], sub_type=gguf.GGUFValueType.STRING)
-    copy_with_new_metadata(reader, writer, {"tokenizer.ggml.merges": merges}, [])
+def with_merge(gguf, src, dst):
+    """`src` with one BPE merge, which llama.cpp's loader requires of a `gpt2` vocabulary."""
+    from gguf_copy import copy_gguf
+    copy_gguf(gguf, src, dst, extra=[("tokenizer.ggml.merges", ["Ġ Ġ"], gguf.GGUFValueType.ARRAY)])
 
 
 def main():
     llama_cpp_dir = os.path.abspath(os.environ["LLAMA_CPP"])
     sys.path.insert(0, os.path.join(llama_cpp_dir, "gguf-py"))
     import gguf
-    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
     import llama_cpp
     from llama_cpp import Llama
 
@@ -60,7 +58,7 @@ def main():
         for key, kind, kv in runs:
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "model.gguf")
-                with_merge(os.path.join(d, f"model-{kind}.gguf"), path, gguf, copy_with_new_metadata, MetadataDetails)
+                with_merge(gguf, os.path.join(d, f"model-{kind}.gguf"), path)
                 m = Llama(model_path=path, n_ctx=64, logits_all=True, verbose=False, n_threads=2,
                           type_k=kv, type_v=kv, flash_attn=False)
                 m.eval(tokens)

@@ -23,32 +23,20 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 DATA = os.path.join(HERE, "..", "..", "crates", "backend-candle", "tests", "data")
 EXTRA = ["123", "000", "202", "999", "314"]
 
 
 def vocab_only_copy(gguf, src, dst, pre):
     """`src`'s metadata (no tensors) with `pre` and EXTRA appended to the vocabulary."""
-    r = gguf.GGUFReader(src, "r")
-    arch = r.fields[gguf.Keys.General.ARCHITECTURE].contents()
-    w = gguf.GGUFWriter(dst, arch=arch, endianess=r.endianess)
-    for field in r.fields.values():
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue
-        value = field.contents()
-        if field.name == "tokenizer.ggml.pre":
-            value = pre
-        elif field.name == "tokenizer.ggml.tokens":
-            value = value + EXTRA
-        elif field.name == "tokenizer.ggml.token_type":
-            value = value + [1] * len(EXTRA)
-        kind = field.types[0]
-        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        w.add_key_value(field.name, value, kind, sub_type=sub)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    w.close()
+    from gguf_copy import copy_gguf
+    edits = {
+        "tokenizer.ggml.pre": lambda v: pre,
+        "tokenizer.ggml.tokens": lambda v: v + EXTRA,
+        "tokenizer.ggml.token_type": lambda v: v + [1] * len(EXTRA),
+    }
+    copy_gguf(gguf, src, dst, edit=lambda name, v: edits.get(name, lambda v: v)(v), tensors=False)
 
 
 def tokenize_all(path, texts):

@@ -20,6 +20,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 SPM = os.path.join(HERE, "..", "..", "crates", "backend-candle", "tests", "data", "spm")
 MARKERS = ["<start_of_turn>", "<end_of_turn>"]
 CHATS = [
@@ -38,29 +39,15 @@ def main():
 
     src = os.path.join(SPM, "vocab.gguf")
     dst = os.path.join(SPM, "gemma-style.gguf")
-    r = gguf.GGUFReader(src, "r")
-    arch = r.fields[gguf.Keys.General.ARCHITECTURE].contents()
-    w = gguf.GGUFWriter(dst, arch=arch, endianess=r.endianess)
-    for field in r.fields.values():
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue
-        value = field.contents()
-        if field.name == "tokenizer.ggml.add_space_prefix":
-            continue
-        if field.name == "tokenizer.ggml.tokens":
-            value = value + MARKERS
-        elif field.name == "tokenizer.ggml.scores":
-            value = value + [0.0] * len(MARKERS)
-        elif field.name == "tokenizer.ggml.token_type":
-            value = value + [3] * len(MARKERS)
-        kind = field.types[0]
-        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        w.add_key_value(field.name, value, kind, sub_type=sub)
-    w.add_key_value("tokenizer.ggml.add_space_prefix", False, gguf.GGUFValueType.BOOL)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    w.close()
+    from gguf_copy import DROP, copy_gguf
+    edits = {
+        "tokenizer.ggml.add_space_prefix": lambda v: DROP,
+        "tokenizer.ggml.tokens": lambda v: v + MARKERS,
+        "tokenizer.ggml.scores": lambda v: v + [0.0] * len(MARKERS),
+        "tokenizer.ggml.token_type": lambda v: v + [3] * len(MARKERS),
+    }
+    copy_gguf(gguf, src, dst, edit=lambda name, v: edits.get(name, lambda v: v)(v),
+              extra=[("tokenizer.ggml.add_space_prefix", False, gguf.GGUFValueType.BOOL)], tensors=False)
 
     corpus = json.load(open(os.path.join(SPM, "reference.json")))["corpus"]
     texts = corpus + CHATS

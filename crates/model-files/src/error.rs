@@ -71,17 +71,6 @@ pub enum ModelError {
         /// How many other tensors are unused.
         more: usize,
     },
-    /// The file's architecture uses a feature this loader does not implement (the
-    /// burn backend's dense loader: q/k/v biases, q/k norms, sliding windows).
-    #[error("`{architecture}`'s {feature} is not supported by {loader}")]
-    UnsupportedFeature {
-        /// The architecture.
-        architecture: crate::Architecture,
-        /// The feature, e.g. `q/k/v biases`.
-        feature: &'static str,
-        /// Which loader refused it.
-        loader: &'static str,
-    },
     /// A weight tensor has a shape the configuration does not allow.
     #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]
     BadShape {
