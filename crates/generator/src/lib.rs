@@ -115,8 +115,8 @@ pub use decoding::{
 pub use detok::IncrementalDecoder;
 pub use error::GenerateError;
 pub use generator::{
-    Alternative, BackstepCause, ContextRoll, Counts, Event, FinishReason, Generation, Generator,
-    GeneratorBuilder, Prompt, StepTrace, Stream, TRACE_TOP, Timings, TraceEvent,
+    Alternative, BackstepCause, ContextRoll, Counts, DEFAULT_RESUME_MESSAGE, Event, FinishReason, Generation,
+    Generator, GeneratorBuilder, Prompt, StepTrace, Stream, TRACE_TOP, Timings, TraceEvent,
 };
 pub use mode::{
     AnticipationOptions, DEFAULT_DRY_BREAKERS, DEFAULT_RECALL, DEFAULT_REWIND, DryOptions, EosMethod,

@@ -170,7 +170,7 @@ pub struct DryOptions {
     /// `dry_sequence_breakers`: repeats never extend across these strings.
     pub sequence_breakers: Vec<String>,
     /// Scale the multiplier by the staleness of the recent text
-    /// ([`StalenessGate`](perpetua_sampling::processors::StalenessGate)): `(window,
+    /// ([`StalenessGate`]): `(window,
     /// low, high)`. `None`: always the full multiplier (llama.cpp's DRY).
     #[serde(default)]
     pub gate: Option<(usize, f32, f32)>,

@@ -234,6 +234,20 @@ impl Chain {
                 }
             }
         }
+        self.run_processors(ctx)
+    }
+
+    /// [`process`](Self::process) for a caller that has already applied the
+    /// [`NonFinitePolicy`] itself (the generator sanitises once, before its own
+    /// statistics): no second repair pass; a NaN / `+inf` left is still an error, as
+    /// under `Error`. [`last_sanitized`](Self::last_sanitized) is then 0.
+    pub fn process_clean(&mut self, logits: &[f32], ctx: &SamplingContext<'_>) -> Result<&mut Candidates> {
+        self.sanitized = 0;
+        self.candidates.fill_from_logits(logits)?;
+        self.run_processors(ctx)
+    }
+
+    fn run_processors(&mut self, ctx: &SamplingContext<'_>) -> Result<&mut Candidates> {
         let mut i = 0;
         while i < self.processors.len() {
             let swap = self.processors[i].is_monotone_rescale()

@@ -198,11 +198,12 @@ where
         config.validate()?;
         let Prefilled { ids: prompt_ids, cache, logits, budget, prefill } =
             self.prefilled(prompt, true, None)?;
+        let p = self.parts();
         let decode_started = Instant::now();
-        let vocab = self.model.vocab_size();
+        let vocab = p.model.vocab_size();
         let width = config.num_beams;
         let alpha = config.length_penalty;
-        self.chain.reset();
+        p.chain.reset();
 
         let mut counts =
             Counts { prompt_tokens: prompt_ids.len(), prefill_tokens: prompt_ids.len(), ..Counts::default() };
@@ -232,8 +233,8 @@ where
                 context.clear();
                 context.extend_from_slice(&prompt_ids);
                 context.extend_from_slice(&beam.ids);
-                let ctx = SamplingContext::new(&context, prompt_ids.len()).with_eos_ids(&self.eos_ids);
-                let processed = self.chain.process(&scores, &ctx)?;
+                let ctx = SamplingContext::new(&context, prompt_ids.len()).with_eos_ids(p.eos_ids);
+                let processed = p.chain.process(&scores, &ctx)?;
                 candidates.extend(
                     processed
                         .as_slice()
@@ -256,7 +257,7 @@ where
             let last_step = step + 1 == budget;
             let mut next: Vec<(f64, usize, u32)> = Vec::with_capacity(width);
             for (rank, &(total, b, token)) in candidates.iter().enumerate() {
-                let is_eos = self.eos_ids.contains(&token);
+                let is_eos = p.eos_ids.contains(&token);
                 if is_eos || last_step {
                     if rank < width {
                         let mut ids = beams[b].ids.clone();
@@ -319,7 +320,7 @@ where
                 };
                 let mut logits = logits;
                 let t0 = Instant::now();
-                self.model.forward(&[token], &mut cache, &mut logits).map_err(model_err)?;
+                p.model.forward(&[token], &mut cache, &mut logits).map_err(model_err)?;
                 forward_time += t0.elapsed();
                 counts.forward_passes += 1;
                 check_len(&logits, vocab)?;
@@ -335,7 +336,7 @@ where
 
         let mut hypotheses = Vec::with_capacity(config.num_return_sequences);
         for f in finished.into_iter().take(config.num_return_sequences) {
-            let text = self.text_of(&f.ids)?;
+            let text = p.text_of(&f.ids)?;
             hypotheses.push(BeamHypothesis {
                 text,
                 ids: f.ids,

@@ -156,16 +156,17 @@ where
         }
         let Prefilled { ids: prompt_ids, cache: base, logits: first_logits, budget, prefill } =
             self.prefilled(prompt, true, None)?;
-        let vocab = self.model.vocab_size();
+        let p = self.parts();
+        let vocab = p.model.vocab_size();
         let prompt_len = prompt_ids.len();
-        self.chain.reset();
+        p.chain.reset();
 
         // Branching tokens: the best processed first-step candidates, EOS excluded.
         let first_margin = margin(&first_logits, stats::log_sum_exp(&first_logits)?);
-        let ctx = SamplingContext::new(&prompt_ids, prompt_len).with_eos_ids(&self.eos_ids);
-        let candidates = self.chain.process(&first_logits, &ctx)?;
+        let ctx = SamplingContext::new(&prompt_ids, prompt_len).with_eos_ids(p.eos_ids);
+        let candidates = p.chain.process(&first_logits, &ctx)?;
         candidates.remove_masked();
-        candidates.retain(|c| !self.eos_ids.contains(&c.id));
+        candidates.retain(|c| !p.eos_ids.contains(&c.id));
         candidates.keep_top_k(config.branches);
         let firsts: Vec<u32> = candidates.ids().collect();
 
@@ -184,31 +185,31 @@ where
             let mut finish = FinishReason::MaxNewTokens;
             let mut token = first;
             let mut token_margin = first_margin;
-            self.chain.reset();
+            p.chain.reset();
             while sequence.len() - prompt_len < budget {
-                if self.eos_ids.contains(&token) {
+                if p.eos_ids.contains(&token) {
                     finish = FinishReason::Eos;
                     break;
                 }
                 sequence.push(token);
                 margins.push(token_margin);
-                self.chain.accept(token);
+                p.chain.accept(token);
                 if sequence.len() - prompt_len == budget {
                     break;
                 }
                 let t0 = Instant::now();
-                self.model.forward(&[token], &mut cache, &mut logits).map_err(model_err)?;
+                p.model.forward(&[token], &mut cache, &mut logits).map_err(model_err)?;
                 forward += t0.elapsed();
                 counts.forward_passes += 1;
                 check_len(&logits, vocab)?;
                 token_margin = margin(&logits, stats::log_sum_exp(&logits)?);
-                let ctx = SamplingContext::new(&sequence, prompt_len).with_eos_ids(&self.eos_ids);
-                let processed = self.chain.process(&logits, &ctx)?;
+                let ctx = SamplingContext::new(&sequence, prompt_len).with_eos_ids(p.eos_ids);
+                let processed = p.chain.process(&logits, &ctx)?;
                 token = argmax(processed.as_slice().iter().map(|c| (c.id, c.logit)))
                     .ok_or(perpetua_sampling::SamplingError::EmptyCandidates { stage: "cot greedy" })?;
             }
             let ids = sequence[prompt_len..].to_vec();
-            let text = self.text_of(&ids)?;
+            let text = p.text_of(&ids)?;
             let answer = match &config.answer_span {
                 Some(span) => span(&ids, &text).map(|r| {
                     let end = r.end.min(ids.len());

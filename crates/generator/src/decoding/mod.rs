@@ -21,12 +21,10 @@ pub use beam::{BeamConfig, BeamHypothesis, BeamSearchOutput, EarlyStopping};
 pub use cot::{AnswerSpan, CotConfig, CotOutput, CotPath};
 pub use speculative::{SpeculativeConfig, SpeculativeOutput, SpeculativeStats};
 
-use std::time::Instant;
-
 use perpetua_sampling::{Chain, SamplingContext};
 use rand::{Rng, RngCore};
 
-use crate::generator::{feed_chunks, model_err};
+use crate::generator::Feed;
 use crate::{GenerateError, Generator, LanguageModel, Prompt};
 
 /// A prompt encoded and prefilled into a fresh cache.
@@ -41,10 +39,11 @@ pub(crate) struct Prefilled<C> {
 }
 
 impl<M: LanguageModel> Generator<M> {
-    /// Encode `prompt`, make a cache and prefill it: every prompt token when
-    /// `feed_all` (the logits of the last one are returned), else all but the last.
-    /// The window is the sampling loop's ([`GeneratorBuilder::context_window`](crate::GeneratorBuilder::context_window),
-    /// a mode's window, the cache and the model; the same errors), which `limit` caps
+    /// Open `prompt` for a decoder ([`Generator::open`] with [`Feed::Decoder`]): every
+    /// prompt token fed when `feed_all` (the logits of the last one are returned), else
+    /// all but the last. The window is the sampling loop's
+    /// ([`GeneratorBuilder::context_window`](crate::GeneratorBuilder::context_window), a
+    /// mode's window, the cache and the model; the same errors), which `limit` caps
     /// further (another model's window); the decoders do not roll, so prompt and new
     /// tokens must fit it.
     pub(crate) fn prefilled(
@@ -53,30 +52,16 @@ impl<M: LanguageModel> Generator<M> {
         feed_all: bool,
         limit: Option<usize>,
     ) -> Result<Prefilled<M::Cache>, GenerateError> {
-        let ids = self.encode_prompt(prompt)?;
-        let mut cache = self.model.new_cache().map_err(model_err)?;
-        let window = self.window_for(&cache, ids.len())?.min(limit.unwrap_or(usize::MAX));
-        // Prompt plus at least one new position.
-        if ids.len() >= window {
-            return Err(GenerateError::PromptTooLong { len: ids.len(), window });
-        }
-        let budget = self.max_new_tokens.unwrap_or(usize::MAX).min(window - ids.len());
-        let t0 = Instant::now();
-        let fed = if feed_all { &ids[..] } else { &ids[..ids.len() - 1] };
-        let mut logits = Vec::with_capacity(self.model.vocab_size());
-        feed_chunks(&self.model, &mut cache, fed, self.prefill_chunk, &mut logits)?;
-        if feed_all {
-            check_len(&logits, self.model.vocab_size())?;
-        }
-        Ok(Prefilled { ids, cache, logits, budget, prefill: t0.elapsed() })
-    }
-
-    /// The text of generated `ids` (empty without a tokenizer).
-    pub(crate) fn text_of(&self, ids: &[u32]) -> Result<String, GenerateError> {
-        match &self.tokenizer {
-            Some(tok) => tok.decode(ids, self.skip_special_tokens).map_err(GenerateError::Tokenizer),
-            None => Ok(String::new()),
-        }
+        let opened = self.open(prompt, Feed::Decoder { all: feed_all, limit })?;
+        let budget =
+            self.settings().max_new_tokens.unwrap_or(usize::MAX).min(opened.at.window - opened.ids.len());
+        let logits = if feed_all {
+            check_len(self.last_logits(), self.model().vocab_size())?;
+            self.last_logits().to_vec()
+        } else {
+            Vec::with_capacity(self.model().vocab_size())
+        };
+        Ok(Prefilled { ids: opened.ids, cache: opened.cache, logits, budget, prefill: opened.at.prefill })
     }
 }
 

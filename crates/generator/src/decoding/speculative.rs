@@ -139,7 +139,7 @@ impl<M: LanguageModel> Generator<M> {
         config: &SpeculativeConfig,
     ) -> Result<SpeculativeOutput, GenerateError> {
         config.validate()?;
-        let vocab = self.model.vocab_size();
+        let vocab = self.model().vocab_size();
         if draft.vocab_size() != vocab {
             return Err(GenerateError::invalid(
                 "draft vocab_size",
@@ -147,7 +147,7 @@ impl<M: LanguageModel> Generator<M> {
                 "must equal the target's vocab_size",
             ));
         }
-        let greedy = match self.chain.sampler_name() {
+        let greedy = match self.chain_mut().sampler_name() {
             "greedy" => true,
             "multinomial" => false,
             other => {
@@ -163,14 +163,15 @@ impl<M: LanguageModel> Generator<M> {
         let d_window = d_cache.capacity().min(draft.max_context());
         let Prefilled { ids, cache: mut t_cache, budget, prefill, .. } =
             self.prefilled(prompt, false, Some(d_window))?;
+        let p = self.parts();
         let prompt_len = ids.len();
         let mut d_logits = Vec::with_capacity(vocab);
         let t0 = Instant::now();
-        feed_chunks(draft, &mut d_cache, &ids[..prompt_len - 1], self.prefill_chunk, &mut d_logits)?;
+        feed_chunks(draft, &mut d_cache, &ids[..prompt_len - 1], p.settings.prefill_chunk, &mut d_logits)?;
         stats.draft_time += t0.elapsed();
 
-        self.chain.reset();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        p.chain.reset();
+        let mut rng = ChaCha8Rng::seed_from_u64(p.settings.seed);
         let decode_started = Instant::now();
         let k_max = config.draft_tokens;
         let mut tokens = ids;
@@ -208,8 +209,8 @@ impl<M: LanguageModel> Generator<M> {
                 stats.draft_passes += 1;
                 for i in 0..k {
                     check_len(&d_logits, vocab)?;
-                    let ctx = SamplingContext::new(&seq, prompt_len).with_eos_ids(&self.eos_ids);
-                    dense_probs(&mut self.chain, &d_logits, &ctx, greedy, &mut row)?;
+                    let ctx = SamplingContext::new(&seq, prompt_len).with_eos_ids(p.eos_ids);
+                    dense_probs(p.chain, &d_logits, &ctx, greedy, &mut row)?;
                     let x = draw_dense(&row, &mut rng).ok_or_else(|| empty("speculative draft"))?;
                     p_draft.extend_from_slice(&row);
                     drafted.push(x);
@@ -227,7 +228,7 @@ impl<M: LanguageModel> Generator<M> {
             feed.extend_from_slice(&tokens[tokens.len() - 1..]);
             feed.extend_from_slice(&drafted);
             let t = Instant::now();
-            self.model.forward_all(&feed, &mut t_cache, &mut t_rows).map_err(model_err)?;
+            p.model.forward_all(&feed, &mut t_cache, &mut t_rows).map_err(model_err)?;
             stats.target_time += t.elapsed();
             stats.target_passes += 1;
             check_len(&t_rows, (k + 1) * vocab)?;
@@ -235,9 +236,8 @@ impl<M: LanguageModel> Generator<M> {
             let mut accepted = 0;
             let mut next = None;
             for i in 0..k {
-                let ctx =
-                    SamplingContext::new(&seq[..tokens.len() + i], prompt_len).with_eos_ids(&self.eos_ids);
-                dense_probs(&mut self.chain, &t_rows[i * vocab..(i + 1) * vocab], &ctx, greedy, &mut row)?;
+                let ctx = SamplingContext::new(&seq[..tokens.len() + i], prompt_len).with_eos_ids(p.eos_ids);
+                dense_probs(p.chain, &t_rows[i * vocab..(i + 1) * vocab], &ctx, greedy, &mut row)?;
                 let x = drafted[i] as usize;
                 let q = &p_draft[i * vocab..(i + 1) * vocab];
                 // q[x] > 0: x was drawn from q. Accept with probability min(1, p/q).
@@ -261,14 +261,8 @@ impl<M: LanguageModel> Generator<M> {
             let next = match next {
                 Some(t) => t,
                 None => {
-                    let ctx = SamplingContext::new(&seq, prompt_len).with_eos_ids(&self.eos_ids);
-                    dense_probs(
-                        &mut self.chain,
-                        &t_rows[k * vocab..(k + 1) * vocab],
-                        &ctx,
-                        greedy,
-                        &mut row,
-                    )?;
+                    let ctx = SamplingContext::new(&seq, prompt_len).with_eos_ids(p.eos_ids);
+                    dense_probs(p.chain, &t_rows[k * vocab..(k + 1) * vocab], &ctx, greedy, &mut row)?;
                     if k > 0 {
                         stats.bonus += 1;
                     }
@@ -279,12 +273,12 @@ impl<M: LanguageModel> Generator<M> {
             stats.accepted += accepted;
 
             for &t in drafted[..accepted].iter().chain(std::iter::once(&next)) {
-                if self.eos_ids.contains(&t) {
+                if p.eos_ids.contains(&t) {
                     finish = Some(FinishReason::Eos);
                     break;
                 }
                 tokens.push(t);
-                self.chain.accept(t);
+                p.chain.accept(t);
                 if tokens.len() - prompt_len >= budget {
                     finish = Some(FinishReason::MaxNewTokens);
                     break;
@@ -302,7 +296,7 @@ impl<M: LanguageModel> Generator<M> {
 
         let out_ids = tokens[prompt_len..].to_vec();
         let generation = Generation {
-            text: self.text_of(&out_ids)?,
+            text: p.text_of(&out_ids)?,
             prompt_len,
             finish_reason: finish.unwrap_or(FinishReason::MaxNewTokens),
             counts: Counts {
