@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use perpetua::perpetual::StrategyKind;
 
 /// perpetua: LLM text generation that can keep writing.
 #[derive(Debug, Parser)]
@@ -154,28 +155,38 @@ pub struct EvalArgs {
     pub show_worst_of: Vec<String>,
 }
 
-/// The EOS strategy (DESIGN.md §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// The `--strategy` value: an EOS method by any of its [`StrategyKind`] names
+/// (`none`/`plain`, `suppress`, `suppress_masked`, `post_eos`/`post-eos`, `backstep`,
+/// `dynamic`, `resume`, or a strategy's own name such as `backstep_with_schedule`), or
+/// `perpetual`, the recommended mode: where the model ends its answer or its text goes
+/// stale, it starts a new answer to the prompt from the prompt alone, pushed away from
+/// what it wrote by DRY and loop back steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StrategyArg {
-    /// Stop at the first EOS (what every other library does).
-    None,
-    /// Draw two candidates without replacement; if the first is EOS, take the second.
-    Suppress,
-    /// Take the other candidate, raise the temperature, decay it back to base.
-    PostEos,
-    /// Remove the last N tokens from the text and the KV cache and regenerate.
-    Backstep,
-    /// Back step, restarting at a raised temperature that decays back to base exactly
-    /// where EOS had been drawn (the paper's method 4).
-    Dynamic,
-    /// Let the model end its turn, then feed a hidden "Continue." user turn and a new
-    /// assistant turn: it writes on from its own text (needs the chat template).
-    Resume,
-    /// Perpetual text that stays fresh: where the model ends its answer or its text
-    /// goes stale (a collapsed vocabulary), it starts a new answer to the prompt from
-    /// the prompt alone, pushed away from what it wrote by DRY and loop back steps (a
-    /// repetition loop is cut like an EOS). The recommended mode.
+    /// One EOS method with its defaults.
+    Method(StrategyKind),
+    /// The recommended perpetual mode.
     Perpetual,
+}
+
+impl std::str::FromStr for StrategyArg {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        if name == "perpetual" {
+            return Ok(Self::Perpetual);
+        }
+        name.parse().map(Self::Method).map_err(|e| format!("{e}, or perpetual"))
+    }
+}
+
+impl std::fmt::Display for StrategyArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Method(kind) => kind.fmt(f),
+            Self::Perpetual => f.write_str("perpetual"),
+        }
+    }
 }
 
 /// Sampling presets.
@@ -283,8 +294,11 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub stop: Vec<String>,
 
-    /// What to do when the model draws EOS (and, for `perpetual`, when it loops).
-    #[arg(long, value_enum, default_value_t = StrategyArg::None)]
+    /// What to do when the model draws EOS (and, for `perpetual`, when it loops): `plain`
+    /// (stop; alias `none`), `suppress`, `suppress_masked`, `post_eos`, `backstep`,
+    /// `dynamic`, `resume` (each also by its strategy's own name, e.g.
+    /// `backstep_with_schedule`), or `perpetual`, the recommended mode.
+    #[arg(long, default_value = "none")]
     pub strategy: StrategyArg,
     /// A perpetual mode spec, as `eval --strategies` takes them (replaces --strategy):
     /// an EOS method with `+`-joined tools and their values, e.g. `perpetual+window=2048`

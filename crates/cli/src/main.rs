@@ -189,12 +189,7 @@ fn unescape(s: &str) -> String {
 /// The mode of a `--strategy` value.
 fn strategy_mode(strategy: StrategyArg) -> PerpetualMode {
     match strategy {
-        StrategyArg::None => PerpetualMode::method(EosMethod::Stop),
-        StrategyArg::Suppress => PerpetualMode::method(EosMethod::Suppress),
-        StrategyArg::PostEos => PerpetualMode::method(EosMethod::PostEos),
-        StrategyArg::Backstep => PerpetualMode::method(EosMethod::Backstep),
-        StrategyArg::Dynamic => PerpetualMode::method(EosMethod::Dynamic),
-        StrategyArg::Resume => PerpetualMode::method(EosMethod::Resume),
+        StrategyArg::Method(kind) => PerpetualMode::method(kind),
         StrategyArg::Perpetual => PerpetualMode::recommended(),
     }
 }
@@ -392,7 +387,7 @@ fn run_streaming<M: perpetua::generator::LanguageModel>(
     // Back steps remove recent text: hold that much back before printing. Loop back
     // steps remove a repeat (12–64 tokens by default, more when escalated).
     let mut holdback_tokens = match args.strategy {
-        StrategyArg::Backstep | StrategyArg::Dynamic | StrategyArg::Perpetual => {
+        StrategyArg::Method(EosMethod::Backstep | EosMethod::Dynamic) | StrategyArg::Perpetual => {
             args.backstep.saturating_mul(4).max(16)
         }
         _ => 0,

@@ -125,6 +125,7 @@ pub use mode::{
 pub use stop::{RepetitionDetection, StopStrings};
 
 pub use perpetua_kv_cache::{CacheError, ForkableCache, KvCache};
+pub use perpetua_perpetual::StrategyKind;
 
 /// The error type a backend returns, boxed so the generator stays backend-agnostic.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

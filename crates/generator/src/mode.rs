@@ -23,115 +23,25 @@
 //! ```
 
 use perpetua_perpetual::{
-    Anticipation, Backstep, BackstepWithSchedule, DEFAULT_TOLERANCE, EosStrategy, LoopBackstep,
-    LoopDetection, Peak, PostEosResample, ResumeTurn, Staleness, StopAtEos, SuppressEos,
+    Anticipation, DEFAULT_TOLERANCE, EosStrategy, LoopBackstep, LoopDetection, Peak, PerpetualError,
+    Staleness, StopAtEos, StrategyKind,
 };
 use perpetua_sampling::processors::{Dry, RepetitionPenalty, StalenessGate};
-use perpetua_sampling::{Chain, LogitsProcessor};
+use perpetua_sampling::{Chain, LogitsProcessor, Stage};
 
 use crate::{GenerateError, Tokenizer};
 
-/// The EOS methods of the paper (DESIGN.md §1), plus plain generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum EosMethod {
-    /// Stop at the first EOS ([`StopAtEos`]). Names: `plain`, `none`, `stop`.
-    Stop,
-    /// Method 1, the runner-up of two draws ([`SuppressEos::new`]). Names: `suppress`,
-    /// `suppress_eos`.
-    Suppress,
-    /// Method 1 as a hard mask ([`SuppressEos::hard_mask`]). Names: `suppress_masked`,
-    /// `suppress_eos_masked`.
-    SuppressMasked,
-    /// Method 2, runner-up then a temperature burst ([`PostEosResample`]). Names:
-    /// `post_eos`, `post-eos`, `post_eos_resample`.
-    PostEos,
-    /// Method 3, back step `n` tokens ([`Backstep`]). Name: `backstep`.
-    Backstep,
-    /// Method 4, back step + dynamic temperature ([`BackstepWithSchedule`]). Names:
-    /// `dynamic`, `backstep_with_schedule`.
-    Dynamic,
-    /// Let the turn end and resume it: the generator feeds a hidden "Continue." user
-    /// turn and a new assistant turn header ([`ResumeTurn`]; needs a chat template).
-    /// Names: `resume`, `resume_turn`.
-    Resume,
-}
+/// The EOS method of a mode: [`StrategyKind`] under the name the generator has always
+/// used. Parse it from any of its names (`"dynamic".parse::<EosMethod>()`).
+pub type EosMethod = StrategyKind;
 
-impl EosMethod {
-    /// Every method, in the paper's order after plain generation.
-    pub const ALL: [EosMethod; 7] = [
-        EosMethod::Stop,
-        EosMethod::Suppress,
-        EosMethod::SuppressMasked,
-        EosMethod::PostEos,
-        EosMethod::Backstep,
-        EosMethod::Dynamic,
-        EosMethod::Resume,
-    ];
-
-    /// The method by any of its names (see the variants). Errors:
-    /// [`GenerateError::InvalidParameter`] naming `strategy`.
-    pub fn parse(name: &str) -> Result<Self, GenerateError> {
-        Ok(match name {
-            "plain" | "none" | "stop" => Self::Stop,
-            "suppress" | "suppress_eos" => Self::Suppress,
-            "suppress_masked" | "suppress_eos_masked" => Self::SuppressMasked,
-            "post_eos" | "post-eos" | "post_eos_resample" => Self::PostEos,
-            "backstep" => Self::Backstep,
-            "dynamic" | "backstep_with_schedule" => Self::Dynamic,
-            "resume" | "resume_turn" => Self::Resume,
-            other => {
-                return Err(GenerateError::invalid(
-                    "strategy",
-                    other,
-                    "known EOS methods: plain, suppress, suppress_masked, post_eos, backstep, dynamic, resume (or perpetual)",
-                ));
-            }
-        })
-    }
-
-    /// The short name used in specs and tables (`"dynamic"`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Stop => "plain",
-            Self::Suppress => "suppress",
-            Self::SuppressMasked => "suppress_masked",
-            Self::PostEos => "post_eos",
-            Self::Backstep => "backstep",
-            Self::Dynamic => "dynamic",
-            Self::Resume => "resume",
+/// A [`PerpetualError`] from a strategy constructor as the generator's error.
+fn perpetual_err(e: PerpetualError) -> GenerateError {
+    match e {
+        PerpetualError::InvalidParameter { name, value, reason } => {
+            GenerateError::InvalidParameter { name, value, reason }
         }
-    }
-
-    /// The strategy with the paper's defaults; `backstep` sets `n` for methods 3 and 4
-    /// (errors when 0).
-    pub fn strategy(self, backstep: Option<usize>) -> Result<Box<dyn EosStrategy>, GenerateError> {
-        self.strategy_with(backstep, None)
-    }
-
-    /// As [`strategy`](Self::strategy), with the peak temperature of methods 2 and 4
-    /// (ignored by the others). Errors: `backstep = 0`, a peak that is not finite and
-    /// > 0.
-    pub fn strategy_with(
-        self,
-        backstep: Option<usize>,
-        peak: Option<Peak>,
-    ) -> Result<Box<dyn EosStrategy>, GenerateError> {
-        let n = backstep.unwrap_or(perpetua_perpetual::DEFAULT_BACKSTEP);
-        let bad = |_| GenerateError::invalid("backstep", n, "a back step must remove >= 1 token");
-        let bad_peak = |_| GenerateError::invalid("peak", format!("{peak:?}"), "must be finite and > 0");
-        Ok(match (self, peak) {
-            (Self::Stop, _) => Box::new(StopAtEos),
-            (Self::Suppress, _) => Box::new(SuppressEos::new()),
-            (Self::SuppressMasked, _) => Box::new(SuppressEos::hard_mask()),
-            (Self::PostEos, None) => Box::new(PostEosResample::new()),
-            (Self::PostEos, Some(p)) => Box::new(PostEosResample::new().with_peak(p).map_err(bad_peak)?),
-            (Self::Backstep, _) => Box::new(Backstep::new(n).map_err(bad)?),
-            (Self::Dynamic, None) => Box::new(BackstepWithSchedule::new(n).map_err(bad)?),
-            (Self::Dynamic, Some(p)) => {
-                Box::new(BackstepWithSchedule::new(n).map_err(bad)?.with_peak(p).map_err(bad_peak)?)
-            }
-            (Self::Resume, _) => Box::new(ResumeTurn::new()),
-        })
+        other => GenerateError::invalid("strategy", other, "see the strategy's documentation"),
     }
 }
 
@@ -467,7 +377,7 @@ impl PerpetualMode {
         Ok(Self { stale_turns: false, reask: false, forget: None, ..self.clone() })
     }
 
-    /// Parse a spec: `perpetual`, or an EOS method name ([`EosMethod::parse`]; `=N`
+    /// Parse a spec: `perpetual`, or an EOS method name ([`StrategyKind`]'s names; `=N`
     /// sets the back step of methods 3 and 4) followed by `+`-separated tools: `dry`
     /// ([`DryOptions::perpetual`]; `dry=M`, `dry=M/A` or `dry=M/A/N` set multiplier,
     /// allowed length, window; `gate=LOW/HIGH[/W]` adds a staleness gate), `loop`,
@@ -489,7 +399,14 @@ impl PerpetualMode {
             }
             Self::recommended()
         } else {
-            let mut m = Self::method(EosMethod::parse(name)?);
+            let method = name.parse::<StrategyKind>().map_err(|_| {
+                GenerateError::invalid(
+                    "strategy",
+                    name,
+                    "known EOS methods: plain, suppress, suppress_masked, post_eos, backstep, dynamic, resume (or perpetual)",
+                )
+            })?;
+            let mut m = Self::method(method);
             if let Some(v) = value {
                 m.backstep = Some(v.parse().map_err(|_| {
                     GenerateError::invalid("backstep", v, "must be a whole number of tokens >= 1")
@@ -658,7 +575,7 @@ impl PerpetualMode {
 
     /// Check every part (the fields are public). Errors name the parameter.
     pub fn validate(&self) -> Result<(), GenerateError> {
-        self.method.strategy_with(self.backstep, self.peak)?;
+        self.method.strategy_with(self.backstep, self.peak).map_err(perpetual_err)?;
         if let Some(d) = self.loop_detection {
             d.validate().map_err(|e| GenerateError::invalid("loop_detection", e, "invalid thresholds"))?;
         }
@@ -794,7 +711,7 @@ impl PerpetualMode {
     /// [`Anticipation`] when asked. Errors: [`validate`](Self::validate).
     pub fn strategy(&self) -> Result<Box<dyn EosStrategy>, GenerateError> {
         self.check_window()?;
-        let mut s = self.method.strategy_with(self.backstep, self.peak)?;
+        let mut s = self.method.strategy_with(self.backstep, self.peak).map_err(perpetual_err)?;
         if self.loop_detection.is_some() || self.staleness.is_some() {
             let mut lb = LoopBackstep::new(s)
                 .with_detection(self.loop_detection.unwrap_or_default())
@@ -854,22 +771,10 @@ fn split_value(part: &str) -> (&str, Option<&str>) {
 }
 
 /// Insert `stages` into `chain` before its first warper (temperature, top-k, …) —
-/// penalties act on raw logits, as the default [`Stage`](perpetua_sampling::Stage)
+/// penalties act on raw logits, as the default [`Stage`]
 /// order puts them — or at the end when it has none.
 pub(crate) fn insert_stages(chain: &mut Chain, stages: Vec<Box<dyn LogitsProcessor>>) -> (usize, usize) {
-    const WARPERS: [&str; 10] = [
-        "temperature",
-        "dynamic_temperature",
-        "top_k",
-        "top_p",
-        "min_p",
-        "typical",
-        "epsilon_cutoff",
-        "eta_cutoff",
-        "top_n_sigma",
-        "xtc",
-    ];
-    let start = WARPERS.iter().filter_map(|w| chain.position(w)).min().unwrap_or(chain.len());
+    let start = chain.stages().position(|s| s.is_some_and(Stage::is_warper)).unwrap_or(chain.len());
     let n = stages.len();
     for (i, s) in stages.into_iter().enumerate() {
         chain.insert(start + i, s);

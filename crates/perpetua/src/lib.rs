@@ -71,7 +71,7 @@ pub mod prelude {
     pub use perpetua_generator::{
         BackstepCause, BeamConfig, ChatMessage, ContextRoll, CotConfig, DryOptions, EarlyStopping, EosMethod,
         Event, FinishReason, GenerateError, Generation, Generator, LanguageModel, PerpetualMode, Prompt,
-        SpeculativeConfig, Tokenizer,
+        SpeculativeConfig, StrategyKind, Tokenizer,
     };
     pub use perpetua_kv_cache::{ForkableCache, KvCache};
     pub use perpetua_perpetual::{

@@ -21,7 +21,7 @@ pub enum PerpetualError {
     },
     /// A strategy name not known to [`crate::strategy_by_name`].
     #[error(
-        "unknown EOS strategy `{0}` (known: stop, suppress_eos, suppress_eos_masked, post_eos_resample, backstep, backstep_with_schedule)"
+        "unknown EOS strategy `{0}` (known: plain, suppress, suppress_masked, post_eos, backstep, dynamic, resume, or a strategy's own name)"
     )]
     UnknownStrategy(String),
 }

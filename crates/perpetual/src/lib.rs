@@ -58,6 +58,7 @@ mod controls;
 mod ending;
 mod error;
 mod fresh;
+mod kind;
 mod loops;
 mod resume;
 mod schedule;
@@ -67,6 +68,7 @@ pub use controls::{Budget, LoopGuard};
 pub use ending::{COMMON_ENDING_PHRASES, EndingMode, EndingPhrases};
 pub use error::{PerpetualError, Result};
 pub use fresh::{Anticipation, DEFAULT_LOOP_SPAN, LoopBackstep, MAX_ANTICIPATION_WINDOW, default_loop_guard};
+pub use kind::StrategyKind;
 pub use loops::{
     DEFAULT_TOLERANCE, LoopDetection, LoopDetector, MAX_LOOP_WINDOW, MAX_REWIND, Repeat, Staleness,
 };
@@ -379,18 +381,11 @@ impl<S: EosStrategy + ?Sized> EosStrategy for Box<S> {
     }
 }
 
-/// A strategy with its defaults, by its [`EosStrategy::name`] (for configs and CLIs):
-/// `stop`, `suppress_eos`, `suppress_eos_masked`, `post_eos_resample`, `backstep`,
-/// `backstep_with_schedule`, `resume_turn`. Errors: [`PerpetualError::UnknownStrategy`].
+/// A strategy with its defaults, by any name of its [`StrategyKind`] (its
+/// [`EosStrategy::name`] among them: `stop`, `suppress_eos`, `suppress_eos_masked`,
+/// `post_eos_resample`, `backstep`, `backstep_with_schedule`, `resume_turn`; or the
+/// canonical `plain`, `suppress`, … of specs and the CLI). Errors:
+/// [`PerpetualError::UnknownStrategy`].
 pub fn strategy_by_name(name: &str) -> Result<Box<dyn EosStrategy>> {
-    Ok(match name {
-        "stop" => Box::new(StopAtEos),
-        "suppress_eos" => Box::new(SuppressEos::new()),
-        "suppress_eos_masked" => Box::new(SuppressEos::hard_mask()),
-        "post_eos_resample" => Box::new(PostEosResample::new()),
-        "backstep" => Box::new(Backstep::default()),
-        "backstep_with_schedule" => Box::new(BackstepWithSchedule::default()),
-        "resume_turn" => Box::new(ResumeTurn::new()),
-        other => return Err(PerpetualError::UnknownStrategy(other.to_string())),
-    })
+    Ok(name.parse::<StrategyKind>()?.strategy())
 }

@@ -191,12 +191,10 @@ impl Chain {
         if self.processors.iter().any(|p| p.temperature().is_some()) {
             return false;
         }
-        const TRUNCATION: [&str; 8] =
-            ["top_k", "top_p", "min_p", "typical", "top_n_sigma", "epsilon_cutoff", "eta_cutoff", "xtc"];
         let at = self
             .processors
             .iter()
-            .position(|p| TRUNCATION.contains(&p.name()))
+            .position(|p| p.stage().is_some_and(Stage::is_truncation))
             .unwrap_or(self.processors.len());
         // 1.0 is a valid temperature: `new` cannot fail here, but never panic.
         match crate::processors::Temperature::new(1.0) {
@@ -206,6 +204,11 @@ impl Chain {
             }
             Err(_) => false,
         }
+    }
+
+    /// The processors' standard stages in order (`None` for custom stages).
+    pub fn stages(&self) -> impl Iterator<Item = Option<Stage>> + '_ {
+        self.processors.iter().map(|p| p.stage())
     }
 
     /// The processors' names in order.
@@ -385,6 +388,27 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// A warper: temperature or a truncation (the stages that run after every
+    /// processor of the raw logits).
+    pub fn is_warper(self) -> bool {
+        self == Stage::Temperature || self.is_truncation()
+    }
+
+    /// A truncation stage (top-k, top-p, min-p, typical, ε, η, top-nσ, XTC).
+    pub fn is_truncation(self) -> bool {
+        matches!(
+            self,
+            Stage::TopK
+                | Stage::TopP
+                | Stage::MinP
+                | Stage::Typical
+                | Stage::EpsilonCutoff
+                | Stage::EtaCutoff
+                | Stage::TopNSigma
+                | Stage::Xtc
+        )
+    }
+
     /// Every stage, in the default order.
     pub const ALL: [Stage; 19] = [
         Stage::LogitBias,

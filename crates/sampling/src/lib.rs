@@ -74,6 +74,13 @@ pub trait LogitsProcessor: Send {
     /// Forget all state accumulated by [`accept`](Self::accept).
     fn reset(&mut self) {}
 
+    /// Which standard [`Stage`] this processor is (`None` for custom stages): how a
+    /// [`Chain`] finds its temperature, truncation or penalty stages without matching
+    /// names.
+    fn stage(&self) -> Option<Stage> {
+        None
+    }
+
     /// The temperature this stage applies when it is a temperature stage (used by
     /// [`Chain::base_temperature`] so a schedule knows its base); `None` otherwise.
     fn temperature(&self) -> Option<f32> {

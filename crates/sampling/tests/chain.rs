@@ -324,3 +324,25 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn processors_report_their_stage_and_custom_stages_are_never_mistaken_for_one() {
+    let chain = ChainBuilder::new()
+        .stage(Stage::TopK, TopK::new(40).unwrap())
+        .stage(Stage::Temperature, Temperature::new(0.7).unwrap())
+        .stage(Stage::RepetitionPenalty, RepetitionPenalty::new(1.1).unwrap())
+        .after(Stage::TopK, from_fn("top_p", |_c, _ctx| Ok(())))
+        .build();
+    assert_eq!(
+        chain.stages().collect::<Vec<_>>(),
+        [Some(Stage::RepetitionPenalty), Some(Stage::Temperature), Some(Stage::TopK), None]
+    );
+    // A custom stage that borrows a truncation's name is not a truncation: the
+    // temperature stage a generator needs goes at the end, not before it.
+    let mut chain = Chain::new(Multinomial).with(from_fn("top_k", |_c, _ctx| Ok(())));
+    assert!(chain.ensure_temperature_stage());
+    assert_eq!(chain.stages().collect::<Vec<_>>(), [None, Some(Stage::Temperature)]);
+    let mut chain = Chain::new(Multinomial).with(TopK::new(5).unwrap());
+    assert!(chain.ensure_temperature_stage());
+    assert_eq!(chain.stages().collect::<Vec<_>>(), [Some(Stage::Temperature), Some(Stage::TopK)]);
+}

@@ -23,7 +23,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use perpetua_perpetual::EosStrategy;
-use perpetua_sampling::Chain;
+use perpetua_sampling::{Chain, Stage};
 
 pub use builder::{DEFAULT_RESUME_MESSAGE, GeneratorBuilder};
 pub(crate) use session::{feed_chunks, model_err};
@@ -226,9 +226,10 @@ impl<M: LanguageModel> Generator<M> {
             for _ in 0..n {
                 let ours = self
                     .chain
-                    .stage_names()
+                    .stages()
                     .nth(at)
-                    .is_some_and(|name| ["dry", "repetition_penalty"].contains(&name));
+                    .flatten()
+                    .is_some_and(|stage| matches!(stage, Stage::Dry | Stage::RepetitionPenalty));
                 if ours {
                     self.chain.remove(at);
                 }

@@ -276,6 +276,10 @@ impl LogitsProcessor for Dry {
         "dry"
     }
 
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::Dry)
+    }
+
     fn process(&mut self, candidates: &mut Candidates, ctx: &SamplingContext<'_>) -> Result<()> {
         if self.multiplier == 0.0 {
             return Ok(());

@@ -69,6 +69,10 @@ impl LogitsProcessor for DynamicTemperature {
         "dynamic_temperature"
     }
 
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::Temperature)
+    }
+
     fn process(&mut self, candidates: &mut Candidates, ctx: &SamplingContext<'_>) -> Result<()> {
         if let Some(t) = ctx.temperature_override {
             validate(t)?;

@@ -46,6 +46,10 @@ impl LogitsProcessor for EpsilonCutoff {
         "epsilon_cutoff"
     }
 
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::EpsilonCutoff)
+    }
+
     fn process(&mut self, candidates: &mut Candidates, _ctx: &SamplingContext<'_>) -> Result<()> {
         softmax(candidates, "epsilon_cutoff")?;
         cut_below(candidates, self.epsilon, self.min_keep);
@@ -103,6 +107,10 @@ impl EtaCutoff {
 impl LogitsProcessor for EtaCutoff {
     fn name(&self) -> &'static str {
         "eta_cutoff"
+    }
+
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::EtaCutoff)
     }
 
     fn process(&mut self, candidates: &mut Candidates, _ctx: &SamplingContext<'_>) -> Result<()> {

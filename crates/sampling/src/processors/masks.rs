@@ -147,6 +147,10 @@ impl LogitsProcessor for LogitBias {
         "logit_bias"
     }
 
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::LogitBias)
+    }
+
     fn process(&mut self, candidates: &mut Candidates, _ctx: &SamplingContext<'_>) -> Result<()> {
         if self.ids.is_empty() {
             return Ok(());
@@ -184,6 +188,10 @@ impl BannedTokens {
 impl LogitsProcessor for BannedTokens {
     fn name(&self) -> &'static str {
         "banned_tokens"
+    }
+
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::BannedTokens)
     }
 
     fn process(&mut self, candidates: &mut Candidates, _ctx: &SamplingContext<'_>) -> Result<()> {
@@ -229,6 +237,10 @@ impl BannedSequences {
 impl LogitsProcessor for BannedSequences {
     fn name(&self) -> &'static str {
         "banned_sequences"
+    }
+
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::BannedSequences)
     }
 
     fn process(&mut self, candidates: &mut Candidates, ctx: &SamplingContext<'_>) -> Result<()> {
@@ -303,6 +315,10 @@ impl LogitsProcessor for AllowList {
         "allow_list"
     }
 
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::AllowList)
+    }
+
     fn process(&mut self, candidates: &mut Candidates, _ctx: &SamplingContext<'_>) -> Result<()> {
         candidates.retain(|c| self.allows(c.id));
         ensure_finite_left(candidates, "allow_list")
@@ -329,6 +345,10 @@ impl SuppressEos {
 impl LogitsProcessor for SuppressEos {
     fn name(&self) -> &'static str {
         "suppress_eos"
+    }
+
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::SuppressEos)
     }
 
     fn process(&mut self, candidates: &mut Candidates, ctx: &SamplingContext<'_>) -> Result<()> {
@@ -362,6 +382,10 @@ impl MinNewTokens {
 impl LogitsProcessor for MinNewTokens {
     fn name(&self) -> &'static str {
         "min_new_tokens"
+    }
+
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::MinNewTokens)
     }
 
     fn process(&mut self, candidates: &mut Candidates, ctx: &SamplingContext<'_>) -> Result<()> {

@@ -50,6 +50,10 @@ impl LogitsProcessor for MinP {
         "min_p"
     }
 
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::MinP)
+    }
+
     fn process(&mut self, candidates: &mut Candidates, _ctx: &SamplingContext<'_>) -> Result<()> {
         if self.min_p == 0.0 {
             return Ok(());

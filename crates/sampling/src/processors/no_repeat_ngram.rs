@@ -57,6 +57,10 @@ impl LogitsProcessor for NoRepeatNGram {
         "no_repeat_ngram"
     }
 
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::NoRepeatNGram)
+    }
+
     fn process(&mut self, candidates: &mut Candidates, ctx: &SamplingContext<'_>) -> Result<()> {
         let mut banned = std::mem::take(&mut self.banned_now);
         self.banned_after(ctx.tokens, &mut banned);

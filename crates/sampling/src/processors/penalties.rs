@@ -155,6 +155,10 @@ impl LogitsProcessor for RepetitionPenalty {
         "repetition_penalty"
     }
 
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::RepetitionPenalty)
+    }
+
     fn process(&mut self, candidates: &mut Candidates, ctx: &SamplingContext<'_>) -> Result<()> {
         if self.penalty == 1.0 {
             return Ok(());
@@ -236,6 +240,10 @@ impl FrequencyPresencePenalty {
 impl LogitsProcessor for FrequencyPresencePenalty {
     fn name(&self) -> &'static str {
         "frequency_presence_penalty"
+    }
+
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::FrequencyPresencePenalty)
     }
 
     fn process(&mut self, candidates: &mut Candidates, ctx: &SamplingContext<'_>) -> Result<()> {

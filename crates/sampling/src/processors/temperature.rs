@@ -38,6 +38,10 @@ impl LogitsProcessor for Temperature {
         "temperature"
     }
 
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::Temperature)
+    }
+
     fn process(&mut self, candidates: &mut Candidates, ctx: &SamplingContext<'_>) -> Result<()> {
         let t = match ctx.temperature_override {
             Some(t) => {

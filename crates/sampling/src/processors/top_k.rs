@@ -36,6 +36,10 @@ impl LogitsProcessor for TopK {
         "top_k"
     }
 
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::TopK)
+    }
+
     fn process(&mut self, candidates: &mut Candidates, _ctx: &SamplingContext<'_>) -> Result<()> {
         select_top_k(candidates, self.k);
         Ok(())

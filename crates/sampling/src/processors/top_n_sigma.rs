@@ -42,6 +42,10 @@ impl LogitsProcessor for TopNSigma {
         "top_n_sigma"
     }
 
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::TopNSigma)
+    }
+
     fn process(&mut self, candidates: &mut Candidates, _ctx: &SamplingContext<'_>) -> Result<()> {
         candidates.check_logits()?;
         let (mut count, mut sum, mut max) = (0_usize, 0.0_f64, f32::NEG_INFINITY);

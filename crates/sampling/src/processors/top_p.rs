@@ -112,6 +112,10 @@ impl LogitsProcessor for TopP {
         "top_p"
     }
 
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::TopP)
+    }
+
     fn process(&mut self, candidates: &mut Candidates, _ctx: &SamplingContext<'_>) -> Result<()> {
         if self.p >= 1.0 {
             return Ok(());

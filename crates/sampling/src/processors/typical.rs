@@ -55,6 +55,10 @@ impl LogitsProcessor for Typical {
         "typical"
     }
 
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::Typical)
+    }
+
     fn process(&mut self, candidates: &mut Candidates, _ctx: &SamplingContext<'_>) -> Result<()> {
         if self.p >= 1.0 {
             return Ok(());

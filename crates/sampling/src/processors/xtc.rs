@@ -71,6 +71,10 @@ impl LogitsProcessor for Xtc {
         "xtc"
     }
 
+    fn stage(&self) -> Option<crate::Stage> {
+        Some(crate::Stage::Xtc)
+    }
+
     fn process(&mut self, candidates: &mut Candidates, _ctx: &SamplingContext<'_>) -> Result<()> {
         if self.probability <= 0.0 || self.threshold > 0.5 || candidates.len() < 2 {
             return candidates.check_logits();
