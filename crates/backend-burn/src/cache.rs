@@ -1,7 +1,7 @@
 //! The preallocated, truncatable key/value cache of the burn llama model.
 
 use burn_tensor::{DType, Device, Tensor};
-use perpetua_kv_cache::{CacheError, ForkableCache, KvCache};
+use perpetua_kv_cache::{CacheCursor, CacheError, ForkableCache, KvCache};
 
 /// Keys and values of every layer, each a `(n_kv_heads, capacity, head_dim)` tensor on
 /// the model's device, preallocated once. Appending writes rows `len..len + n` in place
@@ -15,8 +15,7 @@ use perpetua_kv_cache::{CacheError, ForkableCache, KvCache};
 pub struct LlamaCache {
     /// Per layer `(keys, values)`; `None` only transiently while a layer is written.
     layers: Vec<Option<(Tensor<3>, Tensor<3>)>>,
-    len: usize,
-    capacity: usize,
+    cursor: CacheCursor,
     n_kv_heads: usize,
     head_dim: usize,
 }
@@ -31,7 +30,7 @@ impl LlamaCache {
     ) -> Self {
         let zeros = || Tensor::<3>::zeros([n_kv_heads, capacity, head_dim], (device, DType::F32));
         let layers = (0..n_layers).map(|_| Some((zeros(), zeros()))).collect();
-        Self { layers, len: 0, capacity, n_kv_heads, head_dim }
+        Self { layers, cursor: CacheCursor::new(capacity), n_kv_heads, head_dim }
     }
 
     /// Number of layers this cache holds.
@@ -44,7 +43,7 @@ impl LlamaCache {
     /// inspection.
     pub fn layer_keys(&self, layer: usize) -> Option<Tensor<3>> {
         let (keys, _) = self.layers.get(layer)?.as_ref()?;
-        Some(keys.clone().slice([0..self.n_kv_heads, 0..self.len, 0..self.head_dim]))
+        Some(keys.clone().slice([0..self.n_kv_heads, 0..self.cursor.len(), 0..self.head_dim]))
     }
 
     /// `(n_kv_heads, head_dim)` of the model this cache was made for.
@@ -54,11 +53,7 @@ impl LlamaCache {
 
     /// Room for `n` more positions, or [`CacheError::CapacityExceeded`].
     pub(crate) fn ensure_room(&self, n: usize) -> Result<(), CacheError> {
-        let needed = self.len.saturating_add(n);
-        if needed > self.capacity {
-            return Err(CacheError::CapacityExceeded { needed, capacity: self.capacity });
-        }
-        Ok(())
+        self.cursor.reserve(n).map(|_| ())
     }
 
     /// Write keys/values `(n_kv_heads, n, head_dim)` of layer `layer` at positions
@@ -71,7 +66,7 @@ impl LlamaCache {
         v: Tensor<3>,
     ) -> Result<(Tensor<3>, Tensor<3>), CacheError> {
         let n = k.dims()[1];
-        let (start, end) = (self.len, self.len + n);
+        let std::ops::Range { start, end } = self.cursor.reserve(n)?;
         let slot = self
             .layers
             .get_mut(layer)
@@ -88,8 +83,8 @@ impl LlamaCache {
     }
 
     /// Make `n` written positions part of the cache.
-    pub(crate) fn commit(&mut self, n: usize) {
-        self.len += n;
+    pub(crate) fn commit(&mut self, n: usize) -> Result<(), CacheError> {
+        self.cursor.commit(n)
     }
 
     /// Drop positions `start..start + n` of every layer and move the later ones down by
@@ -101,14 +96,11 @@ impl LlamaCache {
         n: usize,
         rotate: impl Fn(usize, Tensor<3>) -> Tensor<3>,
     ) -> Result<(), CacheError> {
-        let len = self.len;
-        if start.checked_add(n).is_none_or(|end| end > len) {
-            return Err(CacheError::ShiftBeyondLength { start, n, len });
-        }
+        let len = self.cursor.len();
+        let m = self.cursor.shift(start, n)?;
         if self.layers.iter().any(Option::is_none) {
             return Err(CacheError::Backend("cannot shift a cache left mid-write".into()));
         }
-        let m = len - start - n;
         if n > 0 && m > 0 {
             let (kv, hd) = (self.n_kv_heads, self.head_dim);
             for (layer, slot) in self.layers.iter_mut().enumerate() {
@@ -121,26 +113,21 @@ impl LlamaCache {
                 *slot = Some((keys, values));
             }
         }
-        self.len = start + m;
-        Ok(())
+        self.cursor.truncate(start + m)
     }
 }
 
 impl KvCache for LlamaCache {
     fn seq_len(&self) -> usize {
-        self.len
+        self.cursor.len()
     }
 
     fn capacity(&self) -> usize {
-        self.capacity
+        self.cursor.capacity()
     }
 
     fn truncate(&mut self, len: usize) -> Result<(), CacheError> {
-        if len > self.len {
-            return Err(CacheError::TruncateBeyondLength { requested: len, len: self.len });
-        }
-        self.len = len;
-        Ok(())
+        self.cursor.truncate(len)
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use burn_tensor::activation::{silu, softmax};
 use burn_tensor::{Bool, DType, Device, Int, Tensor, TensorData};
-use perpetua_kv_cache::KvCache;
+use perpetua_kv_cache::{KvCache, with_rollback};
 use perpetua_model_files::Activation;
 use perpetua_model_files::LlamaConfig;
 use perpetua_model_files::dense::{DenseMatrix, DenseWeights};
@@ -223,22 +223,16 @@ impl Llama {
         cache: &mut LlamaCache,
         mut each: impl FnMut(Tensor<2>),
     ) -> Result<()> {
-        let start = cache.seq_len();
         // Checked for the whole input first, so a later chunk cannot fail on them.
         self.check_input(tokens, cache)?;
-        for chunk in tokens.chunks(PREFILL_ROWS) {
-            match self.hidden_states(chunk, cache) {
-                Ok(x) => {
-                    cache.commit(chunk.len());
-                    each(x);
-                }
-                Err(e) => {
-                    let _ = cache.truncate(start);
-                    return Err(e);
-                }
+        with_rollback(cache, |cache| {
+            for chunk in tokens.chunks(PREFILL_ROWS) {
+                let x = self.hidden_states(chunk, cache)?;
+                cache.commit(chunk.len())?;
+                each(x);
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The errors a forward pass can meet, checked before anything is computed: empty
@@ -505,12 +499,8 @@ impl perpetua_generator::LanguageModel for Llama {
     }
 
     fn forward(&self, tokens: &[u32], cache: &mut LlamaCache, out: &mut Vec<f32>) -> Result<()> {
-        let start = cache.seq_len();
-        let logits = self.forward_logits(tokens, cache)?;
-        read_into(logits, out).inspect_err(|_| {
-            // Keep the contract: an error leaves the cache at its length before the call.
-            let _ = cache.truncate(start);
-        })
+        // Through the read-back: an error anywhere leaves the cache's length.
+        with_rollback(cache, |cache| read_into(self.forward_logits(tokens, cache)?, out))
     }
 
     /// In place ([`Llama::shift_cache`]).
@@ -521,10 +511,6 @@ impl perpetua_generator::LanguageModel for Llama {
 
     /// One batched pass ([`Llama::forward_logits_all`]).
     fn forward_all(&self, tokens: &[u32], cache: &mut LlamaCache, out: &mut Vec<f32>) -> Result<()> {
-        let start = cache.seq_len();
-        let logits = self.forward_logits_all(tokens, cache)?;
-        read_into(logits, out).inspect_err(|_| {
-            let _ = cache.truncate(start);
-        })
+        with_rollback(cache, |cache| read_into(self.forward_logits_all(tokens, cache)?, out))
     }
 }

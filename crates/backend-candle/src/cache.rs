@@ -1,7 +1,7 @@
 //! The preallocated, truncatable per-layer KV cache.
 
 use candle_core::{DType, Device, Tensor};
-use perpetua_kv_cache::{CacheError, ForkableCache, KvCache};
+use perpetua_kv_cache::{CacheCursor, CacheError, ForkableCache, KvCache};
 
 use crate::error::{CandleBackendError, Result};
 
@@ -26,8 +26,7 @@ pub struct LlamaCache {
     /// Per layer, the scales of the key rows and of the value rows (Q8 only; empty
     /// otherwise).
     scales: Vec<(Tensor, Tensor)>,
-    len: usize,
-    capacity: usize,
+    cursor: CacheCursor,
 }
 
 /// The cache of one layer over positions `0..visible`, as a forward pass reads it.
@@ -90,7 +89,7 @@ impl LlamaCache {
                 scales.push((zeros()?, zeros()?));
             }
         }
-        Ok(Self { keys, values, scales, len: 0, capacity })
+        Ok(Self { keys, values, scales, cursor: CacheCursor::new(capacity) })
     }
 
     /// The element type of the stored keys and values (`U8` codes for
@@ -106,10 +105,10 @@ impl LlamaCache {
         let Some(kc) = self.keys.get(layer) else {
             return Err(CandleBackendError::invalid("layer", layer, "cache holds fewer layers"));
         };
-        let k = kc.narrow(1, 0, self.len)?;
+        let k = kc.narrow(1, 0, self.cursor.len())?;
         match self.scales.get(layer) {
             Some((ks, _)) if kc.dtype() == DType::U8 => {
-                crate::model::dequantize_q8(&k, &ks.narrow(1, 0, self.len)?)
+                crate::model::dequantize_q8(&k, &ks.narrow(1, 0, self.cursor.len())?)
             }
             _ => Ok(k.to_dtype(DType::F32)?.force_contiguous()?),
         }
@@ -133,7 +132,8 @@ impl LlamaCache {
                 "cache holds fewer layers than the model",
             ));
         };
-        let visible = self.len + n;
+        let at = self.cursor.reserve(n)?;
+        let visible = at.end;
         let scales = if kc.dtype() == DType::U8 {
             let Some((ks, vs)) = self.scales.get(layer) else {
                 return Err(CandleBackendError::invalid("layer", layer, "Q8 cache without scales"));
@@ -142,13 +142,13 @@ impl LlamaCache {
             for (x, cache, scale_cache) in [(k, kc, ks), (v, vc, vs)] {
                 quantize_q8(&x.flatten_all()?.to_vec1::<f32>()?, d, &mut codes, &mut row_scales);
                 let device = cache.device();
-                cache.slice_set(&Tensor::from_slice(&codes, (h, n, d), device)?, 1, self.len)?;
-                scale_cache.slice_set(&Tensor::from_slice(&row_scales, (h, n), device)?, 1, self.len)?;
+                cache.slice_set(&Tensor::from_slice(&codes, (h, n, d), device)?, 1, at.start)?;
+                scale_cache.slice_set(&Tensor::from_slice(&row_scales, (h, n), device)?, 1, at.start)?;
             }
             Some((ks.narrow(1, 0, visible)?, vs.narrow(1, 0, visible)?))
         } else {
-            kc.slice_set(&k.to_dtype(kc.dtype())?, 1, self.len)?;
-            vc.slice_set(&v.to_dtype(vc.dtype())?, 1, self.len)?;
+            kc.slice_set(&k.to_dtype(kc.dtype())?, 1, at.start)?;
+            vc.slice_set(&v.to_dtype(vc.dtype())?, 1, at.start)?;
             None
         };
         Ok(KvView { k: kc.narrow(1, 0, visible)?, v: vc.narrow(1, 0, visible)?, scales })
@@ -156,17 +156,12 @@ impl LlamaCache {
 
     /// Check that `n` more positions fit.
     pub(crate) fn ensure_room(&self, n: usize) -> Result<(), CacheError> {
-        // Saturating, as the burn cache: no length a caller passes can wrap around.
-        let needed = self.len.saturating_add(n);
-        if needed > self.capacity {
-            return Err(CacheError::CapacityExceeded { needed, capacity: self.capacity });
-        }
-        Ok(())
+        self.cursor.reserve(n).map(|_| ())
     }
 
     /// Advance the length by `n` after a successful forward pass.
-    pub(crate) fn commit(&mut self, n: usize) {
-        self.len += n;
+    pub(crate) fn commit(&mut self, n: usize) -> Result<(), CacheError> {
+        self.cursor.commit(n)
     }
 
     /// Drop positions `start..start + n` of every layer and move the later ones down
@@ -182,13 +177,9 @@ impl LlamaCache {
         n: usize,
         rotate: impl Fn(usize, &Tensor) -> Result<Tensor>,
     ) -> Result<()> {
-        let len = self.len;
-        if start.checked_add(n).is_none_or(|end| end > len) {
-            return Err(CacheError::ShiftBeyondLength { start, n, len }.into());
-        }
-        let m = len - start - n;
+        let m = self.cursor.shift(start, n)?;
         if n == 0 || m == 0 {
-            self.len = start + m;
+            self.cursor.truncate(start + m)?;
             return Ok(());
         }
         let (mut codes, mut row_scales) = (Vec::new(), Vec::new());
@@ -213,26 +204,22 @@ impl LlamaCache {
                 vc.slice_set(&tail(vc)?.force_contiguous()?, 1, start)?;
             }
         }
-        self.len = start + m;
+        self.cursor.truncate(start + m)?;
         Ok(())
     }
 }
 
 impl KvCache for LlamaCache {
     fn seq_len(&self) -> usize {
-        self.len
+        self.cursor.len()
     }
 
     fn capacity(&self) -> usize {
-        self.capacity
+        self.cursor.capacity()
     }
 
     fn truncate(&mut self, len: usize) -> Result<(), CacheError> {
-        if len > self.len {
-            return Err(CacheError::TruncateBeyondLength { requested: len, len: self.len });
-        }
-        self.len = len;
-        Ok(())
+        self.cursor.truncate(len)
     }
 }
 
@@ -243,8 +230,9 @@ impl ForkableCache for LlamaCache {
         let backend = |e: candle_core::Error| CacheError::Backend(e.to_string());
         let copy = |t: &Tensor| -> Result<Tensor, CacheError> {
             let fresh = Tensor::zeros(t.shape(), t.dtype(), t.device()).map_err(backend)?;
-            if self.len > 0 {
-                let valid = t.narrow(1, 0, self.len).and_then(|v| v.contiguous()).map_err(backend)?;
+            if !self.cursor.is_empty() {
+                let valid =
+                    t.narrow(1, 0, self.cursor.len()).and_then(|v| v.contiguous()).map_err(backend)?;
                 fresh.slice_set(&valid, 1, 0).map_err(backend)?;
             }
             Ok(fresh)
@@ -253,8 +241,7 @@ impl ForkableCache for LlamaCache {
             keys: self.keys.iter().map(copy).collect::<Result<_, _>>()?,
             values: self.values.iter().map(copy).collect::<Result<_, _>>()?,
             scales: self.scales.iter().map(|(k, v)| Ok((copy(k)?, copy(v)?))).collect::<Result<_, _>>()?,
-            len: self.len,
-            capacity: self.capacity,
+            cursor: self.cursor,
         })
     }
 }
@@ -307,7 +294,7 @@ mod tests {
                         cache.ensure_room(n).unwrap();
                         let view = cache.write_and_view(0, &k, &k).unwrap();
                         prop_assert_eq!(view.k.dims(), &[2, cache.seq_len() + n, 3]);
-                        cache.commit(n);
+                        cache.commit(n).unwrap();
                         for (h, rows) in model.iter_mut().enumerate() {
                             for p in 0..n {
                                 let o = (h * n + p) * 3;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
-use perpetua_kv_cache::KvCache;
+use perpetua_kv_cache::{KvCache, with_rollback};
 use perpetua_model_files::{
     Activation, Architecture, GgufReader, LlamaConfig, SafetensorsDir, ggml_dtype_supported,
 };
@@ -552,7 +552,7 @@ impl Llama {
         let last = x.narrow(0, n - 1, 1)?;
         let last = candle_nn::ops::rms_norm(&last, &self.final_norm, self.config.rms_norm_eps as f32)?;
         let logits = self.softcap_logits(self.output.forward(&last)?.squeeze(0)?)?;
-        cache.commit(n);
+        cache.commit(n)?;
         Ok(logits)
     }
 
@@ -572,7 +572,7 @@ impl Llama {
         let x = self.hidden_states(tokens, cache, true)?;
         let x = candle_nn::ops::rms_norm(&x, &self.final_norm, self.config.rms_norm_eps as f32)?;
         let logits = self.softcap_logits(linear_rows(&self.output, &x)?)?;
-        cache.commit(tokens.len());
+        cache.commit(tokens.len())?;
         Ok(logits)
     }
 
@@ -970,6 +970,32 @@ impl perpetua_generator::LanguageModel for Llama {
     }
 
     fn forward(&self, tokens: &[u32], cache: &mut LlamaCache, out: &mut Vec<f32>) -> Result<()> {
+        // Through the copy to `out`: an error anywhere leaves the cache's length.
+        with_rollback(cache, |cache| self.forward_into(tokens, cache, out))
+    }
+
+    /// In place ([`Llama::shift_cache`]).
+    fn shift_cache(&self, cache: &mut LlamaCache, start: usize, n: usize) -> Result<bool> {
+        Llama::shift_cache(self, cache, start, n)?;
+        Ok(true)
+    }
+
+    /// One batched pass ([`Llama::forward_logits_all`]) instead of the default
+    /// token-by-token loop.
+    fn forward_all(&self, tokens: &[u32], cache: &mut LlamaCache, out: &mut Vec<f32>) -> Result<()> {
+        with_rollback(cache, |cache| {
+            let logits = self.forward_logits_all(tokens, cache)?.to_dtype(DType::F32)?;
+            out.clear();
+            out.extend(logits.flatten_all()?.to_vec1::<f32>()?);
+            Ok(())
+        })
+    }
+}
+
+impl Llama {
+    /// [`LanguageModel::forward`](perpetua_generator::LanguageModel::forward) before
+    /// its rollback: the last position's logits copied into `out`.
+    fn forward_into(&self, tokens: &[u32], cache: &mut LlamaCache, out: &mut Vec<f32>) -> Result<()> {
         let logits = self.forward_logits(tokens, cache)?;
         let logits = logits.to_dtype(DType::F32)?;
         out.clear();
@@ -989,21 +1015,6 @@ impl perpetua_generator::LanguageModel for Llama {
                 out.extend(logits.to_vec1::<f32>()?);
             }
         }
-        Ok(())
-    }
-
-    /// In place ([`Llama::shift_cache`]).
-    fn shift_cache(&self, cache: &mut LlamaCache, start: usize, n: usize) -> Result<bool> {
-        Llama::shift_cache(self, cache, start, n)?;
-        Ok(true)
-    }
-
-    /// One batched pass ([`Llama::forward_logits_all`]) instead of the default
-    /// token-by-token loop.
-    fn forward_all(&self, tokens: &[u32], cache: &mut LlamaCache, out: &mut Vec<f32>) -> Result<()> {
-        let logits = self.forward_logits_all(tokens, cache)?.to_dtype(DType::F32)?;
-        out.clear();
-        out.extend(logits.flatten_all()?.to_vec1::<f32>()?);
         Ok(())
     }
 }

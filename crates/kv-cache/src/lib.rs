@@ -39,6 +39,9 @@
 
 use thiserror::Error;
 
+mod cursor;
+pub use cursor::{CacheCursor, with_rollback};
+
 #[cfg(feature = "testing")]
 pub mod testing;
 
