@@ -48,6 +48,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
+use perpetua_benches::record::{BenchRecord, DecodeRecord, PerpetualRecord, rate, thousands};
 use perpetua_candle::{Llama, LlamaTokenizer, LoadOptions, default_model_path};
 use perpetua_generator::{ChatMessage, Generation, Generator, PerpetualMode, Prompt, Tokenizer};
 use perpetua_perpetual::StopAtEos;
@@ -136,10 +137,6 @@ fn status_mib(field: &str) -> Result<f64> {
     let line = status.lines().find(|l| l.starts_with(field)).ok_or_else(|| anyhow!("no {field}"))?;
     let kib: f64 = line.split_whitespace().nth(1).ok_or_else(|| anyhow!("bad {field} line"))?.parse()?;
     Ok(kib / 1024.0)
-}
-
-fn rate(n: usize, seconds: f64) -> f64 {
-    if seconds > 0.0 { n as f64 / seconds } else { 0.0 }
 }
 
 fn env_threads(name: &str) -> Value {
@@ -240,19 +237,19 @@ fn ours_run(
     Ok(generator.generate(Prompt::Ids(prompt.to_vec()))?)
 }
 
-fn generation_json(g: &Generation) -> Value {
-    json!({
-        "prefill_tokens": g.counts.prefill_tokens,
-        "forward_passes": g.counts.forward_passes,
-        "generated_tokens": g.counts.generated_tokens,
-        "prefill_s": g.timings.prefill.as_secs_f64(),
-        "decode_s": g.timings.decode.as_secs_f64(),
-        "forward_s": g.timings.forward.as_secs_f64(),
-        "sampling_s": g.timings.sampling.as_secs_f64(),
-        "prefill_tok_s": g.prefill_tokens_per_second(),
-        "decode_tok_s": g.decode_tokens_per_second(),
-        "sampling_share": g.sampling_share(),
-    })
+fn decode_record(g: &Generation) -> DecodeRecord {
+    DecodeRecord {
+        prefill_tokens: Some(g.counts.prefill_tokens),
+        forward_passes: Some(g.counts.forward_passes),
+        generated_tokens: Some(g.counts.generated_tokens),
+        prefill_s: Some(g.timings.prefill.as_secs_f64()),
+        decode_s: Some(g.timings.decode.as_secs_f64()),
+        forward_s: Some(g.timings.forward.as_secs_f64()),
+        sampling_s: Some(g.timings.sampling.as_secs_f64()),
+        prefill_tok_s: Some(g.prefill_tokens_per_second()),
+        decode_tok_s: Some(g.decode_tokens_per_second()),
+        sampling_share: Some(g.sampling_share()),
+    }
 }
 
 fn candle_load(path: &std::path::Path) -> Result<ModelWeights> {
@@ -267,7 +264,7 @@ fn candle_forward(model: &mut ModelWeights, tokens: &[u32], pos: usize) -> Resul
 }
 
 /// candle-transformers: prefill the prompt (one forward), sample, then `n` decode steps.
-fn candle_run(model: &mut ModelWeights, sampling: Sampling, prompt: &[u32], n: usize) -> Result<Value> {
+fn candle_run(model: &mut ModelWeights, sampling: Sampling, prompt: &[u32], n: usize) -> Result<BenchRecord> {
     let mut lp = LogitsProcessor::from_sampling(SEED, sampling);
     let t = Instant::now();
     let logits = candle_forward(model, prompt, 0)?;
@@ -281,15 +278,19 @@ fn candle_run(model: &mut ModelWeights, sampling: Sampling, prompt: &[u32], n: u
         ids.push(next);
     }
     let decode_s = t.elapsed().as_secs_f64();
-    Ok(json!({
-        "prefill_tokens": prompt.len(),
-        "forward_passes": n,
-        "prefill_s": prefill_s,
-        "decode_s": decode_s,
-        "prefill_tok_s": rate(prompt.len(), prefill_s),
-        "decode_tok_s": rate(n, decode_s),
-        "ids": ids,
-    }))
+    Ok(BenchRecord {
+        decode: DecodeRecord {
+            prefill_tokens: Some(prompt.len()),
+            forward_passes: Some(n),
+            prefill_s: Some(prefill_s),
+            decode_s: Some(decode_s),
+            prefill_tok_s: Some(rate(prompt.len(), prefill_s)),
+            decode_tok_s: Some(rate(n, decode_s)),
+            ..DecodeRecord::default()
+        },
+        ids: Some(ids),
+        ..BenchRecord::default()
+    })
 }
 
 /// The first `position + 1` filler ids: `position` fill the cache, the last is the
@@ -299,19 +300,6 @@ fn position_fill(filler: &[u32], position: usize) -> Result<&[u32]> {
         bail!("the filler has {} ids, position {position} needs {}", filler.len(), position + 1);
     }
     Ok(&filler[..position + 1])
-}
-
-/// `4096` → `4,096`.
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn main() -> std::process::ExitCode {
@@ -349,12 +337,14 @@ fn run() -> Result<Value> {
             let tok = tokenizer(&path)?;
             let chain = if mode == "greedy" { greedy_chain() } else { sampled_chain()? };
             let g = ours_run(&model, &tok, chain, &tokens.prompt, args.new_tokens)?;
-            let mut v = generation_json(&g);
-            v["load_s"] = json!(load_s);
             // The first generated id, then the rest: comparable with the other contenders'
             // `ids` (their first id comes from the prefill's logits).
-            v["ids"] = json!(g.ids);
-            v
+            BenchRecord {
+                decode: decode_record(&g),
+                load_s: Some(load_s),
+                ids: Some(g.ids),
+                ..BenchRecord::default()
+            }
         }
         ("perpetua" | "perpetua-exact", "position") => {
             let model = load_ours(&path, &contender)?;
@@ -362,30 +352,37 @@ fn run() -> Result<Value> {
             let ids = position_fill(&tokens.filler, args.position)?;
             // Prefill `position` ids, then `steps` decode steps (the first feeds the last id).
             let g = ours_run(&model, &tok, greedy_chain(), ids, args.steps)?;
-            let mut v = generation_json(&g);
-            v["position"] = json!(args.position);
-            v["steps"] = json!(args.steps);
-            v["fill_s"] = json!(g.timings.prefill.as_secs_f64());
-            v
+            BenchRecord {
+                decode: decode_record(&g),
+                position: Some(args.position),
+                steps: Some(args.steps),
+                fill_s: Some(g.timings.prefill.as_secs_f64()),
+                ..BenchRecord::default()
+            }
         }
         ("candle-transformers", mode @ ("greedy" | "sampled")) => {
             let mut model = candle_load(&path)?;
             let load_s = started.elapsed().as_secs_f64();
             let sampling =
                 if mode == "greedy" { Sampling::ArgMax } else { Sampling::TopK { k: 20, temperature: 1.0 } };
-            let mut v = candle_run(&mut model, sampling, &tokens.prompt, args.new_tokens)?;
-            v["load_s"] = json!(load_s);
-            v
+            BenchRecord {
+                load_s: Some(load_s),
+                ..candle_run(&mut model, sampling, &tokens.prompt, args.new_tokens)?
+            }
         }
         ("candle-transformers", "position") => {
             // Check first: the RoPE table (cos/sin) has MAX_SEQ_LEN rows, and positions
             // beyond it are an error, not a slowdown.
+            let at = BenchRecord {
+                position: Some(args.position),
+                steps: Some(args.steps),
+                ..BenchRecord::default()
+            };
             if args.position + args.steps > MAX_SEQ_LEN {
-                json!({
-                    "position": args.position,
-                    "steps": args.steps,
-                    "skipped": format!("n/a (RoPE table ends at {})", thousands(MAX_SEQ_LEN)),
-                })
+                BenchRecord {
+                    skipped: Some(format!("n/a (RoPE table ends at {})", thousands(MAX_SEQ_LEN))),
+                    ..at
+                }
             } else {
                 let mut model = candle_load(&path)?;
                 let ids = position_fill(&tokens.filler, args.position)?;
@@ -404,13 +401,15 @@ fn run() -> Result<Value> {
                     next = lp.sample(&logits)?;
                 }
                 let decode_s = t.elapsed().as_secs_f64();
-                json!({
-                    "position": args.position,
-                    "steps": args.steps,
-                    "fill_s": fill_s,
-                    "decode_s": decode_s,
-                    "decode_tok_s": rate(args.steps, decode_s),
-                })
+                BenchRecord {
+                    fill_s: Some(fill_s),
+                    decode: DecodeRecord {
+                        decode_s: Some(decode_s),
+                        decode_tok_s: Some(rate(args.steps, decode_s)),
+                        ..DecodeRecord::default()
+                    },
+                    ..at
+                }
             }
         }
         ("perpetua", "perpetual") => {
@@ -440,48 +439,52 @@ fn run() -> Result<Value> {
             let plain = generator.generate(Prompt::Ids(tokens.prompt.clone()))?;
             let plain_wall = t.elapsed().as_secs_f64();
             let c = perpetual.counts;
-            json!({
-                "new_tokens": args.new_tokens,
-                "spec": mode.spec(),
-                "perpetual": generation_json(&perpetual),
-                "perpetual_wall_s": perpetual_wall,
-                "perpetual_finish": format!("{:?}", perpetual.finish_reason),
-                "backsteps": c.backsteps,
-                "loop_backsteps": c.loop_backsteps,
-                "tokens_removed": c.tokens_removed,
-                "eos_avoided": c.eos_avoided,
-                "context_rolls": c.context_rolls,
-                "plain": generation_json(&plain),
-                "plain_wall_s": plain_wall,
-                "plain_finish": format!("{:?}", plain.finish_reason),
-                // The identity, and the exact accounting: an EOS back step's own
-                // step (the one that drew EOS) is a forward pass that keeps no token; a
-                // loop back step's step appended its token, which the removed count holds.
-                "identity_generated_plus_removed": c.forward_passes == c.generated_tokens + c.tokens_removed,
-                "identity_with_eos_steps": c.forward_passes
-                    == c.generated_tokens + c.tokens_removed + (c.backsteps - c.loop_backsteps),
-                "no_reprefill": c.prefill_tokens + 1 == c.prompt_tokens && c.context_rolls == 0,
-            })
+            BenchRecord {
+                new_tokens: Some(args.new_tokens),
+                perpetual: Some(PerpetualRecord {
+                    spec: mode.spec(),
+                    run: decode_record(&perpetual),
+                    wall_s: perpetual_wall,
+                    finish: format!("{:?}", perpetual.finish_reason),
+                    backsteps: c.backsteps,
+                    loop_backsteps: c.loop_backsteps,
+                    tokens_removed: c.tokens_removed,
+                    eos_avoided: c.eos_avoided,
+                    context_rolls: c.context_rolls,
+                    plain: decode_record(&plain),
+                    plain_wall_s: plain_wall,
+                    plain_finish: format!("{:?}", plain.finish_reason),
+                    // The identity, and the exact accounting: an EOS back step's own
+                    // step (the one that drew EOS) is a forward pass that keeps no token; a
+                    // loop back step's step appended its token, which the removed count holds.
+                    identity_generated_plus_removed: c.forward_passes
+                        == c.generated_tokens + c.tokens_removed,
+                    identity_with_eos_steps: c.forward_passes
+                        == c.generated_tokens + c.tokens_removed + (c.backsteps - c.loop_backsteps),
+                    no_reprefill: c.prefill_tokens + 1 == c.prompt_tokens && c.context_rolls == 0,
+                }),
+                ..BenchRecord::default()
+            }
         }
         ("perpetua", "long") => long_run(&path, &tokens.prompt, args.new_tokens, args.window)?,
         (c, m) => bail!("unknown contender/mode `{c}` / `{m}`"),
     };
-    out["contender"] = json!(contender);
-    out["mode"] = json!(args.mode);
-    out["prompt_tokens"] = json!(tokens.prompt.len());
-    out["threads"] = json!({
+    out.contender = contender;
+    out.mode = args.mode.clone();
+    out.prompt_tokens = Some(tokens.prompt.len());
+    out.threads = Some(json!({
         "candle": candle_core::utils::get_num_threads(),
         "RAYON_NUM_THREADS": env_threads("RAYON_NUM_THREADS"),
         "CANDLE_NUM_THREADS": env_threads("CANDLE_NUM_THREADS"),
-    });
-    out["peak_rss_mib"] = json!(peak_rss_mib()?);
-    out["wall_s"] = json!(started.elapsed().as_secs_f64());
-    Ok(out)
+    }));
+    out.peak_rss_mib = Some(peak_rss_mib()?);
+    out.wall_s = Some(started.elapsed().as_secs_f64());
+    Ok(serde_json::to_value(out)?)
 }
 
 /// `--mode long`: `n` sampled tokens with EOS masked through a `window`-position context
 /// rolled by cache shifts (see the module docs).
-fn long_run(path: &std::path::Path, prompt: &[u32], n: usize, window: usize) -> Result<Value> {
+fn long_run(path: &std::path::Path, prompt: &[u32], n: usize, window: usize) -> Result<BenchRecord> {
     use perpetua_generator::Event;
     let model = load_ours(path, "perpetua")?;
     let tok = tokenizer(path)?;
@@ -516,18 +519,20 @@ fn long_run(path: &std::path::Path, prompt: &[u32], n: usize, window: usize) -> 
         if out.counts.context_rolls > 0 { roll_s / out.counts.context_rolls as f64 } else { 0.0 };
     let (lo, hi) =
         (rss_after_roll.iter().copied().reduce(f64::min), rss_after_roll.iter().copied().reduce(f64::max));
-    Ok(json!({
-        "new_tokens": out.ids.len(),
-        "window": window,
-        "run_s": wall,
-        "tok_s": rate(out.ids.len(), wall),
-        "rolls": out.counts.context_rolls,
-        "rolls_seen": rolls,
-        "roll_s": roll_s,
-        "roll_s_each": roll_s_each,
-        "reprefilled_tokens": out.counts.reprefilled_tokens,
-        "finish": format!("{:?}", out.finish_reason),
-        "rss_after_first_roll_min_mib": lo,
-        "rss_after_first_roll_max_mib": hi,
-    }))
+    let mut record = BenchRecord {
+        new_tokens: Some(out.ids.len()),
+        window: Some(window),
+        run_s: Some(wall),
+        tok_s: Some(rate(out.ids.len(), wall)),
+        rolls: Some(out.counts.context_rolls),
+        roll_s: Some(roll_s),
+        roll_s_each: Some(roll_s_each),
+        reprefilled_tokens: Some(out.counts.reprefilled_tokens),
+        finish: Some(format!("{:?}", out.finish_reason)),
+        rss_after_first_roll_min_mib: lo,
+        rss_after_first_roll_max_mib: hi,
+        ..BenchRecord::default()
+    };
+    record.extra.insert("rolls_seen".into(), json!(rolls));
+    Ok(record)
 }

@@ -1,6 +1,8 @@
 //! Shared inputs of the sampling benchmarks (`benches/sampling.rs`, criterion) and
 //! `examples/sampling_floor.rs` (minimum/median), so both measure the same workload.
 
+pub mod record;
+
 use perpetua_sampling::Chain;
 use perpetua_sampling::processors::{
     FrequencyPresencePenalty, MinP, RepetitionPenalty, Temperature, TopK, TopP,

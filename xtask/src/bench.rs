@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
+use perpetua_benches::record::{BenchRecord, DecodeRecord, PerpetualRecord, thousands};
 use serde_json::{Value, json};
 
 /// The llama.cpp binding, pinned.
@@ -110,11 +111,11 @@ pub fn long(model: PathBuf, new_tokens: usize, window: usize) -> Result<()> {
         let v = contender_run(&paths, contender, "long", &["--new-tokens", &n, "--window", &w])?;
         eprintln!(
             "xtask: bench --long: {contender}: {} tokens in {:.1} s ({:.2} tok/s), {} rolls, {:.3} s rolling",
-            v["new_tokens"],
-            num(&v["run_s"]),
-            num(&v["tok_s"]),
-            v["rolls"],
-            num(&v["roll_s"])
+            count(v.new_tokens),
+            num(v.run_s),
+            num(v.tok_s),
+            count(v.rolls),
+            num(v.roll_s)
         );
         runs.push(v);
     }
@@ -136,24 +137,23 @@ pub fn long(model: PathBuf, new_tokens: usize, window: usize) -> Result<()> {
         "| contender | new tokens | wall s | tok/s | ÷ llama.cpp | rolls | s per roll | RSS after the first roll, MiB | peak RSS MiB |"
     )?;
     writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
-    let base = runs.iter().find(|v| v["contender"] == LLAMA_CPP).and_then(|v| v["tok_s"].as_f64());
+    let base = runs.iter().find(|v| v.contender == LLAMA_CPP).and_then(|v| v.tok_s);
     for v in &runs {
-        let rss =
-            match (v["rss_after_first_roll_min_mib"].as_f64(), v["rss_after_first_roll_max_mib"].as_f64()) {
-                (Some(lo), Some(hi)) => format!("{lo:.0}–{hi:.0}"),
-                _ => "–".to_string(),
-            };
+        let rss = match (v.rss_after_first_roll_min_mib, v.rss_after_first_roll_max_mib) {
+            (Some(lo), Some(hi)) => format!("{lo:.0}–{hi:.0}"),
+            _ => "–".to_string(),
+        };
         writeln!(
             md,
             "| {} | {} | {:.1} | {:.2} | {} | {} | {:.4} | {rss} | {:.0} |",
-            v["contender"].as_str().unwrap_or("?"),
-            v["new_tokens"],
-            num(&v["run_s"]),
-            num(&v["tok_s"]),
-            fmt_ratio(v["tok_s"].as_f64(), base),
-            v["rolls"],
-            num(&v["roll_s_each"]),
-            num(&v["peak_rss_mib"]),
+            v.contender,
+            count(v.new_tokens),
+            num(v.run_s),
+            num(v.tok_s),
+            fmt_ratio(v.tok_s, base),
+            count(v.rolls),
+            num(v.roll_s_each),
+            num(v.peak_rss_mib),
         )?;
     }
     let json_path = paths.out_dir.join("long.json");
@@ -183,15 +183,15 @@ pub fn bench(quick: bool, model: PathBuf) -> Result<()> {
         paths.tokens.display()
     );
 
-    let mut runs: Vec<Value> = Vec::new();
-    let mut record = |mut v: Value, round: usize| {
-        v["round"] = json!(round);
+    let mut runs: Vec<BenchRecord> = Vec::new();
+    let mut record = |mut v: BenchRecord, round: usize| {
+        v.round = Some(round);
         // Long-prompt prefill rate: the filled positions ÷ the fill time (every contender
         // fills exactly `position` ids before its first timed decode step).
-        if let (Some(p), Some(s)) = (v["position"].as_f64(), v["fill_s"].as_f64())
+        if let (Some(p), Some(s)) = (v.position, v.fill_s)
             && s > 0.0
         {
-            v["fill_tok_s"] = json!(p / s);
+            v.fill_tok_s = Some(p as f64 / s);
         }
         eprintln!("xtask: bench: {}", summary(&v));
         runs.push(v);
@@ -238,7 +238,7 @@ pub fn bench(quick: bool, model: PathBuf) -> Result<()> {
     std::fs::write(&raw_path, serde_json::to_string_pretty(&raw)?)
         .with_context(|| format!("writing {}", raw_path.display()))?;
 
-    let markdown = report(&config, &paths, &raw)?;
+    let markdown = report(&config, &paths, &raw, &runs)?;
     println!("{markdown}");
     if quick {
         let path = paths.out_dir.join("BENCH.md");
@@ -271,7 +271,7 @@ fn rotated<'a>(items: &[&'a str], round: usize) -> Vec<&'a str> {
 }
 
 /// One contender process; its JSON object.
-fn contender_run(paths: &Paths, contender: &str, mode: &str, extra: &[&str]) -> Result<Value> {
+fn contender_run(paths: &Paths, contender: &str, mode: &str, extra: &[&str]) -> Result<BenchRecord> {
     let mut cmd = if contender == LLAMA_CPP {
         let mut cmd = Command::new(&paths.python);
         cmd.arg(&paths.script).arg("--threads").arg(THREADS.to_string());
@@ -291,11 +291,14 @@ fn contender_run(paths: &Paths, contender: &str, mode: &str, extra: &[&str]) -> 
         .env("RAYON_NUM_THREADS", THREADS.to_string())
         .env("CANDLE_NUM_THREADS", THREADS.to_string())
         .env("OMP_NUM_THREADS", THREADS.to_string());
-    let mut v = run_json(&mut cmd, &format!("{contender} --mode {mode} {}", extra.join(" ")))?;
+    let what = format!("{contender} --mode {mode} {}", extra.join(" "));
+    let v = run_json(&mut cmd, &what)?;
+    let mut record: BenchRecord =
+        serde_json::from_value(v).with_context(|| format!("{what}: not a bench record"))?;
     if contender == LLAMA_CPP {
-        v["contender"] = json!(LLAMA_CPP);
+        record.contender = LLAMA_CPP.to_string();
     }
-    Ok(v)
+    Ok(record)
 }
 
 /// Run `cmd`, stderr passed through; parse the last line of its stdout as JSON.
@@ -318,36 +321,42 @@ fn run_json(cmd: &mut Command, what: &str) -> Result<Value> {
 }
 
 /// One progress line per run.
-fn summary(v: &Value) -> String {
-    let name = format!("{} {}", v["contender"].as_str().unwrap_or("?"), v["mode"].as_str().unwrap_or("?"));
-    if let Some(skipped) = v["skipped"].as_str() {
-        return format!("{name} at {}: {skipped}", v["position"]);
+fn summary(v: &BenchRecord) -> String {
+    let name = format!("{} {}", v.contender, v.mode);
+    if let Some(skipped) = &v.skipped {
+        return format!("{name} at {}: {skipped}", count(v.position));
     }
-    match v["mode"].as_str() {
-        Some("position") => format!(
+    match (v.mode.as_str(), &v.perpetual) {
+        ("position", _) => format!(
             "{name} at {}: decode {:.1} tok/s (fill {:.1} s)",
-            v["position"],
-            num(&v["decode_tok_s"]),
-            num(&v["fill_s"])
+            count(v.position),
+            num(v.decode.decode_tok_s),
+            num(v.fill_s)
         ),
-        Some("perpetual") => format!(
+        ("perpetual", Some(p)) => format!(
             "{name}: {} forward passes, {} back steps; {:.2} ms/pass vs plain {:.2} ms/pass",
-            v["perpetual"]["forward_passes"],
-            v["backsteps"],
-            1e3 * num(&v["perpetual_wall_s"]) / num(&v["perpetual"]["forward_passes"]).max(1.0),
-            1e3 * num(&v["plain_wall_s"]) / num(&v["plain"]["forward_passes"]).max(1.0),
+            count(p.run.forward_passes),
+            p.backsteps,
+            1e3 * p.wall_s / (p.run.forward_passes.unwrap_or(0).max(1) as f64),
+            1e3 * p.plain_wall_s / (p.plain.forward_passes.unwrap_or(0).max(1) as f64),
         ),
         _ => format!(
             "{name}: prefill {:.1} tok/s, decode {:.1} tok/s, peak RSS {:.0} MiB",
-            num(&v["prefill_tok_s"]),
-            num(&v["decode_tok_s"]),
-            num(&v["peak_rss_mib"])
+            num(v.decode.prefill_tok_s),
+            num(v.decode.decode_tok_s),
+            num(v.peak_rss_mib)
         ),
     }
 }
 
-fn num(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(f64::NAN)
+/// A measured value, NaN when absent (prints as `NaN`).
+fn num(x: Option<f64>) -> f64 {
+    x.unwrap_or(f64::NAN)
+}
+
+/// A measured count, `?` when absent.
+fn count(x: Option<usize>) -> String {
+    x.map_or_else(|| "?".to_string(), |x| x.to_string())
 }
 
 fn load_average() -> Value {
@@ -502,21 +511,28 @@ fn find_file(dir: &Path, prefix: &str, depth: usize) -> Option<PathBuf> {
 
 // --- the report -------------------------------------------------------------------
 
-/// The best (largest) `key` over the runs of `contender` in `mode`.
-fn best(runs: &[Value], contender: &str, mode: &str, key: &str, position: Option<usize>) -> Option<f64> {
-    select(runs, contender, mode, position).filter_map(|v| v[key].as_f64()).reduce(f64::max)
+/// A metric of a run.
+type Metric = fn(&BenchRecord) -> Option<f64>;
+
+/// The best (largest) `metric` over the runs of `contender` in `mode`.
+fn best(
+    runs: &[BenchRecord],
+    contender: &str,
+    mode: &str,
+    metric: Metric,
+    position: Option<usize>,
+) -> Option<f64> {
+    select(runs, contender, mode, position).filter_map(metric).reduce(f64::max)
 }
 
 fn select<'a>(
-    runs: &'a [Value],
+    runs: &'a [BenchRecord],
     contender: &'a str,
     mode: &'a str,
     position: Option<usize>,
-) -> impl Iterator<Item = &'a Value> + 'a {
+) -> impl Iterator<Item = &'a BenchRecord> + 'a {
     runs.iter().filter(move |v| {
-        v["contender"] == contender
-            && v["mode"] == mode
-            && position.is_none_or(|p| v["position"].as_u64() == Some(p as u64))
+        v.contender == contender && v.mode == mode && position.is_none_or(|p| v.position == Some(p))
     })
 }
 
@@ -525,10 +541,10 @@ fn fmt_rate(x: Option<f64>) -> String {
 }
 
 /// Best prefill rate of `contender`: the chat prompt's (`None`) or the fill to `position`.
-fn prefill_rate(runs: &[Value], contender: &str, position: Option<usize>) -> Option<f64> {
+fn prefill_rate(runs: &[BenchRecord], contender: &str, position: Option<usize>) -> Option<f64> {
     match position {
-        None => best(runs, contender, "greedy", "prefill_tok_s", None),
-        Some(p) => best(runs, contender, "position", "fill_tok_s", Some(p)),
+        None => best(runs, contender, "greedy", |v| v.decode.prefill_tok_s, None),
+        Some(p) => best(runs, contender, "position", |v| v.fill_tok_s, Some(p)),
     }
 }
 
@@ -586,34 +602,21 @@ fn locked_version(root: &Path, package: &str) -> String {
     "unknown".to_string()
 }
 
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// Leading ids two runs share.
-fn common_prefix(a: &Value, b: &Value) -> Option<(usize, usize)> {
-    let (a, b) = (a["ids"].as_array()?, b["ids"].as_array()?);
+fn common_prefix(a: &BenchRecord, b: &BenchRecord) -> Option<(usize, usize)> {
+    let (a, b) = (a.ids.as_ref()?, b.ids.as_ref()?);
     let n = a.len().min(b.len());
     Some((a.iter().zip(b).take_while(|(x, y)| x == y).count(), n))
 }
 
-fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
-    let runs = raw["runs"].as_array().ok_or_else(|| anyhow!("no runs"))?.as_slice();
+fn report(config: &Config, paths: &Paths, raw: &Value, runs: &[BenchRecord]) -> Result<String> {
     let rounds = config.rounds;
     let mut md = String::new();
     let (cpu, cores, simd) = cpu_facts();
     let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let rustc = command_line(&std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string()), &["--version"]);
     let llama = select(runs, LLAMA_CPP, "greedy", None).next();
-    let versions = llama.map(|v| &v["versions"]);
+    let versions = llama.and_then(|v| v.versions.as_ref());
     let field = |k: &str| versions.and_then(|v| v[k].as_str()).unwrap_or("unknown").to_string();
     let model_name = paths.model.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let prompt_tokens = raw["tokens"]["prompt_tokens"].as_u64().unwrap_or(0);
@@ -709,7 +712,7 @@ fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
         md,
         "Raw JSON: `target/bench/{}` (every run). The whole run took {:.1} min.\n",
         if config.quick { "results-quick.json" } else { "results.json" },
-        num(&raw["elapsed_s"]) / 60.0
+        raw["elapsed_s"].as_f64().unwrap_or(f64::NAN) / 60.0
     )?;
 
     // Prefill / decode / RSS.
@@ -732,12 +735,17 @@ fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
         (LLAMA_CPP, "sampled", "llama.cpp"),
     ];
     for (contender, mode, label) in rows {
-        let get = |c: &str, key: &str| best(runs, c, mode, key, None);
-        let cells: Vec<String> = ["prefill_tok_s", "decode_tok_s", "peak_rss_mib"]
+        let get = |c: &str, key: Metric| best(runs, c, mode, key, None);
+        let metrics: [(&str, Metric); 3] = [
+            ("prefill_tok_s", |v| v.decode.prefill_tok_s),
+            ("decode_tok_s", |v| v.decode.decode_tok_s),
+            ("peak_rss_mib", |v| v.peak_rss_mib),
+        ];
+        let cells: Vec<String> = metrics
             .iter()
-            .flat_map(|key| {
+            .flat_map(|&(name, key)| {
                 let x = get(contender, key);
-                let value = if *key == "peak_rss_mib" {
+                let value = if name == "peak_rss_mib" {
                     x.map_or_else(|| "–".to_string(), |x| format!("{x:.0}"))
                 } else {
                     fmt_rate(x)
@@ -792,9 +800,9 @@ fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
     )?;
     writeln!(md, "|---:|---:|---:|---:|---:|---:|")?;
     for position in POSITIONS {
-        let get = |c: &str| best(runs, c, "position", "decode_tok_s", Some(position));
+        let get = |c: &str| best(runs, c, "position", |v| v.decode.decode_tok_s, Some(position));
         let skipped =
-            |c: &'static str| select(runs, c, "position", Some(position)).find_map(|v| v["skipped"].as_str());
+            |c: &'static str| select(runs, c, "position", Some(position)).find_map(|v| v.skipped.as_deref());
         let cell = |c: &'static str| match (get(c), skipped(c)) {
             (Some(x), _) => format!("{x:.1}"),
             (None, Some(s)) => s.to_string(),
@@ -830,7 +838,7 @@ fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
     )?;
     writeln!(md, "|---:|---:|---:|---:|---:|---:|")?;
     // The chat prompt (the greedy runs' prefill), then the long fills.
-    let prompt = runs.iter().find_map(|v| v["prompt_tokens"].as_u64()).unwrap_or(0);
+    let prompt = runs.iter().find_map(|v| v.prompt_tokens).unwrap_or(0);
     let rows = std::iter::once((prompt.to_string(), None, "–"))
         .chain(POSITIONS.into_iter().filter(|&p| p >= 512).map(|p| (thousands(p), Some(p), "n/a")));
     for (label, position, missing) in rows {
@@ -859,16 +867,16 @@ fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
     let mut share_met = true;
     for mode in ["greedy", "sampled"] {
         let pick = select(runs, PERPETUA, mode, None)
-            .min_by(|a, b| num(&a["sampling_share"]).total_cmp(&num(&b["sampling_share"])));
+            .min_by(|a, b| num(a.decode.sampling_share).total_cmp(&num(b.decode.sampling_share)));
         if let Some(v) = pick {
-            let passes = num(&v["forward_passes"]).max(1.0);
-            let share = num(&v["sampling_share"]);
+            let passes = v.decode.forward_passes.unwrap_or(0).max(1) as f64;
+            let share = num(v.decode.sampling_share);
             share_met &= share <= 0.02;
             writeln!(
                 md,
                 "| {mode} | {:.1} µs | {:.2} ms | {:.2} % | {} |",
-                1e6 * num(&v["sampling_s"]) / passes,
-                1e3 * num(&v["decode_s"]) / passes,
+                1e6 * num(v.decode.sampling_s) / passes,
+                1e3 * num(v.decode.decode_s) / passes,
                 100.0 * share,
                 if share <= 0.02 { "met" } else { "**not met**" }
             )?;
@@ -877,21 +885,22 @@ fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
     writeln!(md)?;
 
     // Perpetual overhead.
-    let perpetual: Vec<&Value> = select(runs, PERPETUA, "perpetual", None).collect();
-    let per_pass = |v: &Value, run: &str| {
-        1e3 * num(&v[format!("{run}_wall_s")]) / num(&v[run]["forward_passes"]).max(1.0)
-    };
-    let best_of = |run: &str| perpetual.iter().map(|v| per_pass(v, run)).reduce(f64::min);
+    let perpetual: Vec<&PerpetualRecord> =
+        select(runs, PERPETUA, "perpetual", None).filter_map(|v| v.perpetual.as_ref()).collect();
+    let per_pass =
+        |wall_s: f64, run: &DecodeRecord| 1e3 * wall_s / (run.forward_passes.unwrap_or(0).max(1) as f64);
+    let best_perpetual = perpetual.iter().map(|v| per_pass(v.wall_s, &v.run)).reduce(f64::min);
+    let best_plain = perpetual.iter().map(|v| per_pass(v.plain_wall_s, &v.plain)).reduce(f64::min);
     let mut backstep_held = None;
     if let Some(first) = perpetual.first() {
-        let c = &first["perpetual"];
-        let (passes, generated) = (num(&c["forward_passes"]), num(&c["generated_tokens"]));
-        let (backsteps, removed) = (num(&first["backsteps"]), num(&first["tokens_removed"]));
-        let identity = first["identity_generated_plus_removed"].as_bool().unwrap_or(false);
-        let exact = first["identity_with_eos_steps"].as_bool().unwrap_or(false);
-        let no_reprefill = first["no_reprefill"].as_bool().unwrap_or(false);
-        let same_counts = perpetual.iter().all(|v| v["perpetual"]["forward_passes"] == c["forward_passes"]);
-        let (p, q) = (best_of("perpetual"), best_of("plain"));
+        let c = &first.run;
+        let (passes, generated) = (c.forward_passes.unwrap_or(0), c.generated_tokens.unwrap_or(0));
+        let (backsteps, removed) = (first.backsteps, first.tokens_removed);
+        let identity = first.identity_generated_plus_removed;
+        let exact = first.identity_with_eos_steps;
+        let no_reprefill = first.no_reprefill;
+        let same_counts = perpetual.iter().all(|v| v.run.forward_passes == c.forward_passes);
+        let (p, q) = (best_perpetual, best_plain);
         writeln!(
             md,
             "**Perpetual overhead**: `BackstepWithSchedule` (back step 10, T 1.0, top-k 20, seed 1), {} new tokens, \
@@ -910,7 +919,7 @@ fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
         writeln!(
             md,
             "| plain (`StopAtEos`, same passes) | {} | {} | 1.00× |\n",
-            first["plain"]["forward_passes"],
+            count(first.plain.forward_passes),
             q.map_or_else(|| "–".to_string(), |x| format!("{x:.2}"))
         )?;
         writeln!(
@@ -919,7 +928,7 @@ fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
              Check `forward_passes == generated tokens + tokens removed by back steps`: {passes} vs {} → **{}**; \
              counting also each back step's own step (the forward pass that drew the EOS and keeps no token): \
              {passes} vs {} → **{}**. No re-prefill (prefill tokens = prompt − 1, no context roll): **{}**.\n",
-            first["perpetual_finish"].as_str().unwrap_or("?"),
+            first.finish,
             if same_counts { "" } else { " (counts differed between rounds: see the raw JSON)" },
             generated + removed,
             if identity { "held" } else { "did not hold" },
@@ -931,10 +940,11 @@ fn report(config: &Config, paths: &Paths, raw: &Value) -> Result<String> {
     }
 
     // Goals.
-    let ours = best(runs, PERPETUA, "greedy", "decode_tok_s", None);
-    let theirs = best(runs, LLAMA_CPP, "greedy", "decode_tok_s", None);
-    let ours_s = best(runs, PERPETUA, "sampled", "decode_tok_s", None);
-    let theirs_s = best(runs, LLAMA_CPP, "sampled", "decode_tok_s", None);
+    let decode: Metric = |v| v.decode.decode_tok_s;
+    let ours = best(runs, PERPETUA, "greedy", decode, None);
+    let theirs = best(runs, LLAMA_CPP, "greedy", decode, None);
+    let ours_s = best(runs, PERPETUA, "sampled", decode, None);
+    let theirs_s = best(runs, LLAMA_CPP, "sampled", decode, None);
     let goal = |x: Option<f64>, b: Option<f64>| match (x, b) {
         (Some(x), Some(b)) if b > 0.0 => {
             format!("{:.2}× ({})", x / b, if x / b >= 0.8 { "met" } else { "**not met**" })
