@@ -45,12 +45,10 @@
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-mod attention;
 mod cache;
 mod error;
+mod kernels;
 mod model;
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-mod qgemm;
 
 pub use cache::LlamaCache;
 pub use candle_core::Device;

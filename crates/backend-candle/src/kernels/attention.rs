@@ -25,56 +25,16 @@
 //! loop prefetches the key and value rows it will read next (docs/PERFORMANCE.md).
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::pool::run_tasks;
+use super::simd::{
+    KvElem, LANES, exp_nonpositive, exp_nonpositive_lanes, fmadd, fmadd_lanes, prefetch, sum_lanes,
+    sum_lanes_of_rows,
+};
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// One task's output (see [`run_tasks`]).
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// All tasks' outputs, shared across the pool's threads (see [`run_tasks`]).
-    static SHARED: RefCell<Vec<AtomicU32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Width of the kernels' vectors: one AVX register of f32.
-const LANES: usize = 8;
-
-/// An element type the KV cache may store: `f32`, or `f16` (half the bytes per
-/// position and half the cache memory).
-pub(crate) trait KvElem: Copy + Send + Sync {
-    /// The value as f32 (exact for both types).
-    fn get(self) -> f32;
-
-    /// `LANES` values as f32: a plain load for f32; for f16 one `vcvtph2ps` under
-    /// `target-cpu=native` (F16C), so the conversion happens in registers, with no
-    /// widened copy of the rows written to memory and read back.
-    #[inline(always)]
-    fn lanes(x: &[Self; LANES]) -> [f32; LANES] {
-        std::array::from_fn(|l| x[l].get())
-    }
-}
-
-impl KvElem for f32 {
-    #[inline(always)]
-    fn get(self) -> f32 {
-        self
-    }
-}
-
-impl KvElem for half::f16 {
-    #[inline(always)]
-    fn get(self) -> f32 {
-        self.to_f32()
-    }
-}
-
-/// Q8 codes (`KvDtype::Q8`): the code minus its zero point, before the row's scale,
-/// which the kernel applies per row (to the score, and to the softmax weight).
-impl KvElem for u8 {
-    #[inline(always)]
-    fn get(self) -> f32 {
-        f32::from(self) - crate::cache::Q8_ZERO
-    }
 }
 
 /// Positions per work item. Small enough that two threads balance over three KV heads
@@ -117,97 +77,11 @@ fn softcap_in_place(scores: &mut [f32], cap: f32) {
     }
 }
 
-/// `Σ a_i b_i` over equal-length slices, in `LANES` independent partial sums (so the
-/// compiler vectorises it), then reduced in a fixed order. Also the few-row linear
-/// kernel's dot product (`model.rs`). (Measured: splitting the sum over 4 × `LANES`
-/// accumulators to shorten the dependency chain vectorised worse and ran 3× slower on
-/// 64-wide heads; `dot_timing` below.)
-#[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0_f32; LANES];
-    let (ac, ar) = a.split_at(a.len() - a.len() % LANES);
-    let (bc, br) = b.split_at(ac.len());
-    for (x, y) in ac.chunks_exact(LANES).zip(bc.chunks_exact(LANES)) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut tail = 0.0;
-    for (x, y) in ar.iter().zip(br) {
-        tail += x * y;
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `a·b + c`: one fused multiply-add (a single rounding) where the target has FMA
-/// (`target-cpu=native` on any x86 since Haswell, aarch64), else a multiply and an add.
-/// Chosen at compile time, so a build is deterministic. (Rust never contracts
-/// `a * b + c` by itself; with separate instructions the kernel loops paid for twice
-/// the arithmetic, with the add's latency on every accumulator chain.)
-#[inline(always)]
-fn fmadd(a: f32, b: f32, c: f32) -> f32 {
-    if cfg!(target_feature = "fma") { a.mul_add(b, c) } else { a * b + c }
-}
-
-/// [`fmadd`] lane by lane: one vector FMA.
-#[inline(always)]
-fn fmadd_lanes(a: [f32; LANES], b: [f32; LANES], c: [f32; LANES]) -> [f32; LANES] {
-    std::array::from_fn(|l| fmadd(a[l], b[l], c[l]))
-}
-
-/// `Σ_l v[l]` in the fixed order `((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7))`: the order
-/// [`sum_lanes_of_rows`] uses, so a score is the same bits whichever of the two
-/// computes it.
-#[inline(always)]
-fn sum_lanes(v: [f32; LANES]) -> f32 {
-    ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))
-}
-
-/// The pairwise sums of `a` and `b` in the layout of x86's `vhaddps` (pairs within each
-/// 128-bit half), which LLVM emits for it.
-#[inline(always)]
-fn hadd(a: [f32; LANES], b: [f32; LANES]) -> [f32; LANES] {
-    [a[0] + a[1], a[2] + a[3], b[0] + b[1], b[2] + b[3], a[4] + a[5], a[6] + a[7], b[4] + b[5], b[6] + b[7]]
-}
-
-/// `[sum_lanes(a[0]), …, sum_lanes(a[P − 1])]`, bit for bit, as a transposing
-/// reduction: per four rows, three horizontal adds and one add instead of four separate
-/// reductions (`P` a multiple of 4).
-#[inline(always)]
-fn sum_lanes_of_rows<const P: usize>(a: &[[f32; LANES]; P]) -> [f32; P] {
-    let mut out = [0.0; P];
-    for (o, a) in out.chunks_exact_mut(4).zip(a.chunks_exact(4)) {
-        // g = [lo(a0), lo(a1), lo(a2), lo(a3) | hi(a0), …, hi(a3)], lo = (v0+v1)+(v2+v3).
-        let g = hadd(hadd(a[0], a[1]), hadd(a[2], a[3]));
-        for (i, o) in o.iter_mut().enumerate() {
-            *o = g[i] + g[i + 4];
-        }
-    }
-    out
-}
-
 /// How far ahead of the rows being scored [`key_scores`] asks for key and value rows:
 /// two blocks. The hardware prefetcher stops at every 4 KiB page (32 rows of f16), and
 /// at long context the rows come from DRAM: without the hint, the scores loop waited on
 /// its loads.
 const PREFETCH_ROWS: usize = 2 * POS_BLOCK;
-
-/// Hint the CPU to bring `s[i]`'s cache line into L1 (nothing if `i` is out of range or
-/// the target is not x86-64).
-#[inline(always)]
-#[allow(unsafe_code)]
-fn prefetch<T>(s: &[T], i: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(x) = s.get(i) {
-        // SAFETY: `prefetcht0` is a hint: it never faults and changes no program state,
-        // and the address is that of an element of `s`.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((x as *const T).cast())
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (s, i);
-}
 
 /// Positions per register block of [`key_scores`]: `G × POS_BLOCK` accumulators of
 /// `LANES`, each key row loaded (and, for f16, widened) once for the whole group, the
@@ -303,44 +177,6 @@ fn scores_of_group<T: KvElem>(q_j: &[f32], k: &[T], v: &[T], d: usize, scale: f3
             scores[gi * len + t] = s * scale;
         }
     }
-}
-
-/// `e^x` for `x <= 0` (softmax after subtracting the maximum), branch-free so loops
-/// over it vectorise: Cody–Waite range reduction `x = n·ln 2 + r`, `|r| <= ln 2 / 2`,
-/// Cephes' degree-5 polynomial for `e^r`, and `2^n` built in the exponent bits.
-/// Relative error about 1 ulp; `x < −87` gives `e^−87` (≈ 1.6e−38, negligible next to
-/// the maximum's 1); NaN stays NaN.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    exp_nonpositive_lanes([x; LANES])[0]
-}
-
-/// [`exp_nonpositive`] of `LANES` values, each step written as a whole-vector
-/// operation for LLVM's vectoriser. [`exp_nonpositive`] is this function's lane 0, so
-/// scalar and vector callers get the same bits.
-#[inline(always)]
-fn exp_nonpositive_lanes(x: [f32; LANES]) -> [f32; LANES] {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const C: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
-    use std::array::from_fn as lanes;
-    let x: [f32; LANES] = lanes(|l| if x[l] < -87.0 { -87.0 } else { x[l] }); // NaN fails the test and passes through
-    let n: [f32; LANES] = lanes(|l| (x[l] * std::f32::consts::LOG2_E + 0.5).floor());
-    let r: [f32; LANES] = lanes(|l| fmadd(-n[l], LN2_LO, fmadd(-n[l], LN2_HI, x[l])));
-    let p: [f32; LANES] = lanes(|l| {
-        let r = r[l];
-        let mut p = fmadd(C[0], r, C[1]);
-        p = fmadd(p, r, C[2]);
-        p = fmadd(p, r, C[3]);
-        p = fmadd(p, r, C[4]);
-        fmadd(p, r, C[5])
-    });
-    let y: [f32; LANES] = lanes(|l| fmadd(p[l] * r[l], r[l], r[l] + 1.0));
-    // 2^n without a float→int conversion (Rust's saturating `as i32` does not
-    // vectorise on x86): n + 127 + 2^23 is exact for n in [−125, 0] and holds n + 127 in
-    // its low mantissa bits; shifted by 23 they become the exponent field, and the
-    // magic's own bits fall off the top.
-    lanes(|l| y[l] * f32::from_bits((n[l] + (127.0 + 8_388_608.0)).to_bits() << 23))
 }
 
 /// `row ← e^(row − max)`; returns `(max, Σ row)`: a softmax numerator, in `LANES`
@@ -462,44 +298,6 @@ fn scale_rows(scores: &mut [f32], len: usize, row_scales: &[f32]) {
             *s *= r;
         }
     }
-}
-
-/// `out[i·width..(i + 1)·width]` ← the `width` values `task(i, ·)` writes, for every
-/// `i < n`, run on candle's CPU thread pool (`candle_core::utils::barrier_pool`; the
-/// calling thread takes tasks too, from a shared cursor).
-///
-/// Why candle's pool and not rayon's: the quantized matmuls before and after attention
-/// run on it, and its workers spin for a while (`CANDLE_BARRIER_POOL_SPIN_LIMIT`, 25,000
-/// pauses by default) before parking. With attention on rayon, that spinning took a core
-/// from rayon's workers on every layer (a third of all samples at position 4,000 with 2
-/// threads); on the same pool the spin is what makes the hand-off cheap.
-///
-/// Each task writes into a per-thread scratch slice, copied into a shared buffer of
-/// atomics (relaxed stores; the pool's completion barrier orders them before the
-/// reads), so no `unsafe` is needed to share the output and steady state allocates
-/// nothing. Tasks must not run candle operations themselves: the pool admits one
-/// caller at a time, and the calling thread (which runs tasks too) holds it.
-pub(crate) fn run_tasks(n: usize, width: usize, out: &mut Vec<f32>, task: impl Fn(usize, &mut [f32]) + Sync) {
-    let mut shared = SHARED.with_borrow_mut(std::mem::take);
-    if shared.len() < n * width {
-        shared.resize_with(n * width, || AtomicU32::new(0));
-    }
-    let cells = &shared[..n * width];
-    candle_core::utils::barrier_pool().execute_chunked(n, |range| {
-        SCRATCH.with_borrow_mut(|p| {
-            p.clear();
-            p.resize(width, 0.0);
-            for i in range {
-                task(i, p);
-                for (cell, x) in cells[i * width..(i + 1) * width].iter().zip(p.iter()) {
-                    cell.store(x.to_bits(), Ordering::Relaxed);
-                }
-            }
-        });
-    });
-    out.clear();
-    out.extend(cells.iter().map(|c| f32::from_bits(c.load(Ordering::Relaxed))));
-    SHARED.with_borrow_mut(|slot| *slot = shared);
 }
 
 /// [`attend_rows`] for a single query row (what a decode step computes; the tests'
@@ -1037,63 +835,6 @@ mod tests {
                 "round {round}: visible {visible}: f32 cache {a:.2} ms/token, f16 {b:.2}, q8 {c:.2} (30 layers{})",
                 if same { ", one layer's buffers" } else { "" }
             );
-        }
-    }
-
-    /// `dot` over 4 × `LANES` accumulators (shorter dependency chains), for `dot_timing`.
-    fn dot_four_chains(a: &[f32], b: &[f32]) -> f32 {
-        const ACCS: usize = 4;
-        let n = a.len().min(b.len());
-        let (xa, xr) = a[..n].as_chunks::<LANES>();
-        let (ya, yr) = b[..n].as_chunks::<LANES>();
-        let mut acc = [[0.0_f32; LANES]; ACCS];
-        let mut xq = xa.chunks_exact(ACCS);
-        let mut yq = ya.chunks_exact(ACCS);
-        for (xs, ys) in (&mut xq).zip(&mut yq) {
-            for ((acc_k, x), y) in acc.iter_mut().zip(xs).zip(ys) {
-                for l in 0..LANES {
-                    acc_k[l] += x[l] * y[l];
-                }
-            }
-        }
-        for ((acc_k, x), y) in acc.iter_mut().zip(xq.remainder()).zip(yq.remainder()) {
-            for l in 0..LANES {
-                acc_k[l] += x[l] * y[l];
-            }
-        }
-        let mut lanes = [0.0_f32; LANES];
-        for acc_k in &acc {
-            for l in 0..LANES {
-                lanes[l] += acc_k[l];
-            }
-        }
-        lanes.iter().sum::<f32>() + xr.iter().zip(yr).map(|(x, y)| x * y).sum::<f32>()
-    }
-
-    /// `cargo test --release -p perpetua-candle --lib dot_timing -- --ignored --nocapture`
-    #[test]
-    #[ignore = "timing, run by hand"]
-    fn dot_timing() {
-        let rows = 4096;
-        let k: Vec<f32> = (0..rows * 64).map(|i| (i % 17) as f32 / 17.0).collect();
-        let q: Vec<f32> = (0..64).map(|i| (i % 5) as f32 / 5.0).collect();
-        for round in 0..3 {
-            let t = std::time::Instant::now();
-            let mut s = 0.0;
-            for _ in 0..200 {
-                for k_t in k.chunks_exact(64) {
-                    s += dot_four_chains(std::hint::black_box(&q), k_t);
-                }
-            }
-            let four = t.elapsed();
-            let t = std::time::Instant::now();
-            for _ in 0..200 {
-                for k_t in k.chunks_exact(64) {
-                    s += dot(std::hint::black_box(&q), k_t);
-                }
-            }
-            let one = t.elapsed();
-            println!("round {round}: dot (1 accumulator) {one:?}, 4 accumulators {four:?} ({s})");
         }
     }
 
