@@ -1,4 +1,4 @@
-"""llama.cpp contender of `cargo xtask bench` (issue 10), through llama-cpp-python.
+"""llama.cpp contender of `cargo xtask bench`, through llama-cpp-python.
 
 One measurement per process (so VmHWM is this contender's peak RSS); prints one JSON
 object on stdout. Reads the prompt and filler token ids written by the Rust side
@@ -16,7 +16,7 @@ contenders (passed as a list: no tokenization here).
   token (prompt eval + one draw) is the prefill; `new_tokens` more draws are the decode.
 - position: `eval(filler[:position])` (batches of 512), then `steps` greedy steps, the
   first feeding `filler[position]`.
-- long (issue 24): `new_tokens` sampled tokens (top-k 20, T 1.0, numpy RNG seeded, EOS
+- long: `new_tokens` sampled tokens (top-k 20, T 1.0, numpy RNG seeded, EOS
   logit masked) through an `n_ctx = window` context kept by llama.cpp's own context shift:
   when the next token would not fit, keep the prompt (`n_keep`), drop half of the rest
   (`llama_memory_seq_rm`) and move the kept tail back (`llama_memory_seq_add`, which

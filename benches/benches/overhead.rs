@@ -1,4 +1,4 @@
-//! Criterion benchmarks of everything around the model (issue 10): each sampling stage
+//! Criterion benchmarks of everything around the model: each sampling stage
 //! alone, the generator's per-token overhead on the fake model, and cache truncate and
 //! fork on the candle backend's real cache.
 //!

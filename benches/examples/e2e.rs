@@ -1,4 +1,4 @@
-//! The Rust contenders of `cargo xtask bench` (issue 10): one measurement per process,
+//! The Rust contenders of `cargo xtask bench`: one measurement per process,
 //! printed as one JSON object on stdout, so that the peak RSS (`VmHWM`) is that of a
 //! single contender. `cargo xtask bench` builds this example in release, runs it (and
 //! `xtask/bench_llama_cpp.py` for llama.cpp) in alternating rounds and writes the report.
@@ -32,7 +32,7 @@
 //!   `StopAtEos` run doing the same number of forward passes (`min_new_tokens` =
 //!   `max_new_tokens` = that count).
 //!
-//! - `long` (issue 24): `--new-tokens` sampled tokens (T 1.0, top-k 20, seed 1, EOS
+//! - `long`: `--new-tokens` sampled tokens (T 1.0, top-k 20, seed 1, EOS
 //!   masked: `SuppressEos::hard_mask`) through a `--window`-position context, rolled by
 //!   the default `ContextRoll::Shift` (keep the prompt as sinks and the most recent half
 //!   of the rest; the same amounts as `xtask/bench_llama_cpp.py --mode long`, llama.cpp's

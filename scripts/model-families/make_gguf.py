@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """GGUF versions of the tiny checkpoints of make_tiny.py, written by llama.cpp's own
-converter (issue 19). NOT run by CI: the files are committed next to the safetensors,
+converter. NOT run by CI: the files are committed next to the safetensors,
 and the Rust tests check that our GGUF loader computes what transformers computed.
 
 llama.cpp's `convert_hf_to_gguf.py` and its `gguf` package come from the source

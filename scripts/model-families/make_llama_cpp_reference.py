@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""llama.cpp's own logits for each converted GGUF of make_gguf.py (issue 19): the
+"""llama.cpp's own logits for each converted GGUF of make_gguf.py: the
 runtime reference for the quantized files. NOT run by CI: writes
 `crates/backend-candle/tests/data/families/<family>/llama_cpp.json`, which the Rust tests
 compare against.

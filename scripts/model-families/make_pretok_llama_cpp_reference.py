@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""llama.cpp's token ids for the tokenizer corpus (issue 19): the runtime reference for
+"""llama.cpp's token ids for the tokenizer corpus: the runtime reference for
 every GGUF pre-tokenizer we implement and for SentencePiece vocabularies. NOT run by CI:
 writes crates/backend-candle/tests/data/pretokenizer_ids_llama_cpp.json, which
 tests/tokenizer.rs compares our ids with (next to the Hugging Face / sentencepiece

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference token ids for the GGUF BPE pre-tokenizers we implement (issue 19). NOT run
+"""Reference token ids for the GGUF BPE pre-tokenizers we implement. NOT run
 by CI: writes crates/backend-candle/tests/data/pretokenizer_ids.json.
 
 For each `tokenizer.ggml.pre` value, the tokenizer that value stands for is built with

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A Gemma-style SentencePiece GGUF vocabulary and llama.cpp's ids for it (issue 19).
+"""A Gemma-style SentencePiece GGUF vocabulary and llama.cpp's ids for it.
 NOT run by CI: writes crates/backend-candle/tests/data/spm/gemma-style.gguf and
 gemma-style.json.
 

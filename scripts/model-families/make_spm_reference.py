@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A small SentencePiece BPE vocabulary in a GGUF, with reference ids (issue 19). NOT run
+"""A small SentencePiece BPE vocabulary in a GGUF, with reference ids. NOT run
 by CI: writes crates/backend-candle/tests/data/spm/ (`vocab.gguf`, `reference.json`).
 
 Llama 2, Mistral v0.1, TinyLlama and Phi-3 GGUFs carry SentencePiece vocabularies

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A SentencePiece-style `tokenizer.json` (issue 19): what Llama 2, Mistral v0.1,
+"""A SentencePiece-style `tokenizer.json`: what Llama 2, Mistral v0.1,
 TinyLlama and Gemma checkpoint directories carry (BPE with byte fallback, `▁` word
 markers). NOT run by CI: writes crates/backend-candle/tests/data/spm/hf/
 (`tokenizer.json`, `tokenizer_config.json`, `reference.json`).

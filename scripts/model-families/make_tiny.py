@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Tiny random-weight checkpoints of each supported model family, with reference logits
-from Hugging Face transformers (issue 19). NOT run by CI: its output is committed under
+from Hugging Face transformers. NOT run by CI: its output is committed under
 crates/backend-candle/tests/data/families/ and the Rust tests compare against it.
 
 Per family: a 2-layer, hidden-64 model with the family's special features switched on

@@ -1,5 +1,5 @@
 //! `cargo xtask bench [--quick]`: end-to-end benchmark on the default model against
-//! candle-transformers and llama.cpp (issue 10).
+//! candle-transformers and llama.cpp.
 //!
 //! Every measurement runs in its own process (peak RSS per contender, no shared thread
 //! pools), 2 threads each, the same GGUF and the same prompt token ids, contenders
@@ -26,15 +26,14 @@ const LLAMA_CPP_PYTHON: &str = "llama-cpp-python==0.3.36";
 const THREADS: usize = 2;
 /// Positions of the long-context decode measurement.
 /// Positions of the long-context decode measurement; filling the cache to each is also
-/// the long-prompt prefill measurement (issue 24: 512 and 2,000 tokens).
+/// the long-prompt prefill measurement (512 and 2,000 tokens).
 const POSITIONS: [usize; 4] = [100, 512, 2_000, 6_000];
 /// Greedy decode steps timed at each position.
 const POSITION_STEPS: usize = 32;
 /// Markers of the generated section in docs/PERFORMANCE.md.
 const START: &str = "<!-- xtask-bench:start -->";
 const END: &str = "<!-- xtask-bench:end -->";
-const HEADING: &str =
-    "## `cargo xtask bench`: end to end against candle-transformers and llama.cpp (issue 10)";
+const HEADING: &str = "## `cargo xtask bench`: end to end against candle-transformers and llama.cpp";
 
 const PERPETUA: &str = "perpetua";
 const PERPETUA_EXACT: &str = "perpetua-exact";
@@ -96,7 +95,7 @@ fn setup(model: PathBuf) -> Result<(Paths, Value)> {
     Ok((paths, tokens))
 }
 
-/// `cargo xtask bench --long [TOKENS [WINDOW]]` (issue 24): one perpetual run of
+/// `cargo xtask bench --long [TOKENS [WINDOW]]`: one perpetual run of
 /// `new_tokens` sampled tokens (EOS masked) through a `window`-position context, perpetua
 /// rolling by cache shifts against llama.cpp's own context shift, same machine, same run,
 /// one after the other. Writes `target/bench/long.json` and `target/bench/LONG.md`.
@@ -828,7 +827,7 @@ fn report(config: &Config, paths: &Paths, raw: &Value, runs: &[BenchRecord]) -> 
     // Long-prompt prefill.
     writeln!(
         md,
-        "**Prefill of long prompts** (issue 24; filling the cache to the position with filler ids, \
+        "**Prefill of long prompts** (filling the cache to the position with filler ids, \
          chunks of 512 for every contender; positions ÷ fill time, tok/s, best round; the 44-token row is \
          the greedy runs' prompt prefill):\n"
     )?;

@@ -11,7 +11,7 @@
 //!   tokens, each EOS method × {nothing, DRY, loop + stale back steps, both, + anticipation}),
 //!   each a section of `docs/EVALUATION.md` with figures and JSON in `docs/eval/`.
 //!   Resumable: finished runs are kept in `target/eval-runs/` and not redone.
-//! - `bench [--quick | --long [TOKENS [WINDOW]]]`: end-to-end benchmark on the default model (issue 10): our
+//! - `bench [--quick | --long [TOKENS [WINDOW]]]`: end-to-end benchmark on the default model: our
 //!   `Generator` vs candle-transformers' `quantized_llama` vs llama.cpp
 //!   (`llama-cpp-python` 0.3.36 in a virtual environment under `target/bench-venv`), each
 //!   measurement in its own process, 2 threads, same GGUF and prompt ids; prefill/decode
@@ -118,8 +118,7 @@ pub(crate) fn cargo(args: &[&str]) -> Result<()> {
 /// perpetual real-model test, `crates/perpetua/tests/perpetual_burn.rs`); not
 /// `--all-features`, which would pull in `cuda`/`metal`/`wgpu`, unbuildable without
 /// those toolkits. One feature set for clippy and test, so dependencies build once.
-const TEST_FEATURES: &str =
-    "perpetua-sampling/testing,perpetua-kv-cache/testing,perpetua-generator/testing,perpetua/burn";
+const TEST_FEATURES: &str = "perpetua-sampling/testing,perpetua-kv-cache/testing,perpetua-generator/testing,perpetua/burn,perpetua-examples/burn";
 
 /// The README's test command: everything CI checks.
 fn ci() -> Result<()> {
@@ -231,4 +230,40 @@ fn eval(run: EvalRun) -> Result<()> {
     ];
     args.extend(extra);
     cargo(&args)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The newcomer test of `docs/ARCHITECTURE.md`'s "Start here": every file the path
+    /// of one token names exists, and the path names the files of every layer it crosses.
+    #[test]
+    fn start_here_names_files_that_exist() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let doc = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
+        let start = doc.find("## Start here").expect("a \"Start here\" section");
+        let section = &doc[start..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+        let paths: Vec<&str> = section
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|s| s.contains('/') && (s.ends_with(".rs") || s.ends_with('/')))
+            .collect();
+        for path in &paths {
+            assert!(
+                root.join(path).exists(),
+                "docs/ARCHITECTURE.md \"Start here\" names `{path}`, which does not exist"
+            );
+        }
+        for layer in [
+            "crates/cli/",
+            "crates/generator/",
+            "crates/backend-candle/",
+            "crates/sampling/",
+            "crates/perpetual/",
+            "crates/kv-cache/",
+        ] {
+            assert!(paths.iter().any(|p| p.starts_with(layer)), "\"Start here\" names no file of {layer}");
+        }
+    }
 }

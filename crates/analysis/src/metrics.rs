@@ -60,14 +60,14 @@ pub fn mean_logprob(rows: &[crate::TraceRow]) -> Option<f64> {
     Some(last.values().map(|p| p.max(f64::MIN_POSITIVE).ln()).sum::<f64>() / last.len() as f64)
 }
 
-/// Words per window of [`freshness`] (DESIGN.md §5).
+/// Words per window of [`freshness`].
 pub const FRESHNESS_WINDOW: usize = 200;
 
 /// rep-4 above which a window counts as a loop.
 pub const LOOP_REP4: f64 = 0.5;
 
 /// How repetitive a text is, measured on whitespace-separated words (so no tokenizer
-/// choice flatters a model) in consecutive windows (DESIGN.md §5; Su et al. 2022).
+/// choice flatters a model) in consecutive windows (Su et al. 2022).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Freshness {
     /// Words in the text.

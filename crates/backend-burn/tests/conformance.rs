@@ -2,39 +2,11 @@
 //! the error contract of the burn model (typed errors, the cache untouched).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use perpetua_burn::{BurnBackendError, Llama, LlamaCache, LlamaTokenizer, LoadOptions};
+use perpetua_burn::{BurnBackendError, Llama, LlamaTokenizer, LoadOptions};
 use perpetua_generator::LanguageModel;
-use perpetua_kv_cache::testing::{CacheHarness, ConformanceConfig, Property, run_all};
+use perpetua_generator::testing::ModelHarness;
+use perpetua_kv_cache::testing::{ConformanceConfig, Property, run_all};
 use perpetua_kv_cache::{CacheError, ForkableCache, KvCache};
-
-struct Harness(Llama);
-
-impl CacheHarness for Harness {
-    type Cache = LlamaCache;
-    type Error = BurnBackendError;
-
-    fn new_cache(&mut self) -> Result<LlamaCache, BurnBackendError> {
-        self.0.new_cache()
-    }
-
-    fn new_cache_with_capacity(&mut self, capacity: usize) -> Result<LlamaCache, BurnBackendError> {
-        self.0.new_cache_with_capacity(capacity)
-    }
-
-    fn feed(
-        &mut self,
-        cache: &mut LlamaCache,
-        tokens: &[u32],
-        out: &mut Vec<f32>,
-    ) -> Result<(), BurnBackendError> {
-        self.0.forward(tokens, cache, out)
-    }
-
-    fn shift(&mut self, cache: &mut LlamaCache, start: usize, n: usize) -> Result<bool, BurnBackendError> {
-        self.0.shift_cache(cache, start, n)?;
-        Ok(true)
-    }
-}
 
 fn load(capacity: usize) -> (Llama, LlamaTokenizer) {
     let path = perpetua_burn::default_model_path().unwrap();
@@ -58,7 +30,7 @@ fn real_model_cache_passes_the_conformance_kit() {
     // rounding); the kit's comparisons are logits of the same positions.
     let config =
         ConformanceConfig { truncate_to: tokens.len() / 2, tokens, tolerance: 1e-3, small_capacity: 24 };
-    let report = run_all(&mut Harness(model), &config).unwrap();
+    let report = run_all(&mut ModelHarness(model), &config).unwrap();
     println!("{report}");
     assert!(report.max_abs_diff() <= 1e-3, "{report}");
     assert!(report.checks.iter().any(|c| c.property == Property::ContextShift), "{report}");

@@ -967,7 +967,11 @@ impl perpetua_generator::LanguageModel for Llama {
     }
 
     fn new_cache(&self) -> Result<LlamaCache> {
-        self.new_cache_with_capacity(self.cache_capacity)
+        Llama::new_cache_with_capacity(self, self.cache_capacity)
+    }
+
+    fn new_cache_with_capacity(&self, capacity: usize) -> Result<LlamaCache> {
+        Llama::new_cache_with_capacity(self, capacity)
     }
 
     fn forward(&self, tokens: &[u32], cache: &mut LlamaCache, out: &mut Vec<f32>) -> Result<()> {

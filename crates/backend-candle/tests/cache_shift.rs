@@ -1,4 +1,4 @@
-//! Context shifts on the real model (issue 24): `shift_cache` drops a range of cached
+//! Context shifts on the real model: `shift_cache` drops a range of cached
 //! positions and re-rotates the kept keys. Layer 0's keys depend only on the token and
 //! its position, so after a shift they must equal a fresh prefill's up to rounding —
 //! this checks the rotation itself, for f32, f16 and Q8 caches. Deeper layers also

@@ -6,7 +6,7 @@ mod common;
 use perpetua_candle::{KvDtype, Llama, LlamaTokenizer, LoadOptions};
 use perpetua_kv_cache::testing::{ConformanceConfig, Property, run_all};
 
-use common::Harness;
+use perpetua_generator::testing::ModelHarness;
 
 #[test]
 fn real_model_cache_passes_the_conformance_kit_exactly() {
@@ -25,7 +25,7 @@ fn real_model_cache_passes_the_conformance_kit_exactly() {
     // clears reproduce a fresh prefill bit for bit.
     let config =
         ConformanceConfig { truncate_to: tokens.len() / 2, tokens, tolerance: 0.0, small_capacity: 24 };
-    let report = run_all(&mut Harness(model), &config).unwrap();
+    let report = run_all(&mut ModelHarness(model), &config).unwrap();
     println!("{report}");
     assert_eq!(report.max_abs_diff(), 0.0);
     assert!(report.checks.iter().any(|c| c.property == Property::ContextShift), "{report}");
@@ -55,7 +55,7 @@ fn fast_configuration_exactly(kv_dtype: KvDtype) {
     let model = Llama::load(&path, &options).unwrap();
     let tokens: Vec<u32> = (0..20).map(|i| 100 + 37 * i).collect();
     let config = ConformanceConfig { truncate_to: 9, tokens, tolerance: 0.0, small_capacity: 16 };
-    let report = run_all(&mut Harness(model), &config).unwrap();
+    let report = run_all(&mut ModelHarness(model), &config).unwrap();
     println!("{report}");
     assert_eq!(report.max_abs_diff(), 0.0);
 }

@@ -478,8 +478,6 @@ fn the_dense_loader_reads_every_family_with_its_parts() {
     assert!(matches!(dense.config.rope_scaling, RopeScaling::Llama3 { .. }));
 }
 
-use common::Harness;
-
 #[test]
 fn every_family_passes_the_cache_conformance_kit() {
     for family in FAMILIES {
@@ -496,7 +494,7 @@ fn every_family_passes_the_cache_conformance_kit() {
                 Llama::load(dir(family), &LoadOptions { cache_capacity: Some(64), ..options }).unwrap();
             let tokens = reference(family).tokens;
             let config = ConformanceConfig { truncate_to: 9, tokens, tolerance, small_capacity: 24 };
-            let report = run_all(&mut Harness(model), &config).unwrap();
+            let report = run_all(&mut ModelHarness(model), &config).unwrap();
             println!(
                 "{family} ({kernel}): conformance kit passed, max |Δlogit| {:.1e}",
                 report.max_abs_diff()

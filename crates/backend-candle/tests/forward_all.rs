@@ -1,4 +1,4 @@
-//! `LanguageModel::forward_all` on the real model (issue 9): one batched pass gives
+//! `LanguageModel::forward_all` on the real model: one batched pass gives
 //! every fed position's logits, matching token-by-token `forward` up to float
 //! rounding, for the quantized default load and for f32 weights (whose few-row kernel
 //! differs from the decode path), and errors leave the cache as it was.

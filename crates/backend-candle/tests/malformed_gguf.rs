@@ -1,4 +1,4 @@
-//! Malformed GGUF files (issue 11): a tiny but complete llama GGUF is written in
+//! Malformed GGUF files: a tiny but complete llama GGUF is written in
 //! memory, loads and runs, and each corruption of it gets a typed error naming the
 //! problem. With `PERPETUA_WRITE_FUZZ_SEED=DIR` the intact file is also written to `DIR`
 //! (the seed of the `gguf_load` fuzz target in `fuzz/`).

@@ -1,4 +1,4 @@
-//! Acceptance tests on the real SmolLM2-135M-Instruct Q4_1 GGUF (issue 4): logits and
+//! Acceptance tests on the real SmolLM2-135M-Instruct Q4_1 GGUF: logits and
 //! greedy-token parity with candle-transformers' `quantized_llama`, cache parity after
 //! truncate-and-refeed, fork independence, capacity errors.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -68,9 +68,9 @@ fn reference_logits(weights: &HashMap<String, Tensor>, tokens: &[u32]) -> Vec<f3
     model.forward(&input, 0, &mut cache).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
 }
 
+/// The kv-cache kit's difference (`inf` for different lengths or a NaN), without the index.
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    perpetua_kv_cache::testing::max_abs_diff(a, b).0
 }
 
 #[test]

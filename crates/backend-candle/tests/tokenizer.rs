@@ -1,4 +1,4 @@
-//! Tokenizer acceptance (issue 4): round trips on ≥ 1,000 varied strings, ids equal to
+//! Tokenizer acceptance: round trips on ≥ 1,000 varied strings, ids equal to
 //! llama.cpp's for fixed strings, special tokens, EOS, the chat template.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -241,7 +241,7 @@ proptest! {
     }
 }
 
-/// Every supported `tokenizer.ggml.pre` value (issue 19): the default model's vocabulary
+/// Every supported `tokenizer.ggml.pre` value: the default model's vocabulary
 /// and merges written into a vocab-only GGUF with that value must tokenize a 300-string
 /// corpus (mixed scripts, digits, code, whitespace runs, emoji, contractions in both
 /// cases) exactly as the family's own pre-tokenizer does — reference ids from Hugging

@@ -360,7 +360,7 @@ fn markdown_report(
     let _ = writeln!(s, "{sub} Strategy table\n\n{}", report.markdown_table());
     let _ = writeln!(
         s,
-        "Columns (DESIGN.md §5): *looped* = share of runs with a 200-word window whose rep-4 > 0.5; freshness is measured on \
+        "Columns: *looped* = share of runs with a 200-word window whose rep-4 > 0.5; freshness is measured on \
          whitespace words in consecutive 200-word windows and averaged over a run's windows, then over runs: rep-n = 1 − distinct \
          n-grams / n-grams, diversity = (1 − rep-2)(1 − rep-3)(1 − rep-4); *worst window* = the lowest window diversity of any \
          run; *× plain* = ratio to plain generation (plain text before its own EOS is the reference; for log p, plain's mean \

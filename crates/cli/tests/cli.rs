@@ -1,4 +1,4 @@
-//! The `perpetua` binary as a user meets it (issue 8): `--help` lists every flag with
+//! The `perpetua` binary as a user meets it: `--help` lists every flag with
 //! its default, and each invalid flag value gives one line naming the flag and its
 //! allowed range, a non-zero exit code and no backtrace. Invalid values are rejected
 //! before the model is read, so these run without it.

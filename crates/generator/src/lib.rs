@@ -149,6 +149,15 @@ pub trait LanguageModel {
     /// A new, empty cache (capacity: the model's default, usually `max_context`).
     fn new_cache(&self) -> Result<Self::Cache, Self::Error>;
 
+    /// A new, empty cache holding at most `capacity` positions (small caches for tests,
+    /// a per-sequence memory budget). The default ignores `capacity` and returns
+    /// [`new_cache`](Self::new_cache); backends that can size their caches override it
+    /// (both of ours do, erroring on `0` or more than `max_context`).
+    fn new_cache_with_capacity(&self, capacity: usize) -> Result<Self::Cache, Self::Error> {
+        let _ = capacity;
+        self.new_cache()
+    }
+
     /// Feed `tokens` at positions `cache.seq_len()..`, append their keys/values to the
     /// cache, and write the logits of the *last* position (host `f32`, length
     /// `vocab_size`) into `out` (cleared first, reused to avoid allocation).
@@ -278,71 +287,55 @@ pub trait Tokenizer {
     }
 }
 
-impl<M: LanguageModel + ?Sized> LanguageModel for &M {
-    type Cache = M::Cache;
-    type Error = M::Error;
-    fn vocab_size(&self) -> usize {
-        (**self).vocab_size()
-    }
-    fn max_context(&self) -> usize {
-        (**self).max_context()
-    }
-    fn new_cache(&self) -> Result<Self::Cache, Self::Error> {
-        (**self).new_cache()
-    }
-    fn forward(
-        &self,
-        tokens: &[u32],
-        cache: &mut Self::Cache,
-        out: &mut Vec<f32>,
-    ) -> Result<(), Self::Error> {
-        (**self).forward(tokens, cache, out)
-    }
-    fn forward_all(
-        &self,
-        tokens: &[u32],
-        cache: &mut Self::Cache,
-        out: &mut Vec<f32>,
-    ) -> Result<(), Self::Error> {
-        (**self).forward_all(tokens, cache, out)
-    }
-    fn shift_cache(&self, cache: &mut Self::Cache, start: usize, n: usize) -> Result<bool, Self::Error> {
-        (**self).shift_cache(cache, start, n)
-    }
+/// `LanguageModel` for a pointer to a model (`&M`, `Arc<M>`): every method forwarded,
+/// so a generator can borrow or share its model.
+macro_rules! forward_language_model {
+    ($pointer:ty) => {
+        impl<M: LanguageModel + ?Sized> LanguageModel for $pointer {
+            type Cache = M::Cache;
+            type Error = M::Error;
+            fn vocab_size(&self) -> usize {
+                (**self).vocab_size()
+            }
+            fn max_context(&self) -> usize {
+                (**self).max_context()
+            }
+            fn new_cache(&self) -> Result<Self::Cache, Self::Error> {
+                (**self).new_cache()
+            }
+            fn new_cache_with_capacity(&self, capacity: usize) -> Result<Self::Cache, Self::Error> {
+                (**self).new_cache_with_capacity(capacity)
+            }
+            fn forward(
+                &self,
+                tokens: &[u32],
+                cache: &mut Self::Cache,
+                out: &mut Vec<f32>,
+            ) -> Result<(), Self::Error> {
+                (**self).forward(tokens, cache, out)
+            }
+            fn forward_all(
+                &self,
+                tokens: &[u32],
+                cache: &mut Self::Cache,
+                out: &mut Vec<f32>,
+            ) -> Result<(), Self::Error> {
+                (**self).forward_all(tokens, cache, out)
+            }
+            fn shift_cache(
+                &self,
+                cache: &mut Self::Cache,
+                start: usize,
+                n: usize,
+            ) -> Result<bool, Self::Error> {
+                (**self).shift_cache(cache, start, n)
+            }
+        }
+    };
 }
 
-impl<M: LanguageModel + ?Sized> LanguageModel for std::sync::Arc<M> {
-    type Cache = M::Cache;
-    type Error = M::Error;
-    fn vocab_size(&self) -> usize {
-        (**self).vocab_size()
-    }
-    fn max_context(&self) -> usize {
-        (**self).max_context()
-    }
-    fn new_cache(&self) -> Result<Self::Cache, Self::Error> {
-        (**self).new_cache()
-    }
-    fn forward(
-        &self,
-        tokens: &[u32],
-        cache: &mut Self::Cache,
-        out: &mut Vec<f32>,
-    ) -> Result<(), Self::Error> {
-        (**self).forward(tokens, cache, out)
-    }
-    fn forward_all(
-        &self,
-        tokens: &[u32],
-        cache: &mut Self::Cache,
-        out: &mut Vec<f32>,
-    ) -> Result<(), Self::Error> {
-        (**self).forward_all(tokens, cache, out)
-    }
-    fn shift_cache(&self, cache: &mut Self::Cache, start: usize, n: usize) -> Result<bool, Self::Error> {
-        (**self).shift_cache(cache, start, n)
-    }
-}
+forward_language_model!(&M);
+forward_language_model!(std::sync::Arc<M>);
 
 impl<T: Tokenizer + ?Sized> Tokenizer for std::sync::Arc<T> {
     fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, BoxError> {

@@ -339,8 +339,9 @@ impl CacheHarness for FakeModel {
 }
 
 /// Runs the kv-cache conformance kit on any [`LanguageModel`]: `feed` is `forward`,
-/// caches come from `new_cache` (the capacity check then fills the model's default
-/// capacity; implement [`CacheHarness`] directly to offer small caches).
+/// `shift` is `shift_cache`, caches come from `new_cache` and, for the capacity check,
+/// [`LanguageModel::new_cache_with_capacity`] (a backend that does not size its caches
+/// makes the check fill its default capacity). Both backends' conformance tests use it.
 #[derive(Debug)]
 pub struct ModelHarness<M>(pub M);
 
@@ -350,6 +351,10 @@ impl<M: LanguageModel> CacheHarness for ModelHarness<M> {
 
     fn new_cache(&mut self) -> Result<M::Cache, M::Error> {
         self.0.new_cache()
+    }
+
+    fn new_cache_with_capacity(&mut self, capacity: usize) -> Result<M::Cache, M::Error> {
+        self.0.new_cache_with_capacity(capacity)
     }
 
     fn feed(&mut self, cache: &mut M::Cache, tokens: &[u32], out: &mut Vec<f32>) -> Result<(), M::Error> {

@@ -1,4 +1,4 @@
-//! Decoding beyond sampling on the fake model (issue 9): beam search against
+//! Decoding beyond sampling on the fake model: beam search against
 //! brute-force enumeration, speculative decoding's output distribution against the
 //! target's (chi-square, fixed seeds), chain-of-thought decoding against its
 //! definition, and the default `forward_all`.

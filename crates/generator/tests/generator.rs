@@ -1,4 +1,4 @@
-//! Generator acceptance tests on the fake model (issue 3).
+//! Generator acceptance tests on the fake model.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::ops::ControlFlow;

@@ -1,5 +1,5 @@
 //! Loop back steps driven by the real `Generator` on a fake model that falls into a
-//! loop (issue 18): sequence and cache lengths agree after every loop back step (with
+//! loop: sequence and cache lengths agree after every loop back step (with
 //! and without context rolls), a loop back step never reaches into the prompt, the
 //! regenerated token at the landing differs from the evicted one, the trace and counts
 //! record them, and perpetual modes (DRY with string breakers) build and run.

@@ -1,5 +1,5 @@
 //! The perpetual strategies driven by the real `Generator` on the fake model, with EOS
-//! forced at known positions (issue 5): sequence and cache lengths agree after every
+//! forced at known positions: sequence and cache lengths agree after every
 //! back step, the output never contains EOS, a seeded regeneration differs from the
 //! evicted span, every strategy reaches a budget where plain generation stops, the
 //! schedules' temperatures reach the chain, and ending phrases are banned.

@@ -1,4 +1,4 @@
-//! Robustness of the generator (issue 11) on the fake model: non-finite logits, panics
+//! Robustness of the generator on the fake model: non-finite logits, panics
 //! in code the generator calls, partial output on failure, and thread safety.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -36,9 +36,9 @@ fn burn(path: &PathBuf) -> perpetua_burn::Llama {
     perpetua_burn::Llama::load(path, &options).unwrap()
 }
 
+/// The kv-cache kit's difference (`inf` for different lengths or a NaN), without the index.
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    perpetua_kv_cache::testing::max_abs_diff(a, b).0
 }
 
 fn argmax(logits: &[f32]) -> u32 {
@@ -151,7 +151,7 @@ fn greedy<M: LanguageModel>(model: &M, prompt: &[u32], n: usize) -> Vec<u32> {
     ids
 }
 
-/// A context shift (issue 24) on both backends: the burn cache shifted in place reads
+/// A context shift on both backends: the burn cache shifted in place reads
 /// the same next-token logits as the candle cache shifted in place (candle's rotation
 /// is checked against a fresh prefill in its `cache_shift` test).
 #[test]

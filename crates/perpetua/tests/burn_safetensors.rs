@@ -98,7 +98,7 @@ fn safetensors_checkpoint_matches_the_candle_backend() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The kv-cache kit's difference (`inf` for different lengths or a NaN), without the index.
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    perpetua_kv_cache::testing::max_abs_diff(a, b).0
 }

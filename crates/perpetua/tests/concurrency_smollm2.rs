@@ -1,4 +1,4 @@
-//! Thread safety on the real model (issue 11): one `Llama` shared read-only through an
+//! Thread safety on the real model: one `Llama` shared read-only through an
 //! `Arc`, one generator (and so one cache) per thread; the same seeds give the same
 //! tokens as sequential runs. Needs the default model (`cargo xtask fetch-model`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

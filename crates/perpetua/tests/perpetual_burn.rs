@@ -1,4 +1,4 @@
-//! The perpetual real-model test on the burn backend (issue 7; feature `burn`, or
+//! The perpetual real-model test on the burn backend (feature `burn`, or
 //! `burn-flex`): SmolLM2-135M-Instruct dequantized to f32 on burn's CPU backend,
 //! through the same `Generator` and EOS strategies as on candle. Plain generation ends
 //! at its own EOS before the budget; each of the four strategies carries the model

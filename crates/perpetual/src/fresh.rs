@@ -1,5 +1,5 @@
 //! Strategies that keep perpetual text fresh: they wrap any EOS strategy and act on
-//! degeneration as well as on EOS (DESIGN.md §5).
+//! degeneration as well as on EOS.
 //!
 //! - [`LoopBackstep`]: a repetition loop is an event like EOS. When the generated tail
 //!   repeats itself ([`LoopDetector`]), remove the repeat (back to where it began, never

@@ -1,6 +1,6 @@
 //! Perpetual generation: what to do when the model draws EOS.
 //!
-//! This crate is pure policy (DESIGN.md §1, §3). An [`EosStrategy`] is told, step by
+//! This crate is pure policy. An [`EosStrategy`] is told, step by
 //! step, what the generator is about to do and what it drew; it answers with a
 //! [`StepPlan`] (temperature for this step, whether EOS is hard-masked, how many
 //! distinct draws to make) and, when the first draw is an EOS id, an [`EosAction`]

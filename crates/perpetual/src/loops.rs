@@ -1,6 +1,6 @@
 //! Online detection of repetition loops in the generated tail.
 //!
-//! A loop is degeneration's other face (DESIGN.md §5): a small model whose EOS is
+//! A loop is degeneration's other face: a small model whose EOS is
 //! forbidden falls into self-reinforcing repetition (Xu et al. 2022, "Learning to Break
 //! the Loop"). [`LoopDetector`] watches the generated ids one token at a time and
 //! reports a [`Repeat`] as soon as the tail repeats earlier text by the thresholds of

@@ -1,5 +1,5 @@
 //! Distribution statistics over full logit vectors: the quantities the perpetual
-//! method watches before an EOS (DESIGN.md §1) and the generator's per-step trace.
+//! method watches before an EOS and the generator's per-step trace.
 //!
 //! All functions take raw logits (`-inf` = probability 0) and compute in `f64` with the
 //! max subtracted, so they are exact enough for traces over 128k vocabularies.

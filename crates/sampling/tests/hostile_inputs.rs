@@ -1,4 +1,4 @@
-//! Caller inputs that must not size allocations or panic (issue 11; the first was found
+//! Caller inputs that must not size allocations or panic (the first was found
 //! by the `chain_config` fuzz target: `repetition_penalty_last_n` = 2^63 overflowed a
 //! `reserve`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

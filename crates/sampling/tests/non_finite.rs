@@ -1,4 +1,4 @@
-//! The non-finite logit policy (issue 11): `Error` by default, opt-in `Sanitize`.
+//! The non-finite logit policy: `Error` by default, opt-in `Sanitize`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use perpetua_sampling::processors::{MinP, Temperature, TopK, TopP};

@@ -21,38 +21,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Largest absolute element-wise difference.
+/// Largest absolute element-wise difference (the kv-cache kit's, without the index).
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "logit vectors of different lengths");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-/// The kv-cache conformance kit's harness over a candle model, with small caches.
-pub struct Harness(pub perpetua_candle::Llama);
-
-impl perpetua_kv_cache::testing::CacheHarness for Harness {
-    type Cache = perpetua_candle::LlamaCache;
-    type Error = perpetua_candle::CandleBackendError;
-
-    fn new_cache(&mut self) -> Result<Self::Cache, Self::Error> {
-        perpetua_generator::LanguageModel::new_cache(&self.0)
-    }
-
-    fn new_cache_with_capacity(&mut self, capacity: usize) -> Result<Self::Cache, Self::Error> {
-        self.0.new_cache_with_capacity(capacity)
-    }
-
-    fn feed(
-        &mut self,
-        cache: &mut Self::Cache,
-        tokens: &[u32],
-        out: &mut Vec<f32>,
-    ) -> Result<(), Self::Error> {
-        perpetua_generator::LanguageModel::forward(&self.0, tokens, cache, out)
-    }
-
-    fn shift(&mut self, cache: &mut Self::Cache, start: usize, n: usize) -> Result<bool, Self::Error> {
-        self.0.shift_cache(cache, start, n)?;
-        Ok(true)
-    }
+    perpetua_kv_cache::testing::max_abs_diff(a, b).0
 }

@@ -7,11 +7,11 @@
 
 // `main` of each example is unused here.
 #[allow(dead_code)]
-#[path = "../examples/basic_sampling.rs"]
+#[path = "../basic_sampling.rs"]
 mod basic_sampling;
 
 #[allow(dead_code)]
-#[path = "../examples/custom_processor.rs"]
+#[path = "../custom_processor.rs"]
 mod custom_processor;
 
 fn sampling_runs(seed: u64) -> (Vec<basic_sampling::ChainRun>, String) {

@@ -6,7 +6,7 @@
 //! t.csv` followed by `perpetua analyze t.csv --out DIR` does, as library calls.
 //!
 //! ```text
-//! cargo run --release -p perpetua --features plots --example analysis_plot -- [OUT_DIR] [TOKENS]
+//! cargo run --release -p perpetua-examples --features plots --example analysis_plot -- [OUT_DIR] [TOKENS]
 //! ```
 //! Defaults: `target/analysis-example`, 120 new tokens. Needs the model
 //! (`cargo xtask fetch-model`) and the `plots` feature (plotters; text is drawn from an

@@ -5,11 +5,11 @@
 //! with what probability, and what a seeded RNG draws from them.
 //!
 //! ```text
-//! cargo run -p perpetua --example basic_sampling [-- SEED]
+//! cargo run -p perpetua-examples --example basic_sampling [-- SEED]
 //! ```
 //!
 //! The same seed always gives the same draws (every generation in perpetua is
-//! reproducible from its seed); `crates/perpetua/tests/examples.rs` runs [`run`] and
+//! reproducible from its seed); `examples/tests/examples.rs` runs [`run`] and
 //! checks exactly that.
 
 use std::error::Error;

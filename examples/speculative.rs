@@ -1,4 +1,4 @@
-//! Speculative decoding on SmolLM2-135M-Instruct (issue 9): a cheap copy of the model
+//! Speculative decoding on SmolLM2-135M-Instruct: a cheap copy of the model
 //! drafts for a more expensive, higher-precision copy of the same weights. Weights are
 //! chosen with `SPECULATIVE_DRAFT` / `SPECULATIVE_TARGET` (see `options`; default: the
 //! Q8_0 re-quantization drafts for the Q4_1 weights dequantized to f32).
@@ -7,7 +7,7 @@
 //! speculative decoding for several K, the acceptance rate and the speed-up.
 //!
 //! ```text
-//! SPECULATIVE_TARGET=exact cargo run --release -p perpetua --example speculative -- [new_tokens] [K,K,...]
+//! SPECULATIVE_TARGET=exact cargo run --release -p perpetua-examples --example speculative -- [new_tokens] [K,K,...]
 //! ```
 
 use std::time::Instant;

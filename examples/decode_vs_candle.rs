@@ -2,7 +2,7 @@
 //! process on the same model file (the numbers in docs/PERFORMANCE.md, "burn backend").
 //!
 //! ```text
-//! cargo run --release -p perpetua --features burn --example decode_vs_candle -- [--rounds 3] [--new-tokens 64] \
+//! cargo run --release -p perpetua-examples --features burn --example decode_vs_candle -- [--rounds 3] [--new-tokens 64] \
 //!     [--position 1000] [--contenders candle,candle-f32,burn]
 //! ```
 //!
@@ -27,19 +27,19 @@
 
 use std::path::Path;
 
-use perpetua_generator::{
+use perpetua::generator::{
     ChatMessage, FinishReason, Generation, Generator, LanguageModel, Prompt, Tokenizer,
 };
-use perpetua_perpetual::StopAtEos;
-use perpetua_sampling::Chain;
-use perpetua_sampling::samplers::Greedy;
+use perpetua::perpetual::StopAtEos;
+use perpetua::sampling::Chain;
+use perpetua::sampling::samplers::Greedy;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `(prefill tok/s, decode tok/s)` of one greedy run of exactly `n` tokens.
 fn run<M: LanguageModel>(
     model: &M,
-    tok: &perpetua_burn::LlamaTokenizer,
+    tok: &perpetua::burn::LlamaTokenizer,
     prompt: &[u32],
     n: usize,
 ) -> Result<(f64, f64), BoxError> {
@@ -99,64 +99,64 @@ fn parse_args() -> Result<Args, BoxError> {
 const CONTENDERS: [&str; 6] = ["candle", "candle-kv32", "candle-q8", "candle-f32", "burn", "burn-flex"];
 
 enum Contender {
-    Candle(Box<perpetua_candle::Llama>),
-    Burn(Box<perpetua_burn::Llama>),
+    Candle(Box<perpetua::candle::Llama>),
+    Burn(Box<perpetua::burn::Llama>),
 }
 
 fn load(name: &str, path: &Path, capacity: usize) -> Result<Contender, BoxError> {
     Ok(match name {
-        "candle" => Contender::Candle(Box::new(perpetua_candle::Llama::load(
+        "candle" => Contender::Candle(Box::new(perpetua::candle::Llama::load(
             path,
-            &perpetua_candle::LoadOptions { cache_capacity: Some(capacity), ..Default::default() },
+            &perpetua::candle::LoadOptions { cache_capacity: Some(capacity), ..Default::default() },
         )?)),
         "candle-kv32" | "candle-q8" => {
             let kv_dtype = if name == "candle-q8" {
-                perpetua_candle::KvDtype::Q8
+                perpetua::candle::KvDtype::Q8
             } else {
-                perpetua_candle::KvDtype::F32
+                perpetua::candle::KvDtype::F32
             };
-            let options = perpetua_candle::LoadOptions {
+            let options = perpetua::candle::LoadOptions {
                 cache_capacity: Some(capacity),
                 kv_dtype,
                 ..Default::default()
             };
-            Contender::Candle(Box::new(perpetua_candle::Llama::load(path, &options)?))
+            Contender::Candle(Box::new(perpetua::candle::Llama::load(path, &options)?))
         }
-        "candle-f32" => Contender::Candle(Box::new(perpetua_candle::Llama::load(
+        "candle-f32" => Contender::Candle(Box::new(perpetua::candle::Llama::load(
             path,
-            &perpetua_candle::LoadOptions {
+            &perpetua::candle::LoadOptions {
                 cache_capacity: Some(capacity),
-                requantize: Some(perpetua_candle::GgmlDType::F32),
-                attention: perpetua_candle::Attention::Reference,
-                kv_dtype: perpetua_candle::KvDtype::F32,
+                requantize: Some(perpetua::candle::GgmlDType::F32),
+                attention: perpetua::candle::Attention::Reference,
+                kv_dtype: perpetua::candle::KvDtype::F32,
                 ..Default::default()
             },
         )?)),
         #[cfg(feature = "burn-flex")]
-        "burn-flex" => Contender::Burn(Box::new(perpetua_burn::Llama::load(
+        "burn-flex" => Contender::Burn(Box::new(perpetua::burn::Llama::load(
             path,
-            &perpetua_burn::LoadOptions {
+            &perpetua::burn::LoadOptions {
                 cache_capacity: Some(capacity),
-                device: perpetua_burn::Device::flex(),
+                device: perpetua::burn::Device::flex(),
                 ..Default::default()
             },
         )?)),
         #[cfg(not(feature = "burn-flex"))]
         "burn-flex" => return Err("the `burn-flex` contender needs `--features burn-flex`".into()),
-        _ => Contender::Burn(Box::new(perpetua_burn::Llama::load(
+        _ => Contender::Burn(Box::new(perpetua::burn::Llama::load(
             path,
-            &perpetua_burn::LoadOptions { cache_capacity: Some(capacity), ..Default::default() },
+            &perpetua::burn::LoadOptions { cache_capacity: Some(capacity), ..Default::default() },
         )?)),
     })
 }
 
 fn main() -> Result<(), BoxError> {
     let args = parse_args()?;
-    let path = perpetua_burn::default_model_path()?;
+    let path = perpetua::burn::default_model_path()?;
     if !path.is_file() {
         return Err(format!("model missing at {}: run `cargo xtask fetch-model`", path.display()).into());
     }
-    let tok = perpetua_burn::LlamaTokenizer::from_gguf(&path)?;
+    let tok = perpetua::burn::LlamaTokenizer::from_gguf(&path)?;
     let text = tok
         .render_chat(&[ChatMessage::user("Write a book about a dog that can talk and is a detective.")], true)
         .ok_or("the model has no chat template")??;

@@ -8,7 +8,7 @@
 //! continuation of its own.
 //!
 //! ```text
-//! cargo run --release -p perpetua --example swap_backend -- [TOKENS]
+//! cargo run --release -p perpetua-examples --example swap_backend -- [TOKENS]
 //! ```
 //! Default: 60 new tokens. Needs the model (`cargo xtask fetch-model`).
 //!
@@ -18,7 +18,7 @@
 //! (`perpetua::burn::Llama`, f32 weights on burn's CPU backend):
 //!
 //! ```text
-//! cargo run --release -p perpetua --features burn-flex --example swap_backend
+//! cargo run --release -p perpetua-examples --features burn-flex --example swap_backend
 //! ```
 //!
 //! For candle the device is chosen by Cargo features and `LoadOptions`: build with `--features cuda` (or `metal`) and load

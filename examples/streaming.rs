@@ -5,7 +5,7 @@
 //! then the finish reason and the throughput.
 //!
 //! ```text
-//! cargo run --release -p perpetua --example streaming -- [TOKENS] [SEED] [PROMPT]
+//! cargo run --release -p perpetua-examples --example streaming -- [TOKENS] [SEED] [PROMPT]
 //! ```
 //! Defaults: 100 new tokens, seed 7, a prompt the model answers in a few lines (so it
 //! draws EOS early and the strategy has work to do). Needs the model

@@ -3,7 +3,7 @@
 //! 1,000 tokens, so a flat line is visible rather than claimed.
 //!
 //! ```text
-//! cargo run --release -p perpetua --example long_run -- [TOKENS] [WINDOW] [SEED] [shift|reprefill]
+//! cargo run --release -p perpetua-examples --example long_run -- [TOKENS] [WINDOW] [SEED] [shift|reprefill]
 //! ```
 //! Defaults: 20,000 new tokens, context window 8,192 (SmolLM2's full context), seed 1,
 //! rolls by shifting the cache (`ContextRoll::Shift`; `reprefill` re-prefills instead);

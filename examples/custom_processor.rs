@@ -6,12 +6,12 @@
 //! of a stage changes the result.
 //!
 //! ```text
-//! cargo run -p perpetua --example custom_processor
+//! cargo run -p perpetua-examples --example custom_processor
 //! ```
 //!
 //! The same stages go into a real generation unchanged: pass the chain to
 //! `Generator::builder(model).chain(chain)`; the generator calls `process`, draws, and
-//! then `accept` with the final token every step. `crates/perpetua/tests/examples.rs`
+//! then `accept` with the final token every step. `examples/tests/examples.rs`
 //! runs [`run`] and checks the effects shown here.
 
 use std::error::Error;
