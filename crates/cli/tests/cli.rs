@@ -177,3 +177,20 @@ fn models_list_describes_every_file_in_the_model_directory() {
     assert!(line("broken.gguf").contains("refused: malformed GGUF"), "{text}");
     let _ = std::fs::remove_dir_all(scratch);
 }
+
+/// One strategy vocabulary: `--strategy` takes every name `eval --strategies`, mode
+/// specs and `strategy_by_name` take (before, its own list rejected `post_eos`,
+/// `suppress_masked` and each strategy's own name). The `--backstep 0` error proves the
+/// name parsed and reached validation.
+#[test]
+fn strategy_takes_every_name_of_the_shared_vocabulary() {
+    for name in ["dynamic", "backstep_with_schedule", "backstep"] {
+        let (code, _, stderr) = perpetua(&["generate", "--strategy", name, "--backstep", "0", "hello"]);
+        assert_eq!(code, 1, "--strategy {name}: {stderr}");
+        assert!(stderr.contains("--backstep 0"), "--strategy {name}: {stderr}");
+    }
+    for name in ["post_eos", "post-eos", "suppress_masked", "suppress_eos", "plain", "none", "resume_turn"] {
+        let (_, _, stderr) = perpetua(&["generate", "--strategy", name, "--temperature", "-1", "hello"]);
+        assert!(stderr.contains("`temperature` = -1"), "--strategy {name} did not parse: {stderr}");
+    }
+}

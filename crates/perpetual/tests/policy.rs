@@ -401,3 +401,20 @@ proptest! {
         }
     }
 }
+
+/// One strategy vocabulary: `strategy_by_name` takes the canonical names of specs, the
+/// CLI and evaluation tables too (before, only each strategy's own name).
+#[test]
+fn strategy_by_name_takes_the_canonical_names() {
+    for (name, strategy) in [
+        ("plain", "stop"),
+        ("suppress", "suppress_eos"),
+        ("suppress_masked", "suppress_eos_masked"),
+        ("post_eos", "post_eos_resample"),
+        ("backstep", "backstep"),
+        ("dynamic", "backstep_with_schedule"),
+        ("resume", "resume_turn"),
+    ] {
+        assert_eq!(strategy_by_name(name).unwrap().name(), strategy, "{name}");
+    }
+}

@@ -346,3 +346,12 @@ fn processors_report_their_stage_and_custom_stages_are_never_mistaken_for_one() 
     assert!(chain.ensure_temperature_stage());
     assert_eq!(chain.stages().collect::<Vec<_>>(), [Some(Stage::Temperature), Some(Stage::TopK)]);
 }
+
+/// A custom stage that borrows a truncation's name is not a truncation (before, stages
+/// were matched by name): the temperature stage a generator needs goes after it.
+#[test]
+fn a_custom_stage_named_like_a_truncation_is_not_one() {
+    let mut chain = Chain::new(Multinomial).with(from_fn("top_k", |_c, _ctx| Ok(())));
+    assert!(chain.ensure_temperature_stage());
+    assert_eq!(names(&chain), ["top_k", "temperature"]);
+}
