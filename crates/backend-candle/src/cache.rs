@@ -5,17 +5,21 @@ use perpetua_kv_cache::{CacheCursor, CacheError, ForkableCache, KvCache};
 
 use crate::error::{CandleBackendError, Result};
 
-/// Keys and values of every layer, preallocated for `capacity` positions.
+/// Keys and values of every layer, holding up to `capacity` positions.
 ///
-/// Layout per layer: keys and values are each `(n_kv_heads, capacity, head_dim)`;
+/// Layout per layer: keys and values are each `(n_kv_heads, allocated, head_dim)`;
 /// positions `0..seq_len()` are valid. A forward pass writes its new positions in place
 /// (`slice_set`) and attends over `narrow(1, 0, seq_len)`: no concatenation, no copy of
 /// the past. [`truncate`](KvCache::truncate) only moves the length (O(1)); stale
 /// entries beyond it are overwritten by the next append.
 ///
-/// The buffers are allocated zeroed, which the OS maps lazily, so a cache with the full
-/// 8,192-position capacity of SmolLM2 (≈ 100 MB in Q8, 189 MB in f16, 377 MB in f32)
-/// only commits the pages it uses. The element type is the model's
+/// Memory grows with the work, not with the context: the buffers start at
+/// [`INITIAL_POSITIONS`] and, when an append needs more, are reallocated at twice the
+/// size (at least what the append needs, at most `capacity`) with the valid rows
+/// copied, so a 128-token run holds 256 positions, not the model's whole 8,192-position
+/// context (189 MB in f16 for SmolLM2, which candle's f16 zeros write out in full), and
+/// the copies cost O(length) amortised. [`allocated`](Self::allocated) tells how many
+/// positions are allocated now. The element type is the model's
 /// [`KvDtype`](crate::KvDtype); new keys/values are rounded to it as they are written.
 /// For [`KvDtype::Q8`](crate::KvDtype::Q8) the buffers hold `u8` codes and two more
 /// `(n_kv_heads, capacity)` f32 tensors per layer hold each row's scale.
@@ -28,6 +32,10 @@ pub struct LlamaCache {
     scales: Vec<(Tensor, Tensor)>,
     cursor: CacheCursor,
 }
+
+/// Positions a new cache allocates: a prompt and a few hundred tokens fit before the
+/// first growth.
+pub const INITIAL_POSITIONS: usize = 256;
 
 /// The cache of one layer over positions `0..visible`, as a forward pass reads it.
 #[derive(Debug)]
@@ -77,7 +85,8 @@ impl LlamaCache {
                 "must hold at least one position",
             ));
         }
-        let shape = (n_kv_heads, capacity, head_dim);
+        let allocated = capacity.min(INITIAL_POSITIONS);
+        let shape = (n_kv_heads, allocated, head_dim);
         let mut keys = Vec::with_capacity(n_layers);
         let mut values = Vec::with_capacity(n_layers);
         let mut scales = Vec::new();
@@ -85,11 +94,51 @@ impl LlamaCache {
             keys.push(Tensor::zeros(shape, dtype, device)?);
             values.push(Tensor::zeros(shape, dtype, device)?);
             if dtype == DType::U8 {
-                let zeros = || Tensor::zeros((n_kv_heads, capacity), DType::F32, device);
+                let zeros = || Tensor::zeros((n_kv_heads, allocated), DType::F32, device);
                 scales.push((zeros()?, zeros()?));
             }
         }
         Ok(Self { keys, values, scales, cursor: CacheCursor::new(capacity) })
+    }
+
+    /// Positions the buffers hold now (`seq_len() <= allocated() <= capacity()`).
+    pub fn allocated(&self) -> usize {
+        self.keys.first().map_or(0, |k| k.dims().get(1).copied().unwrap_or(0))
+    }
+
+    /// Bytes the buffers take now (keys, values and Q8 scales of every layer).
+    pub fn allocated_bytes(&self) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        self.keys.iter().chain(&self.values).map(bytes).sum::<usize>()
+            + self.scales.iter().map(|(k, v)| bytes(k) + bytes(v)).sum::<usize>()
+    }
+
+    /// Make room for `n` more positions: checked against the capacity
+    /// ([`CacheError::CapacityExceeded`]), then the buffers grow when they are too small
+    /// (twice the size, at least `seq_len() + n`, at most the capacity; the valid rows
+    /// copied). A failed growth leaves the cache as it was.
+    pub(crate) fn reserve(&mut self, n: usize) -> Result<()> {
+        let needed = self.cursor.reserve(n)?.end;
+        let allocated = self.allocated();
+        if needed <= allocated {
+            return Ok(());
+        }
+        let grown = needed.max(allocated.saturating_mul(2)).min(self.cursor.capacity());
+        let len = self.cursor.len();
+        let grow = |t: &Tensor| -> Result<Tensor> {
+            let mut dims = t.dims().to_vec();
+            dims[1] = grown;
+            let fresh = Tensor::zeros(dims, t.dtype(), t.device())?;
+            if len > 0 {
+                fresh.slice_set(&t.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
+            }
+            Ok(fresh)
+        };
+        let keys = self.keys.iter().map(grow).collect::<Result<Vec<_>>>()?;
+        let values = self.values.iter().map(grow).collect::<Result<Vec<_>>>()?;
+        let scales = self.scales.iter().map(|(k, v)| Ok((grow(k)?, grow(v)?))).collect::<Result<Vec<_>>>()?;
+        (self.keys, self.values, self.scales) = (keys, values, scales);
+        Ok(())
     }
 
     /// The element type of the stored keys and values (`U8` codes for
@@ -133,6 +182,13 @@ impl LlamaCache {
             ));
         };
         let at = self.cursor.reserve(n)?;
+        if at.end > kc.dims()[1] {
+            return Err(CandleBackendError::invalid(
+                "cache positions",
+                at.end,
+                "exceed the allocated buffers: reserve them first",
+            ));
+        }
         let visible = at.end;
         let scales = if kc.dtype() == DType::U8 {
             let Some((ks, vs)) = self.scales.get(layer) else {
@@ -152,11 +208,6 @@ impl LlamaCache {
             None
         };
         Ok(KvView { k: kc.narrow(1, 0, visible)?, v: vc.narrow(1, 0, visible)?, scales })
-    }
-
-    /// Check that `n` more positions fit.
-    pub(crate) fn ensure_room(&self, n: usize) -> Result<(), CacheError> {
-        self.cursor.reserve(n).map(|_| ())
     }
 
     /// Advance the length by `n` after a successful forward pass.
@@ -287,11 +338,11 @@ mod tests {
                     Op::Append(n) => {
                         let (k, data) = block(n, &mut counter);
                         if cache.seq_len() + n > cap {
-                            let full = matches!(cache.ensure_room(n), Err(CacheError::CapacityExceeded { .. }));
+                            let full = matches!(cache.reserve(n), Err(CandleBackendError::Cache(CacheError::CapacityExceeded { .. })));
                             prop_assert!(full);
                             continue;
                         }
-                        cache.ensure_room(n).unwrap();
+                        cache.reserve(n).unwrap();
                         let view = cache.write_and_view(0, &k, &k).unwrap();
                         prop_assert_eq!(view.k.dims(), &[2, cache.seq_len() + n, 3]);
                         cache.commit(n).unwrap();
@@ -346,5 +397,62 @@ mod tests {
     #[test]
     fn zero_capacity_is_rejected() {
         assert!(LlamaCache::new(1, 1, 2, 0, DType::F32, &Device::Cpu).is_err());
+    }
+
+    /// The buffers grow past [`INITIAL_POSITIONS`] by doubling (never past the
+    /// capacity), keep every valid row bit for bit in f32, f16 and Q8, and a fork, a
+    /// truncation and a shift after a growth see the same rows.
+    #[test]
+    fn buffers_grow_by_doubling_and_keep_every_row() {
+        for dtype in [DType::F32, DType::F16, DType::U8] {
+            let cap = 600;
+            let mut cache = LlamaCache::new(2, 2, 32, cap, dtype, &Device::Cpu).unwrap();
+            assert_eq!(cache.allocated(), INITIAL_POSITIONS);
+            let small = cache.allocated_bytes();
+            let mut written = 0;
+            for n in [200, 50, 30, 100, 150, 70] {
+                cache.reserve(n).unwrap();
+                let k = Tensor::rand(-1.0_f32, 1.0, (2, n, 32), &Device::Cpu).unwrap();
+                let before: Vec<Vec<f32>> = (0..2).map(|l| keys_of(&cache, l)).collect();
+                for layer in 0..2 {
+                    cache.write_and_view(layer, &k, &k).unwrap();
+                }
+                cache.commit(n).unwrap();
+                written += n;
+                // Rows written before this append are unchanged by any growth.
+                for (layer, old) in before.iter().enumerate() {
+                    let now = keys_of(&cache, layer);
+                    for h in 0..2 {
+                        let (old_len, new_len) = (old.len() / 64, now.len() / 64);
+                        let row = |v: &[f32], len: usize, t: usize| {
+                            v[(h * len + t) * 32..(h * len + t + 1) * 32].to_vec()
+                        };
+                        for t in 0..old_len {
+                            assert_eq!(
+                                row(old, old_len, t),
+                                row(&now, new_len, t),
+                                "{dtype:?} layer {layer} head {h} row {t}"
+                            );
+                        }
+                    }
+                }
+                assert!(cache.allocated() >= written && cache.allocated() <= cap, "{}", cache.allocated());
+            }
+            assert_eq!(written, 600);
+            assert_eq!(cache.allocated(), cap, "grown to the capacity, not past it");
+            assert!(cache.allocated_bytes() > 2 * small);
+            assert!(matches!(
+                cache.reserve(1),
+                Err(CandleBackendError::Cache(CacheError::CapacityExceeded { .. }))
+            ));
+            let fork = cache.fork().unwrap();
+            assert_eq!(keys_of(&fork, 1), keys_of(&cache, 1));
+            cache.truncate(300).unwrap();
+            assert_eq!(cache.allocated(), cap, "truncation keeps the buffers");
+        }
+    }
+
+    fn keys_of(cache: &LlamaCache, layer: usize) -> Vec<f32> {
+        cache.layer_keys(layer).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
 }

@@ -2,10 +2,11 @@
 //! grouped-query attention with RoPE → residual → RMSNorm → SwiGLU MLP → residual) →
 //! RMSNorm → output projection.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use perpetua_kv_cache::{KvCache, with_rollback};
 use perpetua_model_files::{
@@ -220,7 +221,7 @@ impl Fused {
 pub struct Llama {
     config: LlamaConfig,
     device: Device,
-    embeddings: Tensor,
+    embeddings: Embeddings,
     layers: Vec<Layer>,
     final_norm: Tensor,
     output: QMatMul,
@@ -265,9 +266,11 @@ impl Llama {
     }
 
     /// Load a llama-architecture GGUF file. Quantized matrices stay quantized
-    /// (candle's `QMatMul`); the token embedding is dequantized to f32 for lookup and,
-    /// when `output.weight` is absent, reused quantized as the output projection (tied
-    /// embeddings).
+    /// (candle's `QMatMul`); the token embedding stays in the file's blocks, its rows
+    /// dequantized as they are looked up ([`Embeddings`]), and, when `output.weight` is
+    /// absent, serves as the output projection too (tied embeddings). Requantizing
+    /// (`LoadOptions::requantize`) goes a few rows at a time, so no whole matrix is ever
+    /// widened to f32.
     pub fn from_gguf(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
         let path = path.as_ref();
         if let Some(target) = options.requantize
@@ -296,7 +299,7 @@ impl Llama {
                     if t.dtype() != target
                         && !matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) =>
                 {
-                    QTensor::quantize(&t.dequantize(&device)?, target)?
+                    requantize_rows(&t, target, &device)?
                 }
                 _ => t,
             })
@@ -304,7 +307,7 @@ impl Llama {
         let matmul = |t: QTensor| -> Result<QMatMul> { Ok(QMatMul::from_arc(Arc::new(requant(t)?))?) };
 
         let embd_q = file.tensor("token_embd.weight", &[config.vocab_size, h])?;
-        let embeddings = embd_q.dequantize(&device)?;
+        let embeddings = Embeddings::new(&embd_q, &device)?;
         let output = if file.has("output.weight") {
             matmul(file.tensor("output.weight", &[config.vocab_size, h])?)?
         } else {
@@ -416,12 +419,13 @@ impl Llama {
             config.n_kv_heads * config.head_dim,
             config.intermediate_size,
         );
-        let embeddings = take("model.embed_tokens.weight", &[config.vocab_size, h])?;
+        let table = take("model.embed_tokens.weight", &[config.vocab_size, h])?;
         let output = if hf.tie_word_embeddings {
-            QMatMul::Tensor(embeddings.clone())
+            QMatMul::Tensor(table.clone())
         } else {
             QMatMul::Tensor(take("lm_head.weight", &[config.vocab_size, h])?)
         };
+        let embeddings = Embeddings::Dense(table);
         let mut layers = Vec::with_capacity(config.n_layers);
         for (i, (attn_norm, ffn_norm, post_norms, qk_norm)) in norms.into_iter().enumerate() {
             let p = format!("model.layers.{i}");
@@ -472,7 +476,7 @@ impl Llama {
     fn assemble(
         config: LlamaConfig,
         options: &LoadOptions,
-        embeddings: Tensor,
+        embeddings: Embeddings,
         layers: Vec<Layer>,
         final_norm: Tensor,
         output: QMatMul,
@@ -613,14 +617,14 @@ impl Llama {
                 "differs from the model's layer count",
             ));
         }
-        cache.ensure_room(n)?;
+        cache.reserve(n)?;
         let pos = cache.seq_len();
         let cfg = &self.config;
         let eps = cfg.rms_norm_eps as f32;
         let linear = |m: &QMatMul, x: &Tensor| if few_rows { linear_rows(m, x) } else { linear(m, x) };
 
         let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embeddings.index_select(&ids, 0)?;
+        let mut x = self.embeddings.lookup(tokens, &ids, &self.device)?;
         if let Some(scale) = cfg.embedding_scale {
             // HF multiplies by the scale rounded to the activations' dtype (f32).
             x = (x * f64::from(scale as f32))?;
@@ -936,6 +940,82 @@ impl Kv<'_> {
 
 /// A Q8 view `(n_kv_heads, visible, head_dim)` decoded to f32 with its
 /// `(n_kv_heads, visible)` row scales, for the reference attention.
+/// The token embedding table: dense (safetensors, f32/f16 GGUF tables), or kept in the
+/// file's quantized blocks with each looked-up row dequantized (the same values as
+/// dequantizing the whole table: blocks never straddle rows), which keeps the widened
+/// table (113 MB for SmolLM2) out of memory.
+enum Embeddings {
+    Dense(Tensor),
+    Quantized {
+        /// The table's blocks, row after row (host memory).
+        bytes: Vec<u8>,
+        dtype: GgmlDType,
+        row_bytes: usize,
+        hidden: usize,
+    },
+}
+
+impl Embeddings {
+    /// The table of a GGUF tensor `(vocab, hidden)`: quantized rows where the row is a
+    /// whole number of blocks, else dense f32.
+    fn new(table: &QTensor, device: &Device) -> Result<Self> {
+        let dtype = table.dtype();
+        let (_, hidden) = table.shape().dims2()?;
+        let block = dtype.block_size();
+        if matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) || hidden % block != 0 {
+            return Ok(Self::Dense(table.dequantize(device)?));
+        }
+        let row_bytes = hidden / block * dtype.type_size();
+        Ok(Self::Quantized { bytes: table.data()?.into_owned(), dtype, row_bytes, hidden })
+    }
+
+    /// Rows `tokens` (also given as the `ids` tensor on `device`) as `(n, hidden)` f32.
+    fn lookup(&self, tokens: &[u32], ids: &Tensor, device: &Device) -> Result<Tensor> {
+        match self {
+            Self::Dense(table) => Ok(table.index_select(ids, 0)?),
+            Self::Quantized { bytes, dtype, row_bytes, hidden } => {
+                let mut rows = Vec::with_capacity(tokens.len() * row_bytes);
+                for &t in tokens {
+                    let at = t as usize * row_bytes;
+                    let row = bytes.get(at..at + row_bytes).ok_or_else(|| {
+                        CandleBackendError::invalid("token id", t, "is not in the embedding table")
+                    })?;
+                    rows.extend_from_slice(row);
+                }
+                let storage = QStorage::from_data(Cow::Owned(rows), &Device::Cpu, *dtype)?;
+                let x = QTensor::new(storage, (tokens.len(), *hidden))?.dequantize(&Device::Cpu)?;
+                Ok(if device.is_cpu() { x } else { x.to_device(device)? })
+            }
+        }
+    }
+}
+
+/// Rows of `t` (2-D) at a time into `target`: each chunk dequantized and quantized
+/// again, the blocks concatenated. Identical to quantizing the whole dequantized matrix
+/// (a block never straddles two rows) without widening it all to f32 at once. On other
+/// devices than the CPU, or for tensors that are not 2-D, the whole matrix at once.
+fn requantize_rows(t: &QTensor, target: GgmlDType, device: &Device) -> Result<QTensor> {
+    /// Rows per chunk: a few MB of f32 for the widest matrices here.
+    const ROWS: usize = 1024;
+    let Ok((rows, cols)) = t.shape().dims2() else {
+        return Ok(QTensor::quantize(&t.dequantize(device)?, target)?);
+    };
+    if !device.is_cpu() || cols % t.dtype().block_size() != 0 || cols % target.block_size() != 0 {
+        return Ok(QTensor::quantize(&t.dequantize(device)?, target)?);
+    }
+    let row_bytes = cols / t.dtype().block_size() * t.dtype().type_size();
+    let data = t.data()?;
+    let mut out = Vec::with_capacity(rows * cols / target.block_size() * target.type_size());
+    for start in (0..rows).step_by(ROWS) {
+        let n = ROWS.min(rows - start);
+        let chunk = &data[start * row_bytes..(start + n) * row_bytes];
+        let storage = QStorage::from_data(Cow::Borrowed(chunk), device, t.dtype())?;
+        let x = QTensor::new(storage, (n, cols))?.dequantize(device)?;
+        out.extend_from_slice(&QTensor::quantize(&x, target)?.data()?);
+    }
+    Ok(QTensor::new(QStorage::from_data(Cow::Owned(out), device, target)?, (rows, cols))?)
+}
+
 pub(crate) fn dequantize_q8(codes: &Tensor, scales: &Tensor) -> Result<Tensor> {
     let centred = (codes.to_dtype(DType::F32)? - f64::from(crate::cache::Q8_ZERO))?;
     Ok(centred.broadcast_mul(&scales.unsqueeze(2)?)?)

@@ -114,9 +114,12 @@ pub use decoding::{
 };
 pub use detok::IncrementalDecoder;
 pub use error::GenerateError;
+#[cfg(feature = "tokio")]
+pub use generator::AsyncStream;
 pub use generator::{
     Alternative, BackstepCause, ContextRoll, Counts, DEFAULT_RESUME_MESSAGE, Event, FinishReason, Generation,
-    Generator, GeneratorBuilder, Prompt, StepTrace, Stream, TRACE_TOP, Timings, TraceEvent,
+    Generator, GeneratorBuilder, OwnedStream, Prompt, StepTrace, Stream, StreamOf, TRACE_TOP, Timings,
+    TraceEvent,
 };
 pub use mode::{
     AnticipationOptions, DEFAULT_DRY_BREAKERS, DEFAULT_RECALL, DEFAULT_REWIND, DryOptions, EosMethod,

@@ -9,6 +9,8 @@
 //! - [`rolling`]: what rewrites a sequence: back steps, resumed turns, context rolls;
 //! - [`stream`]: the event iterator that drives the steps.
 
+#[cfg(feature = "tokio")]
+mod async_stream;
 mod builder;
 mod rolling;
 mod session;
@@ -25,9 +27,11 @@ use std::time::Duration;
 use perpetua_perpetual::EosStrategy;
 use perpetua_sampling::{Chain, Stage};
 
+#[cfg(feature = "tokio")]
+pub use async_stream::AsyncStream;
 pub use builder::{DEFAULT_RESUME_MESSAGE, GeneratorBuilder};
 pub(crate) use session::{feed_chunks, model_err};
-pub use stream::Stream;
+pub use stream::{OwnedStream, Stream, StreamOf};
 pub use types::{
     Alternative, BackstepCause, ContextRoll, Counts, Event, FinishReason, Generation, Prompt, StepTrace,
     TRACE_TOP, Timings, TraceEvent,
@@ -296,6 +300,43 @@ impl<M: LanguageModel> Generator<M> {
         let opened = self.open(prompt.into(), Feed::AllButLast)?;
         let session = self.start_session(opened.ids, opened.cache, opened.at, 0);
         Ok(Stream::new(self, session))
+    }
+
+    /// As [`stream`](Self::stream), but the stream owns the generator: `'static` when
+    /// the model is (a `Generator<Arc<Llama>>` shares one model among many), so it can
+    /// move into a thread or a task; [`OwnedStream::into_parts`] gives the generator
+    /// back with the result. With the `tokio` feature, [`OwnedStream::into_async`]
+    /// drives it from a blocking thread as a `futures::Stream`.
+    ///
+    /// ```
+    /// use perpetua_generator::testing::FakeModel;
+    /// use perpetua_generator::{Event, Generator};
+    ///
+    /// let generator = Generator::builder(FakeModel::new(64)).max_new_tokens(5).build()?;
+    /// let stream = generator.into_stream([1_u32, 2, 3]).map_err(|(e, _)| e)?;
+    /// let handle = std::thread::spawn(move || {
+    ///     let mut stream = stream;
+    ///     let tokens = stream.by_ref().filter(|e| matches!(e, Ok(Event::Token { .. }))).count();
+    ///     (tokens, stream.into_parts().0) // the generator comes back
+    /// });
+    /// let (tokens, mut generator) = handle.join().unwrap();
+    /// assert_eq!(tokens, 5);
+    /// assert_eq!(generator.generate([1_u32, 2, 3])?.ids.len(), 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// Errors: as [`stream`](Self::stream), with the generator handed back.
+    pub fn into_stream(
+        mut self,
+        prompt: impl Into<Prompt>,
+    ) -> Result<OwnedStream<M>, (GenerateError, Box<Self>)> {
+        match self.open(prompt.into(), Feed::AllButLast) {
+            Ok(opened) => {
+                let session = self.start_session(opened.ids, opened.cache, opened.at, 0);
+                Ok(StreamOf::new(self, session))
+            }
+            Err(e) => Err((e, Box::new(self))),
+        }
     }
 
     /// Generate to completion.

@@ -1,34 +1,49 @@
-//! [`Stream`]: the event iterator that drives the decode steps of one generation.
+//! [`Stream`] and [`OwnedStream`]: the event iterator that drives the decode steps of
+//! one generation, borrowing its generator or owning it (`'static`, for async code:
+//! [`OwnedStream::into_async`] with the `tokio` feature).
 
+use std::borrow::BorrowMut;
 use std::collections::VecDeque;
+use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 
 use super::session::Session;
 use super::{Event, FinishReason, Generation, Generator};
 use crate::{GenerateError, KvCache, LanguageModel};
 
-/// The event stream of one generation ([`Generator::stream`]).
+/// The event stream of one generation, over a generator it borrows ([`Stream`],
+/// from [`Generator::stream`]) or owns ([`OwnedStream`], from
+/// [`Generator::into_stream`]).
 ///
 /// Yields `Ok(event)` until [`Event::Finished`]; an error yields one
 /// `Err(GenerateError::PartialGeneration { .. })` and ends the stream. Dropping the
 /// stream cancels generation.
-pub struct Stream<'g, M: LanguageModel> {
-    generator: &'g mut Generator<M>,
+pub struct StreamOf<G, M: LanguageModel> {
+    generator: G,
     session: Session<M::Cache>,
     queue: VecDeque<Event>,
     done: bool,
+    model: PhantomData<fn() -> M>,
 }
 
-impl<'g, M: LanguageModel> Stream<'g, M> {
-    pub(super) fn new(generator: &'g mut Generator<M>, session: Session<M::Cache>) -> Self {
-        Self { generator, session, queue: VecDeque::new(), done: false }
+/// The event stream of one generation over a borrowed generator ([`Generator::stream`]).
+pub type Stream<'g, M> = StreamOf<&'g mut Generator<M>, M>;
+
+/// The event stream of one generation that owns its generator
+/// ([`Generator::into_stream`]): `'static` when the model is, so it can move into a
+/// thread or a task; [`into_parts`](StreamOf::into_parts) gives the generator back.
+pub type OwnedStream<M> = StreamOf<Generator<M>, M>;
+
+impl<G: BorrowMut<Generator<M>>, M: LanguageModel> StreamOf<G, M> {
+    pub(super) fn new(generator: G, session: Session<M::Cache>) -> Self {
+        Self { generator, session, queue: VecDeque::new(), done: false, model: PhantomData }
     }
 
     /// Finish now with reason `Cancelled` (the `Finished` event is still yielded).
     /// No-op once finished.
     pub fn cancel(&mut self) {
         if self.session.finish.is_none() {
-            self.generator.finish(&mut self.session, &mut self.queue, FinishReason::Cancelled);
+            self.generator.borrow_mut().finish(&mut self.session, &mut self.queue, FinishReason::Cancelled);
             self.done = true;
         }
     }
@@ -82,9 +97,17 @@ impl<'g, M: LanguageModel> Stream<'g, M> {
         self.cancel();
         self.session.output()
     }
+
+    /// The generator (or the borrow of it) and the result; an unfinished stream is
+    /// cancelled first.
+    pub fn into_parts(mut self) -> (G, Generation) {
+        self.cancel();
+        let output = self.session.output();
+        (self.generator, output)
+    }
 }
 
-impl<M: LanguageModel> Iterator for Stream<'_, M> {
+impl<G: BorrowMut<Generator<M>>, M: LanguageModel> Iterator for StreamOf<G, M> {
     type Item = Result<Event, GenerateError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -98,7 +121,7 @@ impl<M: LanguageModel> Iterator for Stream<'_, M> {
             // Panics in code the step calls (backend, custom stages, strategy) are caught
             // here so the output so far survives; the session ends with it.
             let step = panic::catch_unwind(AssertUnwindSafe(|| {
-                self.generator.step(&mut self.session, &mut self.queue)
+                self.generator.borrow_mut().step(&mut self.session, &mut self.queue)
             }))
             .unwrap_or_else(|payload| Err(GenerateError::from_panic("decode step", payload)));
             if let Err(source) = step {
