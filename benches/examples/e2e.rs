@@ -12,6 +12,7 @@
 //! e2e --contender perpetua --mode perpetual --tokens-file target/bench/tokens.json --new-tokens 2000 \
 //!     [--spec dynamic|perpetual|…]
 //! e2e --contender perpetua --mode long --tokens-file target/bench/tokens.json --new-tokens 20000 --window 8192
+//! e2e --contender perpetua --mode batch --tokens-file target/bench/tokens.json --batch 8 --new-tokens 64
 //! ```
 //!
 //! - `tokens`: the chat prompt ("Write a book about a dog that can talk and is a
@@ -38,6 +39,10 @@
 //!   of the rest; the same amounts as `xtask/bench_llama_cpp.py --mode long`, llama.cpp's
 //!   own context shift). Reports new tokens ÷ wall time (prefill and rolls included), the
 //!   roll count and time, and RSS sampled every 1,000 tokens after the first roll.
+//!
+//! - `batch`: `--batch B` sequences with ragged prompts (20–200 filler ids), each
+//!   prefilled alone, then `--new-tokens` greedy steps of all of them per
+//!   `LanguageModel::forward_batch` pass (the model alone); the aggregate decode rate.
 //!
 //! Threads: set `RAYON_NUM_THREADS` and `CANDLE_NUM_THREADS` (the xtask sets both to 2).
 
@@ -88,6 +93,7 @@ struct Args {
     steps: usize,
     spec: String,
     window: usize,
+    batch: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -102,6 +108,7 @@ fn parse_args() -> Result<Args> {
         steps: 32,
         spec: "dynamic".to_string(),
         window: 8_192,
+        batch: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -117,6 +124,7 @@ fn parse_args() -> Result<Args> {
             "--steps" => args.steps = value()?.parse().context("--steps")?,
             "--spec" => args.spec = value()?,
             "--window" => args.window = value()?.parse().context("--window")?,
+            "--batch" => args.batch = value()?.parse().context("--batch")?,
             other => bail!("unknown argument `{other}` (see the module docs of benches/examples/e2e.rs)"),
         }
     }
@@ -467,6 +475,7 @@ fn run() -> Result<Value> {
             }
         }
         ("perpetua", "long") => long_run(&path, &tokens.prompt, args.new_tokens, args.window)?,
+        ("perpetua", "batch") => batch_run(&path, &tokens.filler, args.batch, args.new_tokens)?,
         (c, m) => bail!("unknown contender/mode `{c}` / `{m}`"),
     };
     out.contender = contender;
@@ -480,6 +489,68 @@ fn run() -> Result<Value> {
     out.peak_rss_mib = Some(peak_rss_mib()?);
     out.wall_s = Some(started.elapsed().as_secs_f64());
     Ok(serde_json::to_value(out)?)
+}
+
+/// `--mode batch`: `batch` sequences with ragged prompts (20–200 filler ids), each
+/// prefilled alone, then `n` greedy decode steps of all of them in one
+/// `LanguageModel::forward_batch` pass per step (the model alone: no sampling chain, no
+/// strategy). Reports the aggregate decode rate (`batch · n` tokens ÷ decode time).
+fn batch_run(path: &std::path::Path, filler: &[u32], batch: usize, n: usize) -> Result<BenchRecord> {
+    use perpetua_generator::{BatchItem, LanguageModel};
+    if batch == 0 || filler.len() < 200 * batch {
+        bail!("--batch {batch}: needs 1..={} sequences", filler.len() / 200);
+    }
+    let model = load_ours(path, "perpetua")?;
+    let vocab = model.vocab_size();
+    let mut caches = Vec::with_capacity(batch);
+    let mut next = Vec::with_capacity(batch);
+    let mut row = Vec::new();
+    let t = Instant::now();
+    for s in 0..batch {
+        // Prompt lengths spread over 20..=200, deterministic.
+        let len = 20 + (s * 180) / batch.max(2).saturating_sub(1).max(1);
+        let prompt = &filler[s * 200..s * 200 + len.min(200)];
+        let mut cache = model.new_cache()?;
+        model.forward(prompt, &mut cache, &mut row)?;
+        next.push(argmax(&row));
+        caches.push(cache);
+    }
+    let prefill_s = t.elapsed().as_secs_f64();
+    let mut out = Vec::new();
+    let t = Instant::now();
+    for _ in 0..n {
+        let tokens: Vec<[u32; 1]> = next.iter().map(|&id| [id]).collect();
+        let mut items: Vec<BatchItem<'_, _>> =
+            caches.iter_mut().zip(&tokens).map(|(cache, t)| BatchItem { tokens: &t[..], cache }).collect();
+        model.forward_batch(&mut items, &mut out).map_err(|e| anyhow!("{e}"))?;
+        for (s, id) in next.iter_mut().enumerate() {
+            *id = argmax(&out[s * vocab..(s + 1) * vocab]);
+        }
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+    let mut record = BenchRecord {
+        new_tokens: Some(n),
+        decode: DecodeRecord {
+            prefill_s: Some(prefill_s),
+            decode_s: Some(decode_s),
+            forward_passes: Some(n),
+            decode_tok_s: Some(rate(batch * n, decode_s)),
+            ..DecodeRecord::default()
+        },
+        ..BenchRecord::default()
+    };
+    record.extra.insert("batch".into(), json!(batch));
+    Ok(record)
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 /// `--mode long`: `n` sampled tokens with EOS masked through a `window`-position context

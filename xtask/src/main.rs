@@ -118,7 +118,7 @@ pub(crate) fn cargo(args: &[&str]) -> Result<()> {
 /// perpetual real-model test, `crates/perpetua/tests/perpetual_burn.rs`); not
 /// `--all-features`, which would pull in `cuda`/`metal`/`wgpu`, unbuildable without
 /// those toolkits. One feature set for clippy and test, so dependencies build once.
-const TEST_FEATURES: &str = "perpetua-sampling/testing,perpetua-kv-cache/testing,perpetua-generator/testing,perpetua/burn,perpetua-examples/burn";
+const TEST_FEATURES: &str = "perpetua-sampling/testing,perpetua-kv-cache/testing,perpetua-generator/testing,perpetua-generator/tokio,perpetua/burn,perpetua-examples/burn";
 
 /// The README's test command: everything CI checks.
 fn ci() -> Result<()> {

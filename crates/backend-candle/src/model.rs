@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
+use perpetua_generator::{BatchError, BatchItem};
 use perpetua_kv_cache::{KvCache, with_rollback};
 use perpetua_model_files::{
     Activation, Architecture, GgufReader, LlamaConfig, SafetensorsDir, ggml_dtype_supported,
@@ -552,13 +553,65 @@ impl Llama {
     /// Errors (the cache keeps its length): empty `tokens`, an id `>= vocab_size`, a
     /// cache of another model shape, [`CacheError::CapacityExceeded`](perpetua_kv_cache::CacheError::CapacityExceeded).
     pub fn forward_logits(&self, tokens: &[u32], cache: &mut LlamaCache) -> Result<Tensor> {
-        let x = self.hidden_states(tokens, cache, false)?;
+        self.check_segment(tokens, cache)?;
+        let x = self.hidden_states(&mut [Segment { tokens, cache }], false)?;
         let n = tokens.len();
         let last = x.narrow(0, n - 1, 1)?;
         let last = candle_nn::ops::rms_norm(&last, &self.final_norm, self.config.rms_norm_eps as f32)?;
         let logits = self.softcap_logits(self.output.forward(&last)?.squeeze(0)?)?;
         cache.commit(n)?;
         Ok(logits)
+    }
+
+    /// Several sequences in one pass: item `i` feeds `batch[i].0` at positions
+    /// `batch[i].1.seq_len()..` of its own cache; returns the logits of each item's last
+    /// position as a `(batch.len(), vocab_size)` f32 tensor. The linear maps run on the
+    /// rows of every item at once — a decode step of 8 sequences reads the weights once,
+    /// not 8 times — and attention runs per item on its own cache, with no padding.
+    /// Ragged: a prefill of one item and decode steps of others share the pass. Each
+    /// item's logits are bit-identical to [`forward_logits`](Self::forward_logits) of
+    /// that item alone (every kernel computes a row alone).
+    ///
+    /// Errors: an item's own error (empty tokens, an id outside the vocabulary, a cache
+    /// of another model, no room) with its index, before anything is computed; every
+    /// cache keeps its length on any error.
+    pub fn forward_logits_batch(
+        &self,
+        batch: &mut [(&[u32], &mut LlamaCache)],
+    ) -> std::result::Result<Tensor, (Option<usize>, CandleBackendError)> {
+        if batch.is_empty() {
+            return Err((None, CandleBackendError::invalid("batch", "[]", "must hold >= 1 sequence")));
+        }
+        for (i, (tokens, cache)) in batch.iter_mut().enumerate() {
+            self.check_segment(tokens, cache).map_err(|e| (Some(i), e))?;
+        }
+        let lens: Vec<usize> = batch.iter().map(|(_, c)| c.seq_len()).collect();
+        let result = (|| {
+            let mut segments: Vec<Segment<'_>> =
+                batch.iter_mut().map(|(tokens, cache)| Segment { tokens, cache }).collect();
+            let x = self.hidden_states(&mut segments, false)?;
+            let mut last = Vec::with_capacity(segments.len());
+            let mut row = 0;
+            for seg in &segments {
+                row += seg.tokens.len();
+                last.push(x.narrow(0, row - 1, 1)?);
+            }
+            let last = Tensor::cat(&last, 0)?;
+            let last = candle_nn::ops::rms_norm(&last, &self.final_norm, self.config.rms_norm_eps as f32)?;
+            let logits = self.softcap_logits(linear(&self.output, &last)?)?;
+            for seg in &mut segments {
+                seg.cache.commit(seg.tokens.len())?;
+            }
+            Ok(logits)
+        })();
+        result.map_err(|e| {
+            for ((_, cache), &len) in batch.iter_mut().zip(&lens) {
+                if cache.seq_len() > len {
+                    let _ = cache.truncate(len);
+                }
+            }
+            (None, e)
+        })
     }
 
     /// Like [`forward_logits`](Self::forward_logits), but returns the logits of *every*
@@ -574,7 +627,8 @@ impl Llama {
     ///
     /// Errors: as `forward_logits` (the cache keeps its length).
     pub fn forward_logits_all(&self, tokens: &[u32], cache: &mut LlamaCache) -> Result<Tensor> {
-        let x = self.hidden_states(tokens, cache, true)?;
+        self.check_segment(tokens, cache)?;
+        let x = self.hidden_states(&mut [Segment { tokens, cache }], true)?;
         let x = candle_nn::ops::rms_norm(&x, &self.final_norm, self.config.rms_norm_eps as f32)?;
         let logits = self.softcap_logits(linear_rows(&self.output, &x)?)?;
         cache.commit(tokens.len())?;
@@ -598,13 +652,12 @@ impl Llama {
         }
     }
 
-    /// The residual stream `(n, hidden_size)` after every layer, for `tokens` at
-    /// positions `cache.seq_len()..`: validates the input, writes the new keys/values
-    /// into the cache, and leaves committing the length to the caller. `few_rows`
-    /// routes linear maps through [`linear_rows`] (verification passes).
-    fn hidden_states(&self, tokens: &[u32], cache: &mut LlamaCache, few_rows: bool) -> Result<Tensor> {
-        let n = tokens.len();
-        if n == 0 {
+    /// Check one sequence's part of a forward pass and make room for it in its cache:
+    /// empty `tokens`, an id outside the vocabulary, a cache of another model, no room
+    /// ([`CacheError::CapacityExceeded`](perpetua_kv_cache::CacheError::CapacityExceeded)).
+    /// The cache's length is unchanged (its buffers may grow).
+    fn check_segment(&self, tokens: &[u32], cache: &mut LlamaCache) -> Result<()> {
+        if tokens.is_empty() {
             return Err(CandleBackendError::invalid("tokens", "[]", "must not be empty"));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
@@ -617,76 +670,54 @@ impl Llama {
                 "differs from the model's layer count",
             ));
         }
-        cache.reserve(n)?;
-        let pos = cache.seq_len();
+        cache.reserve(tokens.len())
+    }
+
+    /// The residual stream `(rows, hidden_size)` after every layer, for the segments'
+    /// tokens one after another (segment `s` at positions `cache_s.seq_len()..` of its
+    /// own cache): the linear maps and norms run on all rows at once (the weights read
+    /// once per pass, whatever the number of sequences), RoPE and attention per segment
+    /// on its cache. Writes the new keys/values and leaves committing the lengths to
+    /// the caller; the segments were checked ([`check_segment`](Self::check_segment)).
+    /// Every kernel computes a row alone (batch invariance), so a sequence's rows are
+    /// the same bits whatever else is in the pass. `few_rows` routes linear maps
+    /// through [`linear_rows`] (verification passes).
+    fn hidden_states(&self, segments: &mut [Segment<'_>], few_rows: bool) -> Result<Tensor> {
         let cfg = &self.config;
         let eps = cfg.rms_norm_eps as f32;
         let linear = |m: &QMatMul, x: &Tensor| if few_rows { linear_rows(m, x) } else { linear(m, x) };
-
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embeddings.lookup(tokens, &ids, &self.device)?;
+        // (first row, rows, first position) of each segment.
+        let mut spans = Vec::with_capacity(segments.len());
+        let mut rows = 0;
+        for seg in segments.iter() {
+            spans.push((rows, seg.tokens.len(), seg.cache.seq_len()));
+            rows += seg.tokens.len();
+        }
+        let tokens: Vec<u32> = segments.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let ids = Tensor::new(tokens.as_slice(), &self.device)?;
+        let mut x = self.embeddings.lookup(&tokens, &ids, &self.device)?;
         if let Some(scale) = cfg.embedding_scale {
             // HF multiplies by the scale rounded to the activations' dtype (f32).
             x = (x * f64::from(scale as f32))?;
         }
 
         for (i, layer) in self.layers.iter().enumerate() {
-            let (cos, sin) = self.layer_rope(i);
-            let (cos, sin) = (cos.narrow(0, pos, n)?, sin.narrow(0, pos, n)?);
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
             let [mut q, mut k, mut v] =
                 if few_rows { fused_rows::<3>(&layer.qkv, &h)? } else { layer.qkv.forward::<3>(&h)? };
             if let Some([bq, bk, bv]) = &layer.qkv_bias {
                 (q, k, v) = (q.broadcast_add(bq)?, k.broadcast_add(bk)?, v.broadcast_add(bv)?);
             }
-            let mut q = q.reshape((1, n, cfg.n_heads, cfg.head_dim))?;
-            let mut k = k.reshape((1, n, cfg.n_kv_heads, cfg.head_dim))?;
-            if let Some([wq, wk]) = &layer.qk_norm {
-                q = candle_nn::ops::rms_norm(&q.contiguous()?, wq, eps)?;
-                k = candle_nn::ops::rms_norm(&k.contiguous()?, wk, eps)?;
+            let mut ys = Vec::with_capacity(segments.len());
+            for (seg, &(r0, n, pos)) in segments.iter_mut().zip(&spans) {
+                let (q, k, v) = if spans.len() == 1 {
+                    (q.clone(), k.clone(), v.clone())
+                } else {
+                    (q.narrow(0, r0, n)?, k.narrow(0, r0, n)?, v.narrow(0, r0, n)?)
+                };
+                ys.push(self.attention_of(i, layer, (q, k, v), seg.cache, pos)?);
             }
-            let q = self.rope(q, &cos, &sin)?;
-            let k = self.rope(k, &cos, &sin)?;
-            let k = k.squeeze(0)?;
-            let v = v.reshape((n, cfg.n_kv_heads, cfg.head_dim))?.transpose(0, 1)?.contiguous()?;
-            let view = cache.write_and_view(i, &k, &v)?;
-            // (n, n_heads, head_dim): one contiguous row of heads per query position.
-            let q = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
-            // The reference paths compute with candle matmuls in f32: widen an f16
-            // cache's views, decode a Q8 cache's (the fused kernel reads both directly).
-            let (k_all, v_all) = match &view.scales {
-                _ if self.fused_attention => (view.k.clone(), view.v.clone()),
-                Some((ks, vs)) => (dequantize_q8(&view.k, ks)?, dequantize_q8(&view.v, vs)?),
-                None if view.k.dtype() == DType::F32 => (view.k.clone(), view.v.clone()),
-                None => (view.k.to_dtype(DType::F32)?, view.v.to_dtype(DType::F32)?),
-            };
-            let y = if self.fused_attention {
-                self.attend_fused(i, &q, &view, pos)?
-            } else if n == 1 {
-                let first = self.window_start(i, pos + 1);
-                let seen = pos + 1 - first;
-                self.attend(&q, &k_all.narrow(1, first, seen)?, &v_all.narrow(1, first, seen)?)?
-            } else {
-                // Batch-invariant prefill: each query position runs exactly the decode
-                // computation over its causal prefix (no mask, same matmul shapes), so a
-                // prefill is bit-identical to feeding the same tokens one by one. With a
-                // single batched matmul, gemm's blocking changes the summation order with
-                // the row count, and this quantized model turns those ulp differences
-                // into logit differences of ~0.7 — truncate-and-refeed could not
-                // reproduce a prefill.
-                let rows = (0..n)
-                    .map(|j| {
-                        let visible = pos + j + 1;
-                        let first = self.window_start(i, visible);
-                        self.attend(
-                            &q.narrow(0, j, 1)?,
-                            &k_all.narrow(1, first, visible - first)?,
-                            &v_all.narrow(1, first, visible - first)?,
-                        )
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Tensor::cat(&rows, 0)?
-            };
+            let y = if ys.len() == 1 { ys.swap_remove(0) } else { Tensor::cat(&ys, 0)? };
             let mut y = linear(&layer.wo, &y)?;
             if let Some([post_attn, _]) = &layer.post_norms {
                 y = candle_nn::ops::rms_norm(&y, post_attn, eps)?;
@@ -717,6 +748,74 @@ impl Llama {
             x = (y + x)?;
         }
         Ok(x)
+    }
+
+    /// Attention of layer `i` for one segment: its `n` rows of `(q, k, v)` projections
+    /// at positions `pos..pos + n` of `cache` — q/k norms, RoPE, the new keys/values
+    /// written into the cache, then attention over the cache; returns `(n, n_heads ·
+    /// head_dim)`.
+    fn attention_of(
+        &self,
+        i: usize,
+        layer: &Layer,
+        (q, k, v): (Tensor, Tensor, Tensor),
+        cache: &mut LlamaCache,
+        pos: usize,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let eps = cfg.rms_norm_eps as f32;
+        let n = q.dim(0)?;
+        let (cos, sin) = self.layer_rope(i);
+        let (cos, sin) = (cos.narrow(0, pos, n)?, sin.narrow(0, pos, n)?);
+        let mut q = q.reshape((1, n, cfg.n_heads, cfg.head_dim))?;
+        let mut k = k.reshape((1, n, cfg.n_kv_heads, cfg.head_dim))?;
+        if let Some([wq, wk]) = &layer.qk_norm {
+            q = candle_nn::ops::rms_norm(&q.contiguous()?, wq, eps)?;
+            k = candle_nn::ops::rms_norm(&k.contiguous()?, wk, eps)?;
+        }
+        let q = self.rope(q, &cos, &sin)?;
+        let k = self.rope(k, &cos, &sin)?;
+        let k = k.squeeze(0)?;
+        let v = v.reshape((n, cfg.n_kv_heads, cfg.head_dim))?.transpose(0, 1)?.contiguous()?;
+        let view = cache.write_and_view(i, &k, &v)?;
+        // (n, n_heads, head_dim): one contiguous row of heads per query position.
+        let q = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
+        // The reference paths compute with candle matmuls in f32: widen an f16
+        // cache's views, decode a Q8 cache's (the fused kernel reads both directly).
+        let (k_all, v_all) = match &view.scales {
+            _ if self.fused_attention => (view.k.clone(), view.v.clone()),
+            Some((ks, vs)) => (dequantize_q8(&view.k, ks)?, dequantize_q8(&view.v, vs)?),
+            None if view.k.dtype() == DType::F32 => (view.k.clone(), view.v.clone()),
+            None => (view.k.to_dtype(DType::F32)?, view.v.to_dtype(DType::F32)?),
+        };
+        let y = if self.fused_attention {
+            self.attend_fused(i, &q, &view, pos)?
+        } else if n == 1 {
+            let first = self.window_start(i, pos + 1);
+            let seen = pos + 1 - first;
+            self.attend(&q, &k_all.narrow(1, first, seen)?, &v_all.narrow(1, first, seen)?)?
+        } else {
+            // Batch-invariant prefill: each query position runs exactly the decode
+            // computation over its causal prefix (no mask, same matmul shapes), so a
+            // prefill is bit-identical to feeding the same tokens one by one. With a
+            // single batched matmul, gemm's blocking changes the summation order with
+            // the row count, and this quantized model turns those ulp differences
+            // into logit differences of ~0.7 — truncate-and-refeed could not
+            // reproduce a prefill.
+            let rows = (0..n)
+                .map(|j| {
+                    let visible = pos + j + 1;
+                    let first = self.window_start(i, visible);
+                    self.attend(
+                        &q.narrow(0, j, 1)?,
+                        &k_all.narrow(1, first, visible - first)?,
+                        &v_all.narrow(1, first, visible - first)?,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&rows, 0)?
+        };
+        Ok(y)
     }
 
     /// The first position a query of layer `layer` that sees `visible` positions
@@ -940,6 +1039,12 @@ impl Kv<'_> {
 
 /// A Q8 view `(n_kv_heads, visible, head_dim)` decoded to f32 with its
 /// `(n_kv_heads, visible)` row scales, for the reference attention.
+/// One sequence's part of a forward pass: its tokens and its cache.
+struct Segment<'c> {
+    tokens: &'c [u32],
+    cache: &'c mut LlamaCache,
+}
+
 /// The token embedding table: dense (safetensors, f32/f16 GGUF tables), or kept in the
 /// file's quantized blocks with each looked-up row dequantized (the same values as
 /// dequantizing the whole table: blocks never straddle rows), which keeps the widened
@@ -1063,6 +1168,32 @@ impl perpetua_generator::LanguageModel for Llama {
     fn shift_cache(&self, cache: &mut LlamaCache, start: usize, n: usize) -> Result<bool> {
         Llama::shift_cache(self, cache, start, n)?;
         Ok(true)
+    }
+
+    /// One pass for every sequence ([`Llama::forward_logits_batch`]): the weights read
+    /// once for all rows.
+    fn forward_batch(
+        &self,
+        batch: &mut [BatchItem<'_, LlamaCache>],
+        out: &mut Vec<f32>,
+    ) -> std::result::Result<(), BatchError<CandleBackendError>> {
+        let mut items: Vec<(&[u32], &mut LlamaCache)> =
+            batch.iter_mut().map(|item| (item.tokens, &mut *item.cache)).collect();
+        let lens: Vec<usize> = items.iter().map(|(_, c)| c.seq_len()).collect();
+        let logits =
+            self.forward_logits_batch(&mut items).map_err(|(index, source)| BatchError { index, source })?;
+        let copy = (|| -> Result<()> {
+            out.clear();
+            out.extend(logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+            Ok(())
+        })();
+        copy.map_err(|source| {
+            // The pass went through but its logits did not reach the caller: undo it.
+            for ((_, cache), &len) in items.iter_mut().zip(&lens) {
+                let _ = cache.truncate(len);
+            }
+            BatchError { index: None, source }
+        })
     }
 
     /// One batched pass ([`Llama::forward_logits_all`]) instead of the default

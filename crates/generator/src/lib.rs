@@ -133,6 +133,28 @@ pub use perpetua_perpetual::StrategyKind;
 /// The error type a backend returns, boxed so the generator stays backend-agnostic.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// One sequence's part of a batched forward pass ([`LanguageModel::forward_batch`]).
+#[derive(Debug)]
+pub struct BatchItem<'a, C> {
+    /// Tokens to feed (non-empty), at positions `cache.seq_len()..`.
+    pub tokens: &'a [u32],
+    /// The sequence's own cache.
+    pub cache: &'a mut C,
+}
+
+/// A failed batched forward pass ([`LanguageModel::forward_batch`]): every cache is at
+/// its length before the call.
+#[derive(Debug, thiserror::Error)]
+#[error("batched forward pass failed{}: {source}", index.map(|i| format!(" at item {i}")).unwrap_or_default())]
+pub struct BatchError<E: std::error::Error + 'static> {
+    /// The item whose input or cache failed; `None` when the failure was the pass's
+    /// (a device error), not one item's.
+    pub index: Option<usize>,
+    /// What failed.
+    #[source]
+    pub source: E,
+}
+
 /// A causal language model with an external, truncatable KV cache.
 ///
 /// Weights are read-only during `forward` (`&self`), so one model can be shared across
@@ -222,6 +244,39 @@ pub trait LanguageModel {
     fn shift_cache(&self, cache: &mut Self::Cache, start: usize, n: usize) -> Result<bool, Self::Error> {
         let _ = (cache, start, n);
         Ok(false)
+    }
+
+    /// Several sequences in one forward pass: `batch[i]` feeds its tokens at positions
+    /// `cache.seq_len()..` of its own cache (ragged: a prefill of one sequence and
+    /// decode steps of others may share a pass), and `out` (cleared first) gets each
+    /// item's last-position logits, row `i` at `out[i · vocab_size..]`.
+    ///
+    /// The default runs [`forward`](Self::forward) item by item (correct for every
+    /// model, no faster than a loop); backends that can share the weight reads of a
+    /// pass override it. Either way an item's logits equal its solo `forward`'s, and
+    /// feeding, truncating or rolling one item never changes another's.
+    ///
+    /// Errors: [`BatchError`] naming the failing item (its index, when the failure is
+    /// that item's) with its error; every cache is left at its length before the call,
+    /// so a caller can drop the failing item and run the others again.
+    fn forward_batch(
+        &self,
+        batch: &mut [BatchItem<'_, Self::Cache>],
+        out: &mut Vec<f32>,
+    ) -> Result<(), BatchError<Self::Error>> {
+        out.clear();
+        let mut row = Vec::with_capacity(self.vocab_size());
+        for i in 0..batch.len() {
+            let item = &mut batch[i];
+            if let Err(source) = self.forward(item.tokens, item.cache, &mut row) {
+                for done in &mut batch[..i] {
+                    let _ = done.cache.truncate(done.cache.seq_len() - done.tokens.len());
+                }
+                return Err(BatchError { index: Some(i), source });
+            }
+            out.extend_from_slice(&row);
+        }
+        Ok(())
     }
 }
 
@@ -332,6 +387,13 @@ macro_rules! forward_language_model {
                 n: usize,
             ) -> Result<bool, Self::Error> {
                 (**self).shift_cache(cache, start, n)
+            }
+            fn forward_batch(
+                &self,
+                batch: &mut [BatchItem<'_, Self::Cache>],
+                out: &mut Vec<f32>,
+            ) -> Result<(), BatchError<Self::Error>> {
+                (**self).forward_batch(batch, out)
             }
         }
     };
