@@ -1,7 +1,7 @@
 //! The preallocated, truncatable key/value cache of the burn llama model.
 
 use burn_tensor::{DType, Device, Tensor};
-use perpetua_kv_cache::{CacheCursor, CacheError, ForkableCache, KvCache};
+use perpetua_kv_cache::{CacheCursor, CacheError, CursorCache, ForkableCache};
 
 /// Keys and values of every layer, each a `(n_kv_heads, capacity, head_dim)` tensor on
 /// the model's device, preallocated once. Appending writes rows `len..len + n` in place
@@ -117,17 +117,13 @@ impl LlamaCache {
     }
 }
 
-impl KvCache for LlamaCache {
-    fn seq_len(&self) -> usize {
-        self.cursor.len()
+impl CursorCache for LlamaCache {
+    fn cursor(&self) -> &CacheCursor {
+        &self.cursor
     }
 
-    fn capacity(&self) -> usize {
-        self.cursor.capacity()
-    }
-
-    fn truncate(&mut self, len: usize) -> Result<(), CacheError> {
-        self.cursor.truncate(len)
+    fn cursor_mut(&mut self) -> &mut CacheCursor {
+        &mut self.cursor
     }
 }
 

@@ -1,7 +1,7 @@
-//! The preallocated, truncatable per-layer KV cache.
+//! The truncatable per-layer KV cache, grown in chunks up to its capacity.
 
 use candle_core::{DType, Device, Tensor};
-use perpetua_kv_cache::{CacheCursor, CacheError, ForkableCache, KvCache};
+use perpetua_kv_cache::{CacheCursor, CacheError, CursorCache, ForkableCache};
 
 use crate::error::{CandleBackendError, Result};
 
@@ -10,7 +10,7 @@ use crate::error::{CandleBackendError, Result};
 /// Layout per layer: keys and values are each `(n_kv_heads, allocated, head_dim)`;
 /// positions `0..seq_len()` are valid. A forward pass writes its new positions in place
 /// (`slice_set`) and attends over `narrow(1, 0, seq_len)`: no concatenation, no copy of
-/// the past. [`truncate`](KvCache::truncate) only moves the length (O(1)); stale
+/// the past. [`truncate`](perpetua_kv_cache::KvCache::truncate) only moves the length (O(1)); stale
 /// entries beyond it are overwritten by the next append.
 ///
 /// Memory grows with the work, not with the context: the buffers start at
@@ -260,17 +260,13 @@ impl LlamaCache {
     }
 }
 
-impl KvCache for LlamaCache {
-    fn seq_len(&self) -> usize {
-        self.cursor.len()
+impl CursorCache for LlamaCache {
+    fn cursor(&self) -> &CacheCursor {
+        &self.cursor
     }
 
-    fn capacity(&self) -> usize {
-        self.cursor.capacity()
-    }
-
-    fn truncate(&mut self, len: usize) -> Result<(), CacheError> {
-        self.cursor.truncate(len)
+    fn cursor_mut(&mut self) -> &mut CacheCursor {
+        &mut self.cursor
     }
 }
 
@@ -300,6 +296,7 @@ impl ForkableCache for LlamaCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use perpetua_kv_cache::KvCache;
     use proptest::prelude::*;
 
     #[derive(Debug, Clone)]

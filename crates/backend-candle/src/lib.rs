@@ -49,6 +49,8 @@ mod cache;
 mod error;
 mod kernels;
 mod model;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use cache::LlamaCache;
 pub use candle_core::Device;

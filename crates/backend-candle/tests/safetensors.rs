@@ -10,44 +10,14 @@ use candle_core::{DType, Device, Tensor};
 use perpetua_candle::{CandleBackendError, KvDtype, Llama, LoadOptions};
 use perpetua_generator::{KvCache, LanguageModel};
 
-const CONFIG: &str = r#"{
-  "hidden_size": 64, "intermediate_size": 96, "vocab_size": 101,
-  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-  "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 64,
-  "tie_word_embeddings": false
-}"#;
+use perpetua_candle::testing::{TINY_LLAMA_CONFIG as CONFIG, tiny_llama_weights, write_tiny_llama};
 
 fn random_weights() -> HashMap<String, Tensor> {
-    let dev = Device::Cpu;
-    let mut w = HashMap::new();
-    let mut put = |name: String, shape: &[usize], scale: f64| {
-        let t = (Tensor::randn(0f32, 1f32, shape, &dev).unwrap() * scale).unwrap();
-        w.insert(name, t);
-    };
-    put("model.embed_tokens.weight".into(), &[101, 64], 1.0);
-    put("lm_head.weight".into(), &[101, 64], 0.2);
-    put("model.norm.weight".into(), &[64], 1.0);
-    for i in 0..2 {
-        let p = format!("model.layers.{i}");
-        put(format!("{p}.self_attn.q_proj.weight"), &[64, 64], 0.15);
-        put(format!("{p}.self_attn.k_proj.weight"), &[32, 64], 0.15);
-        put(format!("{p}.self_attn.v_proj.weight"), &[32, 64], 0.15);
-        put(format!("{p}.self_attn.o_proj.weight"), &[64, 64], 0.15);
-        put(format!("{p}.mlp.gate_proj.weight"), &[96, 64], 0.15);
-        put(format!("{p}.mlp.up_proj.weight"), &[96, 64], 0.15);
-        put(format!("{p}.mlp.down_proj.weight"), &[64, 96], 0.15);
-        put(format!("{p}.input_layernorm.weight"), &[64], 1.0);
-        put(format!("{p}.post_attention_layernorm.weight"), &[64], 1.0);
-    }
-    w
+    tiny_llama_weights().unwrap()
 }
 
 fn write_checkpoint(dir: &Path, weights: &HashMap<String, Tensor>, dtype: DType) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), CONFIG).unwrap();
-    let converted: HashMap<String, Tensor> =
-        weights.iter().map(|(k, v)| (k.clone(), v.to_dtype(dtype).unwrap())).collect();
-    candle_core::safetensors::save(&converted, dir.join("model.safetensors")).unwrap();
+    write_tiny_llama(dir, weights, dtype).unwrap();
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {

@@ -94,6 +94,30 @@ impl CacheCursor {
     }
 }
 
+/// A cache whose length is a [`CacheCursor`]: it gets [`KvCache`] from it (`seq_len`,
+/// `capacity`, `truncate`), so a backend writes only how its buffers are laid out.
+/// Both backends' `LlamaCache`s are cursor caches.
+pub trait CursorCache {
+    /// The cache's length and capacity.
+    fn cursor(&self) -> &CacheCursor;
+    /// The same, to move.
+    fn cursor_mut(&mut self) -> &mut CacheCursor;
+}
+
+impl<T: CursorCache> KvCache for T {
+    fn seq_len(&self) -> usize {
+        self.cursor().len()
+    }
+
+    fn capacity(&self) -> usize {
+        self.cursor().capacity()
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<(), CacheError> {
+        self.cursor_mut().truncate(len)
+    }
+}
+
 /// Run `f` on `cache`; when it fails, the cache goes back to the length it had (the
 /// rows `f` wrote past that length are never read). Backends run every forward pass
 /// through it, including the copy of the logits to the caller, so "an error leaves the

@@ -4,46 +4,14 @@
 //! `perpetua-candle`'s own tests check against candle-transformers' `llama`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
-
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
 use perpetua_generator::LanguageModel;
 
-const CONFIG: &str = r#"{
-  "hidden_size": 64, "intermediate_size": 96, "vocab_size": 101,
-  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-  "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 64,
-  "tie_word_embeddings": false
-}"#;
-
+/// The tiny checkpoint of `perpetua_candle::testing`, bf16 on disk (the loader converts
+/// every dtype to f32).
 fn write_checkpoint(dir: &std::path::Path) {
-    let dev = Device::Cpu;
-    let mut w = HashMap::new();
-    let mut put = |name: String, shape: &[usize], scale: f64| {
-        let t = (Tensor::randn(0f32, 1f32, shape, &dev).unwrap() * scale).unwrap();
-        w.insert(name, t);
-    };
-    put("model.embed_tokens.weight".into(), &[101, 64], 1.0);
-    put("lm_head.weight".into(), &[101, 64], 0.2);
-    put("model.norm.weight".into(), &[64], 1.0);
-    for i in 0..2 {
-        let p = format!("model.layers.{i}");
-        put(format!("{p}.self_attn.q_proj.weight"), &[64, 64], 0.15);
-        put(format!("{p}.self_attn.k_proj.weight"), &[32, 64], 0.15);
-        put(format!("{p}.self_attn.v_proj.weight"), &[32, 64], 0.15);
-        put(format!("{p}.self_attn.o_proj.weight"), &[64, 64], 0.15);
-        put(format!("{p}.mlp.gate_proj.weight"), &[96, 64], 0.15);
-        put(format!("{p}.mlp.up_proj.weight"), &[96, 64], 0.15);
-        put(format!("{p}.mlp.down_proj.weight"), &[64, 96], 0.15);
-        put(format!("{p}.input_layernorm.weight"), &[64], 1.0);
-        put(format!("{p}.post_attention_layernorm.weight"), &[64], 1.0);
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), CONFIG).unwrap();
-    // bf16 on disk: the loader converts every dtype to f32.
-    let w: HashMap<String, Tensor> =
-        w.into_iter().map(|(k, v)| (k, v.to_dtype(DType::BF16).unwrap())).collect();
-    candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
+    use perpetua_candle::testing::{tiny_llama_weights, write_tiny_llama};
+    write_tiny_llama(dir, &tiny_llama_weights().unwrap(), DType::BF16).unwrap();
 }
 
 #[test]

@@ -63,7 +63,7 @@ pub(crate) struct Geometry {
 
 impl Geometry {
     /// The plain geometry: scale `1/√head_dim`, no soft-capping.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn plain(n_heads: usize, n_kv_heads: usize, head_dim: usize, head_stride: usize) -> Self {
         let scale = 1.0 / (head_dim as f32).sqrt();
         Self { n_heads, n_kv_heads, head_dim, head_stride, scale, softcap: None }
@@ -214,7 +214,7 @@ fn exp_shifted_in_place(row: &mut [f32]) -> (f32, f32) {
 /// registers: AVX-512 machines have 32), 32 columns per pass for groups of 4. Anything
 /// else takes the plain loop. Every variant sums over `t` in order with [`fmadd`], so
 /// they agree bit for bit.
-fn weighted_value_sums<T: KvElem>(
+pub(crate) fn weighted_value_sums<T: KvElem>(
     scores: &[f32],
     len: usize,
     v: &[T],
@@ -302,7 +302,7 @@ fn scale_rows(scores: &mut [f32], len: usize, row_scales: &[f32]) {
 
 /// [`attend_rows`] for a single query row (what a decode step computes; the tests'
 /// reference for one position).
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn attend_one<T: KvElem>(
     g: Geometry,
     q: &[f32],
@@ -726,19 +726,6 @@ mod tests {
         }
     }
 
-    /// The plain loop, for comparison with the blocked kernel.
-    fn plain(scores: &[f32], len: usize, v: &[f32], d: usize, group: usize) -> Vec<f32> {
-        let mut p = vec![0.0; group * (d + 2)];
-        for (t, v_t) in v.chunks_exact(d).enumerate() {
-            for (gi, acc) in p.chunks_exact_mut(d + 2).enumerate() {
-                for (a, &x) in acc[2..].iter_mut().zip(v_t) {
-                    *a = fmadd(scores[gi * len + t], x, *a);
-                }
-            }
-        }
-        p
-    }
-
     proptest! {
         #[test]
         fn blocked_value_sums_equal_the_plain_loop_bit_for_bit(
@@ -750,91 +737,7 @@ mod tests {
             let v: Vec<f32> = (0..len * d).map(|i| f(i + 7)).collect();
             let mut p = vec![0.0; group * (d + 2)];
             weighted_value_sums(&scores, len, &v, d, group, &mut p);
-            prop_assert_eq!(p, plain(&scores, len, &v, d, group));
-        }
-    }
-
-    /// `cargo test --release -p perpetua-candle --lib value_sums_timing -- --ignored --nocapture`
-    #[test]
-    #[ignore = "timing, run by hand"]
-    fn value_sums_timing() {
-        let (d, group, len) = (64, 3, CHUNK);
-        let scores: Vec<f32> = (0..group * len).map(|i| (i % 7) as f32 / 7.0).collect();
-        let v: Vec<f32> = (0..len * d).map(|i| (i % 13) as f32 / 13.0).collect();
-        let mut p = vec![0.0; group * (d + 2)];
-        let reps = 20_000;
-        for round in 0..3 {
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                p.fill(0.0);
-                weighted_value_sums(std::hint::black_box(&scores), len, &v, d, group, &mut p);
-            }
-            let blocked = t.elapsed();
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                std::hint::black_box(plain(std::hint::black_box(&scores), len, &v, d, group));
-            }
-            let plain_t = t.elapsed();
-            println!("round {round}: blocked {blocked:?}, plain {plain_t:?} ({} reps)", reps);
-        }
-    }
-
-    /// Decode-step attention cost at a long position, SmolLM2's geometry (9 query / 3 KV
-    /// heads of 64, 30 layers), f32 vs f16 cache:
-    /// `cargo test --release -p perpetua-candle --lib attend_timing -- --ignored --nocapture`
-    #[test]
-    #[ignore = "timing, run by hand"]
-    fn attend_timing() {
-        let visible: usize = std::env::var("VISIBLE").ok().and_then(|v| v.parse().ok()).unwrap_or(4000);
-        // SAME=1: every layer reads layer 0's buffers (cache-resident: the arithmetic
-        // alone); unset: 30 distinct layers' buffers, which come from memory.
-        let same = std::env::var_os("SAME").is_some();
-        let g = Geometry::plain(9, 3, 64, visible + 96);
-        let n = g.n_kv_heads * g.head_stride * g.head_dim;
-        let f = |i: usize| ((i as u32).wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0 - 1.0;
-        let k32: Vec<Vec<f32>> = (0..30).map(|l| (0..n).map(|i| f(i + l)).collect()).collect();
-        let v32: Vec<Vec<f32>> = (0..30).map(|l| (0..n).map(|i| f(i + 7 * l + 3)).collect()).collect();
-        let k16: Vec<Vec<half::f16>> =
-            k32.iter().map(|k| k.iter().map(|&x| half::f16::from_f32(x)).collect()).collect();
-        let v16: Vec<Vec<half::f16>> =
-            v32.iter().map(|v| v.iter().map(|&x| half::f16::from_f32(x)).collect()).collect();
-        let quantize = |x: &[f32]| {
-            let (mut codes, mut scales) = (Vec::new(), Vec::new());
-            crate::cache::quantize_q8(x, g.head_dim, &mut codes, &mut scales);
-            (codes, scales)
-        };
-        let q8: Vec<_> = k32.iter().zip(&v32).map(|(k, v)| (quantize(k), quantize(v))).collect();
-        let q: Vec<f32> = (0..g.n_heads * g.head_dim).map(|i| f(i + 11) / 4.0).collect();
-        let mut out = vec![0.0; g.n_heads * g.head_dim];
-        let steps = 20;
-        let layer = |l: usize| if same { 0 } else { l };
-        for round in 0..3 {
-            let t = std::time::Instant::now();
-            for _ in 0..steps {
-                for l in 0..30 {
-                    attend_one(g, &q, (&k32[layer(l)], &v32[layer(l)]), None, 0..visible, &mut out);
-                }
-            }
-            let a = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
-            let t = std::time::Instant::now();
-            for _ in 0..steps {
-                for l in 0..30 {
-                    attend_one(g, &q, (&k16[layer(l)], &v16[layer(l)]), None, 0..visible, &mut out);
-                }
-            }
-            let b = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
-            let t = std::time::Instant::now();
-            for _ in 0..steps {
-                for l in 0..30 {
-                    let (kq, vq) = (&q8[layer(l)].0, &q8[layer(l)].1);
-                    attend_one(g, &q, (&kq.0, &vq.0), Some((&kq.1, &vq.1)), 0..visible, &mut out);
-                }
-            }
-            let c = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
-            println!(
-                "round {round}: visible {visible}: f32 cache {a:.2} ms/token, f16 {b:.2}, q8 {c:.2} (30 layers{})",
-                if same { ", one layer's buffers" } else { "" }
-            );
+            prop_assert_eq!(p, crate::testing::kernels::value_sums_plain(&scores, len, &v, d, group));
         }
     }
 

@@ -49,7 +49,7 @@ impl KvElem for u8 {
 /// compiler vectorises it), then reduced in a fixed order. Also the few-row linear
 /// kernel's dot product (`model.rs`). (Measured: splitting the sum over 4 × `LANES`
 /// accumulators to shorten the dependency chain vectorised worse and ran 3× slower on
-/// 64-wide heads; `dot_timing` below.)
+/// 64-wide heads; `cargo bench -p perpetua-benches --bench kernels -- dot`.)
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0_f32; LANES];
@@ -167,66 +167,4 @@ pub(crate) fn exp_nonpositive_lanes(x: [f32; LANES]) -> [f32; LANES] {
     // its low mantissa bits; shifted by 23 they become the exponent field, and the
     // magic's own bits fall off the top.
     lanes(|l| y[l] * f32::from_bits((n[l] + (127.0 + 8_388_608.0)).to_bits() << 23))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `dot` over 4 × `LANES` accumulators (shorter dependency chains), for `dot_timing`.
-    fn dot_four_chains(a: &[f32], b: &[f32]) -> f32 {
-        const ACCS: usize = 4;
-        let n = a.len().min(b.len());
-        let (xa, xr) = a[..n].as_chunks::<LANES>();
-        let (ya, yr) = b[..n].as_chunks::<LANES>();
-        let mut acc = [[0.0_f32; LANES]; ACCS];
-        let mut xq = xa.chunks_exact(ACCS);
-        let mut yq = ya.chunks_exact(ACCS);
-        for (xs, ys) in (&mut xq).zip(&mut yq) {
-            for ((acc_k, x), y) in acc.iter_mut().zip(xs).zip(ys) {
-                for l in 0..LANES {
-                    acc_k[l] += x[l] * y[l];
-                }
-            }
-        }
-        for ((acc_k, x), y) in acc.iter_mut().zip(xq.remainder()).zip(yq.remainder()) {
-            for l in 0..LANES {
-                acc_k[l] += x[l] * y[l];
-            }
-        }
-        let mut lanes = [0.0_f32; LANES];
-        for acc_k in &acc {
-            for l in 0..LANES {
-                lanes[l] += acc_k[l];
-            }
-        }
-        lanes.iter().sum::<f32>() + xr.iter().zip(yr).map(|(x, y)| x * y).sum::<f32>()
-    }
-
-    /// `cargo test --release -p perpetua-candle --lib dot_timing -- --ignored --nocapture`
-    #[test]
-    #[ignore = "timing, run by hand"]
-    fn dot_timing() {
-        let rows = 4096;
-        let k: Vec<f32> = (0..rows * 64).map(|i| (i % 17) as f32 / 17.0).collect();
-        let q: Vec<f32> = (0..64).map(|i| (i % 5) as f32 / 5.0).collect();
-        for round in 0..3 {
-            let t = std::time::Instant::now();
-            let mut s = 0.0;
-            for _ in 0..200 {
-                for k_t in k.chunks_exact(64) {
-                    s += dot_four_chains(std::hint::black_box(&q), k_t);
-                }
-            }
-            let four = t.elapsed();
-            let t = std::time::Instant::now();
-            for _ in 0..200 {
-                for k_t in k.chunks_exact(64) {
-                    s += dot(std::hint::black_box(&q), k_t);
-                }
-            }
-            let one = t.elapsed();
-            println!("round {round}: dot (1 accumulator) {one:?}, 4 accumulators {four:?} ({s})");
-        }
-    }
 }
