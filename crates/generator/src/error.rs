@@ -101,15 +101,16 @@ pub enum GenerateError {
         #[source]
         source: Box<GenerateError>,
     },
-    /// A sample of [`Generator::generate_n`](crate::Generator::generate_n) after the
-    /// first failed: `samples` holds the samples finished before it, then the failing
-    /// sample's partial output when it had begun decoding (finish reason
-    /// [`FinishReason::Error`](crate::FinishReason::Error)).
-    #[error("sample {failed} of {n} failed ({failed} finished before it): {source}")]
+    /// A sample of [`Generator::generate_n`](crate::Generator::generate_n) failed while
+    /// others finished: `samples` holds every sample's output in sample order — the
+    /// finished ones, and a failing one's partial output when it had begun decoding
+    /// (finish reason [`FinishReason::Error`](crate::FinishReason::Error)).
+    #[error("sample {failed} of {n} failed (the other samples are kept): {source}")]
     PartialSamples {
-        /// The finished samples, then the failing one's partial output (if any).
+        /// Every sample's output, in sample order (a sample that failed before
+        /// decoding has none).
         samples: Vec<Generation>,
-        /// Index of the sample that failed.
+        /// Index of the (first) sample that failed.
         failed: usize,
         /// Samples asked for.
         n: usize,

@@ -514,39 +514,42 @@ fn generate_n_shares_one_prefill() {
     assert_eq!(m.tokens_fed(), prompt.len() - 1 + passes);
 }
 
-/// A sample that fails keeps the samples finished before it: the error carries them,
-/// then the failing sample's partial output (nothing generated is lost).
+/// A sample that fails keeps every other sample: the error carries them all, the
+/// failing sample's partial output in its place (nothing generated is lost).
 #[test]
-fn generate_n_keeps_the_finished_samples_when_one_fails() {
+fn generate_n_keeps_the_other_samples_when_one_fails() {
     let prompt: Vec<u32> = (0..20).collect();
-    // Call 0 prefills (one chunk); each sample then makes 10 decode calls: call 15 is
-    // the 5th step of sample 1.
+    // Call 0 prefills (one chunk); the samples then step side by side, each step one
+    // call per sample in order: call 15 is the 5th step of sample 2.
     let m = no_eos_model(8).fail_at_call(15);
     let mut g = Generator::builder(&m).seed(8).max_new_tokens(10).build().unwrap();
     let err = g.generate_n(prompt.clone(), 3).unwrap_err();
     let samples = err.partial_samples().unwrap_or_else(|| panic!("samples dropped: {err}"));
-    assert_eq!(samples.len(), 2, "{err}");
+    assert_eq!(samples.len(), 3, "{err}");
     assert_eq!((samples[0].ids.len(), samples[0].finish_reason.clone()), (10, FinishReason::MaxNewTokens));
-    assert_eq!((samples[1].ids.len(), samples[1].finish_reason.clone()), (4, FinishReason::Error));
+    assert_eq!((samples[1].ids.len(), samples[1].finish_reason.clone()), (10, FinishReason::MaxNewTokens));
+    assert_eq!((samples[2].ids.len(), samples[2].finish_reason.clone()), (4, FinishReason::Error));
     assert!(
         matches!(err, GenerateError::PartialSamples { ref source, .. } if matches!(**source, GenerateError::Model(_))),
         "{err:?}"
     );
-    assert!(err.to_string().contains("sample 1 of 3"), "{err}");
+    assert!(err.to_string().contains("sample 2 of 3"), "{err}");
     // The same samples as a run that does not fail, up to the failure.
     let ok = Generator::builder(no_eos_model(8))
         .seed(8)
         .max_new_tokens(10)
         .build()
         .unwrap()
-        .generate_n(prompt.clone(), 2)
+        .generate_n(prompt.clone(), 3)
         .unwrap();
     assert_eq!(samples[0].ids, ok[0].ids);
-    assert_eq!(samples[1].ids, ok[1].ids[..4]);
-    // A failure in the first sample is the plain partial generation, as `generate`'s.
+    assert_eq!(samples[1].ids, ok[1].ids);
+    assert_eq!(samples[2].ids, ok[2].ids[..4]);
+    // When no sample finishes, the error is the (first) failure's partial generation,
+    // as `generate`'s.
     let m = no_eos_model(8).fail_at_call(3);
     let mut g = Generator::builder(&m).seed(8).max_new_tokens(10).build().unwrap();
-    let err = g.generate_n(prompt, 3).unwrap_err();
+    let err = g.generate_n(prompt, 1).unwrap_err();
     assert_eq!(err.partial_output().map(|o| o.ids.len()), Some(2), "{err:?}");
 }
 

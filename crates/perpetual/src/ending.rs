@@ -111,6 +111,10 @@ impl EndingPhrases {
 }
 
 impl LogitsProcessor for EndingPhrases {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "ending_phrases"
     }

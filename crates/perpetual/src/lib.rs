@@ -338,6 +338,16 @@ pub trait EosStrategy: Send {
 
     /// Forget all state (a new sequence).
     fn reset(&mut self) {}
+
+    /// A copy of this strategy, configuration and state, for a generator running
+    /// several sequences at once, each with its own strategy. `None` (the default) when
+    /// it cannot be copied; the generator then rebuilds a perpetual mode's strategy from
+    /// the mode, or runs the sequences one after another (same results). The built-in
+    /// strategies copy; the wrappers ([`LoopBackstep`], [`Anticipation`]) are rebuilt
+    /// from their perpetual mode (`perpetua_generator::PerpetualMode`) instead.
+    fn boxed_clone(&self) -> Option<Box<dyn EosStrategy>> {
+        None
+    }
 }
 
 /// The default strategy: an EOS draw ends generation, as every other library does.
@@ -345,6 +355,10 @@ pub trait EosStrategy: Send {
 pub struct StopAtEos;
 
 impl EosStrategy for StopAtEos {
+    fn boxed_clone(&self) -> Option<Box<dyn EosStrategy>> {
+        Some(Box::new(*self))
+    }
+
     fn name(&self) -> &'static str {
         "stop"
     }
@@ -378,6 +392,9 @@ impl<S: EosStrategy + ?Sized> EosStrategy for Box<S> {
     }
     fn reset(&mut self) {
         (**self).reset()
+    }
+    fn boxed_clone(&self) -> Option<Box<dyn EosStrategy>> {
+        (**self).boxed_clone()
     }
 }
 

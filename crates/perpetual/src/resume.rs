@@ -89,6 +89,10 @@ impl ResumeTurn {
 }
 
 impl EosStrategy for ResumeTurn {
+    fn boxed_clone(&self) -> Option<Box<dyn EosStrategy>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "resume_turn"
     }

@@ -109,6 +109,10 @@ impl SuppressEos {
 }
 
 impl EosStrategy for SuppressEos {
+    fn boxed_clone(&self) -> Option<Box<dyn EosStrategy>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         if self.mask { "suppress_eos_masked" } else { "suppress_eos" }
     }
@@ -213,6 +217,10 @@ impl PostEosResample {
 }
 
 impl EosStrategy for PostEosResample {
+    fn boxed_clone(&self) -> Option<Box<dyn EosStrategy>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "post_eos_resample"
     }
@@ -299,6 +307,10 @@ impl Backstep {
 }
 
 impl EosStrategy for Backstep {
+    fn boxed_clone(&self) -> Option<Box<dyn EosStrategy>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "backstep"
     }
@@ -396,6 +408,10 @@ impl BackstepWithSchedule {
 }
 
 impl EosStrategy for BackstepWithSchedule {
+    fn boxed_clone(&self) -> Option<Box<dyn EosStrategy>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "backstep_with_schedule"
     }

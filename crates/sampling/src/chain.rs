@@ -310,6 +310,33 @@ impl Chain {
         }
         self.sampler.reset();
     }
+
+    /// A copy of the chain, every stage with its configuration and state (its buffer is
+    /// new), so several sequences can sample side by side; `None` when a stage cannot be
+    /// copied ([`LogitsProcessor::boxed_clone`]: closures, custom stages that do not
+    /// implement it).
+    ///
+    /// ```
+    /// use perpetua_sampling::processors::{Temperature, TopK};
+    /// use perpetua_sampling::{ChainBuilder, Stage};
+    ///
+    /// let chain = ChainBuilder::new()
+    ///     .stage(Stage::TopK, TopK::new(20)?)
+    ///     .stage(Stage::Temperature, Temperature::new(0.8)?)
+    ///     .build();
+    /// let copy = chain.try_clone().expect("built-in stages copy");
+    /// assert_eq!(copy.stages().collect::<Vec<_>>(), chain.stages().collect::<Vec<_>>());
+    /// # Ok::<(), perpetua_sampling::SamplingError>(())
+    /// ```
+    pub fn try_clone(&self) -> Option<Chain> {
+        Some(Self {
+            processors: self.processors.iter().map(|p| p.boxed_clone()).collect::<Option<Vec<_>>>()?,
+            sampler: self.sampler.boxed_clone()?,
+            candidates: Candidates::default(),
+            non_finite: self.non_finite,
+            sanitized: 0,
+        })
+    }
 }
 
 /// The standard stages, in the default order of [`ChainBuilder`] (the order of the

@@ -100,6 +100,14 @@ pub trait LogitsProcessor: Send {
     fn depends_only_on_rank(&self) -> bool {
         false
     }
+
+    /// A copy of this stage, configuration and state, for a generator running several
+    /// sequences at once, each with its own chain ([`Chain::try_clone`]). `None` (the
+    /// default, e.g. for closures) when the stage cannot be copied: the generator then
+    /// runs those sequences one after another, with the same results.
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        None
+    }
 }
 
 /// Picks one token from the candidates left by the processors.
@@ -121,4 +129,10 @@ pub trait Sampler: Send {
 
     /// Forget accumulated state.
     fn reset(&mut self) {}
+
+    /// A copy of this sampler, configuration and state (see
+    /// [`LogitsProcessor::boxed_clone`]); `None` (the default) when it cannot be copied.
+    fn boxed_clone(&self) -> Option<Box<dyn Sampler>> {
+        None
+    }
 }

@@ -238,6 +238,14 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
         self
     }
 
+    /// Sequences [`Generator::generate_batch`] and [`Generator::generate_n`] run side
+    /// by side (one forward pass per step for all of them; the others wait and join as
+    /// sequences finish). Must be `>= 1`. Default 8.
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.settings.max_batch = n;
+        self
+    }
+
     /// Report the `n` most likely tokens with every token event. Default 0 (off).
     pub fn top_logprobs(mut self, n: usize) -> Self {
         self.settings.top_logprobs = n;
@@ -273,7 +281,7 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
     /// Validate and build.
     ///
     /// Errors: an empty stop string, stop strings without a tokenizer, `prefill_chunk
-    /// = 0`, an EOS id or `top_logprobs` outside the vocabulary.
+    /// = 0`, `max_batch = 0`, an EOS id or `top_logprobs` outside the vocabulary.
     pub fn build(self) -> Result<Generator<M>, GenerateError> {
         let stops = StopStrings::new(self.stop_strings)?;
         if !stops.is_empty() && self.tokenizer.is_none() {
@@ -281,6 +289,9 @@ impl<M: LanguageModel> GeneratorBuilder<M> {
         }
         if self.settings.prefill_chunk == 0 {
             return Err(GenerateError::invalid("prefill_chunk", 0, "must be >= 1"));
+        }
+        if self.settings.max_batch == 0 {
+            return Err(GenerateError::invalid("max_batch", 0, "must be >= 1"));
         }
         let vocab = self.model.vocab_size();
         let eos_ids = match self.eos_ids {

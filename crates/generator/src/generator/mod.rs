@@ -7,10 +7,12 @@
 //!   per-sequence state;
 //! - [`step`]: one decode step, phase by phase;
 //! - [`rolling`]: what rewrites a sequence: back steps, resumed turns, context rolls;
-//! - [`stream`]: the event iterator that drives the steps.
+//! - [`stream`]: the event iterator that drives the steps;
+//! - [`batch`]: several sequences side by side, one forward pass per step.
 
 #[cfg(feature = "tokio")]
 mod async_stream;
+mod batch;
 mod builder;
 mod rolling;
 mod session;
@@ -37,9 +39,7 @@ pub use types::{
     TRACE_TOP, Timings, TraceEvent,
 };
 
-use crate::{
-    ForkableCache, GenerateError, LanguageModel, PerpetualMode, RepetitionDetection, StopStrings, Tokenizer,
-};
+use crate::{GenerateError, LanguageModel, PerpetualMode, RepetitionDetection, StopStrings, Tokenizer};
 pub(crate) use session::Feed;
 
 /// The options a [`GeneratorBuilder`] collects and a [`Generator`] runs with: one value,
@@ -56,6 +56,7 @@ pub(crate) struct Settings {
     pub(crate) sink_tokens: Option<usize>,
     pub(crate) context_roll: ContextRoll,
     pub(crate) prefill_chunk: usize,
+    pub(crate) max_batch: usize,
     pub(crate) top_logprobs: usize,
     pub(crate) trace: bool,
     pub(crate) cancel: Option<Arc<AtomicBool>>,
@@ -76,6 +77,7 @@ impl Default for Settings {
             sink_tokens: None,
             context_roll: ContextRoll::default(),
             prefill_chunk: 512,
+            max_batch: 8,
             top_logprobs: 0,
             trace: false,
             cancel: None,
@@ -373,54 +375,6 @@ impl<M: LanguageModel> Generator<M> {
             }
         }
         Ok(stream.into_output())
-    }
-
-    /// `n` samples from one prompt: the prompt is prefilled once and each sample
-    /// continues from a [`ForkableCache::fork`] of that cache. Sample `i` uses the
-    /// seed's ChaCha stream `i`, so sample 0 equals [`generate`](Self::generate).
-    ///
-    /// Each sample's `counts` and `timings` report the shared prefill.
-    ///
-    /// Errors: as [`generate`](Self::generate) while no sample has finished (a failure
-    /// in sample 0 carries its partial output, [`GenerateError::PartialGeneration`]);
-    /// a later sample's failure is [`GenerateError::PartialSamples`], which keeps the
-    /// finished samples and the failing one's partial output.
-    pub fn generate_n(
-        &mut self,
-        prompt: impl Into<Prompt>,
-        n: usize,
-    ) -> Result<Vec<Generation>, GenerateError>
-    where
-        M::Cache: ForkableCache,
-    {
-        let opened = self.open(prompt.into(), Feed::AllButLast)?;
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let sample = (|| {
-                let cache = opened.cache.fork()?;
-                let session = self.start_session(opened.ids.clone(), cache, opened.at, i as u64);
-                let mut stream = Stream::new(self, session);
-                for item in stream.by_ref() {
-                    item?;
-                }
-                Ok(stream.into_output())
-            })();
-            match sample {
-                Ok(g) => out.push(g),
-                Err(e) if out.is_empty() => return Err(e),
-                Err(e) => {
-                    let source = match e {
-                        GenerateError::PartialGeneration { output, source } => {
-                            out.push(*output);
-                            source
-                        }
-                        other => Box::new(other),
-                    };
-                    return Err(GenerateError::PartialSamples { samples: out, failed: i, n, source });
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// The options the generator runs with.

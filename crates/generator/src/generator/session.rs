@@ -72,6 +72,15 @@ impl<C: KvCache> Session<C> {
         self.sink_len + (self.tokens.len() - 1 - self.recent_start)
     }
 
+    /// End the session with `source` as the reason: the
+    /// [`PartialGeneration`](GenerateError::PartialGeneration) error carrying the
+    /// output so far.
+    pub(super) fn fail(&mut self, source: GenerateError) -> GenerateError {
+        self.finish = Some(FinishReason::Error);
+        self.timings.decode = self.decode_started.elapsed();
+        GenerateError::PartialGeneration { output: Box::new(self.output()), source: Box::new(source) }
+    }
+
     pub(super) fn output(&self) -> Generation {
         let text = self.decoder.text();
         let end = self.text_end.unwrap_or(text.len()).min(text.len());

@@ -96,14 +96,38 @@ impl<M: LanguageModel> Generator<M> {
         s: &mut Session<M::Cache>,
         ev: &mut VecDeque<Event>,
     ) -> Result<(), GenerateError> {
+        if !self.ready_to_forward(s, ev)? {
+            return Ok(());
+        }
+        let sampled_from = self.forward_pending(s)?;
+        self.after_forward(s, ev, sampled_from)
+    }
+
+    /// What comes before a step's forward pass: the limits (`false`: the session
+    /// finished) and a context roll when the cache is full.
+    pub(super) fn ready_to_forward(
+        &mut self,
+        s: &mut Session<M::Cache>,
+        ev: &mut VecDeque<Event>,
+    ) -> Result<bool, GenerateError> {
         if let Some(reason) = self.limit_reached(s) {
             self.finish(s, ev, reason);
-            return Ok(());
+            return Ok(false);
         }
         if s.cache.seq_len() >= s.window {
             self.roll(s, ev)?;
         }
-        let sampled_from = self.forward_pending(s)?;
+        Ok(true)
+    }
+
+    /// The rest of a step once the pending token's logits are in the logits buffer
+    /// (checked): the plan, the draw, the answer to an EOS draw, the appended token.
+    pub(super) fn after_forward(
+        &mut self,
+        s: &mut Session<M::Cache>,
+        ev: &mut VecDeque<Event>,
+        sampled_from: Instant,
+    ) -> Result<(), GenerateError> {
         let mut st = self.observe(s, ev, sampled_from)?;
         let first = self.draw(s, &mut st)?;
         let drawn =
@@ -156,13 +180,20 @@ impl<M: LanguageModel> Generator<M> {
     /// Feed the pending token (its logits predict the next one) and check the logits:
     /// their length, and NaN / `+inf` under the chain's [`NonFinitePolicy`] (repaired
     /// here, once, under `Sanitize`; the chain is then given clean logits).
-    fn forward_pending(&mut self, s: &mut Session<M::Cache>) -> Result<Instant, GenerateError> {
+    pub(super) fn forward_pending(&mut self, s: &mut Session<M::Cache>) -> Result<Instant, GenerateError> {
         let pending = s.tokens[s.tokens.len() - 1];
         let t0 = Instant::now();
         self.model.forward(&[pending], &mut s.cache, &mut self.buffers.logits).map_err(model_err)?;
         let sampled_from = Instant::now();
         s.timings.forward += sampled_from - t0;
         s.counts.forward_passes += 1;
+        self.check_logits(s)?;
+        Ok(sampled_from)
+    }
+
+    /// The logits buffer checked: the vocabulary's length, and under
+    /// `NonFinitePolicy::Sanitize` NaN/`+inf` repaired (counted), once per step.
+    pub(super) fn check_logits(&mut self, s: &mut Session<M::Cache>) -> Result<(), GenerateError> {
         let logits = &mut self.buffers.logits;
         let vocab = self.model.vocab_size();
         if logits.len() != vocab {
@@ -182,7 +213,7 @@ impl<M: LanguageModel> Generator<M> {
                 }
             }
         }
-        Ok(sampled_from)
+        Ok(())
     }
 
     /// The strategy's plan (its temperature, announced when it changes), the raw

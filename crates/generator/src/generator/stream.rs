@@ -87,9 +87,7 @@ impl<G: BorrowMut<Generator<M>>, M: LanguageModel> StreamOf<G, M> {
     pub(super) fn fail(&mut self, source: GenerateError) -> GenerateError {
         self.queue.clear();
         self.done = true;
-        self.session.finish = Some(FinishReason::Error);
-        self.session.timings.decode = self.session.decode_started.elapsed();
-        GenerateError::PartialGeneration { output: Box::new(self.session.output()), source: Box::new(source) }
+        self.session.fail(source)
     }
 
     /// The result; an unfinished stream is cancelled first.

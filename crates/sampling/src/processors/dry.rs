@@ -272,6 +272,10 @@ impl Dry {
 }
 
 impl LogitsProcessor for Dry {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "dry"
     }

@@ -65,6 +65,10 @@ impl DynamicTemperature {
 }
 
 impl LogitsProcessor for DynamicTemperature {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(*self))
+    }
+
     fn name(&self) -> &'static str {
         "dynamic_temperature"
     }

@@ -42,6 +42,10 @@ impl EpsilonCutoff {
 }
 
 impl LogitsProcessor for EpsilonCutoff {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(*self))
+    }
+
     fn name(&self) -> &'static str {
         "epsilon_cutoff"
     }
@@ -105,6 +109,10 @@ impl EtaCutoff {
 }
 
 impl LogitsProcessor for EtaCutoff {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(*self))
+    }
+
     fn name(&self) -> &'static str {
         "eta_cutoff"
     }

@@ -143,6 +143,10 @@ impl LogitBias {
 }
 
 impl LogitsProcessor for LogitBias {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "logit_bias"
     }
@@ -186,6 +190,10 @@ impl BannedTokens {
 }
 
 impl LogitsProcessor for BannedTokens {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "banned_tokens"
     }
@@ -235,6 +243,10 @@ impl BannedSequences {
 }
 
 impl LogitsProcessor for BannedSequences {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "banned_sequences"
     }
@@ -311,6 +323,10 @@ impl AllowList {
 }
 
 impl LogitsProcessor for AllowList {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "allow_list"
     }
@@ -343,6 +359,10 @@ impl SuppressEos {
 }
 
 impl LogitsProcessor for SuppressEos {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "suppress_eos"
     }
@@ -380,6 +400,10 @@ impl MinNewTokens {
 }
 
 impl LogitsProcessor for MinNewTokens {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "min_new_tokens"
     }

@@ -46,6 +46,10 @@ impl MinP {
 }
 
 impl LogitsProcessor for MinP {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(*self))
+    }
+
     fn name(&self) -> &'static str {
         "min_p"
     }

@@ -53,6 +53,10 @@ impl NoRepeatNGram {
 }
 
 impl LogitsProcessor for NoRepeatNGram {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "no_repeat_ngram"
     }

@@ -151,6 +151,10 @@ impl RepetitionPenalty {
 }
 
 impl LogitsProcessor for RepetitionPenalty {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "repetition_penalty"
     }
@@ -238,6 +242,10 @@ impl FrequencyPresencePenalty {
 }
 
 impl LogitsProcessor for FrequencyPresencePenalty {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "frequency_presence_penalty"
     }

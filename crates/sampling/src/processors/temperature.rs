@@ -34,6 +34,10 @@ pub(crate) fn validate(temperature: f32) -> Result<()> {
 }
 
 impl LogitsProcessor for Temperature {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(*self))
+    }
+
     fn name(&self) -> &'static str {
         "temperature"
     }

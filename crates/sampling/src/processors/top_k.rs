@@ -28,6 +28,10 @@ impl TopK {
 }
 
 impl LogitsProcessor for TopK {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(*self))
+    }
+
     fn depends_only_on_rank(&self) -> bool {
         true
     }

@@ -38,6 +38,10 @@ impl TopNSigma {
 }
 
 impl LogitsProcessor for TopNSigma {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(*self))
+    }
+
     fn name(&self) -> &'static str {
         "top_n_sigma"
     }

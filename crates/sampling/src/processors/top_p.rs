@@ -108,6 +108,10 @@ impl TopP {
 }
 
 impl LogitsProcessor for TopP {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "top_p"
     }

@@ -51,6 +51,10 @@ impl Typical {
 }
 
 impl LogitsProcessor for Typical {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(*self))
+    }
+
     fn name(&self) -> &'static str {
         "typical"
     }

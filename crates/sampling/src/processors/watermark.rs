@@ -136,6 +136,10 @@ impl Watermark {
 }
 
 impl LogitsProcessor for Watermark {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(*self))
+    }
+
     fn name(&self) -> &'static str {
         "watermark"
     }

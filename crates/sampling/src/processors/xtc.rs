@@ -67,6 +67,10 @@ impl Xtc {
 }
 
 impl LogitsProcessor for Xtc {
+    fn boxed_clone(&self) -> Option<Box<dyn LogitsProcessor>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "xtc"
     }

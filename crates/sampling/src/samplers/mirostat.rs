@@ -58,6 +58,10 @@ impl Mirostat {
 }
 
 impl Sampler for Mirostat {
+    fn boxed_clone(&self) -> Option<Box<dyn Sampler>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "mirostat"
     }
@@ -131,6 +135,10 @@ impl MirostatV2 {
 }
 
 impl Sampler for MirostatV2 {
+    fn boxed_clone(&self) -> Option<Box<dyn Sampler>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn name(&self) -> &'static str {
         "mirostat_v2"
     }

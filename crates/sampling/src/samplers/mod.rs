@@ -17,6 +17,10 @@ pub use mirostat::{Mirostat, MirostatV2};
 pub struct Greedy;
 
 impl Sampler for Greedy {
+    fn boxed_clone(&self) -> Option<Box<dyn Sampler>> {
+        Some(Box::new(*self))
+    }
+
     fn name(&self) -> &'static str {
         "greedy"
     }
@@ -52,6 +56,10 @@ impl Sampler for Greedy {
 pub struct Multinomial;
 
 impl Sampler for Multinomial {
+    fn boxed_clone(&self) -> Option<Box<dyn Sampler>> {
+        Some(Box::new(*self))
+    }
+
     fn name(&self) -> &'static str {
         "multinomial"
     }
