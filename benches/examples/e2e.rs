@@ -13,6 +13,8 @@
 //!     [--spec dynamic|perpetual|…]
 //! e2e --contender perpetua --mode long --tokens-file target/bench/tokens.json --new-tokens 20000 --window 8192
 //! e2e --contender perpetua --mode batch --tokens-file target/bench/tokens.json --batch 8 --new-tokens 64
+//! e2e --contender perpetua --mode generate-batch --tokens-file target/bench/tokens.json --batch 8 \
+//!     --new-tokens 256 [--spec perpetual] [--check]
 //! ```
 //!
 //! - `tokens`: the chat prompt ("Write a book about a dog that can talk and is a
@@ -43,6 +45,13 @@
 //! - `batch`: `--batch B` sequences with ragged prompts (20–200 filler ids), each
 //!   prefilled alone, then `--new-tokens` greedy steps of all of them per
 //!   `LanguageModel::forward_batch` pass (the model alone); the aggregate decode rate.
+//!
+//! - `generate-batch`: the same ragged prompts through `Generator::generate_batch` with
+//!   `max_batch` = `--batch`, T 1.0 / top-k 20 / seed 1 and the perpetual mode `--spec`
+//!   (so EOS, back steps and resumed turns happen per sequence), `--new-tokens` each;
+//!   reports generated tokens ÷ (wall time − the prefills). `--batch 1` is the
+//!   single-sequence rate of the same code. `--check` also runs every prompt alone and
+//!   records whether each batched sequence equals its solo run (`same_as_solo`).
 //!
 //! Threads: set `RAYON_NUM_THREADS` and `CANDLE_NUM_THREADS` (the xtask sets both to 2).
 
@@ -94,6 +103,7 @@ struct Args {
     spec: String,
     window: usize,
     batch: usize,
+    check: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -109,6 +119,7 @@ fn parse_args() -> Result<Args> {
         spec: "dynamic".to_string(),
         window: 8_192,
         batch: 1,
+        check: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -125,6 +136,7 @@ fn parse_args() -> Result<Args> {
             "--spec" => args.spec = value()?,
             "--window" => args.window = value()?.parse().context("--window")?,
             "--batch" => args.batch = value()?.parse().context("--batch")?,
+            "--check" => args.check = true,
             other => bail!("unknown argument `{other}` (see the module docs of benches/examples/e2e.rs)"),
         }
     }
@@ -476,6 +488,7 @@ fn run() -> Result<Value> {
         }
         ("perpetua", "long") => long_run(&path, &tokens.prompt, args.new_tokens, args.window)?,
         ("perpetua", "batch") => batch_run(&path, &tokens.filler, args.batch, args.new_tokens)?,
+        ("perpetua", "generate-batch") => generate_batch_run(&path, &tokens.filler, &args)?,
         (c, m) => bail!("unknown contender/mode `{c}` / `{m}`"),
     };
     out.contender = contender;
@@ -540,6 +553,73 @@ fn batch_run(path: &std::path::Path, filler: &[u32], batch: usize, n: usize) -> 
         ..BenchRecord::default()
     };
     record.extra.insert("batch".into(), json!(batch));
+    Ok(record)
+}
+
+/// `--mode generate-batch` (see the module docs).
+fn generate_batch_run(path: &std::path::Path, filler: &[u32], args: &Args) -> Result<BenchRecord> {
+    let batch = args.batch;
+    if batch == 0 || filler.len() < 200 * batch {
+        bail!("--batch {batch}: needs 1..={} sequences", filler.len() / 200);
+    }
+    let mode = PerpetualMode::parse(&args.spec).with_context(|| format!("--spec {}", args.spec))?;
+    let model = load_ours(path, "perpetua")?;
+    let tok = tokenizer(path)?;
+    let build = |width: usize| -> Result<Generator<&Llama>> {
+        Ok(Generator::builder(&model)
+            .tokenizer(tok.clone())
+            .chain(sampled_chain()?)
+            .seed(SEED)
+            .perpetual(mode.clone())
+            .max_new_tokens(args.new_tokens)
+            .max_batch(width)
+            .build()?)
+    };
+    let prompts: Vec<Vec<u32>> = (0..batch)
+        .map(|s| {
+            let len = 20 + (s * 180) / batch.max(2).saturating_sub(1).max(1);
+            filler[s * 200..s * 200 + len.min(200)].to_vec()
+        })
+        .collect();
+    let mut generator = build(batch)?;
+    let t = Instant::now();
+    let results = generator.generate_batch(prompts.iter().cloned().map(Prompt::Ids));
+    let wall_s = t.elapsed().as_secs_f64();
+    let outputs: Vec<_> = results.into_iter().collect::<Result<_, _>>()?;
+    let prefill_s: f64 = outputs.iter().map(|g| g.timings.prefill.as_secs_f64()).sum();
+    let generated: usize = outputs.iter().map(|g| g.counts.generated_tokens).sum();
+    let passes: usize = outputs.iter().map(|g| g.counts.forward_passes).sum();
+    let decode_s = wall_s - prefill_s;
+    let mut record = BenchRecord {
+        new_tokens: Some(args.new_tokens),
+        decode: DecodeRecord {
+            prefill_s: Some(prefill_s),
+            decode_s: Some(decode_s),
+            forward_passes: Some(passes),
+            decode_tok_s: Some(rate(generated, decode_s)),
+            ..DecodeRecord::default()
+        },
+        ..BenchRecord::default()
+    };
+    record.extra.insert("batch".into(), json!(batch));
+    record.extra.insert("spec".into(), json!(mode.spec()));
+    record.extra.insert("generated_tokens".into(), json!(generated));
+    record.extra.insert("generate_wall_s".into(), json!(wall_s));
+    let c = |f: fn(&perpetua_generator::Counts) -> usize| outputs.iter().map(|g| f(&g.counts)).sum::<usize>();
+    record.extra.insert(
+        "events".into(),
+        json!({ "backsteps": c(|c| c.backsteps), "loop_backsteps": c(|c| c.loop_backsteps),
+                "resumes": c(|c| c.resumes), "eos_avoided": c(|c| c.eos_avoided) }),
+    );
+    if args.check {
+        let mut solo = build(1)?;
+        let same: Vec<bool> = prompts
+            .iter()
+            .zip(&outputs)
+            .map(|(p, g)| Ok(solo.generate(Prompt::Ids(p.clone()))?.ids == g.ids))
+            .collect::<Result<_>>()?;
+        record.extra.insert("same_as_solo".into(), json!(same));
+    }
     Ok(record)
 }
 

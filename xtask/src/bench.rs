@@ -45,7 +45,12 @@ struct Config {
     rounds: usize,
     new_tokens: usize,
     perpetual_tokens: usize,
+    /// New tokens per sequence of the batched-generation rows.
+    batch_tokens: usize,
 }
+
+/// Batch widths of the batched-generation rows (1: the single-sequence rate, same code).
+const BATCHES: [usize; 3] = [1, 4, 8];
 
 struct Paths {
     root: PathBuf,
@@ -169,9 +174,9 @@ pub fn long(model: PathBuf, new_tokens: usize, window: usize) -> Result<()> {
 pub fn bench(quick: bool, model: PathBuf) -> Result<()> {
     let started = Instant::now();
     let config = if quick {
-        Config { quick, rounds: 1, new_tokens: 32, perpetual_tokens: 500 }
+        Config { quick, rounds: 1, new_tokens: 32, perpetual_tokens: 500, batch_tokens: 32 }
     } else {
-        Config { quick, rounds: 3, new_tokens: 128, perpetual_tokens: 2_000 }
+        Config { quick, rounds: 3, new_tokens: 128, perpetual_tokens: 2_000, batch_tokens: 256 }
     };
     let load_before = load_average();
     let (paths, tokens) = setup(model)?;
@@ -217,6 +222,12 @@ pub fn bench(quick: bool, model: PathBuf) -> Result<()> {
         }
         let n = config.perpetual_tokens.to_string();
         record(contender_run(&paths, PERPETUA, "perpetual", &["--new-tokens", &n])?, round);
+        let n = config.batch_tokens.to_string();
+        for batch in BATCHES {
+            let b = batch.to_string();
+            let args = ["--batch", b.as_str(), "--new-tokens", &n, "--spec", "perpetual", "--check"];
+            record(contender_run(&paths, PERPETUA, "generate-batch", &args)?, round);
+        }
     }
     let load_after = load_average();
     let elapsed = started.elapsed().as_secs_f64();
@@ -226,6 +237,7 @@ pub fn bench(quick: bool, model: PathBuf) -> Result<()> {
         "rounds": config.rounds,
         "new_tokens": config.new_tokens,
         "perpetual_tokens": config.perpetual_tokens,
+        "batch_tokens": config.batch_tokens,
         "threads": THREADS,
         "elapsed_s": elapsed,
         "load_average_before": load_before,
@@ -938,6 +950,8 @@ fn report(config: &Config, paths: &Paths, raw: &Value, runs: &[BenchRecord]) -> 
         backstep_held = Some(exact && no_reprefill);
     }
 
+    let batch_goal = batched_generation(&mut md, config, runs)?;
+
     // Goals.
     let decode: Metric = |v| v.decode.decode_tok_s;
     let ours = best(runs, PERPETUA, "greedy", decode, None);
@@ -967,6 +981,10 @@ fn report(config: &Config, paths: &Paths, raw: &Value, runs: &[BenchRecord]) -> 
             None => "not measured",
         }
     )?;
+    writeln!(
+        md,
+        "- Issue 20: batch 8 ≥ 3× the single-sequence rate (generator, perpetual mode): {batch_goal}."
+    )?;
     let prefill_goal = |position: Option<usize>| match (
         prefill_rate(runs, PERPETUA, position),
         prefill_rate(runs, LLAMA_CPP, position),
@@ -992,6 +1010,56 @@ fn report(config: &Config, paths: &Paths, raw: &Value, runs: &[BenchRecord]) -> 
         )?;
     }
     Ok(md)
+}
+
+/// The batched-generation table (`e2e --mode generate-batch`): aggregate decode rate per
+/// batch width, best round, against batch 1 of the same run; returns the issue-20 goal
+/// line's verdict.
+fn batched_generation(md: &mut String, config: &Config, runs: &[BenchRecord]) -> Result<String> {
+    let width = |v: &BenchRecord| v.extra.get("batch").and_then(Value::as_u64).map(|b| b as usize);
+    let of = |b: usize| select(runs, PERPETUA, "generate-batch", None).filter(move |v| width(v) == Some(b));
+    let best_rate = |b: usize| of(b).filter_map(|v| v.decode.decode_tok_s).reduce(f64::max);
+    let base = best_rate(1);
+    writeln!(
+        md,
+        "**Batched generation** (`Generator::generate_batch`, `max_batch` = the batch): ragged prompts of 20–200 \
+         filler ids, {} new tokens each, T 1.0 / top-k 20 / seed 1, the recommended perpetual mode; generated \
+         tokens ÷ (wall time − prefills), best round; each sequence checked against its solo run:\n",
+        thousands(config.batch_tokens)
+    )?;
+    writeln!(md, "| batch | aggregate tok/s | × batch 1 | peak RSS MiB | every sequence = its solo run |")?;
+    writeln!(md, "|---:|---:|---:|---:|---|")?;
+    for b in BATCHES {
+        let rss = of(b).filter_map(|v| v.peak_rss_mib).reduce(f64::max);
+        let same = of(b).all(|v| {
+            v.extra.get("same_as_solo").and_then(Value::as_array).is_some_and(|a| a.iter().all(|x| x == true))
+        });
+        writeln!(
+            md,
+            "| {b} | {} | {} | {} | {} |",
+            fmt_rate(best_rate(b)),
+            fmt_ratio(best_rate(b), base),
+            rss.map_or_else(|| "–".to_string(), |x| format!("{x:.0}")),
+            if of(b).next().is_none() {
+                "–"
+            } else if same {
+                "yes"
+            } else {
+                "**no**"
+            }
+        )?;
+    }
+    writeln!(
+        md,
+        "\nllama.cpp's batched rate is not measured: `llama-cpp-python`'s `Llama` runs one sequence per \
+         context (batching needs its low-level `llama_batch` API).\n"
+    )?;
+    Ok(match (best_rate(8), base) {
+        (Some(x), Some(b)) if b > 0.0 => {
+            format!("{:.2}× ({})", x / b, if x / b >= 3.0 { "met" } else { "**not met**" })
+        }
+        _ => "not measured".to_string(),
+    })
 }
 
 /// Replace what lies between the markers in `path`, appending the section (heading and

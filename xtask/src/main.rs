@@ -16,7 +16,7 @@
 //!   (`llama-cpp-python` 0.3.36 in a virtual environment under `target/bench-venv`), each
 //!   measurement in its own process, 2 threads, same GGUF and prompt ids; prefill/decode
 //!   tok/s, decode and prefill at positions 100/512/2,000/6,000, peak RSS, sampling share, perpetual
-//!   overhead. Rewrites the marked section of `docs/PERFORMANCE.md` (`--quick`:
+//!   overhead, batched generation (`Generator::generate_batch` at batch 1, 4 and 8). Rewrites the marked section of `docs/PERFORMANCE.md` (`--quick`:
 //!   `target/bench/BENCH.md`); raw JSON in `target/bench/`. Code: `xtask/src/bench.rs`,
 //!   `benches/examples/e2e.rs`, `xtask/bench_llama_cpp.py`.
 //!
@@ -44,7 +44,8 @@ tasks:
                 --quick: 5 prompts, 500 tokens, to target/eval-quick/
   bench         end to end vs candle-transformers and llama.cpp (llama-cpp-python in
                 target/bench-venv): 3 rounds, 128 tokens, positions 100/512/2,000/6,000 (decode, and prefill),
-                RSS, sampling share, perpetual overhead; writes the marked section of
+                RSS, sampling share, perpetual overhead, batched generation (batch 1/4/8,
+                256 tokens, the recommended mode); writes the marked section of
                 docs/PERFORMANCE.md and target/bench/*.json (--quick: 1 round, 32 tokens,
                 a 500-token perpetual run, written to target/bench/BENCH.md;
                 --long [TOKENS [WINDOW]]: a 20,000-token run through an 8,192-position

@@ -37,7 +37,9 @@
 
 use std::path::{Path, PathBuf};
 
-use perpetua_generator::{ChatMessage, FinishReason, Generator, LanguageModel, PerpetualMode, Prompt};
+use perpetua_generator::{
+    ChatMessage, FinishReason, Generation, Generator, LanguageModel, PerpetualMode, Prompt,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::TraceRow;
@@ -383,9 +385,12 @@ fn store_kept(
 }
 
 /// Run the evaluation on `generator` (its model, tokenizer, chain and stop criteria as
-/// built; seed, perpetual mode, budget and trace are set per run). `progress` is called
-/// after every run. A failing run aborts with [`AnalysisError::Generate`] naming it; runs
-/// finished before it are kept in [`EvalConfig::runs_dir`].
+/// built; seed, perpetual mode, budget and trace are set per run). For each strategy
+/// and seed the prompts run side by side ([`Generator::generate_batch`], up to the
+/// generator's `max_batch` per forward pass; each run's text is what it would be
+/// alone). `progress` is called after every run, in the order runs finish. A failing
+/// run aborts with [`AnalysisError::Generate`] naming it; every run that finished is kept
+/// in [`EvalConfig::runs_dir`] first.
 pub fn run_eval<M: LanguageModel>(
     generator: &mut Generator<M>,
     config: &EvalConfig,
@@ -398,71 +403,105 @@ pub fn run_eval<M: LanguageModel>(
     generator.set_max_new_tokens(Some(config.max_new_tokens));
     generator.set_trace(true);
     let total = config.total_runs();
-    let mut runs = Vec::with_capacity(total);
-    let mut traces = Vec::with_capacity(total);
-    let mut resumed = 0;
-    for (pi, prompt) in config.prompts.iter().enumerate() {
-        for strategy in &config.strategies {
-            for &seed in &config.seeds {
-                let path =
-                    config.runs_dir.as_ref().map(|d| kept_path(d, pi, strategy, seed, config.max_new_tokens));
-                let mode = mode_key(strategy)?;
-                let kept = path.as_ref().and_then(|p| load_kept(p, config, prompt, &mode));
-                let was_kept = kept.is_some();
-                let (result, rows) = match kept {
-                    Some(k) => k,
-                    None => {
-                        let (result, rows) = run_one(generator, config, pi, prompt, strategy, seed)?;
-                        if let Some(p) = &path {
-                            store_kept(p, config, prompt, &mode, &result, &rows)?;
-                        }
-                        (result, rows)
+    let (n_strategies, n_seeds) = (config.strategies.len(), config.seeds.len());
+    // Runs by (prompt, strategy, seed) index, in the report's order.
+    let slot = |pi: usize, si: usize, ki: usize| (pi * n_strategies + si) * n_seeds + ki;
+    let mut slots: Vec<Option<Run>> = (0..total).map(|_| None).collect();
+    let (mut done, mut resumed) = (0, 0);
+    for (si, strategy) in config.strategies.iter().enumerate() {
+        let mode = mode_key(strategy)?;
+        for (ki, &seed) in config.seeds.iter().enumerate() {
+            let path = |pi: usize| {
+                config.runs_dir.as_ref().map(|d| kept_path(d, pi, strategy, seed, config.max_new_tokens))
+            };
+            let mut missing = Vec::new();
+            for (pi, prompt) in config.prompts.iter().enumerate() {
+                match path(pi).and_then(|p| load_kept(&p, config, prompt, &mode)) {
+                    Some(kept) => {
+                        (done, resumed) = (done + 1, resumed + 1);
+                        progress(Progress { done, total, last: &kept.0, resumed: true });
+                        slots[slot(pi, si, ki)] = Some(kept);
                     }
-                };
-                resumed += usize::from(was_kept);
-                runs.push(result);
-                traces.push(rows);
-                if let Some(last) = runs.last() {
-                    progress(Progress { done: runs.len(), total, last, resumed: was_kept });
+                    None => missing.push(pi),
                 }
+            }
+            if missing.is_empty() {
+                continue;
+            }
+            let mut first_error = None;
+            for (pi, run) in
+                missing.iter().copied().zip(run_batch(generator, config, &missing, strategy, seed)?)
+            {
+                match run {
+                    Ok((result, rows)) => {
+                        if let Some(p) = path(pi) {
+                            store_kept(&p, config, &config.prompts[pi], &mode, &result, &rows)?;
+                        }
+                        done += 1;
+                        progress(Progress { done, total, last: &result, resumed: false });
+                        slots[slot(pi, si, ki)] = Some((result, rows));
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
             }
         }
     }
+    let (runs, traces): (Vec<RunResult>, Vec<Vec<TraceRow>>) = slots.into_iter().flatten().unzip();
     let summaries = summarize(&config.strategies, &runs);
     Ok(EvalReport { config: config.clone(), runs, summaries, resumed, traces })
 }
 
-fn run_one<M: LanguageModel>(
+/// One finished run and its trace.
+type Run = (RunResult, Vec<TraceRow>);
+
+/// The prompts `prompts` (indices into the config's) under `strategy` and `seed`, side
+/// by side; one result per prompt, in order.
+fn run_batch<M: LanguageModel>(
     generator: &mut Generator<M>,
     config: &EvalConfig,
-    pi: usize,
-    prompt: &str,
+    prompts: &[usize],
     strategy: &str,
     seed: u64,
-) -> Result<(RunResult, Vec<TraceRow>)> {
-    let mode = mode_of(strategy)?;
-    generator.set_perpetual(&mode).map_err(|e| AnalysisError::Generate {
+) -> Result<Vec<Result<Run>>> {
+    let failed = |pi: usize, source: perpetua_generator::GenerateError| AnalysisError::Generate {
         prompt: pi,
         strategy: strategy.to_string(),
         seed,
-        source: Box::new(e),
-    })?;
-    generator.set_seed(seed);
-    let p = if config.chat_template {
-        Prompt::Chat(vec![ChatMessage::user(prompt)])
-    } else {
-        Prompt::Text(prompt.to_string())
+        source: Box::new(source),
     };
-    let out = generator.generate(p).map_err(|e| AnalysisError::Generate {
-        prompt: pi,
-        strategy: strategy.to_string(),
-        seed,
-        source: Box::new(e),
-    })?;
-    let rows =
-        rows_from_generation(&out, generator.tokenizer().map(|t| t as &dyn perpetua_generator::Tokenizer))?;
+    let first = prompts.first().copied().unwrap_or(0);
+    generator.set_perpetual(&mode_of(strategy)?).map_err(|e| failed(first, e))?;
+    generator.set_seed(seed);
+    let inputs = prompts.iter().map(|&pi| {
+        let prompt = &config.prompts[pi];
+        if config.chat_template {
+            Prompt::Chat(vec![ChatMessage::user(prompt.as_str())])
+        } else {
+            Prompt::Text(prompt.to_string())
+        }
+    });
+    let outputs = generator.generate_batch(inputs);
+    let tokenizer = generator.tokenizer().map(|t| t as &dyn perpetua_generator::Tokenizer);
+    Ok(prompts
+        .iter()
+        .zip(outputs)
+        .map(|(&pi, out)| {
+            let out = out.map_err(|e| failed(pi, e))?;
+            let rows = rows_from_generation(&out, tokenizer)?;
+            Ok((run_result(pi, strategy, seed, out, &rows), rows))
+        })
+        .collect())
+}
+
+/// One run's measurements.
+fn run_result(pi: usize, strategy: &str, seed: u64, out: Generation, rows: &[TraceRow]) -> RunResult {
     let nan = f64::NAN;
-    let result = RunResult {
+    RunResult {
         prompt: pi,
         strategy: strategy.to_string(),
         seed,
@@ -477,11 +516,10 @@ fn run_one<M: LanguageModel>(
         distinct: [1, 2, 3].map(|n| distinct_n(&out.ids, n).unwrap_or(nan)),
         repeated_4gram: repeated_ngram_rate(&out.ids, 4).unwrap_or(nan),
         freshness: freshness(&out.text, FRESHNESS_WINDOW),
-        mean_logprob: mean_logprob(&rows).unwrap_or(nan),
+        mean_logprob: mean_logprob(rows).unwrap_or(nan),
         decode_tok_s: out.decode_tokens_per_second(),
         text: out.text,
-    };
-    Ok((result, rows))
+    }
 }
 
 fn cell(v: f64, digits: usize) -> String {

@@ -100,3 +100,41 @@ fn a_failing_sequence_is_named_and_no_cache_moves() {
     model.forward_batch(&mut batch, &mut out).unwrap();
     assert_eq!((a.seq_len(), c.seq_len()), (4, 2));
 }
+
+/// The generator on top: `generate_batch` over ragged chat prompts, sampled (T 1.0,
+/// top-k 20) in the recommended perpetual mode, gives every sequence exactly the tokens
+/// of its solo `generate` — the batched pass's logits are its solo logits, and each
+/// sequence keeps its own chain, strategy and RNG. Few tokens: a check, not a benchmark.
+#[test]
+fn generate_batch_equals_each_solo_generation_on_the_real_model() {
+    use perpetua_generator::{ChatMessage, Generator, PerpetualMode, Prompt};
+    use perpetua_sampling::Chain;
+    use perpetua_sampling::processors::{Temperature, TopK};
+    use perpetua_sampling::samplers::Multinomial;
+
+    let path = common::model_path();
+    let model = Llama::load(&path, &LoadOptions { cache_capacity: Some(256), ..Default::default() }).unwrap();
+    let tokenizer = perpetua_candle::LlamaTokenizer::load(&path).unwrap();
+    let build = |width: usize| {
+        Generator::builder(&model)
+            .tokenizer(tokenizer.clone())
+            .chain(Chain::new(Multinomial).with(TopK::new(20).unwrap()).with(Temperature::new(1.0).unwrap()))
+            .seed(3)
+            .perpetual(PerpetualMode::recommended())
+            .max_new_tokens(12)
+            .max_batch(width)
+            .build()
+            .unwrap()
+    };
+    let prompts: Vec<Prompt> =
+        ["Hi.", "Name a colour.", "Write one line about the sea and the wind at night."]
+            .iter()
+            .map(|q| Prompt::Chat(vec![ChatMessage::user(*q)]))
+            .collect();
+    let batched = build(3).generate_batch(prompts.clone());
+    let mut solo = build(1);
+    for (i, (prompt, result)) in prompts.into_iter().zip(batched).enumerate() {
+        let (b, s) = (result.unwrap(), solo.generate(prompt).unwrap());
+        assert_eq!((b.ids, b.text, b.finish_reason), (s.ids, s.text, s.finish_reason), "sequence {i}");
+    }
+}

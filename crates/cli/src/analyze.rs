@@ -111,6 +111,9 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     if args.prompts_limit == Some(0) {
         bail!("--prompts-limit must be at least 1");
     }
+    if args.max_batch == 0 {
+        bail!("--max-batch 0: at least 1 sequence per forward pass");
+    }
     let prompts = read_prompts(&args.prompts, args.prompts_limit)?;
     let model_path = match &args.model {
         Some(p) => p.clone(),
@@ -147,7 +150,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let model =
         Llama::load(&model_path, &options).with_context(|| format!("loading {}", model_path.display()))?;
     let tokenizer = LlamaTokenizer::load(&model_path)?;
-    let mut generator = Generator::builder(model).tokenizer(tokenizer).chain(sampling.chain()?).build()?;
+    let mut generator = Generator::builder(model)
+        .tokenizer(tokenizer)
+        .chain(sampling.chain()?)
+        .max_batch(args.max_batch)
+        .build()?;
 
     let total = config.total_runs();
     let bar = indicatif::ProgressBar::new(total as u64);

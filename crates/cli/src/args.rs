@@ -115,6 +115,10 @@ pub struct EvalArgs {
     /// Token budget per run.
     #[arg(long, default_value_t = 500)]
     pub max_new_tokens: usize,
+    /// Prompts run side by side per forward pass (for each strategy and seed); 1: one
+    /// after another. The texts are the same either way.
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
     /// Temperature of the chain (with top-k 20: the paper's setting).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
@@ -272,6 +276,16 @@ pub struct GenerateArgs {
     /// RNG seed: the same seed gives the same text.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Samples to generate from the prompt (llama.cpp's `-n` is the token count: this
+    /// is HF's `num_return_sequences`). More than 1: the prompt is prefilled once and
+    /// the samples run side by side, up to `--max-batch` per forward pass (sample `i`
+    /// uses the seed's stream `i`; sample 0 is the single-sample text); each is printed
+    /// when all have finished (`--json`: an array).
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    /// Sequences per forward pass with `--n` (≥ 1).
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
     /// Tokens to generate at most.
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,

@@ -278,6 +278,7 @@ fn read_prompt(args: &GenerateArgs) -> Result<String> {
 
 fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
     // Every flag is validated before the model is looked up or read.
+    check_samples(args)?;
     let config = sampling_config(args)?;
     let chain = config.chain()?;
     let mode = mode(args)?;
@@ -321,6 +322,7 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         .stop_strings(args.stop.iter().cloned())
         .trace(args.trace.is_some())
         .perpetual(mode)
+        .max_batch(args.max_batch)
         .context_roll(if args.reprefill_rolls { ContextRoll::Reprefill } else { ContextRoll::Shift });
     if let Some(w) = args.context_window {
         builder = builder.context_window(w);
@@ -337,6 +339,9 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         );
     }
 
+    if args.n > 1 {
+        return run_samples(&mut generator, prompt, args, verbose);
+    }
     let output = if args.json {
         run_quiet(&mut generator, prompt)
     } else {
@@ -364,6 +369,58 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         Some(e) => {
             Err(anyhow::anyhow!(e).context("generation stopped early (the text above is what was produced)"))
         }
+        None => Ok(()),
+    }
+}
+
+/// `--n` and `--max-batch`: at least one; several samples are printed at the end, so
+/// no `--trace` (one sequence's steps).
+fn check_samples(args: &GenerateArgs) -> Result<()> {
+    if args.n == 0 {
+        bail!("--n 0: generate at least 1 sample");
+    }
+    if args.max_batch == 0 {
+        bail!("--max-batch 0: at least 1 sequence per forward pass");
+    }
+    if args.n > 1 && args.trace.is_some() {
+        bail!("--trace records one sequence: use it with --n 1");
+    }
+    Ok(())
+}
+
+/// `--n` > 1: every sample, side by side ([`Generator::generate_n`]), printed in order
+/// (or one JSON array); samples finished before a failure are printed with the error.
+fn run_samples<M: perpetua::generator::LanguageModel>(
+    generator: &mut Generator<M>,
+    prompt: Prompt,
+    args: &GenerateArgs,
+    verbose: u8,
+) -> Result<()>
+where
+    M::Cache: perpetua::kv_cache::ForkableCache,
+{
+    let (samples, error) = match generator.generate_n(prompt, args.n) {
+        Ok(samples) => (samples, None),
+        Err(GenerateError::PartialSamples { samples, failed, source, .. }) => {
+            (samples, Some(anyhow::anyhow!(source).context(format!("sample {failed} failed"))))
+        }
+        Err(GenerateError::PartialGeneration { output, source }) => {
+            (vec![*output], Some(anyhow::anyhow!(source)))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if args.json {
+        let values: Vec<serde_json::Value> = samples.iter().map(json_of).collect();
+        println!("{}", serde_json::to_string_pretty(&values)?);
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        for (i, g) in samples.iter().enumerate() {
+            let _ = writeln!(stdout, "--- sample {i} ---\n{}", g.text);
+            report(g, verbose);
+        }
+    }
+    match error {
+        Some(e) => Err(e.context("generation stopped early (the samples above are what was produced)")),
         None => Ok(()),
     }
 }
@@ -473,7 +530,13 @@ fn report(g: &Generation, verbose: u8) {
 }
 
 fn print_json(g: &Generation) -> Result<()> {
-    let value = serde_json::json!({
+    println!("{}", serde_json::to_string_pretty(&json_of(g))?);
+    Ok(())
+}
+
+/// The `--json` object of one generation.
+fn json_of(g: &Generation) -> serde_json::Value {
+    serde_json::json!({
         "text": g.text,
         "ids": g.ids,
         "prompt_tokens": g.prompt_len,
@@ -486,9 +549,7 @@ fn print_json(g: &Generation) -> Result<()> {
             "decode_tokens_per_second": g.decode_tokens_per_second(),
             "sampling_share": g.sampling_share(),
         },
-    });
-    println!("{}", serde_json::to_string_pretty(&value)?);
-    Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -549,6 +610,18 @@ mod tests {
         .unwrap();
         assert_eq!(m.dry.unwrap().sequence_breakers, ["\n", "##"]);
         assert!(mode(&gen_args(&["--backstep", "0", "--strategy", "dynamic"])).is_err());
+    }
+
+    #[test]
+    fn samples_and_batch_width_are_validated() {
+        assert!(check_samples(&gen_args(&["--n", "3"])).is_ok());
+        let e = check_samples(&gen_args(&["--n", "0"])).unwrap_err().to_string();
+        assert!(e.contains("--n 0"), "{e}");
+        let e = check_samples(&gen_args(&["--max-batch", "0"])).unwrap_err().to_string();
+        assert!(e.contains("--max-batch 0"), "{e}");
+        let e = check_samples(&gen_args(&["--n", "2", "--trace", "t.csv"])).unwrap_err().to_string();
+        assert!(e.contains("--trace"), "{e}");
+        assert!(check_samples(&gen_args(&["--trace", "t.csv"])).is_ok());
     }
 
     #[test]
