@@ -5,7 +5,7 @@
 //! - [`types`]: prompts, events, results;
 //! - [`session`]: opening a generation (encode, cache, window, prefill) and the
 //!   per-sequence state;
-//! - [`step`]: one decode step, phase by phase;
+//! - [`step`]: one decode step, phase by phase ([`forward`]: its forward half);
 //! - [`rolling`]: what rewrites a sequence: back steps, resumed turns, context rolls;
 //! - [`stream`]: the event iterator that drives the steps;
 //! - [`batch`]: several sequences side by side, one forward pass per step.
@@ -14,6 +14,7 @@
 mod async_stream;
 mod batch;
 mod builder;
+mod forward;
 mod rolling;
 mod session;
 mod step;
