@@ -1105,6 +1105,42 @@ mod tests {
         assert!(replace_section(&format!("{END} x {START}"), "t").is_err());
     }
 
+    /// The batched-generation table from e2e records: best round per width, ratio to
+    /// batch 1, the solo check, and the goal's verdict.
+    #[test]
+    fn batched_generation_table_and_goal() {
+        let rec = |batch: usize, rate: f64, same: bool| {
+            let mut v = BenchRecord {
+                contender: PERPETUA.into(),
+                mode: "generate-batch".into(),
+                peak_rss_mib: Some(200.0 + batch as f64),
+                ..BenchRecord::default()
+            };
+            v.decode.decode_tok_s = Some(rate);
+            v.extra.insert("batch".into(), json!(batch));
+            v.extra.insert("same_as_solo".into(), json!(vec![same; batch]));
+            v
+        };
+        let config =
+            Config { quick: true, rounds: 2, new_tokens: 32, perpetual_tokens: 500, batch_tokens: 256 };
+        let runs = vec![
+            rec(1, 100.0, true),
+            rec(1, 90.0, true),
+            rec(4, 200.0, true),
+            rec(8, 250.0, false),
+            rec(8, 310.0, true),
+        ];
+        let mut md = String::new();
+        let goal = batched_generation(&mut md, &config, &runs).unwrap();
+        assert!(md.contains("| 1 | 100.0 | 1.00× | 201 | yes |"), "{md}");
+        assert!(md.contains("| 4 | 200.0 | 2.00× | 204 | yes |"), "{md}");
+        // Best round 310 (3.1×); one round's sequences differed from their solo runs.
+        assert!(md.contains("| 8 | 310.0 | 3.10× | 208 | **no** |"), "{md}");
+        assert_eq!(goal, "3.10× (met)");
+        let goal = batched_generation(&mut String::new(), &config, &runs[..3]).unwrap();
+        assert_eq!(goal, "not measured");
+    }
+
     #[test]
     fn helpers() {
         assert_eq!(thousands(4096), "4,096");

@@ -253,11 +253,7 @@ impl<M: LanguageModel> Generator<M> {
                 };
                 g.after_forward(s, ev, sampled_from)?;
                 // The feeding scheme's invariant, per sequence, after every step.
-                let (cache_len, expected) = (s.cache.seq_len(), s.expected_cache_len());
-                if s.finish.is_none() && cache_len != expected {
-                    return Err(GenerateError::CacheOutOfSync { cache_len, expected });
-                }
-                Ok(())
+                if s.finish.is_none() { s.check_cache() } else { Ok(()) }
             });
         }
     }
@@ -320,13 +316,7 @@ impl<M: LanguageModel> Generator<M> {
         }
         // Whatever the backend left, a lane that feeds alone starts from its own length.
         for &k in &fed_lanes {
-            let s = &mut lanes[k].session;
-            let expected = s.expected_cache_len();
-            if s.cache.seq_len() > expected
-                && let Err(e) = s.cache.truncate(expected)
-            {
-                lanes[k].error = Some(e.into());
-            }
+            resync(&mut lanes[k]);
         }
         fed
     }
@@ -362,6 +352,18 @@ impl<M: LanguageModel> Generator<M> {
             }
         }
         Ok(())
+    }
+}
+
+/// Cut a lane's cache back to the length its tokens call for (after a failed batched
+/// pass: the backend's contract says it is, this makes sure).
+fn resync<C: KvCache>(lane: &mut Lane<C>) {
+    let s = &mut lane.session;
+    let expected = s.expected_cache_len();
+    if s.cache.seq_len() > expected
+        && let Err(e) = s.cache.truncate(expected)
+    {
+        lane.error = Some(e.into());
     }
 }
 

@@ -27,11 +27,8 @@ impl<M: LanguageModel> Generator<M> {
         s.decoder.truncate_tokens(to);
         // The pending token (now the new last one) was fed already: drop it too, the
         // next step refeeds it. Cost: exactly the regenerated forward passes.
-        let expected = s.expected_cache_len();
-        s.cache.truncate(expected)?;
-        if s.cache.seq_len() != expected {
-            return Err(GenerateError::CacheOutOfSync { cache_len: s.cache.seq_len(), expected });
-        }
+        s.cache.truncate(s.expected_cache_len())?;
+        s.check_cache()?;
         let text_len = s.decoder.text().len();
         s.emitted = s.emitted.min(text_len);
         s.stop_scanned = s.stop_scanned.min(text_len);
@@ -60,19 +57,7 @@ impl<M: LanguageModel> Generator<M> {
         s: &mut Session<M::Cache>,
         ev: &mut VecDeque<Event>,
     ) -> Result<usize, GenerateError> {
-        // A restart appends the prompt's last token again, hidden: fed after the prompt
-        // alone, it asks for a new answer.
-        let restart = self.resumes.restart.then(|| vec![s.tokens[s.prompt_len - 1]]);
-        let Some(ids) =
-            restart.or_else(|| self.resumes.from_prompt.clone()).or_else(|| self.resumes.tokens.clone())
-        else {
-            return Err(GenerateError::InvalidStrategyAction {
-                strategy: self.strategy.name(),
-                action: "Resume: the generator has no resume tokens (it needs a tokenizer with a chat \
-                         template, or GeneratorBuilder::resume_tokens)"
-                    .to_owned(),
-            });
-        };
+        let ids = self.resume_ids(s)?;
         let t0 = Instant::now();
         let position = s.generated();
         let old_len = s.tokens.len();
@@ -104,18 +89,9 @@ impl<M: LanguageModel> Generator<M> {
         } else if s.expected_cache_len() >= s.window {
             self.roll(s, ev)?;
         } else {
-            feed_chunks(
-                &self.model,
-                &mut s.cache,
-                &s.tokens[from..old_len + k - 1],
-                self.settings.prefill_chunk,
-                &mut self.buffers.logits,
-            )?;
+            self.feed(&mut s.cache, &s.tokens[from..old_len + k - 1])?;
         }
-        let expected = s.expected_cache_len();
-        if s.cache.seq_len() != expected {
-            return Err(GenerateError::CacheOutOfSync { cache_len: s.cache.seq_len(), expected });
-        }
+        s.check_cache()?;
         s.hidden.push(position..position + k);
         s.frozen = s.tokens.len();
         s.counts.resumes += 1;
@@ -126,6 +102,28 @@ impl<M: LanguageModel> Generator<M> {
         self.strategy.on_resume(s.generated());
         ev.push_back(Event::Resumed { position, hidden: k });
         Ok(k)
+    }
+
+    /// The hidden tokens of a resumed turn: the prompt's last token again for a restart
+    /// (fed after the prompt alone, it asks for a new answer), else the tokens rendered
+    /// from this prompt (`reask`), else the generator's resume tokens.
+    fn resume_ids(&self, s: &Session<M::Cache>) -> Result<Vec<u32>, GenerateError> {
+        let restart = self.resumes.restart.then(|| vec![s.tokens[s.prompt_len - 1]]);
+        restart
+            .or_else(|| self.resumes.from_prompt.clone())
+            .or_else(|| self.resumes.tokens.clone())
+            .ok_or_else(|| GenerateError::InvalidStrategyAction {
+                strategy: self.strategy.name(),
+                action: "Resume: the generator has no resume tokens (it needs a tokenizer with a chat \
+                         template, or GeneratorBuilder::resume_tokens)"
+                    .to_owned(),
+            })
+    }
+
+    /// Feed `tokens` to `cache` in prefill chunks (the last chunk's logits land in the
+    /// logits buffer).
+    fn feed(&mut self, cache: &mut M::Cache, tokens: &[u32]) -> Result<(), GenerateError> {
+        feed_chunks(&self.model, cache, tokens, self.settings.prefill_chunk, &mut self.buffers.logits)
     }
 
     /// A resumed turn forgets ([`GeneratorBuilder::forget_on_resume`]) or restarts
@@ -157,22 +155,10 @@ impl<M: LanguageModel> Generator<M> {
             s.cache.truncate(head)?;
         } else {
             s.cache.clear();
-            feed_chunks(
-                &self.model,
-                &mut s.cache,
-                &s.tokens[..head],
-                self.settings.prefill_chunk,
-                &mut self.buffers.logits,
-            )?;
+            self.feed(&mut s.cache, &s.tokens[..head])?;
             reprefilled += head;
         }
-        feed_chunks(
-            &self.model,
-            &mut s.cache,
-            &s.tokens[start..len - 1],
-            self.settings.prefill_chunk,
-            &mut self.buffers.logits,
-        )?;
+        self.feed(&mut s.cache, &s.tokens[start..len - 1])?;
         let dropped = cached.saturating_sub(head + refed);
         rolled(s, ev, t0, (head, start), dropped, reprefilled)
     }
@@ -217,31 +203,12 @@ impl<M: LanguageModel> Generator<M> {
         let mut reprefilled = 0;
         if shifted {
             if covered < len - 1 {
-                let new = &s.tokens[covered..len - 1];
-                feed_chunks(
-                    &self.model,
-                    &mut s.cache,
-                    new,
-                    self.settings.prefill_chunk,
-                    &mut self.buffers.logits,
-                )?;
+                self.feed(&mut s.cache, &s.tokens[covered..len - 1])?;
             }
         } else {
             s.cache.clear();
-            feed_chunks(
-                &self.model,
-                &mut s.cache,
-                &s.tokens[..sink],
-                self.settings.prefill_chunk,
-                &mut self.buffers.logits,
-            )?;
-            feed_chunks(
-                &self.model,
-                &mut s.cache,
-                &s.tokens[recent_start..len - 1],
-                self.settings.prefill_chunk,
-                &mut self.buffers.logits,
-            )?;
+            self.feed(&mut s.cache, &s.tokens[..sink])?;
+            self.feed(&mut s.cache, &s.tokens[recent_start..len - 1])?;
             // Tokens fed again (not those a resumed turn appended and never fed).
             reprefilled = sink + covered.saturating_sub(recent_start);
         }
@@ -261,10 +228,8 @@ fn rolled<C: KvCache>(
 ) -> Result<(), GenerateError> {
     s.sink_len = sink_len;
     s.recent_start = recent_start;
+    s.check_cache()?;
     let expected = s.expected_cache_len();
-    if s.cache.seq_len() != expected {
-        return Err(GenerateError::CacheOutOfSync { cache_len: s.cache.seq_len(), expected });
-    }
     let took = t0.elapsed();
     s.counts.context_rolls += 1;
     s.counts.reprefilled_tokens += reprefilled;

@@ -81,6 +81,18 @@ impl<C: KvCache> Session<C> {
         GenerateError::PartialGeneration { output: Box::new(self.output()), source: Box::new(source) }
     }
 
+    /// The feeding scheme's invariant: the cache holds what [`expected_cache_len`]
+    /// says ([`GenerateError::CacheOutOfSync`] otherwise).
+    ///
+    /// [`expected_cache_len`]: Self::expected_cache_len
+    pub(super) fn check_cache(&self) -> Result<(), GenerateError> {
+        let (cache_len, expected) = (self.cache.seq_len(), self.expected_cache_len());
+        if cache_len != expected {
+            return Err(GenerateError::CacheOutOfSync { cache_len, expected });
+        }
+        Ok(())
+    }
+
     pub(super) fn output(&self) -> Generation {
         let text = self.decoder.text();
         let end = self.text_end.unwrap_or(text.len()).min(text.len());
