@@ -1,10 +1,11 @@
-//! The kv-cache conformance kit (`perpetua_kv_cache::testing`) on the real model, and
+//! The kv-cache conformance kit (`perpetua_kv_cache::testing`) and its batch half on the
+//! real model, and
 //! the error contract of the burn model (typed errors, the cache untouched).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use perpetua_burn::{BurnBackendError, Llama, LlamaTokenizer, LoadOptions};
 use perpetua_generator::LanguageModel;
-use perpetua_generator::testing::ModelHarness;
+use perpetua_generator::testing::{ModelHarness, check_batch_isolation};
 use perpetua_kv_cache::testing::{ConformanceConfig, Property, run_all};
 use perpetua_kv_cache::{CacheError, ForkableCache, KvCache};
 
@@ -28,6 +29,9 @@ fn real_model_cache_passes_the_conformance_kit() {
     assert!(tokens.len() >= 16);
     // Not 0: a batched prefill sums in another order than token-by-token feeding (f32
     // rounding); the kit's comparisons are logits of the same positions.
+    // The batch half (burn's forward_batch is the default loop): every sequence equals
+    // its solo run through truncation, fork and shift of its neighbours.
+    assert_eq!(check_batch_isolation(&model, &tokens, 0.0).unwrap(), 0.0);
     let config =
         ConformanceConfig { truncate_to: tokens.len() / 2, tokens, tolerance: 1e-3, small_capacity: 24 };
     let report = run_all(&mut ModelHarness(model), &config).unwrap();

@@ -1,4 +1,5 @@
-//! The kv-cache conformance kit (`perpetua_kv_cache::testing`) on the real model.
+//! The kv-cache conformance kit (`perpetua_kv_cache::testing`) on the real model, and its
+//! batch half (`perpetua_generator::testing::check_batch_isolation`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -6,7 +7,7 @@ mod common;
 use perpetua_candle::{KvDtype, Llama, LlamaTokenizer, LoadOptions};
 use perpetua_kv_cache::testing::{ConformanceConfig, Property, run_all};
 
-use perpetua_generator::testing::ModelHarness;
+use perpetua_generator::testing::{ModelHarness, check_batch_isolation};
 
 #[test]
 fn real_model_cache_passes_the_conformance_kit_exactly() {
@@ -54,6 +55,9 @@ fn fast_configuration_exactly(kv_dtype: KvDtype) {
     };
     let model = Llama::load(&path, &options).unwrap();
     let tokens: Vec<u32> = (0..20).map(|i| 100 + 37 * i).collect();
+    // The batch half: the real batched pass, with a truncation, a fork and a shift of
+    // single sequences between passes, equals every sequence's solo run bit for bit.
+    assert_eq!(check_batch_isolation(&model, &tokens, 0.0).unwrap(), 0.0);
     let config = ConformanceConfig { truncate_to: 9, tokens, tolerance: 0.0, small_capacity: 16 };
     let report = run_all(&mut ModelHarness(model), &config).unwrap();
     println!("{report}");

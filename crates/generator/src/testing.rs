@@ -366,6 +366,135 @@ impl<M: LanguageModel> CacheHarness for ModelHarness<M> {
     }
 }
 
+/// Why [`check_batch_isolation`] failed.
+#[derive(Debug, Error)]
+pub enum BatchIsolationError {
+    /// A forward pass, batched or solo, failed (or a fork or truncation did).
+    #[error("{what}: {source}")]
+    Model {
+        /// Which call.
+        what: &'static str,
+        /// What failed.
+        source: BoxError,
+    },
+    /// A sequence's logits (or cache length) in the batch differ from its solo run by
+    /// more than the tolerance.
+    #[error("pass {pass}, sequence {sequence}: {detail}")]
+    Diverged {
+        /// Which batched pass (0: the ragged prefills).
+        pass: usize,
+        /// Which sequence.
+        sequence: usize,
+        /// The difference found.
+        detail: String,
+    },
+    /// `tokens` has fewer than 8 ids.
+    #[error("batch isolation needs at least 8 token ids, got {0}")]
+    TooFewTokens(usize),
+}
+
+/// The batch half of the cache contract, for any [`LanguageModel`]: several sequences in
+/// one [`LanguageModel::forward_batch`] — ragged prefills, then single tokens — each
+/// with its own cache, while between passes one sequence is truncated, one forked (the
+/// fork joins the batch) and one rolled by a context shift (where the backend shifts):
+/// every sequence's logits and cache length equal its solo run's (fed with
+/// [`LanguageModel::forward`] on its own cache, which sees the same truncations, forks
+/// and shifts) within `tolerance`. Returns the largest difference seen.
+///
+/// ```
+/// use perpetua_generator::testing::{FakeModel, check_batch_isolation};
+///
+/// let tokens: Vec<u32> = (1..=16).collect();
+/// assert_eq!(check_batch_isolation(&FakeModel::new(64), &tokens, 0.0)?, 0.0);
+/// # Ok::<(), perpetua_generator::testing::BatchIsolationError>(())
+/// ```
+///
+/// Errors: [`BatchIsolationError::Diverged`] naming the pass and sequence,
+/// [`BatchIsolationError::Model`] when a call fails, fewer than 8 `tokens`.
+pub fn check_batch_isolation<M: LanguageModel>(
+    model: &M,
+    tokens: &[u32],
+    tolerance: f32,
+) -> Result<f32, BatchIsolationError>
+where
+    M::Cache: ForkableCache,
+{
+    let n = tokens.len();
+    if n < 8 {
+        return Err(BatchIsolationError::TooFewTokens(n));
+    }
+    let fail = |what: &'static str| move |e: BoxError| BatchIsolationError::Model { what, source: e };
+    let boxed = |e: M::Error| -> BoxError { Box::new(e) };
+    // Three ragged prompts: the first half, all of it, the second half reversed.
+    let mut feeds: Vec<Vec<u32>> =
+        vec![tokens[..n / 2].to_vec(), tokens.to_vec(), tokens[n / 2..].iter().rev().copied().collect()];
+    let mut batch: Vec<M::Cache> = Vec::new();
+    let mut solo: Vec<M::Cache> = Vec::new();
+    for _ in 0..feeds.len() {
+        batch.push(model.new_cache().map_err(boxed).map_err(fail("new_cache"))?);
+        solo.push(model.new_cache().map_err(boxed).map_err(fail("new_cache"))?);
+    }
+    let (mut out, mut row, mut worst) = (Vec::new(), Vec::new(), 0.0_f32);
+    for pass in 0..4 {
+        match pass {
+            // Truncate sequence 1 by two positions.
+            1 => {
+                let len = batch[1].seq_len() - 2;
+                batch[1].truncate(len).map_err(|e| fail("truncate")(Box::new(e)))?;
+                solo[1].truncate(len).map_err(|e| fail("truncate")(Box::new(e)))?;
+            }
+            // Fork sequence 0; the fork joins the batch.
+            2 => {
+                batch.push(batch[0].fork().map_err(|e| fail("fork")(Box::new(e)))?);
+                solo.push(solo[0].fork().map_err(|e| fail("fork")(Box::new(e)))?);
+                feeds.push(Vec::new());
+            }
+            // Roll sequence 2: drop positions 1..3 (where the backend shifts).
+            3 => {
+                let shifted =
+                    model.shift_cache(&mut batch[2], 1, 2).map_err(boxed).map_err(fail("shift_cache"))?;
+                if shifted {
+                    model.shift_cache(&mut solo[2], 1, 2).map_err(boxed).map_err(fail("shift_cache"))?;
+                }
+            }
+            _ => {}
+        }
+        if pass > 0 {
+            for (s, feed) in feeds.iter_mut().enumerate() {
+                *feed = vec![tokens[(pass * 3 + s) % n]];
+            }
+        }
+        let mut items: Vec<crate::BatchItem<'_, M::Cache>> = feeds
+            .iter()
+            .zip(batch.iter_mut())
+            .map(|(t, cache)| crate::BatchItem { tokens: t, cache })
+            .collect();
+        model.forward_batch(&mut items, &mut out).map_err(|e| fail("forward_batch")(Box::new(e)))?;
+        let vocab = model.vocab_size();
+        for (s, feed) in feeds.iter().enumerate() {
+            model.forward(feed, &mut solo[s], &mut row).map_err(boxed).map_err(fail("forward"))?;
+            let got = out.get(s * vocab..(s + 1) * vocab).unwrap_or_default();
+            let diverged = |detail: String| BatchIsolationError::Diverged { pass, sequence: s, detail };
+            if got.len() != row.len() {
+                return Err(diverged(format!("{} logits against {}", got.len(), row.len())));
+            }
+            let (diff, at) = perpetua_kv_cache::testing::max_abs_diff(got, &row);
+            worst = worst.max(diff);
+            if diff.is_nan() || diff > tolerance {
+                return Err(diverged(format!("logit {at} differs by {diff} (tolerance {tolerance})")));
+            }
+            if batch[s].seq_len() != solo[s].seq_len() {
+                return Err(diverged(format!(
+                    "cache length {} against {}",
+                    batch[s].seq_len(),
+                    solo[s].seq_len()
+                )));
+            }
+        }
+    }
+    Ok(worst)
+}
+
 /// Every byte value, so [`ByteTokenizer::token_bytes`] borrows instead of allocating.
 static BYTES: [u8; 256] = {
     let mut b = [0u8; 256];

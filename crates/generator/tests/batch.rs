@@ -70,3 +70,51 @@ fn a_failing_item_is_named_and_no_cache_moves() {
     assert!(err.to_string().contains("at item 1"), "{err}");
     assert_eq!((a.seq_len(), small.seq_len(), c.seq_len()), (2, 0, 0));
 }
+
+/// A backend whose batched pass leaks: every item gets the first item's logits.
+struct Leaky(FakeModel);
+
+impl LanguageModel for Leaky {
+    type Cache = FakeCache;
+    type Error = perpetua_generator::testing::FakeError;
+    fn vocab_size(&self) -> usize {
+        self.0.vocab_size()
+    }
+    fn max_context(&self) -> usize {
+        self.0.max_context()
+    }
+    fn new_cache(&self) -> Result<FakeCache, Self::Error> {
+        self.0.new_cache()
+    }
+    fn forward(&self, tokens: &[u32], cache: &mut FakeCache, out: &mut Vec<f32>) -> Result<(), Self::Error> {
+        self.0.forward(tokens, cache, out)
+    }
+    fn forward_batch(
+        &self,
+        batch: &mut [BatchItem<'_, FakeCache>],
+        out: &mut Vec<f32>,
+    ) -> Result<(), perpetua_generator::BatchError<Self::Error>> {
+        self.0.forward_batch(batch, out)?;
+        let vocab = self.vocab_size();
+        let first = out[..vocab].to_vec();
+        for row in out.chunks_mut(vocab) {
+            row.copy_from_slice(&first);
+        }
+        Ok(())
+    }
+}
+
+/// The kit's batch check passes the fake model exactly and catches a backend whose
+/// sequences see each other's results.
+#[test]
+fn batch_isolation_check_passes_the_fake_model_and_catches_a_leak() {
+    use perpetua_generator::testing::{BatchIsolationError, check_batch_isolation};
+    let tokens: Vec<u32> = (1..=16).map(|i| i * 7).collect();
+    assert_eq!(check_batch_isolation(&FakeModel::new(300).with_seed(2), &tokens, 0.0).unwrap(), 0.0);
+    let err = check_batch_isolation(&Leaky(FakeModel::new(300).with_seed(2)), &tokens, 0.0).unwrap_err();
+    assert!(matches!(err, BatchIsolationError::Diverged { pass: 0, sequence: 1, .. }), "{err}");
+    assert!(matches!(
+        check_batch_isolation(&FakeModel::new(300), &tokens[..5], 0.0),
+        Err(BatchIsolationError::TooFewTokens(5))
+    ));
+}
