@@ -266,6 +266,56 @@ pub struct GenerateArgs {
     /// Presence penalty (OpenAI).
     #[arg(long)]
     pub presence_penalty: Option<f32>,
+    /// Locally typical sampling (llama.cpp `--typical`, HF `typical_p`), in (0, 1]; 1
+    /// disables.
+    #[arg(long, value_name = "P")]
+    pub typical: Option<f32>,
+    /// Top-nσ: keep tokens within N standard deviations of the top logit (llama.cpp
+    /// `--top-nsigma`), ≥ 0.
+    #[arg(long, value_name = "N")]
+    pub top_nsigma: Option<f32>,
+    /// ε-cutoff (HF `epsilon_cutoff`), in (0, 1).
+    #[arg(long)]
+    pub epsilon_cutoff: Option<f32>,
+    /// η-cutoff (HF `eta_cutoff`), in (0, 1).
+    #[arg(long)]
+    pub eta_cutoff: Option<f32>,
+    /// XTC: chance per step of excluding the top choices (llama.cpp
+    /// `--xtc-probability`), in [0, 1].
+    #[arg(long)]
+    pub xtc_probability: Option<f32>,
+    /// XTC: tokens above this probability are the top choices (llama.cpp
+    /// `--xtc-threshold`), in (0, 1]; above 0.5 no token ever qualifies.
+    #[arg(long)]
+    pub xtc_threshold: Option<f32>,
+    /// Dynamic temperature: range δ around the temperature (llama.cpp
+    /// `--dynatemp-range`), ≥ 0; 0 disables.
+    #[arg(long)]
+    pub dynatemp_range: Option<f32>,
+    /// Dynamic temperature: exponent of the entropy map (llama.cpp `--dynatemp-exp`), > 0.
+    #[arg(long)]
+    pub dynatemp_exp: Option<f32>,
+    /// Mirostat: 0 off, 1 (v1) or 2 (v2), replacing the multinomial draw (llama.cpp
+    /// `--mirostat`).
+    #[arg(long, value_name = "N")]
+    pub mirostat: Option<u8>,
+    /// Mirostat learning rate η (llama.cpp `--mirostat-lr`), ≥ 0.
+    #[arg(long)]
+    pub mirostat_lr: Option<f32>,
+    /// Mirostat target entropy τ (llama.cpp `--mirostat-ent`), > 0.
+    #[arg(long)]
+    pub mirostat_ent: Option<f32>,
+    /// Ban any n-gram of this size from repeating (HF `no_repeat_ngram_size`; 0 = off).
+    #[arg(long, value_name = "N")]
+    pub no_repeat_ngram_size: Option<usize>,
+    /// Add BIAS to token ID's logit, as llama.cpp writes it: `15043+1`, `15043-0.5`,
+    /// `15043-inf` (never), `15043+inf` (always) (repeatable).
+    #[arg(long, value_name = "ID(+|-)BIAS")]
+    pub logit_bias: Vec<String>,
+    /// Never end at EOS: the EOS tokens are masked (llama.cpp `--ignore-eos`). Unlike
+    /// `--strategy suppress`, no perpetual tools: the plain hard mask.
+    #[arg(long)]
+    pub ignore_eos: bool,
 
     /// Repair NaN / +inf logits from the model instead of stopping with an error (NaN
     /// tokens are masked, +inf tokens take all the mass; repairs are counted in --json
@@ -295,10 +345,12 @@ pub struct GenerateArgs {
     pub min_new_tokens: usize,
     /// Context window in positions: when the cache holds this many, the context rolls
     /// (the prompt and the most recent half are kept). Default: the model's context.
-    #[arg(long)]
+    /// llama.cpp: `-c/--ctx-size`.
+    #[arg(long, short = 'c', visible_alias = "ctx-size")]
     pub context_window: Option<usize>,
     /// Tokens kept from the start when the context rolls (default: the prompt).
-    #[arg(long)]
+    /// llama.cpp: `--keep`.
+    #[arg(long, visible_alias = "keep")]
     pub sink_tokens: Option<usize>,
     /// Roll the context by re-prefilling the kept tokens instead of shifting the cache
     /// in place (exact, slower).

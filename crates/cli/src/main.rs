@@ -130,6 +130,16 @@ fn sampling_config(args: &GenerateArgs) -> Result<SamplingConfig> {
         (&mut config.repetition_penalty, args.repetition_penalty),
         (&mut config.frequency_penalty, args.frequency_penalty),
         (&mut config.presence_penalty, args.presence_penalty),
+        (&mut config.typical_p, args.typical),
+        (&mut config.top_n_sigma, args.top_nsigma),
+        (&mut config.epsilon_cutoff, args.epsilon_cutoff),
+        (&mut config.eta_cutoff, args.eta_cutoff),
+        (&mut config.xtc_probability, args.xtc_probability),
+        (&mut config.xtc_threshold, args.xtc_threshold),
+        (&mut config.dynatemp_range, args.dynatemp_range),
+        (&mut config.dynatemp_exponent, args.dynatemp_exp),
+        (&mut config.mirostat_eta, args.mirostat_lr),
+        (&mut config.mirostat_tau, args.mirostat_ent),
     ];
     for (field, flag) in flags {
         if flag.is_some() {
@@ -138,6 +148,19 @@ fn sampling_config(args: &GenerateArgs) -> Result<SamplingConfig> {
     }
     if args.top_k.is_some() {
         config.top_k = args.top_k;
+    }
+    if args.mirostat.is_some() {
+        config.mirostat = args.mirostat;
+    }
+    if args.no_repeat_ngram_size.is_some() {
+        config.no_repeat_ngram_size = args.no_repeat_ngram_size;
+    }
+    if args.ignore_eos {
+        config.suppress_eos = Some(true);
+    }
+    for bias in &args.logit_bias {
+        let (id, value) = parse_logit_bias(bias)?;
+        config.logit_bias.get_or_insert_with(Default::default).insert(id.to_string(), value);
     }
     match args.repeat_last_n {
         None => {}
@@ -160,6 +183,19 @@ fn sampling_config(args: &GenerateArgs) -> Result<SamplingConfig> {
     }
     config.validate()?;
     Ok(config)
+}
+
+/// `--logit-bias ID(+|-)BIAS`, as llama.cpp writes it (`15043+1`, `15043-inf`).
+fn parse_logit_bias(spec: &str) -> Result<(u32, f32)> {
+    let bad =
+        || anyhow::anyhow!("--logit-bias {spec:?}: expected ID+BIAS or ID-BIAS, e.g. 15043+1 or 15043-inf");
+    let at = spec.find(['+', '-']).ok_or_else(bad)?;
+    let id: u32 = spec[..at].trim().parse().map_err(|_| bad())?;
+    let value: f32 = spec[at..].trim().parse().map_err(|_| bad())?;
+    if value.is_nan() {
+        return Err(bad());
+    }
+    Ok((id, value))
 }
 
 /// Undo the shell-friendly escapes of `--dry-sequence-breaker` (`\n`, `\t`, `\\`, `\"`).
@@ -622,6 +658,76 @@ mod tests {
         let e = check_samples(&gen_args(&["--n", "2", "--trace", "t.csv"])).unwrap_err().to_string();
         assert!(e.contains("--trace"), "{e}");
         assert!(check_samples(&gen_args(&["--trace", "t.csv"])).is_ok());
+    }
+
+    /// The llama.cpp-named sampling flags reach the config, and bad values are one-line
+    /// errors naming the setting.
+    #[test]
+    fn llama_cpp_sampling_flags_set_the_config_and_are_validated() {
+        let c = sampling_config(&gen_args(&[
+            "--typical",
+            "0.9",
+            "--top-nsigma",
+            "1.5",
+            "--xtc-probability",
+            "0.5",
+            "--xtc-threshold",
+            "0.1",
+            "--dynatemp-range",
+            "0.5",
+            "--dynatemp-exp",
+            "2",
+            "--mirostat",
+            "2",
+            "--mirostat-lr",
+            "0.2",
+            "--mirostat-ent",
+            "4",
+            "--no-repeat-ngram-size",
+            "3",
+            "--epsilon-cutoff",
+            "0.0003",
+            "--eta-cutoff",
+            "0.0009",
+            "--ignore-eos",
+            "--logit-bias",
+            "15043+1",
+            "--logit-bias",
+            "7-inf",
+        ]))
+        .unwrap();
+        assert_eq!((c.typical_p, c.top_n_sigma), (Some(0.9), Some(1.5)));
+        assert_eq!((c.xtc_probability, c.xtc_threshold), (Some(0.5), Some(0.1)));
+        assert_eq!((c.dynatemp_range, c.dynatemp_exponent), (Some(0.5), Some(2.0)));
+        assert_eq!((c.mirostat, c.mirostat_eta, c.mirostat_tau), (Some(2), Some(0.2), Some(4.0)));
+        assert_eq!((c.no_repeat_ngram_size, c.suppress_eos), (Some(3), Some(true)));
+        assert_eq!((c.epsilon_cutoff, c.eta_cutoff), (Some(0.0003), Some(0.0009)));
+        let bias = c.logit_bias.as_ref().unwrap();
+        assert_eq!((bias["15043"], bias["7"]), (1.0, f32::NEG_INFINITY));
+        assert!(c.chain().is_ok());
+        for (flags, named) in [
+            (&["--typical", "1.5"][..], "typical_p"),
+            (&["--top-nsigma", "-1"][..], "top_n_sigma"),
+            (&["--xtc-probability", "2"][..], "xtc_probability"),
+            (&["--xtc-threshold", "1.5"][..], "xtc_threshold"),
+            (&["--dynatemp-range", "-1"][..], "dynatemp_range"),
+            (&["--mirostat", "3"][..], "mirostat"),
+            (&["--mirostat", "2", "--mirostat-lr", "-1"][..], "mirostat_eta"),
+            (&["--epsilon-cutoff", "1.5"][..], "epsilon_cutoff"),
+            (&["--logit-bias", "x+1"][..], "--logit-bias"),
+            (&["--logit-bias", "12"][..], "--logit-bias"),
+            (&["--logit-bias", "12+nan"][..], "--logit-bias"),
+        ] {
+            let e = match sampling_config(&gen_args(flags)) {
+                Ok(_) => panic!("{flags:?} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(named), "{flags:?}: {e}");
+        }
+        // llama.cpp's names for the context flags.
+        let a = gen_args(&["-c", "512", "--keep", "8"]);
+        assert_eq!((a.context_window, a.sink_tokens), (Some(512), Some(8)));
+        assert_eq!(gen_args(&["--ctx-size", "256"]).context_window, Some(256));
     }
 
     #[test]

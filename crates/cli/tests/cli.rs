@@ -46,6 +46,21 @@ fn generate_help_lists_every_flag_with_its_default() {
         "--json",
         "--trace",
         "--remove-invalid-values",
+        "--typical",
+        "--top-nsigma",
+        "--xtc-probability",
+        "--xtc-threshold",
+        "--dynatemp-range",
+        "--dynatemp-exp",
+        "--mirostat",
+        "--mirostat-lr",
+        "--mirostat-ent",
+        "--logit-bias",
+        "--ignore-eos",
+        "--ctx-size",
+        "--keep",
+        "--n ",
+        "--max-batch",
     ] {
         assert!(help.contains(flag), "`{flag}` missing from --help:\n{help}");
     }
