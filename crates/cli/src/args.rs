@@ -418,6 +418,11 @@ pub struct GenerateArgs {
     /// Print one JSON object (text, ids, finish reason, timings) instead of streaming.
     #[arg(long)]
     pub json: bool,
+    /// With `--json`: a `tokens` array with every kept token's log-probability and its
+    /// N most likely alternatives (llama.cpp `--n-probs`; OpenAI `top_logprobs`), under
+    /// the model's raw distribution. 0: no array.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub n_probs: usize,
     /// Write the per-token trace (p_eos, entropy, …) to this file: CSV, or JSON when
     /// the name ends in .json (`perpetua analyze` reads both).
     #[arg(long, value_name = "FILE")]

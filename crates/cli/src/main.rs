@@ -11,8 +11,8 @@ use clap::Parser;
 use perpetua::analysis::trace;
 use perpetua::candle::{Llama, LlamaTokenizer, default_model_path};
 use perpetua::generator::{
-    BackstepCause, ChatMessage, ContextRoll, DryOptions, EosMethod, Event, FinishReason, GenerateError,
-    Generation, Generator, PerpetualMode, Prompt,
+    Alternative, BackstepCause, ChatMessage, ContextRoll, DryOptions, EosMethod, Event, FinishReason,
+    GenerateError, Generation, Generator, PerpetualMode, Prompt,
 };
 use perpetua::perpetual::{LoopDetection, Peak, Staleness};
 use perpetua::sampling::{Preset, SamplingConfig};
@@ -359,6 +359,7 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         .trace(args.trace.is_some())
         .perpetual(mode)
         .max_batch(args.max_batch)
+        .top_logprobs(args.n_probs)
         .context_roll(if args.reprefill_rolls { ContextRoll::Reprefill } else { ContextRoll::Shift });
     if let Some(w) = args.context_window {
         builder = builder.context_window(w);
@@ -378,8 +379,9 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
     if args.n > 1 {
         return run_samples(&mut generator, prompt, args, verbose);
     }
+    let mut tokens = Vec::new();
     let output = if args.json {
-        run_quiet(&mut generator, prompt)
+        run_quiet(&mut generator, prompt, (args.n_probs > 0).then_some(&mut tokens))
     } else {
         run_streaming(&mut generator, prompt, args)
     };
@@ -397,7 +399,11 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         tracing::info!("trace: {} rows written to {}", rows.len(), path.display());
     }
     if args.json {
-        print_json(&generation)?;
+        let mut value = json_of(&generation);
+        if args.n_probs > 0 {
+            value["tokens"] = tokens_json(&tokens, generator.tokenizer());
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         report(&generation, verbose);
     }
@@ -461,11 +467,49 @@ where
     }
 }
 
+/// A token event kept for `--n-probs`: generated index, id, log-probability, the most
+/// likely alternatives.
+type KeptToken = (usize, u32, f32, Vec<Alternative>);
+
+/// Generate to completion; with `tokens`, also keep every token event that survives
+/// (a back step drops the events of the tokens it removes).
 fn run_quiet<M: perpetua::generator::LanguageModel>(
     generator: &mut Generator<M>,
     prompt: Prompt,
+    tokens: Option<&mut Vec<KeptToken>>,
 ) -> Result<Generation, GenerateError> {
-    generator.generate(prompt)
+    let Some(tokens) = tokens else {
+        return generator.generate(prompt);
+    };
+    generator.generate_with(prompt, |event| {
+        match event {
+            Event::Token { index, id, logprob, top, .. } => tokens.push((*index, *id, *logprob, top.clone())),
+            Event::Backstep { to, .. } => tokens.retain(|t| t.0 < *to),
+            _ => {}
+        }
+        std::ops::ControlFlow::Continue(())
+    })
+}
+
+/// `--n-probs`: the kept tokens with their log-probabilities and alternatives.
+fn tokens_json(
+    tokens: &[KeptToken],
+    tokenizer: Option<&(dyn perpetua::generator::Tokenizer + Send)>,
+) -> serde_json::Value {
+    let text_of = |id: u32| tokenizer.and_then(|t| t.decode(&[id], false).ok()).unwrap_or_default();
+    tokens
+        .iter()
+        .map(|(_, id, logprob, top)| {
+            serde_json::json!({
+                "id": id,
+                "token": text_of(*id),
+                "logprob": logprob,
+                "top_logprobs": top.iter().map(|a| serde_json::json!({
+                    "id": a.id, "token": text_of(a.id), "logprob": a.logprob,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
 }
 
 /// Stream to stdout. Back steps can remove text already generated, so when the
@@ -563,11 +607,6 @@ fn report(g: &Generation, verbose: u8) {
             100.0 * g.sampling_share()
         );
     }
-}
-
-fn print_json(g: &Generation) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(&json_of(g))?);
-    Ok(())
 }
 
 /// The `--json` object of one generation.

@@ -61,6 +61,7 @@ fn generate_help_lists_every_flag_with_its_default() {
         "--keep",
         "--n ",
         "--max-batch",
+        "--n-probs",
     ] {
         assert!(help.contains(flag), "`{flag}` missing from --help:\n{help}");
     }
@@ -133,6 +134,46 @@ fn a_safetensors_directory_runs_as_model() {
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(report["ids"].as_array().map(Vec::len), Some(12), "{out}");
     assert_eq!(report["finish_reason"], "MaxNewTokens", "{out}");
+}
+
+/// `--json --n-probs N` adds a `tokens` array: every kept token with its raw
+/// log-probability and its N most likely alternatives, best first (back steps of
+/// `--strategy backstep` drop the tokens they remove: the array matches `ids`).
+#[test]
+fn n_probs_adds_the_tokens_with_their_alternatives() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../backend-candle/tests/data/families/qwen2");
+    let (code, out, err) = perpetua(&[
+        "generate",
+        "--model",
+        dir,
+        "--max-new-tokens",
+        "10",
+        "--strategy",
+        "backstep",
+        "--seed",
+        "3",
+        "--json",
+        "--n-probs",
+        "3",
+        "hello",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let ids: Vec<u64> = report["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let tokens = report["tokens"].as_array().unwrap_or_else(|| panic!("no tokens: {out}"));
+    let token_ids: Vec<u64> = tokens.iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    assert_eq!(token_ids, ids, "{out}");
+    for t in tokens {
+        let top: Vec<f64> =
+            t["top_logprobs"].as_array().unwrap().iter().map(|a| a["logprob"].as_f64().unwrap()).collect();
+        assert_eq!(top.len(), 3, "{t}");
+        assert!(top.windows(2).all(|w| w[0] >= w[1]), "best first: {t}");
+        let own = t["logprob"].as_f64().unwrap();
+        assert!(own <= 0.0 && own <= top[0] + 1e-6, "{t}");
+    }
+    // Without --n-probs, no array.
+    let (_, out, _) = perpetua(&["generate", "--model", dir, "--max-new-tokens", "3", "--json", "hello"]);
+    assert!(!out.contains("\"tokens\""), "{out}");
 }
 
 /// `perpetua models inspect` reads a file's headers: the tiny Qwen3 checkpoint directory
