@@ -114,24 +114,23 @@ fn unparsable_values_are_clap_errors_naming_the_flag() {
 /// `--model` takes a Hugging Face checkpoint directory too: the tiny random Qwen2 of the
 /// model-families tests (weights, `config.json`, `tokenizer.json` with a chat template)
 /// generates the requested number of tokens through the whole CLI path.
+/// The tiny random Qwen2 checkpoint of the backend tests (a safetensors directory).
+const QWEN2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../backend-candle/tests/data/families/qwen2");
+
+/// `perpetua generate --model QWEN2 --json FLAGS hello`, which must succeed: its report.
+fn generate_json(flags: &[&str]) -> serde_json::Value {
+    let mut args = vec!["generate", "--model", QWEN2, "--json"];
+    args.extend_from_slice(flags);
+    args.push("hello");
+    let (code, out, err) = perpetua(&args);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 #[test]
 fn a_safetensors_directory_runs_as_model() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../backend-candle/tests/data/families/qwen2");
-    let (code, out, err) = perpetua(&[
-        "generate",
-        "--model",
-        dir,
-        "--max-new-tokens",
-        "12",
-        "--strategy",
-        "suppress",
-        "--seed",
-        "1",
-        "--json",
-        "hello",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let report = generate_json(&["--max-new-tokens", "12", "--strategy", "suppress", "--seed", "1"]);
+    let out = &report;
     assert_eq!(report["ids"].as_array().map(Vec::len), Some(12), "{out}");
     assert_eq!(report["finish_reason"], "MaxNewTokens", "{out}");
 }
@@ -141,24 +140,9 @@ fn a_safetensors_directory_runs_as_model() {
 /// `--strategy backstep` drop the tokens they remove: the array matches `ids`).
 #[test]
 fn n_probs_adds_the_tokens_with_their_alternatives() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../backend-candle/tests/data/families/qwen2");
-    let (code, out, err) = perpetua(&[
-        "generate",
-        "--model",
-        dir,
-        "--max-new-tokens",
-        "10",
-        "--strategy",
-        "backstep",
-        "--seed",
-        "3",
-        "--json",
-        "--n-probs",
-        "3",
-        "hello",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let report =
+        generate_json(&["--max-new-tokens", "10", "--strategy", "backstep", "--seed", "3", "--n-probs", "3"]);
+    let out = &report;
     let ids: Vec<u64> = report["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     let tokens = report["tokens"].as_array().unwrap_or_else(|| panic!("no tokens: {out}"));
     let token_ids: Vec<u64> = tokens.iter().map(|t| t["id"].as_u64().unwrap()).collect();
@@ -172,8 +156,8 @@ fn n_probs_adds_the_tokens_with_their_alternatives() {
         assert!(own <= 0.0 && own <= top[0] + 1e-6, "{t}");
     }
     // Without --n-probs, no array.
-    let (_, out, _) = perpetua(&["generate", "--model", dir, "--max-new-tokens", "3", "--json", "hello"]);
-    assert!(!out.contains("\"tokens\""), "{out}");
+    let report = generate_json(&["--max-new-tokens", "3"]);
+    assert!(report.get("tokens").is_none(), "{report}");
 }
 
 /// `perpetua models inspect` reads a file's headers: the tiny Qwen3 checkpoint directory

@@ -94,25 +94,24 @@ impl<M: LanguageModel> Generator<M> {
         mut on_event: impl FnMut(usize, &Event) -> ControlFlow<()>,
     ) -> Vec<Result<Generation, GenerateError>> {
         let prompts: Vec<Prompt> = prompts.into_iter().map(Into::into).collect();
-        if self.lane_state().is_none() {
+        let Some(first) = self.lane_state() else {
             tracing::debug!("a stage or the EOS strategy cannot be copied: the batch runs one after another");
             return prompts
                 .into_iter()
                 .enumerate()
                 .map(|(i, prompt)| self.generate_with(prompt, |event| on_event(i, event)))
                 .collect();
-        }
+        };
         let total = prompts.len();
         let mut prompts: Vec<Option<Prompt>> = prompts.into_iter().map(Some).collect();
-        let join = |g: &mut Self, i: usize| {
+        let join = |g: &mut Self, i: usize, mut state: LaneState| {
             let prompt = prompts[i].take().unwrap_or(Prompt::Ids(Vec::new()));
-            let mut state = g.lane_state().ok_or_else(uncopyable)?;
             g.swap_lane(&mut state);
             let session = g.open(prompt, Feed::AllButLast).map(|o| g.start_session(o.ids, o.cache, o.at, 0));
             g.swap_lane(&mut state);
             Ok(Lane::new(i, session?, state))
         };
-        self.run_lanes(total, join, &mut on_event)
+        self.run_lanes(total, first, join, &mut on_event)
     }
 
     /// `n` samples from one prompt, side by side (see
@@ -137,17 +136,16 @@ impl<M: LanguageModel> Generator<M> {
     {
         let opened = self.open(prompt.into(), Feed::AllButLast)?;
         let from_prompt = self.resumes.from_prompt.clone();
-        let join = |g: &mut Self, i: usize| {
+        let join = |g: &mut Self, i: usize, mut state: LaneState| {
             let cache = opened.cache.fork()?;
-            let mut state = g.lane_state().ok_or_else(uncopyable)?;
             state.from_prompt = from_prompt.clone();
             g.swap_lane(&mut state);
             let session = g.start_session(opened.ids.clone(), cache, opened.at, i as u64);
             g.swap_lane(&mut state);
             Ok(Lane::new(i, session, state))
         };
-        let results = if self.lane_state().is_some() {
-            self.run_lanes(n, join, &mut |_, _| ControlFlow::Continue(()))
+        let results = if let Some(first) = self.lane_state() {
+            self.run_lanes(n, first, join, &mut |_, _| ControlFlow::Continue(()))
         } else {
             // One after another, on the generator's own chain and strategy.
             (0..n)
@@ -185,21 +183,30 @@ impl<M: LanguageModel> Generator<M> {
         std::mem::swap(&mut self.resumes.from_prompt, &mut state.from_prompt);
     }
 
-    /// Run `total` sequences, `join(generator, i)` setting up sequence `i` when there is
-    /// room, until all have finished; results in input order.
+    /// Run `total` sequences, `join(generator, i, state)` setting up sequence `i` on a
+    /// lane state when there is room, until all have finished; results in input order.
+    /// `first` is the first lane state; a finished lane's state (chain, strategy,
+    /// buffers) serves the next sequence that joins, reset by its session's start as the
+    /// generator's own are between generations, so at most `max_batch` are copied.
     fn run_lanes(
         &mut self,
         total: usize,
-        mut join: impl FnMut(&mut Self, usize) -> Result<Lane<M::Cache>, GenerateError>,
+        first: LaneState,
+        mut join: impl FnMut(&mut Self, usize, LaneState) -> Result<Lane<M::Cache>, GenerateError>,
         on_event: &mut dyn FnMut(usize, &Event) -> ControlFlow<()>,
     ) -> Vec<Result<Generation, GenerateError>> {
         let width = self.settings.max_batch.max(1);
         let mut results: Vec<Option<Result<Generation, GenerateError>>> = (0..total).map(|_| None).collect();
         let mut lanes: Vec<Lane<M::Cache>> = Vec::with_capacity(width.min(total));
+        let mut spare = vec![first];
         let (mut next, mut logits) = (0, Vec::new());
         loop {
             while lanes.len() < width && next < total {
-                match join(self, next) {
+                let joined = match spare.pop().or_else(|| self.lane_state()) {
+                    Some(state) => join(self, next, state),
+                    None => Err(uncopyable()),
+                };
+                match joined {
                     Ok(lane) => lanes.push(lane),
                     Err(e) => results[next] = Some(Err(e)),
                 }
@@ -222,7 +229,11 @@ impl<M: LanguageModel> Generator<M> {
                     None => lane.session.finish.is_some().then(|| Ok(lane.session.output())),
                 };
                 match done {
-                    Some(result) => results[lanes.swap_remove(k).index] = Some(result),
+                    Some(result) => {
+                        let lane = lanes.swap_remove(k);
+                        results[lane.index] = Some(result);
+                        spare.push(lane.state);
+                    }
                     None => k += 1,
                 }
             }
@@ -279,9 +290,9 @@ impl<M: LanguageModel> Generator<M> {
         let result = {
             let mut items: Vec<BatchItem<'_, M::Cache>> = lanes
                 .iter_mut()
-                .enumerate()
-                .filter(|(k, _)| fed_lanes.contains(k))
-                .map(|(_, lane)| {
+                .zip(ready)
+                .filter(|(lane, ready)| **ready && lane.error.is_none())
+                .map(|(lane, _)| {
                     let s = &mut lane.session;
                     BatchItem { tokens: &s.tokens[s.tokens.len() - 1..], cache: &mut s.cache }
                 })
