@@ -414,45 +414,7 @@ fn ensure_venv(target: &Path) -> Result<PathBuf> {
         eprintln!("xtask: bench: reusing {} (imports llama_cpp)", venv.display());
         return Ok(python);
     }
-    if !python.exists() {
-        let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
-        let version = Command::new(&python3).arg("--version").output();
-        match version {
-            Ok(o) if o.status.success() => {}
-            _ => bail!(
-                "`{python3}` not found: the llama.cpp contender needs Python 3 with the venv module and pip \
-                 (Debian/Ubuntu: apt install python3 python3-venv python3-pip; or set PYTHON=/path/to/python3)"
-            ),
-        }
-        eprintln!("xtask: bench: creating {} ({python3} -m venv)", venv.display());
-        let status = Command::new(&python3)
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv)
-            .stdout(Stdio::from(std::io::stderr()))
-            .status()
-            .with_context(|| format!("running {python3} -m venv"))?;
-        if !status.success() || !python.exists() {
-            bail!(
-                "`{python3} -m venv {}` failed: install Python's venv module with ensurepip \
-                 (Debian/Ubuntu: apt install python3-venv)",
-                venv.display()
-            );
-        }
-    }
-    let pip_ok = Command::new(&python)
-        .args(["-m", "pip", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !pip_ok {
-        bail!(
-            "pip is missing in {}: install pip for Python 3 (Debian/Ubuntu: apt install python3-pip python3-venv), \
-             then delete that directory and rerun",
-            venv.display()
-        );
-    }
+    crate::create_venv(&venv, "the llama.cpp contender")?;
     match cached_wheel().filter(|_| llama_cpp_cmake_args() == NATIVE) {
         Some(wheel) => eprintln!(
             "xtask: bench: installing {LLAMA_CPP_PYTHON} and numpy into {} (pip will reuse the cached wheel {})",

@@ -124,9 +124,88 @@ const TEST_FEATURES: &str = "perpetua-sampling/testing,perpetua-kv-cache/testing
 /// The README's test command: everything CI checks.
 fn ci() -> Result<()> {
     fetch_model()?;
+    // The server's client test runs the official `openai` Python package.
+    openai_venv()?;
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--features", TEST_FEATURES, "--", "-D", "warnings"])?;
     cargo(&["test", "--workspace", "--features", TEST_FEATURES, "--no-fail-fast"])?;
+    Ok(())
+}
+
+/// The `openai` Python package the server test drives `perpetua-server` with.
+const OPENAI_PACKAGE: &str = "openai>=1,<4";
+
+/// `target/openai-venv` with the official `openai` client (the server test's real
+/// client); reused when it imports it.
+fn openai_venv() -> Result<()> {
+    let venv = PathBuf::from("target").join("openai-venv");
+    let python = venv.join("bin").join("python");
+    let imports = |python: &std::path::Path| {
+        Command::new(python)
+            .args(["-c", "import openai"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if python.exists() && imports(&python) {
+        return Ok(());
+    }
+    create_venv(&venv, "the server test's OpenAI client")?;
+    eprintln!("xtask: installing {OPENAI_PACKAGE} into {}", venv.display());
+    let status = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", OPENAI_PACKAGE])
+        .stdout(std::process::Stdio::from(std::io::stderr()))
+        .status()
+        .context("running pip install openai")?;
+    if !status.success() || !imports(&python) {
+        bail!("`pip install {OPENAI_PACKAGE}` into {} failed ({status})", venv.display());
+    }
+    Ok(())
+}
+
+/// Create a Python venv at `venv` (unless its interpreter exists) and check it has pip.
+/// `purpose` names what needs it, for the error messages.
+fn create_venv(venv: &std::path::Path, purpose: &str) -> Result<()> {
+    let python = venv.join("bin").join("python");
+    if !python.exists() {
+        let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+        let version = Command::new(&python3).arg("--version").output();
+        match version {
+            Ok(o) if o.status.success() => {}
+            _ => bail!(
+                "`{python3}` not found: {purpose} needs Python 3 with the venv module and pip \
+                 (Debian/Ubuntu: apt install python3 python3-venv python3-pip; or set PYTHON=/path/to/python3)"
+            ),
+        }
+        eprintln!("xtask: creating {} ({python3} -m venv)", venv.display());
+        let status = Command::new(&python3)
+            .arg("-m")
+            .arg("venv")
+            .arg(venv)
+            .stdout(std::process::Stdio::from(std::io::stderr()))
+            .status()
+            .with_context(|| format!("running {python3} -m venv"))?;
+        if !status.success() || !python.exists() {
+            bail!(
+                "`{python3} -m venv {}` failed: install Python's venv module with ensurepip \
+                 (Debian/Ubuntu: apt install python3-venv)",
+                venv.display()
+            );
+        }
+    }
+    let pip_ok = Command::new(&python)
+        .args(["-m", "pip", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !pip_ok {
+        bail!(
+            "pip is missing in {}: install pip for Python 3 (Debian/Ubuntu: apt install python3-pip python3-venv), \
+             then delete that directory and rerun",
+            venv.display()
+        );
+    }
     Ok(())
 }
 

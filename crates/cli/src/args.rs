@@ -26,6 +26,10 @@ pub enum Command {
     /// Compare EOS strategies: prompts x strategies x seeds, a Markdown table, JSON
     /// and plots.
     Eval(Box<EvalArgs>),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat and text completions,
+    /// streaming with Server-Sent Events; `"perpetual": true` in a request keeps the
+    /// model writing to `max_tokens`). Requests share forward passes (continuous batching).
+    Serve(Box<ServeArgs>),
     /// List known models and where they live, fetch one, or inspect a model file.
     Models {
         #[command(subcommand)]
@@ -45,6 +49,63 @@ pub enum ModelsAction {
         /// The GGUF file or checkpoint directory (default: the default model).
         path: Option<std::path::PathBuf>,
     },
+}
+
+/// `perpetua serve`'s flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model: a GGUF file or a Hugging Face checkpoint directory (default: the default model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+
+    /// The model id clients name (`/v1/models`); default: the file name without extension.
+    #[arg(long)]
+    pub model_name: Option<String>,
+
+    /// Keep the file's weight types bit for bit (see `generate --exact-weights`).
+    #[arg(long)]
+    pub exact_weights: bool,
+
+    /// Element type of the KV cache (see `generate --kv-cache`).
+    #[arg(long, value_enum)]
+    pub kv_cache: Option<KvCacheType>,
+
+    /// Address to bind (loopback by default: pass 0.0.0.0 to serve the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+
+    /// Require `Authorization: Bearer KEY` on every route but /health (also read from
+    /// the PERPETUA_API_KEY environment variable).
+    #[arg(long, env = "PERPETUA_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Sequences generated side by side (one forward pass per step for all).
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+
+    /// Requests that may wait for a place in the batch; beyond, 503.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+
+    /// `max_tokens` of a request that sets none.
+    #[arg(long, default_value_t = 256)]
+    pub default_max_tokens: usize,
+
+    /// The largest `max_tokens` a request may ask for.
+    #[arg(long, default_value_t = 16_384)]
+    pub max_tokens_limit: usize,
+
+    /// The largest `n` a request may ask for.
+    #[arg(long, default_value_t = 8)]
+    pub max_n: usize,
+
+    /// Context window per sequence in tokens (llama.cpp `-c`; default: the model's).
+    #[arg(short = 'c', long = "ctx-size", alias = "context-window")]
+    pub context_window: Option<usize>,
 }
 
 /// Image format of plots.

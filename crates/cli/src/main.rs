@@ -12,12 +12,13 @@ use perpetua::analysis::trace;
 use perpetua::candle::{Llama, LlamaTokenizer, default_model_path};
 use perpetua::generator::{
     Alternative, BackstepCause, ChatMessage, ContextRoll, DryOptions, EosMethod, Event, FinishReason,
-    GenerateError, Generation, Generator, PerpetualMode, Prompt,
+    GenerateError, Generation, Generator, PerpetualMode, Prompt, SettledText,
 };
 use perpetua::perpetual::{LoopDetection, Peak, Staleness};
 use perpetua::sampling::{Preset, SamplingConfig};
+use perpetua_server::{Server, ServerConfig};
 
-use args::{Cli, Command, GenerateArgs, ModelsAction, PresetArg, StrategyArg};
+use args::{Cli, Command, GenerateArgs, ModelsAction, PresetArg, ServeArgs, StrategyArg};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -26,6 +27,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => generate(&args, cli.verbose),
         Command::Analyze(args) => analyze::analyze(&args),
         Command::Eval(args) => analyze::eval(&args),
+        Command::Serve(args) => serve(&args),
         Command::Models { action } => models(action.unwrap_or(ModelsAction::List)),
     };
     match result {
@@ -300,6 +302,52 @@ fn mode(args: &GenerateArgs) -> Result<PerpetualMode> {
     Ok(mode)
 }
 
+/// `perpetua serve`: load the model, start the generation thread and serve until killed.
+fn serve(args: &ServeArgs) -> Result<()> {
+    let model_path = match &args.model {
+        Some(p) => p.clone(),
+        None => default_model_path()?,
+    };
+    if !model_path.exists() {
+        bail!("model not found at {}: run `cargo xtask fetch-model` (or pass --model)", model_path.display());
+    }
+    let name = args.model_name.clone().unwrap_or_else(|| {
+        model_path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned())
+    });
+    let mut config = ServerConfig::new(name)
+        .max_queue(args.max_queue)
+        .default_max_tokens(args.default_max_tokens)
+        .max_tokens_limit(args.max_tokens_limit)
+        .max_n(args.max_n);
+    if let Some(key) = &args.api_key {
+        config = config.api_key(key.clone());
+    }
+    let options = crate::args::load_options(args.exact_weights, args.kv_cache);
+    let model =
+        Llama::load(&model_path, &options).with_context(|| format!("loading {}", model_path.display()))?;
+    let tokenizer = LlamaTokenizer::load(&model_path)?;
+    let mut builder = Generator::builder(model).tokenizer(tokenizer.clone()).max_batch(args.max_batch);
+    if let Some(w) = args.context_window {
+        builder = builder.context_window(w);
+    }
+    let server = Server::start(builder.build()?, tokenizer, config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        // On stdout, for scripts that start the server on port 0.
+        println!("perpetua serve: listening on http://{addr}");
+        let _ = std::io::stdout().flush();
+        server.serve(listener).await.context("serving")
+    })
+}
+
 fn read_prompt(args: &GenerateArgs) -> Result<String> {
     if let Some(p) = &args.prompt {
         return Ok(p.clone());
@@ -383,7 +431,7 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
     let output = if args.json {
         run_quiet(&mut generator, prompt, (args.n_probs > 0).then_some(&mut tokens))
     } else {
-        run_streaming(&mut generator, prompt, args)
+        run_streaming(&mut generator, prompt)
     };
     let (generation, error) = match output {
         Ok(g) => (g, None),
@@ -519,49 +567,24 @@ fn tokens_json(
 fn run_streaming<M: perpetua::generator::LanguageModel>(
     generator: &mut Generator<M>,
     prompt: Prompt,
-    args: &GenerateArgs,
 ) -> Result<Generation, GenerateError> {
-    // Back steps remove recent text: hold that much back before printing. Loop back
-    // steps remove a repeat (12–64 tokens by default, more when escalated).
-    let mut holdback_tokens = match args.strategy {
-        StrategyArg::Method(EosMethod::Backstep | EosMethod::Dynamic) | StrategyArg::Perpetual => {
-            args.backstep.saturating_mul(4).max(16)
-        }
-        _ => 0,
-    };
-    if args.loop_backstep || args.stale_backstep || args.strategy == StrategyArg::Perpetual {
-        holdback_tokens = holdback_tokens.max(64);
-    }
+    // Back steps remove recent text: hold back as much as the mode's back steps reach.
+    let mut settled = SettledText::<()>::new(SettledText::<()>::holdback_for(generator.perpetual_mode()));
     let mut stdout = std::io::stdout().lock();
-    let mut text = String::new();
-    let mut token_ends: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
-    let mut printed = 0usize;
     let mut stream = generator.stream(prompt)?;
     for event in stream.by_ref() {
-        match event? {
-            Event::Token { text: delta, .. } => {
-                text.push_str(&delta);
-                token_ends.push_back(text.len());
-                while token_ends.len() > holdback_tokens {
-                    let end = token_ends.pop_front().unwrap_or(text.len());
-                    if end > printed {
-                        let _ = stdout.write_all(&text.as_bytes()[printed..end]);
-                        printed = end;
-                    }
-                }
-                let _ = stdout.flush();
-            }
-            Event::Backstep { text_len, from, to, cause, .. } => {
+        let event = event?;
+        let retracted = settled.retracted();
+        let (released, _) = settled.push(&event, ());
+        if settled.retracted() > retracted {
+            let _ = write!(stdout, " ⟲ ");
+        }
+        let _ = stdout.write_all(released.as_bytes());
+        let _ = stdout.flush();
+        match event {
+            Event::Backstep { from, to, cause, .. } => {
                 let why = if cause == BackstepCause::Loop { "loop" } else { "EOS" };
                 tracing::debug!("back step ({why}): generated {from} -> {to}");
-                text.truncate(text_len);
-                while token_ends.back().is_some_and(|&e| e > text_len) {
-                    token_ends.pop_back();
-                }
-                if text_len < printed {
-                    let _ = write!(stdout, " ⟲ ");
-                    printed = text_len;
-                }
             }
             Event::Resumed { position, hidden } => {
                 tracing::debug!("new turn after {position} generated tokens ({hidden} hidden tokens fed)");
@@ -572,10 +595,7 @@ fn run_streaming<M: perpetua::generator::LanguageModel>(
                     took.as_secs_f64() * 1e3
                 );
             }
-            Event::Finished { text: rest, .. } => {
-                text.push_str(&rest);
-                let _ = stdout.write_all(&text.as_bytes()[printed.min(text.len())..]);
-                printed = text.len();
+            Event::Finished { .. } => {
                 let _ = writeln!(stdout);
             }
             _ => {}

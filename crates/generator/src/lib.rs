@@ -104,6 +104,7 @@ mod detok;
 mod error;
 mod generator;
 pub mod mode;
+mod settled;
 mod stop;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -117,14 +118,15 @@ pub use error::GenerateError;
 #[cfg(feature = "tokio")]
 pub use generator::AsyncStream;
 pub use generator::{
-    Alternative, BackstepCause, ContextRoll, Counts, DEFAULT_RESUME_MESSAGE, Event, FinishReason, Generation,
-    Generator, GeneratorBuilder, OwnedStream, Prompt, StepTrace, Stream, StreamOf, TRACE_TOP, Timings,
-    TraceEvent,
+    Alternative, BackstepCause, BatchRequest, ContextRoll, Counts, DEFAULT_RESUME_MESSAGE, Event,
+    FinishReason, Generation, Generator, GeneratorBuilder, OwnedStream, Prompt, SequenceOptions, StepTrace,
+    Stream, StreamOf, TRACE_TOP, Timings, TraceEvent,
 };
 pub use mode::{
     AnticipationOptions, DEFAULT_DRY_BREAKERS, DEFAULT_RECALL, DEFAULT_REWIND, DryOptions, EosMethod,
     PerpetualMode, WindowedRepetition,
 };
+pub use settled::SettledText;
 pub use stop::{RepetitionDetection, StopStrings};
 
 pub use perpetua_kv_cache::{CacheError, ForkableCache, KvCache};

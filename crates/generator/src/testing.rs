@@ -121,6 +121,7 @@ pub struct FakeModel {
     force_eos_at: Vec<usize>,
     fail_at_call: Option<usize>,
     shift: bool,
+    delay: Option<std::time::Duration>,
     calls: AtomicUsize,
     tokens_fed: AtomicUsize,
 }
@@ -147,9 +148,17 @@ impl FakeModel {
             force_eos_at: Vec::new(),
             fail_at_call: None,
             shift: true,
+            delay: None,
             calls: AtomicUsize::new(0),
             tokens_fed: AtomicUsize::new(0),
         }
+    }
+
+    /// Sleep `delay` in every forward call: a model slow enough to keep requests
+    /// running while a test looks at queues, cancellation and concurrency.
+    pub fn with_forward_delay(mut self, delay: std::time::Duration) -> Self {
+        self.delay = Some(delay);
+        self
     }
 
     /// An order-1 model over [`ByteTokenizer`]'s bytes that writes a *salad*: once the
@@ -282,6 +291,9 @@ impl LanguageModel for FakeModel {
     }
 
     fn forward(&self, tokens: &[u32], cache: &mut FakeCache, out: &mut Vec<f32>) -> Result<(), FakeError> {
+        if let Some(delay) = self.delay {
+            std::thread::sleep(delay);
+        }
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         if self.fail_at_call == Some(call) {
             return Err(FakeError::InjectedFailure { call });

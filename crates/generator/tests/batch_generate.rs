@@ -11,7 +11,8 @@ use std::ops::ControlFlow;
 
 use perpetua_generator::testing::{ByteTokenizer, FakeModel};
 use perpetua_generator::{
-    Counts, Event, FinishReason, GenerateError, Generation, Generator, PerpetualMode, StepTrace,
+    BatchRequest, Counts, Event, FinishReason, GenerateError, Generation, Generator, PerpetualMode,
+    SequenceOptions, StepTrace,
 };
 use perpetua_sampling::processors::{FnProcessor, Temperature, TopK};
 use perpetua_sampling::samplers::Multinomial;
@@ -242,4 +243,115 @@ fn generate_n_is_the_same_at_every_width() {
         essence(&wide[0]),
         essence(&generator(model(4, &[12]), "dynamic+dry+loop", 1, 30).generate(p).unwrap())
     );
+}
+
+/// One request of the continuous-batching test: prompt, arrival (in `next` calls),
+/// seed, token limit, perpetual mode (`None`: the generator's plain EOS stop), top-k,
+/// stop string.
+type Request = (Vec<u32>, usize, u64, usize, Option<&'static str>, usize, Option<&'static str>);
+
+fn request_chain(top_k: usize) -> Chain {
+    Chain::new(Multinomial).with(TopK::new(top_k).unwrap()).with(Temperature::new(0.9).unwrap())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// `generate_continuous`: requests arriving while others run, each with its own
+    /// seed, limit, chain, perpetual mode and stop string, give exactly the generation
+    /// of a generator built with that configuration; every key is answered once; the
+    /// generator's own configuration is untouched afterwards.
+    #[test]
+    fn continuous_requests_are_their_solo_runs(
+        requests in proptest::collection::vec((
+            proptest::collection::vec(prop::sample::select(b"abcdexyz ".to_vec()), 0..12),
+            0usize..30,
+            0u64..1000,
+            1usize..40,
+            prop::sample::select(vec![None, Some("backstep"), Some("dynamic+dry+loop"), Some("recommended")]),
+            1usize..30,
+            prop::sample::select(vec![None, Some("cd"), Some("e a")]),
+        ), 1..=8),
+        eos_at in proptest::collection::vec(3usize..50, 0..4),
+        width in 1usize..=8,
+    ) {
+        let requests: Vec<Request> =
+            requests.into_iter().map(|(p, at, seed, max, mode, k, stop)| (prompt(&p), at, seed, max, mode, k, stop)).collect();
+        let mode_of = |m: &str| if m == "recommended" { PerpetualMode::recommended() } else { PerpetualMode::parse(m).unwrap() };
+        let mut base = Generator::builder(model(3, &eos_at))
+            .tokenizer(ByteTokenizer::new())
+            .chain(chain())
+            .seed(5)
+            .max_new_tokens(40)
+            .max_batch(width)
+            .trace(true)
+            .build()
+            .unwrap();
+        let (mut calls, mut next_up) = (0usize, 0usize);
+        let mut results: Vec<Option<Result<Generation, GenerateError>>> = requests.iter().map(|_| None).collect();
+        base.generate_continuous(
+            |idle| {
+                calls += 1;
+                let (p, at, seed, max, mode, k, stop) = requests.get(next_up)?;
+                if !idle && calls < *at {
+                    return None; // not arrived yet
+                }
+                let mut options = SequenceOptions::default().seed(*seed).max_new_tokens(*max).chain(request_chain(*k));
+                if let Some(m) = mode {
+                    options = options.perpetual(mode_of(m));
+                }
+                if let Some(s) = stop {
+                    options = options.stop_strings([*s]);
+                }
+                next_up += 1;
+                Some(BatchRequest::new(next_up - 1, p.clone()).with_options(options))
+            },
+            |_, _| ControlFlow::Continue(()),
+            |key, result| {
+                assert!(results[key].is_none(), "request {key} answered twice");
+                results[key] = Some(result);
+            },
+        );
+        for (i, (p, _, seed, max, mode, k, stop)) in requests.iter().enumerate() {
+            let mut solo = Generator::builder(model(3, &eos_at))
+                .tokenizer(ByteTokenizer::new())
+                .chain(request_chain(*k))
+                .seed(*seed)
+                .max_new_tokens(*max)
+                .stop_strings(stop.iter().copied())
+                .trace(true);
+            if let Some(m) = mode {
+                solo = solo.perpetual(mode_of(m));
+            }
+            let got = results[i].as_ref().unwrap_or_else(|| panic!("request {i} not answered"));
+            assert_same(got, &solo.build().unwrap().generate(p.clone()), i);
+        }
+        // The generator's own configuration (plain, top-k 20, seed 5, 40 tokens) is intact.
+        let mut plain = generator(model(3, &eos_at), "plain", 1, 40);
+        assert_same(&base.generate(requests[0].0.clone()), &plain.generate(requests[0].0.clone()), 0);
+    }
+}
+
+/// Invalid options fail that request only, with the parameter named.
+#[test]
+fn invalid_request_options_fail_that_request_only() {
+    let mut g = generator(model(1, &[]), "plain", 4, 10);
+    let mut queue = vec![
+        BatchRequest::new(0, prompt(b"ab")),
+        BatchRequest::new(1, prompt(b"ab")).with_options(SequenceOptions::default().top_logprobs(100_000)),
+        BatchRequest::new(2, prompt(b"ab")).with_options(SequenceOptions::default().stop_strings([""])),
+        BatchRequest::new(3, Vec::<u32>::new()),
+    ];
+    queue.reverse();
+    let mut done: Vec<(usize, Result<usize, String>)> = Vec::new();
+    g.generate_continuous(
+        |_| queue.pop(),
+        |_, _| ControlFlow::Continue(()),
+        |k, r| done.push((k, r.map(|g| g.ids.len()).map_err(|e| e.to_string()))),
+    );
+    done.sort_by_key(|(k, _)| *k);
+    assert_eq!(done[0], (0, Ok(10)));
+    assert!(done[1].1.as_ref().unwrap_err().contains("top_logprobs"), "{:?}", done[1]);
+    assert!(done[2].1.is_err(), "{:?}", done[2]);
+    assert!(done[3].1.as_ref().unwrap_err().contains("empty"), "{:?}", done[3]);
 }

@@ -17,22 +17,25 @@ use perpetua_perpetual::EosStrategy;
 use perpetua_sampling::Chain;
 
 use super::session::{Feed, Session, model_err};
-use super::{Buffers, Event, FinishReason, Generation, Generator, Prompt};
-use crate::{BatchItem, ForkableCache, GenerateError, KvCache, LanguageModel};
+use super::{Buffers, Event, FinishReason, Generation, Generator, Prompt, Resumes, Settings};
+use crate::{BatchItem, ForkableCache, GenerateError, KvCache, LanguageModel, PerpetualMode, StopStrings};
 
-/// The per-sequence state that lives in the generator while one lane steps.
+/// The per-sequence state that lives in the generator while one lane steps: the
+/// configuration a sequence runs with (chain, strategy, stop strings, settings, perpetual
+/// set-up) and its buffers.
 struct LaneState {
     chain: Chain,
     strategy: Box<dyn EosStrategy>,
     buffers: Buffers,
-    /// This sequence's resume tokens rendered from its prompt (`reask`).
-    from_prompt: Option<Vec<u32>>,
+    stops: StopStrings,
+    settings: Settings,
+    resumes: Resumes,
 }
 
 /// One sequence of a batch.
-struct Lane<C> {
-    /// Position in the caller's input.
-    index: usize,
+struct Lane<K, C> {
+    /// The caller's name for the sequence (its position in the input, a request id).
+    key: K,
     session: Session<C>,
     state: LaneState,
     events: VecDeque<Event>,
@@ -40,9 +43,9 @@ struct Lane<C> {
     error: Option<GenerateError>,
 }
 
-impl<C: KvCache> Lane<C> {
-    fn new(index: usize, session: Session<C>, state: LaneState) -> Self {
-        Self { index, session, state, events: VecDeque::new(), error: None }
+impl<K, C: KvCache> Lane<K, C> {
+    fn new(key: K, session: Session<C>, state: LaneState) -> Self {
+        Self { key, session, state, events: VecDeque::new(), error: None }
     }
 }
 
@@ -51,6 +54,159 @@ impl<C: KvCache> Lane<C> {
 fn uncopyable() -> GenerateError {
     GenerateError::invalid("chain", "a stage or the EOS strategy", "cannot be copied for another sequence")
 }
+
+/// What one sequence of [`Generator::generate_continuous`] runs with where it differs
+/// from the generator's configuration; every `None` keeps the generator's value.
+/// Built with [`SequenceOptions::default`] and the setters.
+///
+/// ```
+/// use perpetua_generator::{PerpetualMode, SequenceOptions};
+///
+/// let options = SequenceOptions::default().seed(7).max_new_tokens(64).perpetual(PerpetualMode::recommended());
+/// assert_eq!(options.max_new_tokens, Some(64));
+/// ```
+#[derive(Default)]
+#[non_exhaustive]
+pub struct SequenceOptions {
+    /// Seed of the sequence's RNG ([`GeneratorBuilder::seed`](super::GeneratorBuilder::seed)).
+    pub seed: Option<u64>,
+    /// ChaCha stream of the seed (default 0): sample `i` of [`Generator::generate_n`]
+    /// uses stream `i`, so `n` samples of one request differ and each is reproducible.
+    pub stream: u64,
+    /// New-token limit.
+    pub max_new_tokens: Option<usize>,
+    /// EOS masked for this many new tokens.
+    pub min_new_tokens: Option<usize>,
+    /// Stop strings (replacing the generator's).
+    pub stop_strings: Option<Vec<String>>,
+    /// Alternatives reported with each token ([`Event::Token::top`]).
+    pub top_logprobs: Option<usize>,
+    /// The sampling chain (the generator's perpetual mode, if any, adds its stages to it).
+    pub chain: Option<Chain>,
+    /// A perpetual mode for this sequence ([`Generator::set_perpetual`]).
+    pub perpetual: Option<PerpetualMode>,
+}
+
+impl SequenceOptions {
+    /// Set [`seed`](Self::seed).
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Set [`stream`](Self::stream).
+    #[must_use]
+    pub fn stream(mut self, stream: u64) -> Self {
+        self.stream = stream;
+        self
+    }
+
+    /// Set [`max_new_tokens`](Self::max_new_tokens).
+    #[must_use]
+    pub fn max_new_tokens(mut self, n: usize) -> Self {
+        self.max_new_tokens = Some(n);
+        self
+    }
+
+    /// Set [`min_new_tokens`](Self::min_new_tokens).
+    #[must_use]
+    pub fn min_new_tokens(mut self, n: usize) -> Self {
+        self.min_new_tokens = Some(n);
+        self
+    }
+
+    /// Set [`stop_strings`](Self::stop_strings).
+    #[must_use]
+    pub fn stop_strings<S: Into<String>>(mut self, stops: impl IntoIterator<Item = S>) -> Self {
+        self.stop_strings = Some(stops.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Set [`top_logprobs`](Self::top_logprobs).
+    #[must_use]
+    pub fn top_logprobs(mut self, n: usize) -> Self {
+        self.top_logprobs = Some(n);
+        self
+    }
+
+    /// Set [`chain`](Self::chain).
+    #[must_use]
+    pub fn chain(mut self, chain: Chain) -> Self {
+        self.chain = Some(chain);
+        self
+    }
+
+    /// Set [`perpetual`](Self::perpetual).
+    #[must_use]
+    pub fn perpetual(mut self, mode: PerpetualMode) -> Self {
+        self.perpetual = Some(mode);
+        self
+    }
+
+    /// A copy (for another sample of the same request); `None` when a stage of the
+    /// chain cannot be copied ([`Chain::try_clone`]).
+    pub fn try_clone(&self) -> Option<Self> {
+        let chain = match &self.chain {
+            Some(chain) => Some(chain.try_clone()?),
+            None => None,
+        };
+        Some(Self {
+            seed: self.seed,
+            stream: self.stream,
+            max_new_tokens: self.max_new_tokens,
+            min_new_tokens: self.min_new_tokens,
+            stop_strings: self.stop_strings.clone(),
+            top_logprobs: self.top_logprobs,
+            chain,
+            perpetual: self.perpetual.clone(),
+        })
+    }
+}
+
+impl std::fmt::Debug for SequenceOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SequenceOptions")
+            .field("seed", &self.seed)
+            .field("stream", &self.stream)
+            .field("max_new_tokens", &self.max_new_tokens)
+            .field("min_new_tokens", &self.min_new_tokens)
+            .field("stop_strings", &self.stop_strings)
+            .field("top_logprobs", &self.top_logprobs)
+            .field("chain", &self.chain.as_ref().map(|c| c.stage_names().collect::<Vec<_>>()))
+            .field("perpetual", &self.perpetual.as_ref().map(PerpetualMode::spec))
+            .finish()
+    }
+}
+
+/// One sequence for [`Generator::generate_continuous`]: the caller's key for it, its
+/// prompt and what it changes of the generator's configuration.
+#[derive(Debug)]
+pub struct BatchRequest<K> {
+    /// Handed back with the sequence's events and result.
+    pub key: K,
+    /// The prompt.
+    pub prompt: Prompt,
+    /// Per-sequence settings.
+    pub options: SequenceOptions,
+}
+
+impl<K> BatchRequest<K> {
+    /// A request with the generator's own settings.
+    pub fn new(key: K, prompt: impl Into<Prompt>) -> Self {
+        Self { key, prompt: prompt.into(), options: SequenceOptions::default() }
+    }
+
+    /// The same request with `options`.
+    #[must_use]
+    pub fn with_options(mut self, options: SequenceOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+/// A finished sequence's key and result.
+type Done<K> = (K, Result<Generation, GenerateError>);
 
 impl<M: LanguageModel> Generator<M> {
     /// Generate from every prompt, up to [`max_batch`](super::GeneratorBuilder::max_batch)
@@ -103,15 +259,97 @@ impl<M: LanguageModel> Generator<M> {
                 .collect();
         };
         let total = prompts.len();
-        let mut prompts: Vec<Option<Prompt>> = prompts.into_iter().map(Some).collect();
-        let join = |g: &mut Self, i: usize, mut state: LaneState| {
-            let prompt = prompts[i].take().unwrap_or(Prompt::Ids(Vec::new()));
-            g.swap_lane(&mut state);
-            let session = g.open(prompt, Feed::AllButLast).map(|o| g.start_session(o.ids, o.cache, o.at, 0));
-            g.swap_lane(&mut state);
-            Ok(Lane::new(i, session?, state))
+        let mut prompts = prompts.into_iter().enumerate();
+        let join = |g: &mut Self, _idle: bool, spare: &mut Vec<LaneState>| {
+            let (i, prompt) = prompts.next()?;
+            let Some(mut state) = spare.pop().or_else(|| g.lane_state()) else {
+                return Some(Err((i, uncopyable())));
+            };
+            Some(
+                g.join_lane(i, &mut state, |g| g.open(prompt, Feed::AllButLast), 0)
+                    .map(|s| Lane::new(i, s, state)),
+            )
         };
-        self.run_lanes(total, first, join, &mut on_event)
+        let mut results: Vec<Option<Result<Generation, GenerateError>>> = (0..total).map(|_| None).collect();
+        self.run_lanes(first, join, &mut |i, event| on_event(*i, event), &mut |(i, result)| {
+            results[i] = Some(result);
+        });
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(uncopyable()))).collect()
+    }
+
+    /// Continuous batching over sequences that arrive while others run (a server's
+    /// requests): `next(idle)` is asked for another sequence whenever a lane is free
+    /// (up to [`max_batch`](super::GeneratorBuilder::max_batch) side by side); `idle` is
+    /// `true` when nothing runs, and `None` then ends the call (a caller that waits for
+    /// work blocks in `next` while idle); `None` while sequences run means "nothing
+    /// now". Each request runs with the generator's configuration changed by its
+    /// [`SequenceOptions`]; its events go to `on_event(key, event)`
+    /// (`ControlFlow::Break` cancels it) and its result to `on_done(key, result)`, as
+    /// soon as it finishes. A sequence's tokens are those [`generate`](Self::generate)
+    /// gives with the same configuration, whatever else runs beside it.
+    ///
+    /// A request whose options are invalid (an invalid stop string, a perpetual mode
+    /// the model cannot run, `top_logprobs` above the vocabulary) or whose prompt
+    /// fails to open gets its error in `on_done`; the others run on. Needs copyable
+    /// stages and strategy (every built-in one is): otherwise each request fails with
+    /// an `InvalidParameter` error naming the chain.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use perpetua_generator::testing::FakeModel;
+    /// use perpetua_generator::{BatchRequest, Generator, SequenceOptions};
+    ///
+    /// let mut generator = Generator::builder(FakeModel::new(64)).max_new_tokens(6).build()?;
+    /// let mut queue = vec![
+    ///     BatchRequest::new("a", vec![1_u32, 2, 3]),
+    ///     BatchRequest::new("b", vec![4_u32, 5]).with_options(SequenceOptions::default().max_new_tokens(3)),
+    /// ];
+    /// let mut done = Vec::new();
+    /// generator.generate_continuous(|_idle| queue.pop(), |_, _| ControlFlow::Continue(()), |key, result| {
+    ///     done.push((key, result.map(|g| g.ids.len()).ok()));
+    /// });
+    /// done.sort_by_key(|(key, _)| *key);
+    /// assert_eq!(done, [("a", Some(6)), ("b", Some(3))]);
+    /// # Ok::<(), perpetua_generator::GenerateError>(())
+    /// ```
+    pub fn generate_continuous<K>(
+        &mut self,
+        mut next: impl FnMut(bool) -> Option<BatchRequest<K>>,
+        mut on_event: impl FnMut(&K, &Event) -> ControlFlow<()>,
+        mut on_done: impl FnMut(K, Result<Generation, GenerateError>),
+    ) {
+        let Some(first) = self.lane_state() else {
+            while let Some(request) = next(true) {
+                on_done(request.key, Err(uncopyable()));
+            }
+            return;
+        };
+        let join = |g: &mut Self, idle: bool, spare: &mut Vec<LaneState>| {
+            let BatchRequest { key, prompt, options } = next(idle)?;
+            // A fresh copy of the generator's configuration (the previous sequence's
+            // options must not carry over); the buffers are reused.
+            let Some(mut state) = g.lane_state() else {
+                return Some(Err((key, uncopyable())));
+            };
+            if let Some(old) = spare.pop() {
+                state.buffers = old.buffers;
+            }
+            let stream = options.stream;
+            let joined = g.join_lane(
+                (),
+                &mut state,
+                |g| {
+                    g.apply_options(options)?;
+                    g.open(prompt, Feed::AllButLast)
+                },
+                stream,
+            );
+            Some(match joined {
+                Ok(session) => Ok(Lane::new(key, session, state)),
+                Err(((), e)) => Err((key, e)),
+            })
+        };
+        self.run_lanes(first, join, &mut on_event, &mut |(key, result)| on_done(key, result));
     }
 
     /// `n` samples from one prompt, side by side (see
@@ -136,16 +374,28 @@ impl<M: LanguageModel> Generator<M> {
     {
         let opened = self.open(prompt.into(), Feed::AllButLast)?;
         let from_prompt = self.resumes.from_prompt.clone();
-        let join = |g: &mut Self, i: usize, mut state: LaneState| {
-            let cache = opened.cache.fork()?;
-            state.from_prompt = from_prompt.clone();
+        let mut samples_left = 0..n;
+        let join = |g: &mut Self, _idle: bool, spare: &mut Vec<LaneState>| {
+            let i = samples_left.next()?;
+            let Some(mut state) = spare.pop().or_else(|| g.lane_state()) else {
+                return Some(Err((i, uncopyable())));
+            };
+            let cache = match opened.cache.fork() {
+                Ok(cache) => cache,
+                Err(e) => return Some(Err((i, e.into()))),
+            };
+            state.resumes.from_prompt = from_prompt.clone();
             g.swap_lane(&mut state);
             let session = g.start_session(opened.ids.clone(), cache, opened.at, i as u64);
             g.swap_lane(&mut state);
-            Ok(Lane::new(i, session, state))
+            Some(Ok(Lane::new(i, session, state)))
         };
         let results = if let Some(first) = self.lane_state() {
-            self.run_lanes(n, first, join, &mut |_, _| ControlFlow::Continue(()))
+            let mut results: Vec<Option<Result<Generation, GenerateError>>> = (0..n).map(|_| None).collect();
+            self.run_lanes(first, join, &mut |_, _| ControlFlow::Continue(()), &mut |(i, result)| {
+                results[i] = Some(result);
+            });
+            results.into_iter().map(|r| r.unwrap_or_else(|| Err(uncopyable()))).collect()
         } else {
             // One after another, on the generator's own chain and strategy.
             (0..n)
@@ -163,6 +413,71 @@ impl<M: LanguageModel> Generator<M> {
         samples(results, n)
     }
 
+    /// Open a sequence on `state` (swapped in for `open`, which prefills its prompt) and
+    /// start its session on ChaCha stream `stream`.
+    fn join_lane<K>(
+        &mut self,
+        key: K,
+        state: &mut LaneState,
+        open: impl FnOnce(&mut Self) -> Result<super::session::Opened<M::Cache>, GenerateError>,
+        stream: u64,
+    ) -> Result<Session<M::Cache>, (K, GenerateError)> {
+        self.swap_lane(state);
+        let session = open(self).map(|o| self.start_session(o.ids, o.cache, o.at, stream));
+        self.swap_lane(state);
+        session.map_err(|e| (key, e))
+    }
+
+    /// Change the (swapped-in) configuration by a request's options.
+    fn apply_options(&mut self, options: SequenceOptions) -> Result<(), GenerateError> {
+        let SequenceOptions {
+            seed,
+            stream: _,
+            max_new_tokens,
+            min_new_tokens,
+            stop_strings,
+            top_logprobs,
+            chain,
+            perpetual,
+        } = options;
+        if let Some(n) = top_logprobs {
+            if n > self.model.vocab_size() {
+                return Err(GenerateError::invalid("top_logprobs", n, "must be <= vocab_size"));
+            }
+            self.settings.top_logprobs = n;
+        }
+        if let Some(stops) = stop_strings {
+            let stops = StopStrings::new(stops)?;
+            if !stops.is_empty() && self.tokenizer.is_none() {
+                return Err(GenerateError::NoTokenizer { needed_for: "stop strings" });
+            }
+            self.stops = stops;
+        }
+        if let Some(seed) = seed {
+            self.settings.seed = seed;
+        }
+        if max_new_tokens.is_some() {
+            self.settings.max_new_tokens = max_new_tokens;
+        }
+        if let Some(n) = min_new_tokens {
+            self.settings.min_new_tokens = n;
+        }
+        if let Some(chain) = chain {
+            self.chain = chain;
+            // The generator's mode stages were in the replaced chain: put them in this one.
+            self.resumes.mode_stages = None;
+            if perpetual.is_none()
+                && let Some(mode) = self.resumes.mode.clone()
+            {
+                self.set_perpetual(&mode)?;
+            }
+        }
+        if let Some(mode) = perpetual {
+            self.set_perpetual(&mode)?;
+        }
+        Ok(())
+    }
+
     /// A copy of the generator's chain and strategy for one more sequence: the
     /// perpetual mode's strategy is rebuilt from the mode, any other copied. `None`
     /// when something cannot be copied.
@@ -172,7 +487,9 @@ impl<M: LanguageModel> Generator<M> {
             Some(mode) => mode.strategy().ok()?,
             None => self.strategy.boxed_clone()?,
         };
-        Some(LaneState { chain, strategy, buffers: Buffers::default(), from_prompt: None })
+        let (stops, settings) = (self.stops.clone(), self.settings.clone());
+        let resumes = Resumes { from_prompt: None, ..self.resumes.clone() };
+        Some(LaneState { chain, strategy, buffers: Buffers::default(), stops, settings, resumes })
     }
 
     /// Exchange the generator's per-sequence state with a lane's.
@@ -180,37 +497,39 @@ impl<M: LanguageModel> Generator<M> {
         std::mem::swap(&mut self.chain, &mut state.chain);
         std::mem::swap(&mut self.strategy, &mut state.strategy);
         std::mem::swap(&mut self.buffers, &mut state.buffers);
-        std::mem::swap(&mut self.resumes.from_prompt, &mut state.from_prompt);
+        std::mem::swap(&mut self.stops, &mut state.stops);
+        std::mem::swap(&mut self.settings, &mut state.settings);
+        std::mem::swap(&mut self.resumes, &mut state.resumes);
     }
 
-    /// Run `total` sequences, `join(generator, i, state)` setting up sequence `i` on a
-    /// lane state when there is room, until all have finished; results in input order.
-    /// `first` is the first lane state; a finished lane's state (chain, strategy,
-    /// buffers) serves the next sequence that joins, reset by its session's start as the
-    /// generator's own are between generations, so at most `max_batch` are copied.
-    fn run_lanes(
+    /// Run sequences until `join` has no more and all have finished. `join(generator,
+    /// idle, spare)` sets up the next sequence on a lane state (`spare` holds finished
+    /// lanes' states, reset by a session's start as the generator's own are between
+    /// generations, so a batch copies at most `max_batch`), or says there is none now
+    /// (`None`; while `idle`, nothing runs and that ends the run). `first` is the first
+    /// spare state. Each sequence's result goes to `on_done` when it finishes.
+    fn run_lanes<K>(
         &mut self,
-        total: usize,
         first: LaneState,
-        mut join: impl FnMut(&mut Self, usize, LaneState) -> Result<Lane<M::Cache>, GenerateError>,
-        on_event: &mut dyn FnMut(usize, &Event) -> ControlFlow<()>,
-    ) -> Vec<Result<Generation, GenerateError>> {
+        mut join: impl FnMut(
+            &mut Self,
+            bool,
+            &mut Vec<LaneState>,
+        ) -> Option<Result<Lane<K, M::Cache>, (K, GenerateError)>>,
+        on_event: &mut dyn FnMut(&K, &Event) -> ControlFlow<()>,
+        on_done: &mut dyn FnMut(Done<K>),
+    ) {
         let width = self.settings.max_batch.max(1);
-        let mut results: Vec<Option<Result<Generation, GenerateError>>> = (0..total).map(|_| None).collect();
-        let mut lanes: Vec<Lane<M::Cache>> = Vec::with_capacity(width.min(total));
+        let mut lanes: Vec<Lane<K, M::Cache>> = Vec::with_capacity(width);
         let mut spare = vec![first];
-        let (mut next, mut logits) = (0, Vec::new());
+        let mut logits = Vec::new();
         loop {
-            while lanes.len() < width && next < total {
-                let joined = match spare.pop().or_else(|| self.lane_state()) {
-                    Some(state) => join(self, next, state),
-                    None => Err(uncopyable()),
-                };
-                match joined {
-                    Ok(lane) => lanes.push(lane),
-                    Err(e) => results[next] = Some(Err(e)),
+            while lanes.len() < width {
+                match join(self, lanes.is_empty(), &mut spare) {
+                    Some(Ok(lane)) => lanes.push(lane),
+                    Some(Err((key, e))) => on_done((key, Err(e))),
+                    None => break,
                 }
-                next += 1;
             }
             if lanes.is_empty() {
                 break;
@@ -231,19 +550,18 @@ impl<M: LanguageModel> Generator<M> {
                 match done {
                     Some(result) => {
                         let lane = lanes.swap_remove(k);
-                        results[lane.index] = Some(result);
                         spare.push(lane.state);
+                        on_done((lane.key, result));
                     }
                     None => k += 1,
                 }
             }
         }
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err(uncopyable()))).collect()
     }
 
     /// One step of every lane: limits and rolls, one batched forward pass, the rest.
     /// A lane whose phase fails (or panics) keeps the error in `Lane::error`.
-    fn batch_step(&mut self, lanes: &mut [Lane<M::Cache>], logits: &mut Vec<f32>) {
+    fn batch_step<K>(&mut self, lanes: &mut [Lane<K, M::Cache>], logits: &mut Vec<f32>) {
         let ready: Vec<bool> = lanes
             .iter_mut()
             .map(|lane| self.in_lane(lane, |g, s, ev| g.ready_to_forward(s, ev)) == Some(true))
@@ -274,9 +592,9 @@ impl<M: LanguageModel> Generator<M> {
     /// arrived (`None`: not fed; the lane feeds alone). A failure the backend pins on
     /// one item fails that lane; the others' caches are unchanged (the backend's
     /// contract, and re-checked here) and they feed alone.
-    fn forward_lanes(
+    fn forward_lanes<K>(
         &mut self,
-        lanes: &mut [Lane<M::Cache>],
+        lanes: &mut [Lane<K, M::Cache>],
         ready: &[bool],
         out: &mut Vec<f32>,
     ) -> Vec<Option<Instant>> {
@@ -334,9 +652,9 @@ impl<M: LanguageModel> Generator<M> {
 
     /// Run `phase` on a lane with its state swapped in; a failure or a panic is kept in
     /// `Lane::error` (`None` returned).
-    fn in_lane<T>(
+    fn in_lane<K, T>(
         &mut self,
-        lane: &mut Lane<M::Cache>,
+        lane: &mut Lane<K, M::Cache>,
         phase: impl FnOnce(&mut Self, &mut Session<M::Cache>, &mut VecDeque<Event>) -> Result<T, GenerateError>,
     ) -> Option<T> {
         self.swap_lane(&mut lane.state);
@@ -348,13 +666,13 @@ impl<M: LanguageModel> Generator<M> {
     }
 
     /// Hand a lane's queued events to the caller; a `Break` cancels the lane.
-    fn deliver(
+    fn deliver<K>(
         &mut self,
-        lane: &mut Lane<M::Cache>,
-        on_event: &mut dyn FnMut(usize, &Event) -> ControlFlow<()>,
+        lane: &mut Lane<K, M::Cache>,
+        on_event: &mut dyn FnMut(&K, &Event) -> ControlFlow<()>,
     ) -> Result<(), GenerateError> {
         while let Some(event) = lane.events.pop_front() {
-            match panic::catch_unwind(AssertUnwindSafe(|| on_event(lane.index, &event))) {
+            match panic::catch_unwind(AssertUnwindSafe(|| on_event(&lane.key, &event))) {
                 Ok(flow) if flow.is_break() && lane.session.finish.is_none() => {
                     self.finish(&mut lane.session, &mut lane.events, FinishReason::Cancelled);
                 }
@@ -368,7 +686,7 @@ impl<M: LanguageModel> Generator<M> {
 
 /// Cut a lane's cache back to the length its tokens call for (after a failed batched
 /// pass: the backend's contract says it is, this makes sure).
-fn resync<C: KvCache>(lane: &mut Lane<C>) {
+fn resync<K, C: KvCache>(lane: &mut Lane<K, C>) {
     let s = &mut lane.session;
     let expected = s.expected_cache_len();
     if s.cache.seq_len() > expected

@@ -32,6 +32,7 @@ use perpetua_sampling::{Chain, Stage};
 
 #[cfg(feature = "tokio")]
 pub use async_stream::AsyncStream;
+pub use batch::{BatchRequest, SequenceOptions};
 pub use builder::{DEFAULT_RESUME_MESSAGE, GeneratorBuilder};
 pub(crate) use session::{feed_chunks, model_err};
 pub use stream::{OwnedStream, Stream, StreamOf};
@@ -46,6 +47,7 @@ pub(crate) use session::Feed;
 /// The options a [`GeneratorBuilder`] collects and a [`Generator`] runs with: one value,
 /// moved from the builder into the generator at [`GeneratorBuilder::build`] (the
 /// builder's methods document each default).
+#[derive(Clone)]
 pub(crate) struct Settings {
     pub(crate) seed: u64,
     pub(crate) include_stop_string: bool,
@@ -90,7 +92,7 @@ impl Default for Settings {
 
 /// How a perpetual mode and resumed turns are set up (from the builder's perpetual
 /// options, or [`Generator::set_perpetual`]).
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Resumes {
     /// Where the perpetual mode's stages sit in the chain: `(index, count)`.
     mode_stages: Option<(usize, usize)>,
