@@ -378,6 +378,14 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub ignore_eos: bool,
 
+    /// Order of the sampling stages, llama.cpp style: `;`- or `,`-separated names from
+    /// penalties, dry, top_n_sigma, top_k, typ_p, top_p, min_p, xtc, temperature. The
+    /// listed stages run in this order (at the places those stages take in the default
+    /// order); a configured one that is not listed is left out, as llama.cpp does.
+    /// Masks, biases and the sampler are not reordered.
+    #[arg(long, value_name = "ORDER")]
+    pub samplers: Option<String>,
+
     /// Repair NaN / +inf logits from the model instead of stopping with an error (NaN
     /// tokens are masked, +inf tokens take all the mass; repairs are counted in --json
     /// and logged with -v). HF `remove_invalid_values`.

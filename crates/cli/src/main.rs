@@ -188,6 +188,70 @@ fn sampling_config(args: &GenerateArgs) -> Result<SamplingConfig> {
 }
 
 /// `--logit-bias ID(+|-)BIAS`, as llama.cpp writes it (`15043+1`, `15043-inf`).
+/// llama.cpp's `--samplers` names and the stages (processor names) each stands for.
+const SAMPLER_NAMES: &[(&str, &[&str])] = &[
+    ("penalties", &["repetition_penalty", "frequency_presence_penalty"]),
+    ("dry", &["dry"]),
+    ("top_n_sigma", &["top_n_sigma"]),
+    ("top_k", &["top_k"]),
+    ("typ_p", &["typical"]),
+    ("typical", &["typical"]),
+    ("top_p", &["top_p"]),
+    ("min_p", &["min_p"]),
+    ("xtc", &["xtc"]),
+    ("temperature", &["temperature", "dynamic_temperature"]),
+];
+
+/// `--samplers ORDER`: the stage names in order. Errors: an empty order, an unknown or
+/// repeated name.
+fn parse_samplers(spec: &str) -> Result<Vec<&'static str>> {
+    let mut order: Vec<&'static str> = Vec::new();
+    let names: Vec<&str> = spec.split([';', ',']).map(str::trim).filter(|s| !s.is_empty()).collect();
+    if names.is_empty() {
+        bail!("--samplers {spec:?}: name at least one sampler");
+    }
+    for name in names {
+        let Some((_, stages)) = SAMPLER_NAMES.iter().find(|(n, _)| *n == name) else {
+            let known: Vec<&str> = SAMPLER_NAMES.iter().map(|(n, _)| *n).collect();
+            bail!("--samplers: unknown sampler `{name}` (one of {})", known.join(", "));
+        };
+        if stages.iter().any(|s| order.contains(s)) {
+            bail!("--samplers: `{name}` is listed twice");
+        }
+        order.extend_from_slice(stages);
+    }
+    Ok(order)
+}
+
+/// Reorder `chain`'s orderable stages (those `--samplers` can name) into `order`, in the
+/// places they hold; an orderable stage not in `order` is removed.
+fn apply_sampler_order(chain: &mut perpetua::sampling::Chain, order: &[&str]) {
+    let orderable = |name: &str| SAMPLER_NAMES.iter().any(|(_, stages)| stages.contains(&name));
+    let names: Vec<&'static str> = chain.stage_names().collect();
+    let mut slots = Vec::new();
+    let mut taken = Vec::new();
+    for (i, name) in names.iter().enumerate().rev() {
+        if !orderable(name) {
+            continue;
+        }
+        // An orderable stage not in the order is dropped (llama.cpp runs only the listed).
+        let stage = chain.remove(i);
+        if let Some(stage) = stage.filter(|_| order.contains(name)) {
+            slots.push(i);
+            taken.push(stage);
+        }
+    }
+    // Removing from the back shifts nothing before: the kept slots, ascending, are
+    // where the stages go back, now in `order`'s order.
+    taken.sort_by_key(|stage| order.iter().position(|n| *n == stage.name()).unwrap_or(usize::MAX));
+    slots.sort_unstable();
+    let removed_before =
+        |slot: usize| names[..slot].iter().filter(|n| orderable(n) && !order.contains(n)).count();
+    for (slot, stage) in slots.into_iter().zip(taken) {
+        chain.insert(slot - removed_before(slot), stage);
+    }
+}
+
 fn parse_logit_bias(spec: &str) -> Result<(u32, f32)> {
     let bad =
         || anyhow::anyhow!("--logit-bias {spec:?}: expected ID+BIAS or ID-BIAS, e.g. 15043+1 or 15043-inf");
@@ -366,6 +430,7 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
     let config = sampling_config(args)?;
     let chain = config.chain()?;
     let mode = mode(args)?;
+    let order = args.samplers.as_deref().map(parse_samplers).transpose()?;
     let model_path = match &args.model {
         Some(p) => p.clone(),
         None => default_model_path()?,
@@ -416,6 +481,9 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         builder = builder.sink_tokens(n);
     }
     let mut generator = builder.build()?;
+    if let Some(order) = &order {
+        apply_sampler_order(generator.chain_mut(), order);
+    }
     if let Some(effective) = generator.perpetual_mode().map(PerpetualMode::spec)
         && effective != requested
     {
@@ -721,6 +789,46 @@ mod tests {
 
     /// The llama.cpp-named sampling flags reach the config, and bad values are one-line
     /// errors naming the setting.
+    #[test]
+    fn samplers_order_reorders_drops_and_is_validated() {
+        let args = gen_args(&[
+            "--temperature",
+            "0.8",
+            "--top-k",
+            "20",
+            "--top-p",
+            "0.9",
+            "--min-p",
+            "0.05",
+            "--repetition-penalty",
+            "1.1",
+            "--logit-bias",
+            "5+1",
+        ]);
+        let mut chain = sampling_config(&args).unwrap().chain().unwrap();
+        let before: Vec<&str> = chain.stage_names().collect();
+        assert!(before.contains(&"top_p") && before.contains(&"repetition_penalty"), "{before:?}");
+        apply_sampler_order(&mut chain, &parse_samplers("min_p;temperature, top_k").unwrap());
+        let after: Vec<&str> = chain.stage_names().collect();
+        // Listed stages in the listed order; top_p and the penalty (not listed) gone;
+        // the bias stays where it was relative to them.
+        let kept: Vec<&str> = after.iter().copied().filter(|n| *n != "logit_bias").collect();
+        assert_eq!(kept, ["min_p", "temperature", "top_k"], "{after:?}");
+        assert_eq!(
+            after.iter().position(|n| *n == "logit_bias"),
+            before.iter().position(|n| *n == "logit_bias")
+        );
+        for (bad, says) in
+            [("", "at least one"), ("top_k;nope", "unknown sampler `nope`"), ("top_k;top_k", "twice")]
+        {
+            let e = parse_samplers(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        assert!(
+            crate::args::Cli::try_parse_from(["perpetua", "generate", "--samplers", "dry;xtc", "hi"]).is_ok()
+        );
+    }
+
     #[test]
     fn llama_cpp_sampling_flags_set_the_config_and_are_validated() {
         let c = sampling_config(&gen_args(&[

@@ -57,6 +57,7 @@ fn generate_help_lists_every_flag_with_its_default() {
         "--mirostat-ent",
         "--logit-bias",
         "--ignore-eos",
+        "--samplers",
         "--ctx-size",
         "--keep",
         "--n ",

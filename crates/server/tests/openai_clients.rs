@@ -206,9 +206,14 @@ fn a_full_queue_is_answered_503_and_disconnects_free_it() {
         .with_forward_delay(Duration::from_millis(20));
     assert!(ByteTokenizer::new().eos_ids().contains(&ByteTokenizer::EOS));
     let generator = Generator::builder(model).tokenizer(ByteTokenizer::new()).max_batch(1).build().unwrap();
-    let server =
-        Server::start(generator, ByteTokenizer::new(), ServerConfig::new("fake").max_queue(1)).unwrap();
+    let config = ServerConfig::new("fake").max_queue(1).max_body_bytes(4096);
+    let server = Server::start(generator, ByteTokenizer::new(), config).unwrap();
     let addr = spawn(server);
+    // A body over the limit: 413, in OpenAI's shape.
+    let big = format!(r#"{{"prompt":"{}"}}"#, "a".repeat(8192));
+    let (status, text) =
+        curl(&["-H", "Content-Type: application/json", "-d", &big, &format!("http://{addr}/v1/completions")]);
+    assert_eq!((status, error_of(&text)["type"].as_str()), (413, Some("invalid_request_error")), "{text}");
     let body = r#"{"prompt":"abc","max_tokens":2000,"ignore_eos":true,"stream":true}"#;
     // One runs (the batch is 1 wide), one waits, the third finds the queue full.
     let start = || {
