@@ -25,6 +25,7 @@
 //! candle backend and the CLI).
 
 mod bench;
+mod gpu;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -35,7 +36,11 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   fetch-model   fetch the default model (SmolLM2-135M-Instruct Q4_1) if missing
-  ci            fetch-model, fmt --check, clippy -D warnings, all tests
+  ci            fetch-model, the openai venv, fmt --check, clippy -D warnings, all tests
+  gpu           [wgpu|cuda] the GPU paths without a GPU: burn's wgpu tests (parity,
+                conformance, perpetual) on Mesa's software Vulkan (lavapipe, apt-installed
+                when missing), and the CUDA builds of candle and burn with CUDA 13.5 from
+                PyPI (target/cuda-venv; compiled, not run)
   eval          strategy evaluation on the default model, two sections of
                 docs/EVALUATION.md (figures, JSON in docs/eval/): `acceptance` (20 prompts x
                 4,000 tokens, plain vs perpetual) and `ablation` (10 prompts x 2,000 tokens,
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
             }
             Some(other) => Err(anyhow::anyhow!("bench: unknown option `{other}` (--quick or --long)")),
         },
+        Some("gpu") => gpu::gpu(args.get(1).map(String::as_str)),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())

@@ -14,6 +14,7 @@ fn load(capacity: usize) -> (Llama, LlamaTokenizer) {
     assert!(path.is_file(), "model missing at {}: run `cargo xtask fetch-model`", path.display());
     let model =
         Llama::load(&path, &LoadOptions { cache_capacity: Some(capacity), ..Default::default() }).unwrap();
+    println!("burn device: {:?}", model.device());
     (model, LlamaTokenizer::from_gguf(&path).unwrap())
 }
 

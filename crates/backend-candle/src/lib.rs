@@ -56,7 +56,7 @@ pub use cache::LlamaCache;
 pub use candle_core::Device;
 pub use candle_core::quantized::GgmlDType;
 pub use error::{CandleBackendError, Result};
-pub use model::{Attention, KvDtype, Llama, LoadOptions};
+pub use model::{Attention, KvDtype, Llama, LoadOptions, MemoryReport};
 // Reading, validating and tokenizing model files lives in `perpetua-model-files`
 // (shared with the burn backend); re-exported so this crate's API stays whole.
 pub use perpetua_model_files::{

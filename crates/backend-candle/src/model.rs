@@ -107,6 +107,23 @@ impl Default for LoadOptions {
 }
 
 impl LoadOptions {
+    /// The defaults for `device`: on the CPU, [`LoadOptions::default`]; on a GPU, the
+    /// file's weight types kept (the Q8_0 re-quantization speeds up candle's CPU
+    /// kernels and would only widen a quantized file in GPU memory), an f16 cache, and
+    /// the reference attention (the fused kernel is CPU-only).
+    ///
+    /// ```
+    /// use perpetua_candle::{Device, LoadOptions};
+    ///
+    /// assert_eq!(LoadOptions::on(Device::Cpu).requantize, LoadOptions::default().requantize);
+    /// ```
+    pub fn on(device: Device) -> Self {
+        if device.is_cpu() {
+            return Self::default();
+        }
+        Self { device, requantize: None, attention: Attention::Reference, ..Self::default() }
+    }
+
     /// The file's weight types bit for bit (no re-quantization), an f32 KV cache and
     /// the reference attention, on the CPU: logits then equal candle-transformers'
     /// `quantized_llama` on the same file exactly.
@@ -526,6 +543,73 @@ impl Llama {
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// What this model holds, by part, and what each cache position adds: the bytes a
+    /// load commits on its device (`perpetua generate -v` prints it).
+    ///
+    /// ```no_run
+    /// use perpetua_candle::{Llama, LoadOptions};
+    ///
+    /// let model = Llama::load(perpetua_candle::default_model_path()?, &LoadOptions::default())?;
+    /// let report = model.memory_report();
+    /// println!("{report}"); // weights 106.0 MiB, …
+    /// assert!(report.with_cache(1024) > report.model_bytes());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn memory_report(&self) -> MemoryReport {
+        let tensor = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        let matmul = |m: &QMatMul| match m {
+            QMatMul::QTensor(q) => q.storage_size_in_bytes() as u64,
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor(t),
+        };
+        // candle repacks a Q8_0 matrix it multiplies on AVX-512-VNNI / AVX-VNNI CPUs
+        // into a second, same-sized copy at first use (see `kernels::linear`).
+        let packed = |m: &QMatMul| match m {
+            QMatMul::QTensor(q)
+                if self.device.is_cpu()
+                    && q.dtype() == GgmlDType::Q8_0
+                    && matches!(q.shape().dims(), &[n, k] if crate::kernels::linear::candle_uses_vnni_q8_0(n, k)) =>
+            {
+                q.storage_size_in_bytes() as u64
+            }
+            _ => 0,
+        };
+        let (mut weights, mut packed_copies, mut tables) = (matmul(&self.output), packed(&self.output), 0);
+        for layer in &self.layers {
+            let mats = layer.qkv.parts.iter().chain(&layer.gate_up.parts).map(|(m, _)| m);
+            for m in mats.chain([&layer.wo, &layer.w_down]) {
+                weights += matmul(m);
+                packed_copies += packed(m);
+            }
+            let norms = [&layer.attn_norm, &layer.ffn_norm].into_iter();
+            let bias = layer.qkv_bias.iter().flatten();
+            let extra = bias.chain(layer.qk_norm.iter().flatten()).chain(layer.post_norms.iter().flatten());
+            tables += norms.chain(extra).map(tensor).sum::<u64>();
+        }
+        tables += tensor(&self.final_norm) + tensor(&self.rope_cos) + tensor(&self.rope_sin);
+        if let Some((cos, sin)) = &self.rope_local {
+            tables += tensor(cos) + tensor(sin);
+        }
+        let embeddings = match &self.embeddings {
+            Embeddings::Dense(t) => tensor(t),
+            Embeddings::Quantized { bytes, .. } => bytes.len() as u64,
+        };
+        let c = &self.config;
+        let per_row = match self.kv_dtype {
+            // Codes plus one f32 scale per (position, head).
+            DType::U8 => c.head_dim as u64 + 4,
+            dtype => (c.head_dim * dtype.size_in_bytes()) as u64,
+        };
+        MemoryReport {
+            device: format!("{:?}", self.device),
+            weights,
+            packed_copies,
+            embeddings,
+            tables,
+            cache_per_position: 2 * (c.n_layers * c.n_kv_heads) as u64 * per_row,
+            cache_capacity: self.cache_capacity,
+        }
     }
 
     /// An empty cache holding up to `capacity` positions (`1..=max_context`).
@@ -1049,6 +1133,65 @@ struct Segment<'c> {
 /// file's quantized blocks with each looked-up row dequantized (the same values as
 /// dequantizing the whole table: blocks never straddle rows), which keeps the widened
 /// table (113 MB for SmolLM2) out of memory.
+/// What a loaded [`Llama`] holds, by part, in bytes ([`Llama::memory_report`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryReport {
+    /// Where the model lives (`Cpu`, `Cuda(…)`).
+    pub device: String,
+    /// The layers' matrices and the output head, in the types they run in (Q8_0 after
+    /// the default re-quantization).
+    pub weights: u64,
+    /// Packed copies candle's CPU kernels make of some matrices at their first use
+    /// (Q8_0 matrices on AVX-512-VNNI / AVX-VNNI CPUs); 0 elsewhere.
+    pub packed_copies: u64,
+    /// The token embedding table (kept in the file's blocks when it can be).
+    pub embeddings: u64,
+    /// Norm weights, biases and RoPE tables.
+    pub tables: u64,
+    /// What one position of one sequence's cache holds (every layer's keys and values).
+    pub cache_per_position: u64,
+    /// Positions one cache may grow to.
+    pub cache_capacity: usize,
+}
+
+impl MemoryReport {
+    /// The model's bytes: weights, packed copies, embeddings, tables.
+    pub fn model_bytes(&self) -> u64 {
+        self.weights + self.packed_copies + self.embeddings + self.tables
+    }
+
+    /// The model's bytes and one cache allocated for `positions` (a cache grows by
+    /// doubling from its first 256 positions, up to its capacity).
+    pub fn with_cache(&self, positions: usize) -> u64 {
+        let mut allocated = crate::cache::INITIAL_POSITIONS.min(self.cache_capacity);
+        while allocated < positions.min(self.cache_capacity) {
+            allocated = (allocated * 2).min(self.cache_capacity);
+        }
+        self.model_bytes() + allocated as u64 * self.cache_per_position
+    }
+}
+
+impl std::fmt::Display for MemoryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        write!(
+            f,
+            "{}: weights {:.1} MiB, packed copies {:.1} MiB, embeddings {:.1} MiB, tables {:.1} MiB \
+             (model {:.1} MiB); cache {:.1} KiB per position, up to {} positions ({:.1} MiB)",
+            self.device,
+            mib(self.weights),
+            mib(self.packed_copies),
+            mib(self.embeddings),
+            mib(self.tables),
+            mib(self.model_bytes()),
+            self.cache_per_position as f64 / 1024.0,
+            self.cache_capacity,
+            mib(self.cache_per_position * self.cache_capacity as u64),
+        )
+    }
+}
+
 enum Embeddings {
     Dense(Tensor),
     Quantized {

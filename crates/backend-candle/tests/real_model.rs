@@ -227,3 +227,29 @@ fn config_is_read_from_the_gguf() {
     assert!(c.rope_interleaved);
     assert!(c.rope_theta > 0.0);
 }
+
+/// The memory report adds up: the default load's Q8_0 matrices are 34 bytes per 32
+/// weights, an f16 cache position holds every layer's keys and values, `-exact`
+/// keeps the file's smaller Q4_1 blocks and an f32 cache, and a cache's bytes follow
+/// its doubling growth.
+#[test]
+fn memory_report_adds_up() {
+    let default = Llama::load(model_path(), &LoadOptions::default()).unwrap();
+    let exact = load(512);
+    let c = default.config().clone();
+    let (d, e) = (default.memory_report(), exact.memory_report());
+    // Layers: q, k, v, o, gate, up, down; plus the tied output head (the vocabulary).
+    let per_layer = (c.hidden_size * (c.n_heads * c.head_dim) * 2
+        + c.hidden_size * (c.n_kv_heads * c.head_dim) * 2
+        + c.hidden_size * c.intermediate_size * 3) as u64;
+    let weights = per_layer * c.n_layers as u64 + (c.vocab_size * c.hidden_size) as u64;
+    assert_eq!(d.weights, weights / 32 * 34, "{d}");
+    assert!(e.weights < d.weights, "Q4_1 blocks are smaller than Q8_0: {e} vs {d}");
+    assert_eq!(d.cache_per_position, (2 * c.n_layers * c.n_kv_heads * c.head_dim * 2) as u64);
+    assert_eq!(e.cache_per_position, 2 * d.cache_per_position, "f32 vs f16");
+    assert!(d.embeddings > 0 && d.tables > 0, "{d}");
+    assert_eq!(d.with_cache(1), d.model_bytes() + 256 * d.cache_per_position);
+    assert_eq!(d.with_cache(300), d.model_bytes() + 512 * d.cache_per_position);
+    assert_eq!(e.with_cache(100_000), e.model_bytes() + 512 * e.cache_per_position, "capped at capacity");
+    println!("default: {d}\nexact: {e}");
+}

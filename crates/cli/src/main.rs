@@ -390,6 +390,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
     let model =
         Llama::load(&model_path, &options).with_context(|| format!("loading {}", model_path.display()))?;
     let tokenizer = LlamaTokenizer::load(&model_path)?;
+    tracing::info!("memory: {}", model.memory_report());
     let mut builder = Generator::builder(model).tokenizer(tokenizer.clone()).max_batch(args.max_batch);
     if let Some(w) = args.context_window {
         builder = builder.context_window(w);
@@ -442,9 +443,17 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
 
     let t0 = std::time::Instant::now();
     let options = crate::args::load_options(args.exact_weights, args.kv_cache);
+    let rss_before = process_memory_mib("VmRSS");
     let model =
         Llama::load(&model_path, &options).with_context(|| format!("loading {}", model_path.display()))?;
+    let rss_model = process_memory_mib("VmRSS");
     let tokenizer = LlamaTokenizer::load(&model_path)?;
+    tracing::debug!(
+        "RSS before the load {rss_before:?} MiB, after the model {rss_model:?}, after the tokenizer {:?}",
+        process_memory_mib("VmRSS")
+    );
+    let memory = model.memory_report();
+    tracing::info!("memory: {memory}");
     tracing::info!(
         "loaded {} in {:.2}s; chain: {:?}; mode: {mode}",
         model_path.display(),
@@ -513,6 +522,17 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         );
         trace::write_path(&rows, path).with_context(|| format!("writing the trace to {}", path.display()))?;
         tracing::info!("trace: {} rows written to {}", rows.len(), path.display());
+    }
+    // The report against what the process measured (Linux): its peak minus what it
+    // held before the model was loaded.
+    if let (Some(before), Some(peak)) = (rss_before, process_memory_mib("VmHWM")) {
+        let positions = generation.prompt_len + generation.ids.len();
+        let reported = memory.with_cache(positions) as f64 / (1024.0 * 1024.0);
+        tracing::info!(
+            "memory: reported {reported:.1} MiB (model and one {positions}-position cache); measured peak RSS \
+             {peak:.1} MiB, {before:.1} MiB before the load: {:.1} MiB for the load and generation",
+            peak - before
+        );
     }
     if args.json {
         let mut value = json_of(&generation);
@@ -670,6 +690,14 @@ fn run_streaming<M: perpetua::generator::LanguageModel>(
         }
     }
     Ok(stream.into_output())
+}
+
+/// A `/proc/self/status` figure (`VmRSS`, `VmHWM`) in MiB; `None` off Linux.
+fn process_memory_mib(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn report(g: &Generation, verbose: u8) {

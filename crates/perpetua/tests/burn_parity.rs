@@ -33,7 +33,9 @@ fn candle_f32(path: &PathBuf) -> perpetua_candle::Llama {
 
 fn burn(path: &PathBuf) -> perpetua_burn::Llama {
     let options = perpetua_burn::LoadOptions { cache_capacity: Some(512), ..Default::default() };
-    perpetua_burn::Llama::load(path, &options).unwrap()
+    let model = perpetua_burn::Llama::load(path, &options).unwrap();
+    println!("burn device: {:?}", model.device());
+    model
 }
 
 /// The kv-cache kit's difference (`inf` for different lengths or a NaN), without the index.

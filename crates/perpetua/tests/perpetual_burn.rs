@@ -56,6 +56,7 @@ fn on_burn_plain_ends_at_eos_and_every_strategy_reaches_the_budget() {
     let path = perpetua::burn::default_model_path().unwrap();
     assert!(path.is_file(), "model missing at {}: run `cargo xtask fetch-model`", path.display());
     let model = Llama::load(&path, &LoadOptions { cache_capacity: Some(512), ..Default::default() }).unwrap();
+    println!("burn device: {:?}", model.device());
     let tokenizer = LlamaTokenizer::from_gguf(&path).unwrap();
     println!("burn device: {:?}", model.device());
     println!("| strategy | new tokens | finish | EOS events | tokens regenerated | decode tok/s | text |");
