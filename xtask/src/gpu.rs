@@ -13,7 +13,8 @@
 //!   `nvidia-curand`) in `target/cuda-venv`; then candle's `cuda` feature (its kernels
 //!   compiled to PTX by nvcc) and burn's `cuda` backend are *built* (the libraries: no
 //!   binary is linked, as there is no driver library here). `CUDA_COMPUTE_CAP`
-//!   (default 90, Hopper) picks the PTX target.
+//!   (default 90, Hopper) picks the PTX target. burn's needs more than PyPI: its
+//!   `cubecl-llvm` build script downloads a prebuilt LLVM from GitHub releases.
 //!
 //! Without an argument, both. The wgpu tests build in `target/` beside `cargo xtask
 //! ci`'s (one more feature set); the CUDA builds in `target/gpu` (candle itself changes).
@@ -175,10 +176,18 @@ fn cuda() -> Result<()> {
     ];
     let target = PathBuf::from("target").join("gpu");
     cargo_in(&target, &["build", "-p", "perpetua-candle", "--features", "cuda"], &envs)?;
+    eprintln!("xtask: gpu: candle's CUDA build finished");
+    // burn's CUDA runtime (cubecl-cuda 0.11) pulls cubecl-llvm, whose build script
+    // downloads a prebuilt LLVM from GitHub releases: it builds only with that reachable.
     cargo_in(
         &target,
         &["build", "-p", "perpetua-burn", "--no-default-features", "--features", "cuda"],
         &envs,
+    )
+    .context(
+        "burn's `cuda` build failed; on a machine that reaches only package registries this is \
+             cubecl-llvm's build script (tracel-llvm-bundler) failing to download LLVM from \
+             github.com/tracel-ai/tracel-llvm/releases",
     )?;
     eprintln!("xtask: gpu: the CUDA builds finished (compiled, not linked or run: no GPU here)");
     Ok(())
