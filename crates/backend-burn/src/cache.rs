@@ -1,10 +1,14 @@
-//! The preallocated, truncatable key/value cache of the burn llama model.
+//! The truncatable key/value cache of the burn llama model, grown on demand up to its capacity.
 
 use burn_tensor::{DType, Device, Tensor};
 use perpetua_kv_cache::{CacheCursor, CacheError, CursorCache, ForkableCache};
 
-/// Keys and values of every layer, each a `(n_kv_heads, capacity, head_dim)` tensor on
-/// the model's device, preallocated once. Appending writes rows `len..len + n` in place
+/// Keys and values of every layer, each a `(n_kv_heads, allocated, head_dim)` tensor on
+/// the model's device. Memory grows with the work, not with the context (a GPU would
+/// otherwise commit the whole context per sequence): a new cache allocates
+/// [`INITIAL_POSITIONS`] (or its capacity, if smaller), and an append that needs more
+/// reallocates the layer at twice the size (at least what it needs, at most the
+/// capacity), copying the valid rows. Appending writes rows `len..len + n` in place
 /// (`slice_assign` on a tensor this cache owns alone); truncation only moves the
 /// length (O(1), no copy); rows past the length are never read.
 ///
@@ -20,6 +24,10 @@ pub struct LlamaCache {
     head_dim: usize,
 }
 
+/// Positions a new cache allocates (a prompt and a few hundred tokens fit before the
+/// first growth).
+pub const INITIAL_POSITIONS: usize = 256;
+
 impl LlamaCache {
     pub(crate) fn new(
         n_layers: usize,
@@ -28,7 +36,8 @@ impl LlamaCache {
         capacity: usize,
         device: &Device,
     ) -> Self {
-        let zeros = || Tensor::<3>::zeros([n_kv_heads, capacity, head_dim], (device, DType::F32));
+        let first = INITIAL_POSITIONS.min(capacity);
+        let zeros = || Tensor::<3>::zeros([n_kv_heads, first, head_dim], (device, DType::F32));
         let layers = (0..n_layers).map(|_| Some((zeros(), zeros()))).collect();
         Self { layers, cursor: CacheCursor::new(capacity), n_kv_heads, head_dim }
     }
@@ -36,6 +45,11 @@ impl LlamaCache {
     /// Number of layers this cache holds.
     pub fn n_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    /// Positions allocated now (per layer): grows by doubling up to the capacity.
+    pub fn allocated(&self) -> usize {
+        self.layers.iter().flatten().map(|(k, _)| k.dims()[1]).max().unwrap_or(0)
     }
 
     /// The keys of layer `layer` at positions `0..seq_len()`, `(n_kv_heads, seq_len,
@@ -74,6 +88,24 @@ impl LlamaCache {
         let (keys, values) =
             slot.take().ok_or_else(|| CacheError::Backend(format!("layer {layer} was left mid-write")))?;
         let (kv, hd) = (self.n_kv_heads, self.head_dim);
+        let allocated = keys.dims()[1];
+        let (keys, values) = if end > allocated {
+            // Grow: twice the size, at least what this append needs, at most the capacity;
+            // only the valid rows `0..start` are copied.
+            let size = allocated.saturating_mul(2).max(end).min(self.cursor.capacity());
+            let device = keys.device();
+            let grow = |t: Tensor<3>| {
+                let fresh = Tensor::<3>::zeros([kv, size, hd], (&device, DType::F32));
+                if start == 0 {
+                    fresh
+                } else {
+                    fresh.slice_assign([0..kv, 0..start, 0..hd], t.slice([0..kv, 0..start, 0..hd]))
+                }
+            };
+            (grow(keys), grow(values))
+        } else {
+            (keys, values)
+        };
         let keys = keys.slice_assign([0..kv, start..end, 0..hd], k);
         let values = values.slice_assign([0..kv, start..end, 0..hd], v);
         let views =
@@ -133,5 +165,46 @@ impl ForkableCache for LlamaCache {
             return Err(CacheError::Backend("cannot fork a cache left mid-write".into()));
         }
         Ok(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use burn_tensor::{Device, Distribution, Tensor};
+
+    use super::{INITIAL_POSITIONS, LlamaCache};
+
+    fn rows(n: usize, device: &Device) -> Tensor<3> {
+        Tensor::<3>::random([2, n, 4], Distribution::Uniform(-1.0, 1.0), device)
+    }
+
+    fn values(t: Tensor<3>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    /// The cache allocates 256 positions, doubles as appends need (at least what one
+    /// needs, at most the capacity), and keeps every written row through each growth.
+    #[test]
+    fn grows_on_demand_and_keeps_the_rows() {
+        let device = Device::default();
+        let mut cache = LlamaCache::new(1, 2, 4, 600, &device);
+        assert_eq!(cache.allocated(), INITIAL_POSITIONS);
+        let mut written = Vec::new();
+        for (n, allocated) in [(200, 256), (100, 512), (300, 600)] {
+            let (k, v) = (rows(n, &device), rows(n, &device));
+            written.push((k.clone(), v.clone()));
+            let (keys, _) = cache.write_and_view(0, k, v).unwrap();
+            cache.commit(n).unwrap();
+            assert_eq!(cache.allocated(), allocated);
+            let expected = Tensor::cat(written.iter().map(|(k, _)| k.clone()).collect(), 1);
+            assert_eq!(values(keys), values(expected));
+        }
+        // Full: one more position is a capacity error, and nothing moved.
+        assert!(cache.ensure_room(1).is_err());
+        assert_eq!(cache.allocated(), 600);
+        // A small capacity allocates only that.
+        assert_eq!(LlamaCache::new(1, 2, 4, 10, &device).allocated(), 10);
     }
 }

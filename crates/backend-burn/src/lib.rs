@@ -1,6 +1,6 @@
 //! llama-family models on [burn](https://burn.dev): one model definition that runs on
-//! whichever burn backend the [`Device`] names, with a preallocated, truncatable KV
-//! cache, for perpetua's `Generator` and every perpetual strategy unchanged.
+//! whichever burn backend the [`Device`] names, with a truncatable KV cache that grows
+//! on demand, for perpetua's `Generator` and every perpetual strategy unchanged.
 //!
 //! - [`Llama`]: grouped-query attention, RoPE over the model's whole context with its
 //!   `rope.freq_base`, RMSNorm, SwiGLU, tied embeddings, and every family's variation
@@ -9,8 +9,9 @@
 //!   their own RoPE base); weights from GGUF (dequantized to `f32` at load) or Hugging
 //!   Face safetensors. It implements
 //!   [`perpetua_generator::LanguageModel`].
-//! - [`LlamaCache`]: per-layer keys/values preallocated on the device for `capacity`
-//!   positions, appended in place, truncated in O(1), forkable
+//! - [`LlamaCache`]: per-layer keys/values on the device, grown by doubling up to
+//!   `capacity` positions as the sequence needs them, appended in place, truncated in
+//!   O(1), forkable
 //!   ([`perpetua_kv_cache::KvCache`], [`perpetua_kv_cache::ForkableCache`]).
 //! - [`LlamaTokenizer`]: the GGUF tokenizer and chat template, and the checkpoint
 //!   reading and validation, from `perpetua-model-files` (shared with `perpetua-candle`,
@@ -60,7 +61,7 @@ mod error;
 mod model;
 
 pub use burn_tensor::Device;
-pub use cache::LlamaCache;
+pub use cache::{INITIAL_POSITIONS, LlamaCache};
 pub use error::{BurnBackendError, Result};
 pub use model::{Llama, LoadOptions, PREFILL_ROWS};
 pub use perpetua_model_files::dense::DenseWeights;
