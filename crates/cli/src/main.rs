@@ -227,28 +227,20 @@ fn parse_samplers(spec: &str) -> Result<Vec<&'static str>> {
 /// places they hold; an orderable stage not in `order` is removed.
 fn apply_sampler_order(chain: &mut perpetua::sampling::Chain, order: &[&str]) {
     let orderable = |name: &str| SAMPLER_NAMES.iter().any(|(_, stages)| stages.contains(&name));
+    // An orderable stage not in the order is dropped (llama.cpp runs only the listed).
     let names: Vec<&'static str> = chain.stage_names().collect();
-    let mut slots = Vec::new();
-    let mut taken = Vec::new();
     for (i, name) in names.iter().enumerate().rev() {
-        if !orderable(name) {
-            continue;
-        }
-        // An orderable stage not in the order is dropped (llama.cpp runs only the listed).
-        let stage = chain.remove(i);
-        if let Some(stage) = stage.filter(|_| order.contains(name)) {
-            slots.push(i);
-            taken.push(stage);
+        if orderable(name) && !order.contains(name) {
+            chain.remove(i);
         }
     }
-    // Removing from the back shifts nothing before: the kept slots, ascending, are
-    // where the stages go back, now in `order`'s order.
+    // The listed stages go back into the places they hold, in `order`'s order.
+    let slots: Vec<usize> =
+        chain.stage_names().enumerate().filter(|(_, n)| orderable(n)).map(|(i, _)| i).collect();
+    let mut taken: Vec<_> = slots.iter().rev().filter_map(|&i| chain.remove(i)).collect();
     taken.sort_by_key(|stage| order.iter().position(|n| *n == stage.name()).unwrap_or(usize::MAX));
-    slots.sort_unstable();
-    let removed_before =
-        |slot: usize| names[..slot].iter().filter(|n| orderable(n) && !order.contains(n)).count();
     for (slot, stage) in slots.into_iter().zip(taken) {
-        chain.insert(slot - removed_before(slot), stage);
+        chain.insert(slot, stage);
     }
 }
 
@@ -448,10 +440,9 @@ fn generate(args: &GenerateArgs, verbose: u8) -> Result<()> {
         Llama::load(&model_path, &options).with_context(|| format!("loading {}", model_path.display()))?;
     let rss_model = process_memory_mib("VmRSS");
     let tokenizer = LlamaTokenizer::load(&model_path)?;
-    tracing::debug!(
-        "RSS before the load {rss_before:?} MiB, after the model {rss_model:?}, after the tokenizer {:?}",
-        process_memory_mib("VmRSS")
-    );
+    if let (Some(model), Some(now)) = (rss_model, process_memory_mib("VmRSS")) {
+        tracing::debug!("the tokenizer took {:.1} MiB of RSS", now - model);
+    }
     let memory = model.memory_report();
     tracing::info!("memory: {memory}");
     tracing::info!(

@@ -15,7 +15,7 @@ use perpetua_generator::{
     BatchRequest, Event, FinishReason, GenerateError, Generation, Generator, LanguageModel, Prompt,
     SequenceOptions, SettledText,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 /// One token's log-probabilities: its own and its best alternatives (raw distribution).
@@ -92,7 +92,7 @@ pub struct Stats {
 }
 
 /// A snapshot of [`Stats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
     /// Generation requests accepted into the queue.
     pub received: u64,

@@ -270,11 +270,7 @@ impl<M: LanguageModel> Generator<M> {
                     .map(|s| Lane::new(i, s, state)),
             )
         };
-        let mut results: Vec<Option<Result<Generation, GenerateError>>> = (0..total).map(|_| None).collect();
-        self.run_lanes(first, join, &mut |i, event| on_event(*i, event), &mut |(i, result)| {
-            results[i] = Some(result);
-        });
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err(uncopyable()))).collect()
+        self.run_indexed(total, first, join, &mut |i, event| on_event(*i, event))
     }
 
     /// Continuous batching over sequences that arrive while others run (a server's
@@ -391,11 +387,7 @@ impl<M: LanguageModel> Generator<M> {
             Some(Ok(Lane::new(i, session, state)))
         };
         let results = if let Some(first) = self.lane_state() {
-            let mut results: Vec<Option<Result<Generation, GenerateError>>> = (0..n).map(|_| None).collect();
-            self.run_lanes(first, join, &mut |_, _| ControlFlow::Continue(()), &mut |(i, result)| {
-                results[i] = Some(result);
-            });
-            results.into_iter().map(|r| r.unwrap_or_else(|| Err(uncopyable()))).collect()
+            self.run_indexed(n, first, join, &mut |_, _| ControlFlow::Continue(()))
         } else {
             // One after another, on the generator's own chain and strategy.
             (0..n)
@@ -557,6 +549,24 @@ impl<M: LanguageModel> Generator<M> {
                 }
             }
         }
+    }
+
+    /// [`run_lanes`](Self::run_lanes) over sequences `0..total`, their results in that
+    /// order.
+    fn run_indexed(
+        &mut self,
+        total: usize,
+        first: LaneState,
+        join: impl FnMut(
+            &mut Self,
+            bool,
+            &mut Vec<LaneState>,
+        ) -> Option<Result<Lane<usize, M::Cache>, (usize, GenerateError)>>,
+        on_event: &mut dyn FnMut(&usize, &Event) -> ControlFlow<()>,
+    ) -> Vec<Result<Generation, GenerateError>> {
+        let mut results: Vec<Option<Result<Generation, GenerateError>>> = (0..total).map(|_| None).collect();
+        self.run_lanes(first, join, on_event, &mut |(i, result)| results[i] = Some(result));
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(uncopyable()))).collect()
     }
 
     /// One step of every lane: limits and rolls, one batched forward pass, the rest.
