@@ -8,13 +8,16 @@
 //!   kv-cache conformance kit (`conformance`) and the perpetual real-model test
 //!   (`perpetual_burn`) — with `BURN_DEVICE=wgpu`, so every one of them runs its real
 //!   WGSL shaders there.
-//! - `cuda`: CUDA 13.5's compiler, headers and libraries from PyPI (`nvidia-cuda-nvcc`,
+//! - `cuda`: CUDA 13.0's compiler, headers and libraries from PyPI (`nvidia-cuda-nvcc`,
 //!   `-crt`, `-runtime`, `nvidia-nvvm`, `-cccl`, `-nvrtc`, `nvidia-cublas`,
-//!   `nvidia-curand`) in `target/cuda-venv`; then candle's `cuda` feature (its kernels
-//!   compiled to PTX by nvcc) and burn's `cuda` backend are *built* (the libraries: no
-//!   binary is linked, as there is no driver library here). `CUDA_COMPUTE_CAP`
-//!   (default 90, Hopper) picks the PTX target. burn's needs more than PyPI: its
-//!   `cubecl-llvm` build script downloads a prebuilt LLVM from GitHub releases.
+//!   `nvidia-curand`) in `target/cuda13.0-venv`; then candle's `cuda` feature (its
+//!   kernels compiled to PTX by nvcc) with its CUDA tests (`tests/cuda.rs`), and burn's
+//!   `cuda` backend, are *built*; the CUDA tests *run* when `nvidia-smi -L` lists a GPU.
+//!   13.0, not newer: candle loads its kernels as PTX, which a driver compiles only up
+//!   to its own CUDA version (an H200 lent here runs driver 580, CUDA 13.0; PTX from
+//!   13.5 would be refused there). `CUDA_COMPUTE_CAP` (default 90, Hopper) picks the
+//!   PTX target. burn's needs more than PyPI: its `cubecl-llvm` build script downloads
+//!   a prebuilt LLVM from GitHub releases.
 //!
 //! Without an argument, both. The wgpu tests build in `target/` beside `cargo xtask
 //! ci`'s (one more feature set); the CUDA builds in `target/gpu` (candle itself changes).
@@ -29,21 +32,24 @@ use anyhow::{Context, Result, bail};
 /// artifacts apart).
 const WGPU_FEATURES: &str = "perpetua/burn-wgpu,perpetua-burn/wgpu";
 
-/// The CUDA 13.5 pieces from PyPI (each installs under `nvidia/cu13/`).
+/// The CUDA 13.0 pieces from PyPI (each installs under `nvidia/cu13/`).
 const CUDA_PACKAGES: &[&str] = &[
-    "nvidia-cuda-nvcc==13.5.37",
-    "nvidia-cuda-crt==13.5.37",
-    "nvidia-cuda-runtime==13.5.37",
-    "nvidia-nvvm==13.5.37",
-    "nvidia-cuda-cccl==13.3.5.0.6",
-    "nvidia-cuda-nvrtc==13.5.37",
-    "nvidia-cublas==13.10.0.20",
-    "nvidia-curand==10.4.4.72",
+    "nvidia-cuda-nvcc==13.0.88",
+    "nvidia-cuda-crt==13.0.88",
+    "nvidia-cuda-runtime==13.0.96",
+    "nvidia-nvvm==13.0.88",
+    "nvidia-cuda-cccl==13.0.85",
+    "nvidia-cuda-nvrtc==13.0.88",
+    "nvidia-cublas==13.0.2.14",
+    "nvidia-curand==10.4.0.35",
 ];
 
-/// cudarc 0.19's newest CUDA API (its bindings are chosen by version; 13.5 is not
-/// listed yet): the driver API of 13.4 is what the 13.5 toolkit provides too.
-const CUDARC_VERSION: &str = "13040";
+/// The venv holding them (named by version: an older venv of another toolkit is left
+/// alone rather than mixed with this one).
+const CUDA_VENV: &str = "cuda13.0-venv";
+
+/// cudarc's bindings for the same CUDA version.
+const CUDARC_VERSION: &str = "13000";
 
 pub(crate) fn gpu(which: Option<&str>) -> Result<()> {
     match which {
@@ -129,9 +135,9 @@ fn wgpu() -> Result<()> {
     cargo_in(&target, &args, &envs)
 }
 
-/// `target/cuda-venv` with the CUDA pieces; returns the toolkit root (`nvidia/cu13`).
+/// `target/cuda13.0-venv` with the CUDA pieces; returns the toolkit root (`nvidia/cu13`).
 fn cuda_toolkit() -> Result<PathBuf> {
-    let venv = PathBuf::from("target").join("cuda-venv");
+    let venv = PathBuf::from("target").join(CUDA_VENV);
     let python = venv.join("bin").join("python");
     let root = |python: &Path| -> Option<PathBuf> {
         let out = Command::new(python)
@@ -148,7 +154,7 @@ fn cuda_toolkit() -> Result<PathBuf> {
         return Ok(dir);
     }
     crate::create_venv(&venv, "the CUDA build")?;
-    eprintln!("xtask: gpu: installing the CUDA 13.5 toolkit pieces into {} (pip, ~1.3 GB)", venv.display());
+    eprintln!("xtask: gpu: installing the CUDA 13.0 toolkit pieces into {} (pip, ~1.3 GB)", venv.display());
     let status = Command::new(&python)
         .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
         .args(CUDA_PACKAGES)
@@ -176,7 +182,34 @@ fn cuda() -> Result<()> {
     ];
     let target = PathBuf::from("target").join("gpu");
     cargo_in(&target, &["build", "-p", "perpetua-candle", "--features", "cuda"], &envs)?;
-    eprintln!("xtask: gpu: candle's CUDA build finished");
+    // candle links cudarc's libraries dynamically (`-lcuda -lcublas …`): the wheels ship
+    // them only under their versioned names, and libcuda is the driver's.
+    let link = std::fs::canonicalize(link_dir(&toolkit.join("lib"), &target)?)?;
+    let library_path = match std::env::var("LIBRARY_PATH") {
+        Ok(p) if !p.is_empty() => format!("{}:{p}", link.display()),
+        _ => link.display().to_string(),
+    };
+    let runtime_path = match std::env::var("LD_LIBRARY_PATH") {
+        Ok(p) if !p.is_empty() => format!("{}:{p}", toolkit.join("lib").display()),
+        _ => toolkit.join("lib").display().to_string(),
+    };
+    let envs = [&envs[..], &[("LIBRARY_PATH", library_path), ("LD_LIBRARY_PATH", runtime_path)]].concat();
+    let candle_tests = ["test", "-p", "perpetua-candle", "--features", "cuda", "--test", "cuda"];
+    cargo_in(&target, &[&candle_tests[..], &["--no-run"]].concat(), &envs)?;
+    eprintln!("xtask: gpu: candle's CUDA build finished (with its CUDA tests)");
+    if let Some(gpus) = nvidia_gpus() {
+        eprintln!("xtask: gpu: nvidia-smi lists {gpus}: running the CUDA tests");
+        crate::fetch_model()?;
+        cargo_in(
+            &target,
+            &[&candle_tests[..], &["--", "--nocapture", "--test-threads", "1"]].concat(),
+            &envs,
+        )?;
+    } else {
+        eprintln!(
+            "xtask: gpu: no NVIDIA GPU here (`nvidia-smi -L` lists none): the CUDA tests are built, not run"
+        );
+    }
     // burn's CUDA runtime (cubecl-cuda 0.11) pulls cubecl-llvm, whose build script
     // downloads a prebuilt LLVM from GitHub releases: it builds only with that reachable.
     cargo_in(
@@ -189,6 +222,87 @@ fn cuda() -> Result<()> {
              cubecl-llvm's build script (tracel-llvm-bundler) failing to download LLVM from \
              github.com/tracel-ai/tracel-llvm/releases",
     )?;
-    eprintln!("xtask: gpu: the CUDA builds finished (compiled, not linked or run: no GPU here)");
+    eprintln!("xtask: gpu: the CUDA builds finished");
     Ok(())
+}
+
+/// `target/cuda-link`: what `-lcublas -lcublasLt -lcudart -lcurand -lnvrtc -lcuda` need
+/// at link time — links to the wheels' versioned libraries (`lib`), and, where no
+/// driver library is installed (a machine without a GPU), a stub `libcuda.so` (soname
+/// `libcuda.so.1`) defining the driver functions cudarc declares, as the CUDA toolkit's
+/// own `stubs/libcuda.so` does: at run time the driver's `libcuda.so.1` is loaded
+/// instead. The functions are read from cudarc's compiled library in `target`.
+fn link_dir(lib: &Path, target: &Path) -> Result<PathBuf> {
+    let dir = PathBuf::from("target").join("cuda-link");
+    std::fs::create_dir_all(&dir)?;
+    for (name, versioned) in [
+        ("libcublas.so", "libcublas.so.13"),
+        ("libcublasLt.so", "libcublasLt.so.13"),
+        ("libcudart.so", "libcudart.so.13"),
+        ("libnvrtc.so", "libnvrtc.so.13"),
+        ("libcurand.so", "libcurand.so.10"),
+    ] {
+        let to = lib.join(versioned);
+        if !to.exists() {
+            bail!("{} is missing from the CUDA wheels", to.display());
+        }
+        let at = dir.join(name);
+        let _ = std::fs::remove_file(&at);
+        std::os::unix::fs::symlink(&to, &at)?;
+    }
+    let installed = Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("libcuda.so"));
+    let stub = dir.join("libcuda.so");
+    if installed {
+        let _ = std::fs::remove_file(&stub);
+        return Ok(dir);
+    }
+    let deps = target.join("debug").join("deps");
+    // The newest cudarc library (an older build of other settings may sit beside it).
+    let rlib = std::fs::read_dir(&deps)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "rlib")
+                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libcudarc-"))
+        })
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .with_context(|| format!("no cudarc library in {}", deps.display()))?;
+    let out = Command::new("nm").args(["-u", "--quiet"]).arg(&rlib).output().context("running nm")?;
+    let mut symbols: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|s| s.len() > 2 && s.starts_with("cu") && s.as_bytes()[2].is_ascii_uppercase())
+        .map(str::to_string)
+        .collect();
+    symbols.sort();
+    symbols.dedup();
+    if symbols.is_empty() {
+        bail!("nm found no driver functions in {}", rlib.display());
+    }
+    let source = dir.join("libcuda-stub.c");
+    let text: String = symbols.iter().map(|s| format!("void {s}(void) {{}}\n")).collect();
+    std::fs::write(&source, text)?;
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+        .arg(&stub)
+        .arg(&source)
+        .status()
+        .context("running cc for the libcuda stub")?;
+    if !status.success() {
+        bail!("building the libcuda stub failed ({status})");
+    }
+    eprintln!(
+        "xtask: gpu: no driver library here: linking against a stub libcuda.so ({} functions)",
+        symbols.len()
+    );
+    Ok(dir)
+}
+
+/// The GPUs `nvidia-smi -L` lists, one per line, if it runs and lists any.
+fn nvidia_gpus() -> Option<String> {
+    let out = Command::new("nvidia-smi").arg("-L").stderr(Stdio::null()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && text.starts_with("GPU")).then(|| text.replace('\n', "; "))
 }

@@ -39,8 +39,9 @@ tasks:
   ci            fetch-model, the openai venv, fmt --check, clippy -D warnings, all tests
   gpu           [wgpu|cuda] the GPU paths without a GPU: burn's wgpu tests (parity,
                 conformance, perpetual) on Mesa's software Vulkan (lavapipe, apt-installed
-                when missing), and the CUDA builds of candle and burn with CUDA 13.5 from
-                PyPI (target/cuda-venv; compiled, not run)
+                when missing), and the CUDA builds of candle and burn with CUDA 13.0 from
+                PyPI (target/cuda13.0-venv); candle's CUDA tests run where nvidia-smi
+                lists a GPU
   eval          strategy evaluation on the default model, two sections of
                 docs/EVALUATION.md (figures, JSON in docs/eval/): `acceptance` (20 prompts x
                 4,000 tokens, plain vs perpetual) and `ablation` (10 prompts x 2,000 tokens,

@@ -90,8 +90,19 @@ pub enum Attention {
     #[default]
     Fused,
     /// candle matmuls, one query head at a time: bit-identical to candle-transformers'
-    /// `quantized_llama` (which repeats K/V per query head).
+    /// `quantized_llama` (which repeats K/V per query head). Batch-invariant: a prefill
+    /// runs each position's decode computation, so a prefill equals feeding its tokens
+    /// one by one — at the cost of `positions × heads` small operations per layer,
+    /// which on a GPU are that many kernel launches.
     Reference,
+    /// Every query head and position of a sequence in one pair of matmuls per layer
+    /// (grouped-query heads share their KV head's cache view, no copy; a causal and
+    /// sliding-window mask for prefills): a constant number of operations per layer,
+    /// the path for GPUs (the default of [`LoadOptions::on`] a GPU, and what
+    /// [`Attention::Fused`] falls back to there). Not batch-invariant: the matmuls'
+    /// summation order depends on the number of positions in the pass, so a prefill
+    /// and a token-by-token run of the same tokens differ by float rounding.
+    Batched,
 }
 
 impl Default for LoadOptions {
@@ -110,7 +121,8 @@ impl LoadOptions {
     /// The defaults for `device`: on the CPU, [`LoadOptions::default`]; on a GPU, the
     /// file's weight types kept (the Q8_0 re-quantization speeds up candle's CPU
     /// kernels and would only widen a quantized file in GPU memory), an f16 cache, and
-    /// the reference attention (the fused kernel is CPU-only).
+    /// [`Attention::Batched`] (the fused kernel is CPU-only; the reference one launches
+    /// a kernel per head and position).
     ///
     /// ```
     /// use perpetua_candle::{Device, LoadOptions};
@@ -121,7 +133,7 @@ impl LoadOptions {
         if device.is_cpu() {
             return Self::default();
         }
-        Self { device, requantize: None, attention: Attention::Reference, ..Self::default() }
+        Self { device, requantize: None, attention: Attention::Batched, ..Self::default() }
     }
 
     /// The file's weight types bit for bit (no re-quantization), an f32 KV cache and
@@ -251,6 +263,8 @@ pub struct Llama {
     cache_capacity: usize,
     /// [`Attention::Fused`] on a CPU device.
     fused_attention: bool,
+    /// [`Attention::Batched`], or [`Attention::Fused`] off the CPU.
+    batched_attention: bool,
     /// Element type of the caches this model makes.
     kv_dtype: DType,
 }
@@ -531,6 +545,8 @@ impl Llama {
             rope_local,
             cache_capacity,
             fused_attention: options.attention == Attention::Fused && options.device.is_cpu(),
+            batched_attention: options.attention == Attention::Batched
+                || (options.attention == Attention::Fused && !options.device.is_cpu()),
             kv_dtype: options.kv_dtype.dtype(),
         })
     }
@@ -874,6 +890,8 @@ impl Llama {
         };
         let y = if self.fused_attention {
             self.attend_fused(i, &q, &view, pos)?
+        } else if self.batched_attention {
+            self.attend_batched(i, &q, &k_all, &v_all, pos)?
         } else if n == 1 {
             let first = self.window_start(i, pos + 1);
             let seen = pos + 1 - first;
@@ -944,6 +962,50 @@ impl Llama {
             }
         }
         Ok(Tensor::cat(&heads, 2)?.reshape((1, cfg.n_heads * cfg.head_dim))?)
+    }
+
+    /// [`Attention::Batched`]: queries `(n, n_heads, head_dim)` at positions
+    /// `pos..pos + n` over keys/values `(n_kv_heads, pos + n, head_dim)` (f32); returns
+    /// `(n, n_heads · head_dim)`. The `group` query heads of a KV head and all `n`
+    /// positions form one `(group · n, head_dim)` matrix per KV head, so a layer is two
+    /// batched matmuls and a softmax whatever `n`; a query attends to the positions up
+    /// to its own (and within its window on a sliding-window layer) through an additive
+    /// mask, built for prefills (a decode step sees every key it is given).
+    fn attend_batched(&self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Result<Tensor> {
+        let cfg = &self.config;
+        let n = q.dim(0)?;
+        let (heads, kv_heads, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let group = heads / kv_heads;
+        // Keys from the first query's window start to the last query's position.
+        let first = self.window_start(layer, pos + 1);
+        let len = pos + n - first;
+        let (k, v) = (k.narrow(1, first, len)?, v.narrow(1, first, len)?);
+        let q = q.transpose(0, 1)?.contiguous()?.reshape((kv_heads, group * n, d))?;
+        let mut att = (q.matmul(&k.t()?)? * cfg.query_scale())?;
+        if let Some(cap) = cfg.attn_logit_softcap {
+            att = ((att / cap)?.tanh()? * cap)?;
+        }
+        // Query `i` (position pos + i) sees key `j` (position first + j) when
+        // window_start(pos + i + 1) <= first + j <= pos + i: a single query sees all
+        // `len` keys by the choice of `first`; from two queries on, the first does not
+        // see the last key.
+        let hidden =
+            |i: usize, j: usize| first + j > pos + i || first + j < self.window_start(layer, pos + i + 1);
+        if n > 1 {
+            let mask: Vec<f32> = (0..n)
+                .flat_map(|i| (0..len).map(move |j| (i, j)))
+                .map(|(i, j)| if hidden(i, j) { f32::NEG_INFINITY } else { 0.0 })
+                .collect();
+            let mask = Tensor::from_vec(mask, (n, len), q.device())?;
+            att = att.reshape((kv_heads, group, n, len))?.broadcast_add(&mask)?.reshape((
+                kv_heads,
+                group * n,
+                len,
+            ))?;
+        }
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&v)?; // (kv_heads, group · n, d) = (heads, n, d) in head order
+        Ok(y.reshape((heads, n, d))?.transpose(0, 1)?.contiguous()?.reshape((n, heads * d))?)
     }
 
     /// [`Attention::Fused`]: queries `(n, n_heads, head_dim)` at positions `pos..pos + n`

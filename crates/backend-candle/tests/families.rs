@@ -55,6 +55,11 @@ fn fused() -> LoadOptions {
     LoadOptions { attention: Attention::Fused, ..LoadOptions::exact() }
 }
 
+/// All heads and positions in one pair of matmuls (the GPU path), f32 cache.
+fn batched() -> LoadOptions {
+    LoadOptions { attention: Attention::Batched, ..LoadOptions::exact() }
+}
+
 const TOLERANCE: f32 = 1e-4;
 
 /// Prefill then one decode step per reference row; the largest difference per step.
@@ -78,7 +83,7 @@ fn every_family_matches_transformers_in_prefill_and_decode() {
     for family in FAMILIES {
         let r = reference(family);
         assert_eq!(r.logits.len(), 9, "{family}: a prefill and 8 decode steps");
-        for (kernel, options) in [("reference", exact()), ("fused", fused())] {
+        for (kernel, options) in [("reference", exact()), ("fused", fused()), ("batched", batched())] {
             let model = Llama::load(dir(family), &options).unwrap();
             let diffs = decode_diffs(&model, &r);
             let worst = diffs.iter().copied().fold(0.0, f32::max);
@@ -103,7 +108,7 @@ const GGUF_FAMILIES: [&str; 7] = ["llama3", "llama-linear", "qwen2", "qwen3", "p
 fn every_converted_gguf_matches_transformers() {
     for family in GGUF_FAMILIES {
         let r = reference(family);
-        for (kernel, options) in [("reference", exact()), ("fused", fused())] {
+        for (kernel, options) in [("reference", exact()), ("fused", fused()), ("batched", batched())] {
             let model = Llama::load(dir(family).join("model-f32.gguf"), &options).unwrap();
             let diffs = decode_diffs(&model, &r);
             let worst = diffs.iter().copied().fold(0.0, f32::max);
@@ -273,14 +278,19 @@ fn q8_0_qwen_ggufs_match_candle_transformers() {
 fn every_family_matches_transformers_on_all_positions_of_one_pass() {
     for family in FAMILIES {
         let r = reference(family);
-        let model = Llama::load(dir(family), &exact()).unwrap();
-        let mut cache = model.new_cache().unwrap();
-        let mut out = Vec::new();
-        model.forward_all(&r.tokens, &mut cache, &mut out).unwrap();
-        let want: Vec<f32> = r.full.concat();
-        let diff = common::max_abs_diff(&out, &want);
-        println!("{family}: forward_all over {} positions, max |Δlogit| {diff:.2e}", r.tokens.len());
-        assert!(diff <= TOLERANCE, "{family}: {diff}");
+        for (kernel, options) in [("reference", exact()), ("batched", batched())] {
+            let model = Llama::load(dir(family), &options).unwrap();
+            let mut cache = model.new_cache().unwrap();
+            let mut out = Vec::new();
+            model.forward_all(&r.tokens, &mut cache, &mut out).unwrap();
+            let want: Vec<f32> = r.full.concat();
+            let diff = common::max_abs_diff(&out, &want);
+            println!(
+                "{family} ({kernel} attention): forward_all over {} positions, max |Δlogit| {diff:.2e}",
+                r.tokens.len()
+            );
+            assert!(diff <= TOLERANCE, "{family} ({kernel}): {diff}");
+        }
     }
 }
 
@@ -848,7 +858,7 @@ fn a_mistral_gguf_with_its_window_matches_transformers() {
     let off = decode_diffs(&plain, &r).into_iter().fold(0.0, f32::max);
     println!("mistral GGUF as converted (no window): max |Δlogit| {off:.2} against transformers");
     assert!(off > 100.0 * TOLERANCE, "the window should matter on this checkpoint: {off}");
-    for (kernel, options) in [("reference", exact()), ("fused", fused())] {
+    for (kernel, options) in [("reference", exact()), ("fused", fused()), ("batched", batched())] {
         let model = Llama::load(dir("mistral").join("model-f32-sliding.gguf"), &options).unwrap();
         assert_eq!(model.config().sliding_window, Some(5));
         let worst = decode_diffs(&model, &r).into_iter().fold(0.0, f32::max);

@@ -10,7 +10,9 @@
 //! checked against f64 textbook attention to 1e-4 (unit proptests, up to 2.5 chunks).
 //! What this test catches is a wrong chunk combination, which moves logits by several
 //! units and changes the greedy token: every step's argmax must agree and the worst
-//! difference stay below 1.5.
+//! difference stay below 1.5. `Attention::Batched` (all heads and positions in one pair
+//! of matmuls with a causal mask: the GPU path) is held to the same bounds; it catches
+//! a wrong mask or head order the same way.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -19,11 +21,11 @@ use perpetua_candle::{Attention, Llama, LlamaTokenizer, LoadOptions};
 use perpetua_generator::{LanguageModel, Tokenizer};
 
 #[test]
-fn fused_attention_matches_reference_over_700_positions() {
+fn fused_and_batched_attention_match_reference_over_700_positions() {
     let path = common::model_path();
     let base = LoadOptions { cache_capacity: Some(1024), ..LoadOptions::exact() };
-    let fused = Llama::load(&path, &LoadOptions { attention: Attention::Fused, ..base.clone() }).unwrap();
-    let reference = Llama::load(&path, &LoadOptions { attention: Attention::Reference, ..base }).unwrap();
+    let reference =
+        Llama::load(&path, &LoadOptions { attention: Attention::Reference, ..base.clone() }).unwrap();
     let tokenizer = LlamaTokenizer::from_gguf(&path).unwrap();
     let text = "The lighthouse keeper counted the ships that passed each night, 1, 2, 3, and wrote \
                 their names in a book that nobody else had ever read. ";
@@ -32,20 +34,28 @@ fn fused_attention_matches_reference_over_700_positions() {
         ids.extend(tokenizer.encode(text, false).unwrap());
     }
     ids.truncate(700);
-
-    let (mut cf, mut cr) = (fused.new_cache().unwrap(), reference.new_cache().unwrap());
-    let (mut lf, mut lr) = (Vec::new(), Vec::new());
-    // Prefill 690 positions (3 chunks), then 10 decode steps.
-    fused.forward(&ids[..690], &mut cf, &mut lf).unwrap();
+    // The reference's logits: prefill 690 positions (3 chunks), then 10 decode steps.
+    let mut cr = reference.new_cache().unwrap();
+    let mut lr = Vec::new();
     reference.forward(&ids[..690], &mut cr, &mut lr).unwrap();
-    let mut worst = common::max_abs_diff(&lf, &lr);
-    assert_eq!(common::argmax(&lf), common::argmax(&lr));
+    let mut want = vec![lr.clone()];
     for &t in &ids[690..] {
-        fused.forward(&[t], &mut cf, &mut lf).unwrap();
         reference.forward(&[t], &mut cr, &mut lr).unwrap();
-        worst = worst.max(common::max_abs_diff(&lf, &lr));
-        assert_eq!(common::argmax(&lf), common::argmax(&lr));
+        want.push(lr.clone());
     }
-    println!("fused vs reference over 700 positions: max |Δ logit| = {worst:e}");
-    assert!(worst <= 1.5, "max |Δ logit| = {worst}");
+    for attention in [Attention::Fused, Attention::Batched] {
+        let model = Llama::load(&path, &LoadOptions { attention, ..base.clone() }).unwrap();
+        let mut cache = model.new_cache().unwrap();
+        let mut logits = Vec::new();
+        model.forward(&ids[..690], &mut cache, &mut logits).unwrap();
+        let mut worst = common::max_abs_diff(&logits, &want[0]);
+        assert_eq!(common::argmax(&logits), common::argmax(&want[0]), "{attention:?} prefill");
+        for (&t, want) in ids[690..].iter().zip(&want[1..]) {
+            model.forward(&[t], &mut cache, &mut logits).unwrap();
+            worst = worst.max(common::max_abs_diff(&logits, want));
+            assert_eq!(common::argmax(&logits), common::argmax(want), "{attention:?}");
+        }
+        println!("{attention:?} vs reference over 700 positions: max |Δ logit| = {worst:e}");
+        assert!(worst <= 1.5, "{attention:?}: max |Δ logit| = {worst}");
+    }
 }
