@@ -24,6 +24,17 @@ contenders (passed as a list: no tokenization here).
   not in `roll_s`). The same amounts as perpetua's `ContextRoll::Shift`.
 
     python bench_llama_cpp.py ... --mode long --new-tokens 20000 --window 8192
+
+- batch: `--batch B` sequences decoding together, one `llama_decode` of B tokens per
+  step through llama.cpp's low-level `llama_batch` API (a context of its own with
+  `n_seq_max = B`; `Llama`'s high-level calls run one sequence). The same ragged
+  prompts as perpetua's `e2e --mode generate-batch` (sequence s: filler ids
+  `[200 s, 200 s + 20 + 180 s / max(B - 1, 1))`), each prefilled alone but its last id;
+  then `new_tokens` steps, the first feeding every prompt's last id; each sequence
+  samples top-k 20 at T 1.0 with EOS masked (numpy, seeded). Aggregate decode rate =
+  B · new_tokens ÷ the steps' time (prefills excluded), as perpetua's row.
+
+    python bench_llama_cpp.py ... --mode batch --batch 8 --new-tokens 256
 """
 
 import argparse
@@ -49,7 +60,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
     p.add_argument("--tokens-file", required=True)
-    p.add_argument("--mode", required=True, choices=["greedy", "sampled", "position", "long"])
+    p.add_argument("--mode", required=True, choices=["greedy", "sampled", "position", "long", "batch"])
+    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--window", type=int, default=8192)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--position", type=int, default=100)
@@ -68,7 +80,9 @@ def main():
     prompt = [int(t) for t in tokens["prompt"]]
     filler = [int(t) for t in tokens["filler"]]
 
-    if a.mode == "long":
+    if a.mode == "batch":
+        needed = 8  # the batch runs in a context of its own (batch_run)
+    elif a.mode == "long":
         needed = a.window
     elif a.mode == "position":
         if len(filler) < a.position + 1:
@@ -126,6 +140,8 @@ def main():
                    prefill_tok_s=len(prompt) / prefill_s, decode_tok_s=a.new_tokens / decode_s, ids=ids)
     elif a.mode == "long":
         out.update(long_run(llm, llama_cpp, np, prompt, a, n_vocab, argmax_last))
+    elif a.mode == "batch":
+        out.update(batch_run(llm, llama_cpp, np, filler, a, n_vocab))
     else:
         t = time.perf_counter()
         llm.eval(filler[: a.position])
@@ -189,6 +205,69 @@ def long_run(llm, llama_cpp, np, prompt, a, n_vocab, _argmax):
                 roll_s=roll_s, roll_s_each=roll_s / rolls if rolls else 0.0,
                 rss_after_first_roll_min_mib=min(rss_after_roll) if rss_after_roll else None,
                 rss_after_first_roll_max_mib=max(rss_after_roll) if rss_after_roll else None)
+
+
+def batch_run(llm, llama_cpp, np, filler, a, n_vocab):
+    """`--mode batch`: B sequences per `llama_decode` (see the module docs)."""
+    b = a.batch
+    if b < 1 or len(filler) < 200 * b:
+        sys.exit(f"--batch {b}: needs 1..={len(filler) // 200} sequences")
+    lens = [min(200, 20 + (s * 180) // max(max(b, 2) - 1, 1)) for s in range(b)]
+    prompts = [filler[200 * s : 200 * s + n] for s, n in enumerate(lens)]
+    per_seq = -(-(200 + a.new_tokens + 8) // 256) * 256
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = per_seq * b
+    params.n_batch = 512
+    params.n_ubatch = 512
+    params.n_seq_max = b
+    params.n_threads = a.threads
+    params.n_threads_batch = a.threads
+    ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+    if not ctx:
+        sys.exit("llama_init_from_model failed")
+    batch = llama_cpp.llama_batch_init(512, 0, b)
+    eos = llm.token_eos()
+    rng = np.random.default_rng(a.seed)
+
+    def decode(entries):
+        """entries: (token, position, sequence, wants logits)."""
+        for i, (tok, pos, seq, wants) in enumerate(entries):
+            batch.token[i] = tok
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = wants
+        batch.n_tokens = len(entries)
+        rc = llama_cpp.llama_decode(ctx, batch)
+        if rc != 0:
+            sys.exit(f"llama_decode returned {rc}")
+
+    def sample(i):
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).copy()
+        logits[eos] = -np.inf
+        top = np.argpartition(logits, -20)[-20:]
+        z = logits[top] - logits[top].max()
+        p = np.exp(z)
+        return int(top[rng.choice(20, p=p / p.sum())])
+
+    t = time.perf_counter()
+    for s, prompt in enumerate(prompts):
+        decode([(tok, pos, s, False) for pos, tok in enumerate(prompt[:-1])])
+    prefill_s = time.perf_counter() - t
+    nxt = [prompt[-1] for prompt in prompts]
+    pos = [len(prompt) - 1 for prompt in prompts]
+    t = time.perf_counter()
+    for _ in range(a.new_tokens):
+        decode([(nxt[s], pos[s], s, True) for s in range(b)])
+        nxt = [sample(s) for s in range(b)]
+        pos = [p + 1 for p in pos]
+    decode_s = time.perf_counter() - t
+    llama_cpp.llama_batch_free(batch)
+    llama_cpp.llama_free(ctx)
+    generated = b * a.new_tokens
+    return dict(batch=b, new_tokens=a.new_tokens, prefill_tokens=sum(lens) - b, prefill_s=prefill_s,
+                decode_s=decode_s, forward_passes=a.new_tokens, decode_tok_s=generated / decode_s,
+                generated_tokens=generated, batch_n_ctx=params.n_ctx)
 
 
 if __name__ == "__main__":

@@ -227,6 +227,8 @@ pub fn bench(quick: bool, model: PathBuf) -> Result<()> {
             let b = batch.to_string();
             let args = ["--batch", b.as_str(), "--new-tokens", &n, "--spec", "perpetual", "--check"];
             record(contender_run(&paths, PERPETUA, "generate-batch", &args)?, round);
+            let args = ["--batch", b.as_str(), "--new-tokens", &n];
+            record(contender_run(&paths, LLAMA_CPP, "batch", &args)?, round);
         }
     }
     let load_after = load_average();
@@ -982,6 +984,12 @@ fn batched_generation(md: &mut String, config: &Config, runs: &[BenchRecord]) ->
     let of = |b: usize| select(runs, PERPETUA, "generate-batch", None).filter(move |v| width(v) == Some(b));
     let best_rate = |b: usize| of(b).filter_map(|v| v.decode.decode_tok_s).reduce(f64::max);
     let base = best_rate(1);
+    let theirs = |b: usize| {
+        select(runs, LLAMA_CPP, "batch", None)
+            .filter(move |v| width(v) == Some(b))
+            .filter_map(|v| v.decode.decode_tok_s)
+            .reduce(f64::max)
+    };
     writeln!(
         md,
         "**Batched generation** (`Generator::generate_batch`, `max_batch` = the batch): ragged prompts of 20–200 \
@@ -989,8 +997,12 @@ fn batched_generation(md: &mut String, config: &Config, runs: &[BenchRecord]) ->
          tokens ÷ (wall time − prefills), best round; each sequence checked against its solo run:\n",
         thousands(config.batch_tokens)
     )?;
-    writeln!(md, "| batch | aggregate tok/s | × batch 1 | peak RSS MiB | every sequence = its solo run |")?;
-    writeln!(md, "|---:|---:|---:|---:|---|")?;
+    writeln!(
+        md,
+        "| batch | aggregate tok/s | × batch 1 | peak RSS MiB | every sequence = its solo run | llama.cpp tok/s | \
+         llama.cpp × its batch 1 | perpetua ÷ llama.cpp |"
+    )?;
+    writeln!(md, "|---:|---:|---:|---:|---|---:|---:|---:|")?;
     for b in BATCHES {
         let rss = of(b).filter_map(|v| v.peak_rss_mib).reduce(f64::max);
         let same = of(b).all(|v| {
@@ -998,7 +1010,7 @@ fn batched_generation(md: &mut String, config: &Config, runs: &[BenchRecord]) ->
         });
         writeln!(
             md,
-            "| {b} | {} | {} | {} | {} |",
+            "| {b} | {} | {} | {} | {} | {} | {} | {} |",
             fmt_rate(best_rate(b)),
             fmt_ratio(best_rate(b), base),
             rss.map_or_else(|| "–".to_string(), |x| format!("{x:.0}")),
@@ -1008,13 +1020,17 @@ fn batched_generation(md: &mut String, config: &Config, runs: &[BenchRecord]) ->
                 "yes"
             } else {
                 "**no**"
-            }
+            },
+            fmt_rate(theirs(b)),
+            fmt_ratio(theirs(b), theirs(1)),
+            fmt_ratio(best_rate(b), theirs(b)),
         )?;
     }
     writeln!(
         md,
-        "\nllama.cpp's batched rate is not measured: `llama-cpp-python`'s `Llama` runs one sequence per \
-         context (batching needs its low-level `llama_batch` API).\n"
+        "\nllama.cpp: the same prompts and widths through its low-level `llama_batch` API (one `llama_decode` \
+         of every sequence's token per step, `n_seq_max` = the batch), top-k 20 / T 1.0 with EOS masked in \
+         numpy, no perpetual strategy (`xtask/bench_llama_cpp.py --mode batch`).\n"
     )?;
     Ok(match (best_rate(8), base) {
         (Some(x), Some(b)) if b > 0.0 => {
@@ -1085,19 +1101,28 @@ mod tests {
         };
         let config =
             Config { quick: true, rounds: 2, new_tokens: 32, perpetual_tokens: 500, batch_tokens: 256 };
+        let llama = |batch: usize, rate: f64| {
+            let mut v =
+                BenchRecord { contender: LLAMA_CPP.into(), mode: "batch".into(), ..BenchRecord::default() };
+            v.decode.decode_tok_s = Some(rate);
+            v.extra.insert("batch".into(), json!(batch));
+            v
+        };
         let runs = vec![
             rec(1, 100.0, true),
             rec(1, 90.0, true),
             rec(4, 200.0, true),
             rec(8, 250.0, false),
             rec(8, 310.0, true),
+            llama(1, 50.0),
+            llama(8, 200.0),
         ];
         let mut md = String::new();
         let goal = batched_generation(&mut md, &config, &runs).unwrap();
-        assert!(md.contains("| 1 | 100.0 | 1.00× | 201 | yes |"), "{md}");
-        assert!(md.contains("| 4 | 200.0 | 2.00× | 204 | yes |"), "{md}");
+        assert!(md.contains("| 1 | 100.0 | 1.00× | 201 | yes | 50.0 | 1.00× | 2.00× |"), "{md}");
+        assert!(md.contains("| 4 | 200.0 | 2.00× | 204 | yes | – | – | – |"), "{md}");
         // Best round 310 (3.1×); one round's sequences differed from their solo runs.
-        assert!(md.contains("| 8 | 310.0 | 3.10× | 208 | **no** |"), "{md}");
+        assert!(md.contains("| 8 | 310.0 | 3.10× | 208 | **no** | 200.0 | 4.00× | 1.55× |"), "{md}");
         assert_eq!(goal, "3.10× (met)");
         let goal = batched_generation(&mut String::new(), &config, &runs[..3]).unwrap();
         assert_eq!(goal, "not measured");
