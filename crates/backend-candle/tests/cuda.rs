@@ -16,11 +16,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use common::{argmax, max_abs_diff, model_path};
+use common::{
+    FamilyReference as Reference, argmax, family_dir as dir, family_reference as reference, max_abs_diff,
+    model_path,
+};
 use perpetua_candle::{Attention, Device, KvDtype, Llama, LlamaTokenizer, LoadOptions};
 use perpetua_generator::testing::ModelHarness;
 use perpetua_generator::{ChatMessage, FinishReason, Generator, KvCache, LanguageModel, PerpetualMode};
@@ -43,22 +45,6 @@ const FAMILIES: [&str; 8] =
     ["llama3", "llama-linear", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"];
 const GGUF_FAMILIES: [&str; 7] = ["llama3", "llama-linear", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"];
 const TOLERANCE: f32 = 1e-4;
-
-fn dir(family: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/families").join(family)
-}
-
-#[derive(serde::Deserialize)]
-struct Reference {
-    tokens: Vec<u32>,
-    prefill: usize,
-    logits: Vec<Vec<f32>>,
-    full: Vec<Vec<f32>>,
-}
-
-fn reference(family: &str) -> Reference {
-    serde_json::from_str(&std::fs::read_to_string(dir(family).join("reference.json")).unwrap()).unwrap()
-}
 
 /// The file's weights bit for bit and an f32 cache, on CUDA.
 fn exact_on_cuda() -> LoadOptions {

@@ -14,6 +14,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::{FamilyReference as Reference, family_dir as dir, family_reference as reference};
+
 use perpetua_candle::{
     Architecture, Attention, CandleBackendError, KvDtype, Llama, LoadOptions, RopeScaling,
 };
@@ -26,25 +28,6 @@ use perpetua_sampling::{Chain, processors::TopK};
 
 const FAMILIES: [&str; 8] =
     ["llama3", "llama-linear", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"];
-
-fn dir(family: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/families").join(family)
-}
-
-#[derive(serde::Deserialize)]
-struct Reference {
-    tokens: Vec<u32>,
-    prefill: usize,
-    /// The prefill's last position, then one row per decode step.
-    logits: Vec<Vec<f32>>,
-    /// Every position of `tokens` in one pass.
-    full: Vec<Vec<f32>>,
-}
-
-fn reference(family: &str) -> Reference {
-    let text = std::fs::read_to_string(dir(family).join("reference.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 fn exact() -> LoadOptions {
     LoadOptions::exact()

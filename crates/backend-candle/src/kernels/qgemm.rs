@@ -23,14 +23,21 @@
 //! change (tested against `QMatMul::forward` in this module's tests and by the
 //! conformance kit).
 //!
+//! **VNNI.** Where the target has AVX-512 VNNI and VL, the integer dot runs as one
+//! `vpdpbusd` per product instead of sign, `maddubs` and `madd`: the activation codes are
+//! made unsigned (`a + 128`, one XOR per block) and each weight block's `−128 · Σ w` per
+//! lane (one more `vpdpbusd`, shared by every activation row) starts the sum, so every
+//! i32 lane is the same exact integer `Σ a·w` over the same four positions; the scale
+//! product, conversion, FMA and horizontal sum are unchanged — still bit-identical to
+//! candle — with 4 weight rows per register tile (AVX-512's 32 vector registers).
+//!
 //! Compiled only where the target has AVX2 and FMA (the workspace builds with
 //! `target-cpu=native`); elsewhere [`matmul`] is absent and callers use candle's kernel.
 
 use std::arch::x86_64::{
     __m256, __m256i, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_movehdup_ps, _mm_movehl_ps,
     _mm256_castps256_ps128, _mm256_cvtepi32_ps, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_si256,
-    _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_set1_epi16, _mm256_set1_ps, _mm256_setzero_ps,
-    _mm256_sign_epi8,
+    _mm256_set1_ps, _mm256_setzero_ps,
 };
 use std::sync::Mutex;
 
@@ -40,10 +47,14 @@ use half::f16;
 const BLOCK: usize = 32;
 /// Bytes per Q8_0 block: an f16 scale, then 32 signed codes.
 const BLOCK_BYTES: usize = 34;
+/// Whether the VNNI products are compiled in (see the module docs).
+const VNNI: bool = cfg!(all(target_feature = "avx512vnni", target_feature = "avx512vl"));
 /// Activation rows per register tile.
 const R: usize = 4;
-/// Weight rows per register tile.
-const C: usize = 2;
+/// Weight rows per register tile: with VNNI, 4 (AVX-512's 32 vector registers hold the
+/// 16 accumulators and the 4 weight blocks with their offsets and scales), so each
+/// activation block is loaded once for 4 weight rows.
+const C: usize = if VNNI { 4 } else { 2 };
 /// Activation rows per work item (a multiple of [`R`]).
 const ROW_TILE: usize = 16;
 /// Weight rows per work item (a multiple of [`C`]).
@@ -161,20 +172,45 @@ fn item_products(
                 w: (&w.0[c * kb..(c + cols) * kb], &w.1[c * kb..(c + cols) * kb]),
                 kb,
             };
-            // SAFETY: `products` only needs AVX2 and FMA, and this module is compiled
-            // only when the target has both (`cfg` on `mod qgemm` in lib.rs).
+            macro_rules! dispatch {
+                ($(($rn:literal, $cn:literal)),*) => {
+                    match (rn, cn) {
+                        $(($rn, $cn) => products::<$rn, $cn>(at($rn, $cn), &mut sums),)*
+                        _ => unreachable!("rn is 1..=R, cn 1..=C"),
+                    }
+                };
+            }
+            // SAFETY: `products` needs AVX2 and FMA (and, compiled as the VNNI version,
+            // AVX-512 VNNI and VL); this module is compiled only when the target has
+            // AVX2 and FMA (`cfg` on `mod qgemm`), the VNNI version only when it has
+            // those too (`cfg` on each `products`).
             #[allow(unsafe_code)]
+            #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
             unsafe {
-                match (rn, cn) {
-                    (4, 2) => products::<4, 2>(at(4, 2), &mut sums),
-                    (3, 2) => products::<3, 2>(at(3, 2), &mut sums),
-                    (2, 2) => products::<2, 2>(at(2, 2), &mut sums),
-                    (1, 2) => products::<1, 2>(at(1, 2), &mut sums),
-                    (4, _) => products::<4, 1>(at(4, 1), &mut sums),
-                    (3, _) => products::<3, 1>(at(3, 1), &mut sums),
-                    (2, _) => products::<2, 1>(at(2, 1), &mut sums),
-                    _ => products::<1, 1>(at(1, 1), &mut sums),
-                }
+                dispatch!(
+                    (1, 1),
+                    (1, 2),
+                    (1, 3),
+                    (1, 4),
+                    (2, 1),
+                    (2, 2),
+                    (2, 3),
+                    (2, 4),
+                    (3, 1),
+                    (3, 2),
+                    (3, 3),
+                    (3, 4),
+                    (4, 1),
+                    (4, 2),
+                    (4, 3),
+                    (4, 4)
+                )
+            }
+            // SAFETY: as above.
+            #[allow(unsafe_code)]
+            #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
+            unsafe {
+                dispatch!((1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2))
             }
             for (i, row) in sums.iter().take(rn).enumerate() {
                 let at = (r - r0 + i) * COL_TILE + c;
@@ -216,9 +252,62 @@ fn hsum(x: __m256) -> f32 {
 
 /// `sums[i][j]` = the dot product of the tile's activation row `i` with its weight row
 /// `j` (`RN ≤ R`, `CN ≤ C` rows given), each in candle's `vec_dot_q8_0_q8_0` arithmetic.
+/// With AVX-512 VNNI: the integer dots as one `vpdpbusd` each (module docs).
+#[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+fn products<const RN: usize, const CN: usize>(t: Tile<'_>, sums: &mut [[f32; C]; R]) {
+    use std::arch::x86_64::{
+        _mm256_dpbusd_epi32, _mm256_mul_ps, _mm256_set1_epi8, _mm256_setzero_si256, _mm256_sub_epi32,
+        _mm256_xor_si256,
+    };
+    let kb = t.kb;
+    let a_codes: [&[[u8; BLOCK]]; RN] = std::array::from_fn(|i| &t.a.0[i * kb..(i + 1) * kb]);
+    let a_scales: [&[f32]; RN] = std::array::from_fn(|i| &t.a.1[i * kb..(i + 1) * kb]);
+    let w_blocks: [&[[u8; BLOCK_BYTES]]; CN] = std::array::from_fn(|j| &t.w.0[j * kb..(j + 1) * kb]);
+    let w_scales: [&[f32]; CN] = std::array::from_fn(|j| &t.w.1[j * kb..(j + 1) * kb]);
+    // 0x80 in every byte: XOR turns a signed code into `code + 128` as unsigned.
+    let flip = _mm256_set1_epi8(i8::MIN);
+    let zero = _mm256_setzero_si256();
+    let mut acc = [[_mm256_setzero_ps(); CN]; RN];
+    for b in 0..kb {
+        let mut wq = [zero; CN];
+        let mut offset = [zero; CN];
+        let mut ws = [_mm256_setzero_ps(); CN];
+        for j in 0..CN {
+            // The codes are the block's last 32 bytes (after the f16 scale): always there.
+            let codes = w_blocks[j][b].last_chunk::<BLOCK>().unwrap_or(&[0; BLOCK]);
+            wq[j] = load(codes);
+            // −128 · (the sum of each lane's four weight codes): what the activations'
+            // +128 adds to the unsigned dot, taken off before it starts.
+            offset[j] = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, flip, wq[j]));
+            ws[j] = _mm256_set1_ps(w_scales[j][b]);
+        }
+        for i in 0..RN {
+            let au = _mm256_xor_si256(load(&a_codes[i][b]), flip);
+            let ad = _mm256_set1_ps(a_scales[i][b]);
+            for j in 0..CN {
+                // candle: d = f16(x.d)·f16(y.d) with x the weight block, y the activation's.
+                let d = _mm256_mul_ps(ws[j], ad);
+                let q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(offset[j], au, wq[j]));
+                acc[i][j] = _mm256_fmadd_ps(d, q, acc[i][j]);
+            }
+        }
+    }
+    for i in 0..RN {
+        for j in 0..CN {
+            sums[i][j] = hsum(acc[i][j]);
+        }
+    }
+}
+
+/// `sums[i][j]` = the dot product of the tile's activation row `i` with its weight row
+/// `j` (`RN ≤ R`, `CN ≤ C` rows given), each in candle's `vec_dot_q8_0_q8_0` arithmetic.
+#[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn products<const RN: usize, const CN: usize>(t: Tile<'_>, sums: &mut [[f32; C]; R]) {
+    use std::arch::x86_64::{_mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_set1_epi16, _mm256_sign_epi8};
     let kb = t.kb;
     let a_codes: [&[[u8; BLOCK]]; RN] = std::array::from_fn(|i| &t.a.0[i * kb..(i + 1) * kb]);
     let a_scales: [&[f32]; RN] = std::array::from_fn(|i| &t.a.1[i * kb..(i + 1) * kb]);

@@ -25,3 +25,25 @@ pub fn argmax(logits: &[f32]) -> u32 {
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     perpetua_kv_cache::testing::max_abs_diff(a, b).0
 }
+
+/// A model family's tiny checkpoint directory (`tests/data/families/FAMILY`).
+pub fn family_dir(family: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/families").join(family)
+}
+
+/// transformers' logits for a family's checkpoint (`reference.json`, written by
+/// `scripts/model-families/make_tiny.py`).
+#[derive(serde::Deserialize)]
+pub struct FamilyReference {
+    pub tokens: Vec<u32>,
+    pub prefill: usize,
+    /// The prefill's last position, then one row per decode step.
+    pub logits: Vec<Vec<f32>>,
+    /// Every position of `tokens` in one pass.
+    pub full: Vec<Vec<f32>>,
+}
+
+pub fn family_reference(family: &str) -> FamilyReference {
+    let text = std::fs::read_to_string(family_dir(family).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
