@@ -1,7 +1,8 @@
 //! A perpetual generation served as Server-Sent Events by axum, on the generator's
 //! owned async stream (`OwnedStream::into_async`, feature `tokio` of `perpetua`): the
-//! generation runs on its own thread, the handler only forwards its events, and a
-//! client that disconnects stops the generation at its next token.
+//! prompt is prefilled on a blocking thread (`spawn_blocking`), the generation runs on
+//! its own thread, the async side only forwards its events, and a client that
+//! disconnects stops the generation at its next token.
 //!
 //! ```text
 //! cargo run --release -p perpetua-examples --example axum_sse -- [PORT]
@@ -16,7 +17,8 @@
 //! generator is lent to one request at a time (a second gets 503): a request takes it
 //! out of the slot, and when the stream ends — finished, or dropped by axum because
 //! the client went away — the generator goes back with the result
-//! (`AsyncStream::join`). For many requests sharing forward passes, see
+//! (`AsyncStream::join`); a generation thread that panics takes it along, and later
+//! requests get a 500 saying so. For many requests sharing forward passes, see
 //! `perpetua serve` (crates/server), built on `Generator::generate_continuous`.
 
 use std::convert::Infallible;
@@ -35,24 +37,38 @@ use perpetua::prelude::*;
 /// The most tokens one request may ask for.
 pub const MAX_TOKENS: usize = 8192;
 
+/// The generator's place between requests.
+enum Slot {
+    Free(Box<Generator<Llama>>),
+    /// Lent to a running generation.
+    Lent,
+    /// Gone with a generation thread that panicked (or could not start): every later
+    /// request gets a 500 saying so, not a 503 that would never clear.
+    Lost,
+}
+
 /// What the handlers share: the generator when it is free, and what to do with each
 /// finished (or cancelled) generation.
 #[derive(Clone)]
 pub struct AppState {
-    slot: Arc<Mutex<Option<Generator<Llama>>>>,
+    slot: Arc<Mutex<Slot>>,
     on_done: Arc<dyn Fn(&Generation) + Send + Sync>,
 }
 
 impl AppState {
-    /// Serve `generator`; `on_done` sees every generation once its thread has ended.
+    /// Serve `generator`; `on_done` sees every generation once its thread has ended
+    /// and the generator is back (so a client told of the end can send the next request).
     pub fn new(generator: Generator<Llama>, on_done: impl Fn(&Generation) + Send + Sync + 'static) -> Self {
-        Self { slot: Arc::new(Mutex::new(Some(generator))), on_done: Arc::new(on_done) }
+        Self { slot: Arc::new(Mutex::new(Slot::Free(Box::new(generator)))), on_done: Arc::new(on_done) }
+    }
+
+    /// The slot, whatever a panicking holder left (its state is a plain enum).
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn put_back(&self, generator: Generator<Llama>) {
-        if let Ok(mut slot) = self.slot.lock() {
-            *slot = Some(generator);
-        }
+        *self.slot() = Slot::Free(Box::new(generator));
     }
 }
 
@@ -85,13 +101,40 @@ async fn generate(
             format!("tokens = {tokens}: must be in 1..={MAX_TOKENS}"),
         ));
     }
-    let taken = state.slot.lock().ok().and_then(|mut slot| slot.take());
-    let Some(mut generator) = taken else {
-        return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "busy: one generation at a time"));
+    let generator = match std::mem::replace(&mut *state.slot(), Slot::Lent) {
+        Slot::Free(generator) => generator,
+        Slot::Lent => return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "busy: one generation at a time")),
+        Slot::Lost => {
+            *state.slot() = Slot::Lost;
+            return Err(refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the generator was lost with a panicked generation",
+            ));
+        }
     };
+    // Encoding and prefilling the prompt is model work: off the runtime's workers. The
+    // closure's result owns the generator through `Events`, whose drop puts it back —
+    // also when this handler is cancelled (the client left) while the prefill runs.
+    let state_for_prefill = state.clone();
+    let events =
+        tokio::task::spawn_blocking(move || start(generator, params.prompt, tokens, state_for_prefill))
+            .await
+            .map_err(|e| {
+                *state.slot() = Slot::Lost;
+                refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("the prefill panicked: {e}"))
+            })??;
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// Encode and prefill `prompt`, start the generation thread: the SSE body.
+fn start(
+    mut generator: Box<Generator<Llama>>,
+    prompt: String,
+    tokens: usize,
+    state: AppState,
+) -> Result<Events, Refusal> {
     generator.set_max_new_tokens(Some(tokens));
-    // The prompt is encoded and prefilled here, before the first event.
-    let stream = match generator.into_stream(vec![ChatMessage::user(params.prompt)]) {
+    let stream = match generator.into_stream(vec![ChatMessage::user(prompt)]) {
         Ok(stream) => stream,
         Err((error, generator)) => {
             state.put_back(*generator);
@@ -99,8 +142,14 @@ async fn generate(
         }
     };
     // A buffer of 16 events: a slow client slows the generation down, memory stays flat.
-    let inner = stream.into_async(16).map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    Ok(Sse::new(Events { inner: Some(inner), state }).keep_alive(KeepAlive::default()))
+    match stream.into_async(16) {
+        Ok(inner) => Ok(Events { inner: Some(inner), state }),
+        Err(error) => {
+            // The stream (and the generator in it) went with the thread that did not start.
+            *state.slot() = Slot::Lost;
+            Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, error))
+        }
+    }
 }
 
 /// The SSE body: the generation's events as SSE events. Dropped — the response ended,
@@ -127,10 +176,13 @@ impl Drop for Events {
         let state = self.state.clone();
         std::thread::spawn(move || match inner.join() {
             Ok((generator, generation)) => {
-                (state.on_done)(&generation);
                 state.put_back(generator);
+                (state.on_done)(&generation);
             }
-            Err(_) => eprintln!("the generation thread panicked: the generator is lost"),
+            Err(_) => {
+                *state.slot() = Slot::Lost;
+                eprintln!("the generation thread panicked: the generator is lost");
+            }
         });
     }
 }

@@ -1,7 +1,7 @@
 //! `examples/axum_sse.rs` on the real model, against `curl -N` on loopback: the SSE
 //! stream of a perpetual generation, and a client that disconnects mid-stream stops
 //! the generation (the generator comes back with `Cancelled`, far short of its budget,
-//! and serves the next request).
+//! and serves the next request); while it is lent, another request gets 503.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[allow(dead_code)]
@@ -15,8 +15,16 @@ use std::time::Duration;
 
 use perpetua::generator::FinishReason;
 
-/// `curl -N URL`: its first `n` `data:` lines, then the client is killed.
-fn curl_first_events(url: &str, n: usize) -> Vec<String> {
+/// HTTP status of a plain `curl` GET.
+fn status_of(url: &str) -> String {
+    let out =
+        Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `curl -N URL`: its first `n` `data:` lines; then `while_open` runs with the stream
+/// still open, and the client is killed.
+fn curl_first_events(url: &str, n: usize, while_open: impl FnOnce()) -> Vec<String> {
     let mut child = Command::new("curl")
         .args(["-N", "-s", url])
         .stdout(Stdio::piped())
@@ -32,6 +40,7 @@ fn curl_first_events(url: &str, n: usize) -> Vec<String> {
         }
         lines.push(line.trim_end().to_string());
     }
+    while_open();
     child.kill().unwrap();
     child.wait().unwrap();
     lines
@@ -51,7 +60,10 @@ fn a_perpetual_generation_streams_over_sse_and_stops_when_the_client_goes() {
 
     // A budget of 4,000 tokens; the client reads 8 events and goes away.
     let url = format!("http://{addr}/generate?prompt=Tell+me+a+story+about+a+lighthouse&tokens=4000");
-    let lines = curl_first_events(&url, 8);
+    // While it streams, the generator is lent: a second request is refused (503).
+    let mut busy = String::new();
+    let lines = curl_first_events(&url, 8, || busy = status_of(&format!("http://{addr}/generate?prompt=x")));
+    assert_eq!(busy, "503");
     println!("curl -N {url}:\n{}", lines.join("\n"));
     let data: Vec<serde_json::Value> = lines
         .iter()
@@ -69,22 +81,11 @@ fn a_perpetual_generation_streams_over_sse_and_stops_when_the_client_goes() {
     assert!((8..200).contains(&tokens), "{tokens} tokens: the generation did not stop with its client");
 
     // The generator is back: the next request is served to its end.
-    let lines = curl_first_events(&format!("http://{addr}/generate?prompt=Hi&tokens=6"), usize::MAX);
+    let lines = curl_first_events(&format!("http://{addr}/generate?prompt=Hi&tokens=6"), usize::MAX, || ());
     assert!(lines.iter().any(|l| l == "event: finished"), "{lines:?}");
     let (reason, tokens) = done_rx.recv_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!((reason, tokens), (FinishReason::MaxNewTokens, 6));
 
     // Refusals: a budget out of range.
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("http://{addr}/generate?prompt=x&tokens=0"),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
+    assert_eq!(status_of(&format!("http://{addr}/generate?prompt=x&tokens=0")), "400");
 }

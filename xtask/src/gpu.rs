@@ -227,11 +227,11 @@ fn cuda() -> Result<()> {
 }
 
 /// `target/cuda-link`: what `-lcublas -lcublasLt -lcudart -lcurand -lnvrtc -lcuda` need
-/// at link time — links to the wheels' versioned libraries (`lib`), and, where no
-/// driver library is installed (a machine without a GPU), a stub `libcuda.so` (soname
-/// `libcuda.so.1`) defining the driver functions cudarc declares, as the CUDA toolkit's
-/// own `stubs/libcuda.so` does: at run time the driver's `libcuda.so.1` is loaded
-/// instead. The functions are read from cudarc's compiled library in `target`.
+/// at link time — links to the wheels' versioned libraries (`lib`), and a stub
+/// `libcuda.so` (soname `libcuda.so.1`) defining the driver functions the compiled
+/// libraries in `target` call, as the CUDA toolkit's own `stubs/libcuda.so` does: the
+/// stub is only linked against; at run time the driver's `libcuda.so.1` is loaded
+/// (a machine with a driver often has no unversioned `libcuda.so` to link with).
 fn link_dir(lib: &Path, target: &Path) -> Result<PathBuf> {
     let dir = PathBuf::from("target").join("cuda-link");
     std::fs::create_dir_all(&dir)?;
@@ -250,26 +250,20 @@ fn link_dir(lib: &Path, target: &Path) -> Result<PathBuf> {
         let _ = std::fs::remove_file(&at);
         std::os::unix::fs::symlink(&to, &at)?;
     }
-    let installed = Command::new("ldconfig")
-        .arg("-p")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("libcuda.so"));
-    let stub = dir.join("libcuda.so");
-    if installed {
-        let _ = std::fs::remove_file(&stub);
-        return Ok(dir);
-    }
+    // Every driver function any compiled library calls (cudarc's own, and cudarc code
+    // inlined into candle's).
     let deps = target.join("debug").join("deps");
-    // The newest cudarc library (an older build of other settings may sit beside it).
-    let rlib = std::fs::read_dir(&deps)?
+    let rlibs: Vec<PathBuf> = std::fs::read_dir(&deps)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "rlib")
-                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libcudarc-"))
-        })
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .with_context(|| format!("no cudarc library in {}", deps.display()))?;
-    let out = Command::new("nm").args(["-u", "--quiet"]).arg(&rlib).output().context("running nm")?;
+        .filter(|p| p.extension().is_some_and(|x| x == "rlib"))
+        .collect();
+    if rlibs.is_empty() {
+        bail!("no compiled libraries in {}", deps.display());
+    }
+    let out = Command::new("nm").arg("-u").args(&rlibs).output().context("running nm")?;
+    if !out.status.success() {
+        bail!("nm failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
     let mut symbols: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().last())
@@ -279,11 +273,12 @@ fn link_dir(lib: &Path, target: &Path) -> Result<PathBuf> {
     symbols.sort();
     symbols.dedup();
     if symbols.is_empty() {
-        bail!("nm found no driver functions in {}", rlib.display());
+        bail!("nm found no CUDA driver functions in the libraries of {}", deps.display());
     }
     let source = dir.join("libcuda-stub.c");
     let text: String = symbols.iter().map(|s| format!("void {s}(void) {{}}\n")).collect();
     std::fs::write(&source, text)?;
+    let stub = dir.join("libcuda.so");
     let status = Command::new("cc")
         .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
         .arg(&stub)
@@ -293,10 +288,7 @@ fn link_dir(lib: &Path, target: &Path) -> Result<PathBuf> {
     if !status.success() {
         bail!("building the libcuda stub failed ({status})");
     }
-    eprintln!(
-        "xtask: gpu: no driver library here: linking against a stub libcuda.so ({} functions)",
-        symbols.len()
-    );
+    eprintln!("xtask: gpu: linking against a stub libcuda.so ({} driver functions)", symbols.len());
     Ok(dir)
 }
 

@@ -77,6 +77,10 @@ impl KvDtype {
     }
 }
 
+/// Query positions per chunk of [`Attention::Batched`]: a chunk's scores take
+/// `n_heads · rows · keys` f32 (SmolLM2 at 8,192 keys: 9 · 256 · 8,192 · 4 B = 72 MiB).
+const BATCHED_QUERY_ROWS: usize = 256;
+
 /// Which attention implementation the forward pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -86,7 +90,7 @@ pub enum Attention {
     /// SmolLM2's 9:3 heads): decode at long context is bound by those reads. Its sums
     /// run in another order than candle's matmuls, so logits differ from
     /// candle-transformers by float rounding. On other devices it falls back to
-    /// [`Attention::Reference`].
+    /// [`Attention::Batched`].
     #[default]
     Fused,
     /// candle matmuls, one query head at a time: bit-identical to candle-transformers'
@@ -882,20 +886,32 @@ impl Llama {
         let q = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
         // The reference paths compute with candle matmuls in f32: widen an f16
         // cache's views, decode a Q8 cache's (the fused kernel reads both directly).
+        // Only the positions some query of this pass sees — from the first query's
+        // window start on — are widened (on a sliding-window layer O(window), not
+        // O(context)); `first` is where `k_all`/`v_all` begin.
+        let first = if self.fused_attention { 0 } else { self.window_start(i, pos + 1) };
+        let seen = pos + n - first;
         let (k_all, v_all) = match &view.scales {
             _ if self.fused_attention => (view.k.clone(), view.v.clone()),
-            Some((ks, vs)) => (dequantize_q8(&view.k, ks)?, dequantize_q8(&view.v, vs)?),
-            None if view.k.dtype() == DType::F32 => (view.k.clone(), view.v.clone()),
-            None => (view.k.to_dtype(DType::F32)?, view.v.to_dtype(DType::F32)?),
+            Some((ks, vs)) => (
+                dequantize_q8(&view.k.narrow(1, first, seen)?, &ks.narrow(1, first, seen)?)?,
+                dequantize_q8(&view.v.narrow(1, first, seen)?, &vs.narrow(1, first, seen)?)?,
+            ),
+            None => {
+                let (k, v) = (view.k.narrow(1, first, seen)?, view.v.narrow(1, first, seen)?);
+                if k.dtype() == DType::F32 {
+                    (k, v)
+                } else {
+                    (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?)
+                }
+            }
         };
         let y = if self.fused_attention {
             self.attend_fused(i, &q, &view, pos)?
         } else if self.batched_attention {
-            self.attend_batched(i, &q, &k_all, &v_all, pos)?
+            self.attend_batched(i, &q, (&k_all, &v_all, first), pos)?
         } else if n == 1 {
-            let first = self.window_start(i, pos + 1);
-            let seen = pos + 1 - first;
-            self.attend(&q, &k_all.narrow(1, first, seen)?, &v_all.narrow(1, first, seen)?)?
+            self.attend(&q, &k_all, &v_all)?
         } else {
             // Batch-invariant prefill: each query position runs exactly the decode
             // computation over its causal prefix (no mask, same matmul shapes), so a
@@ -907,11 +923,11 @@ impl Llama {
             let rows = (0..n)
                 .map(|j| {
                     let visible = pos + j + 1;
-                    let first = self.window_start(i, visible);
+                    let start = self.window_start(i, visible);
                     self.attend(
                         &q.narrow(0, j, 1)?,
-                        &k_all.narrow(1, first, visible - first)?,
-                        &v_all.narrow(1, first, visible - first)?,
+                        &k_all.narrow(1, start - first, visible - start)?,
+                        &v_all.narrow(1, start - first, visible - start)?,
                     )
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -965,21 +981,56 @@ impl Llama {
     }
 
     /// [`Attention::Batched`]: queries `(n, n_heads, head_dim)` at positions
-    /// `pos..pos + n` over keys/values `(n_kv_heads, pos + n, head_dim)` (f32); returns
-    /// `(n, n_heads · head_dim)`. The `group` query heads of a KV head and all `n`
-    /// positions form one `(group · n, head_dim)` matrix per KV head, so a layer is two
-    /// batched matmuls and a softmax whatever `n`; a query attends to the positions up
-    /// to its own (and within its window on a sliding-window layer) through an additive
-    /// mask, built for prefills (a decode step sees every key it is given).
-    fn attend_batched(&self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Result<Tensor> {
+    /// `pos..pos + n` over keys/values `(n_kv_heads, pos + n - first, head_dim)` (f32)
+    /// of positions `first..pos + n`; returns `(n, n_heads · head_dim)`. The `group`
+    /// query heads of a KV head and a chunk of positions form one `(group · rows,
+    /// head_dim)` matrix per KV head, so a chunk is two batched matmuls and a softmax;
+    /// a query attends to the positions up to its own (and within its window on a
+    /// sliding-window layer) through an additive mask, built for prefills (a decode step
+    /// sees every key it is given). Queries go [`BATCHED_QUERY_ROWS`] at a time, which
+    /// bounds the scores' memory (`n_heads · rows · keys` f32) for long prompts.
+    fn attend_batched(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        (k, v, first): (&Tensor, &Tensor, usize),
+        pos: usize,
+    ) -> Result<Tensor> {
+        let n = q.dim(0)?;
+        let mut chunks = Vec::with_capacity(n.div_ceil(BATCHED_QUERY_ROWS));
+        for c0 in (0..n).step_by(BATCHED_QUERY_ROWS) {
+            let rows = BATCHED_QUERY_ROWS.min(n - c0);
+            // This chunk's keys: from its first query's window start to its last query.
+            let start = self.window_start(layer, pos + c0 + 1);
+            let len = pos + c0 + rows - start;
+            let (k, v) = (k.narrow(1, start - first, len)?, v.narrow(1, start - first, len)?);
+            chunks.push(self.attend_batched_rows(
+                layer,
+                &q.narrow(0, c0, rows)?,
+                &k,
+                &v,
+                (pos + c0, start),
+            )?);
+        }
+        Ok(if chunks.len() == 1 { chunks.swap_remove(0) } else { Tensor::cat(&chunks, 0)? })
+    }
+
+    /// One chunk of [`attend_batched`](Self::attend_batched): queries `(n, n_heads,
+    /// head_dim)` at positions `pos..pos + n` over keys/values of positions
+    /// `first..pos + n`.
+    fn attend_batched_rows(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        (pos, first): (usize, usize),
+    ) -> Result<Tensor> {
         let cfg = &self.config;
         let n = q.dim(0)?;
         let (heads, kv_heads, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let group = heads / kv_heads;
-        // Keys from the first query's window start to the last query's position.
-        let first = self.window_start(layer, pos + 1);
         let len = pos + n - first;
-        let (k, v) = (k.narrow(1, first, len)?, v.narrow(1, first, len)?);
         let q = q.transpose(0, 1)?.contiguous()?.reshape((kv_heads, group * n, d))?;
         let mut att = (q.matmul(&k.t()?)? * cfg.query_scale())?;
         if let Some(cap) = cfg.attn_logit_softcap {
@@ -988,10 +1039,10 @@ impl Llama {
         // Query `i` (position pos + i) sees key `j` (position first + j) when
         // window_start(pos + i + 1) <= first + j <= pos + i: a single query sees all
         // `len` keys by the choice of `first`; from two queries on, the first does not
-        // see the last key.
-        let hidden =
-            |i: usize, j: usize| first + j > pos + i || first + j < self.window_start(layer, pos + i + 1);
+        // see the last key. Every query sees at least its own position.
         if n > 1 {
+            let hidden =
+                |i: usize, j: usize| first + j > pos + i || first + j < self.window_start(layer, pos + i + 1);
             let mask: Vec<f32> = (0..n)
                 .flat_map(|i| (0..len).map(move |j| (i, j)))
                 .map(|(i, j)| if hidden(i, j) { f32::NEG_INFINITY } else { 0.0 })
@@ -1004,7 +1055,7 @@ impl Llama {
             ))?;
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v)?; // (kv_heads, group · n, d) = (heads, n, d) in head order
+        let y = att.matmul(v)?; // (kv_heads, group · n, d) = (heads, n, d) in head order
         Ok(y.reshape((heads, n, d))?.transpose(0, 1)?.contiguous()?.reshape((n, heads * d))?)
     }
 

@@ -8,9 +8,10 @@
 //! time (`perf`, 512-token prompt, AMD EPYC with AVX2; docs/PERFORMANCE.md).
 //!
 //! [`matmul`] computes the same products [`R`] activation rows × [`C`] weight rows at a
-//! time: each weight block is loaded (and its absolute value taken) once for `R` rows,
-//! each activation block once for `C` weight rows, and the `R × C` accumulators are
-//! independent, so the multiply-adds pipeline instead of waiting on each other.
+//! time: each weight block is loaded (and prepared: its absolute value, or its VNNI
+//! offset) once for `R` rows, each activation block once for `C` weight rows, and the
+//! `R × C` accumulators are independent, so the multiply-adds pipeline instead of
+//! waiting on each other.
 //!
 //! **Bit-identical to candle.** Every product runs exactly the operation sequence of
 //! candle 0.11.1's `vec_dot_q8_0_q8_0` (AVX2): per block the integer dot in eight i32
