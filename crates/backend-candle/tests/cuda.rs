@@ -4,7 +4,8 @@
 //!
 //! - Every model family's tiny checkpoint (f32) on CUDA against transformers' logits
 //!   with the CPU tests' bound (1e-4): a prefill and 8 decode steps, every position of
-//!   one pass, a ragged batch of three prefills in one pass; the kv-cache conformance
+//!   one pass, a chunk after earlier positions, a ragged batch of three prefills in one
+//!   pass; the kv-cache conformance
 //!   kit on a CUDA cache; the Q8_0 conversions within the quantization's error.
 //! - SmolLM2 Q4_1 on CUDA, the file's quantization kept (`LoadOptions::on`), against
 //!   the CPU on the same file: logits over three prompts and 32 greedy steps each.
@@ -88,6 +89,16 @@ fn every_family_on_cuda_matches_transformers() {
         check(
             format!("{family} (cuda, all {} positions of one pass)", r.tokens.len()),
             max_abs_diff(&out, &r.full.concat()),
+            TOLERANCE,
+        );
+
+        // 7 positions, then a chunk of 13 (sliding windows cut across the chunk).
+        let mut cache = model.new_cache().unwrap();
+        model.forward(&r.tokens[..7], &mut cache, &mut out).unwrap();
+        model.forward_all(&r.tokens[7..], &mut cache, &mut out).unwrap();
+        check(
+            format!("{family} (cuda, 7 positions then a chunk of 13)"),
+            max_abs_diff(&out, &r.full[7..].concat()),
             TOLERANCE,
         );
 
