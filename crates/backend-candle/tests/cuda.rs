@@ -24,7 +24,7 @@ use common::{
     FamilyReference as Reference, argmax, family_dir as dir, family_reference as reference, max_abs_diff,
     model_path,
 };
-use perpetua_candle::{Attention, Device, KvDtype, Llama, LlamaTokenizer, LoadOptions};
+use perpetua_candle::{Attention, CandleBackendError, Device, KvDtype, Llama, LlamaTokenizer, LoadOptions};
 use perpetua_generator::testing::ModelHarness;
 use perpetua_generator::{ChatMessage, FinishReason, Generator, KvCache, LanguageModel, PerpetualMode};
 use perpetua_kv_cache::testing::{ConformanceConfig, run_all};
@@ -149,6 +149,14 @@ fn the_kv_cache_conformance_kit_passes_on_cuda() {
         };
         let report = run_all(&mut ModelHarness(model), &config).unwrap();
         println!("{family} (cuda): conformance kit passed, max |Δlogit| {:.1e}", report.max_abs_diff());
+    }
+    // The 8-bit cache is CPU-only: asked for on CUDA, a typed refusal at load.
+    match Llama::load(dir("llama3"), &LoadOptions { kv_dtype: KvDtype::Q8, ..LoadOptions::on(cuda()) }) {
+        Err(CandleBackendError::InvalidParameter { name, .. }) => {
+            assert_eq!(name, "kv_dtype");
+            println!("a Q8 cache on cuda: refused (InvalidParameter kv_dtype)");
+        }
+        other => panic!("a Q8 cache on CUDA must be refused, got {:?}", other.map(|_| "a model")),
     }
 }
 
