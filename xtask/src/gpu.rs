@@ -198,6 +198,16 @@ fn cuda() -> Result<()> {
     cargo_in(&target, &[&candle_tests[..], &["--no-run"]].concat(), &envs)?;
     eprintln!("xtask: gpu: candle's CUDA build finished (with its CUDA tests)");
     if let Some(gpus) = nvidia_gpus() {
+        if let Some(driver) = driver_major() {
+            // The driver compiles candle's PTX only up to its own CUDA version: 580 is
+            // the first with CUDA 13.0, the toolkit the kernels were compiled with.
+            if driver < MIN_DRIVER {
+                bail!(
+                    "the NVIDIA driver here is {driver}.x, older than {MIN_DRIVER} (CUDA 13.0): it would refuse \
+                     the kernels' PTX; update the driver to run the CUDA tests (the build itself finished)"
+                );
+            }
+        }
         eprintln!("xtask: gpu: nvidia-smi lists {gpus}: running the CUDA tests");
         crate::fetch_model()?;
         cargo_in(
@@ -290,6 +300,19 @@ fn link_dir(lib: &Path, target: &Path) -> Result<PathBuf> {
     }
     eprintln!("xtask: gpu: linking against a stub libcuda.so ({} driver functions)", symbols.len());
     Ok(dir)
+}
+
+/// The first driver release with CUDA 13.0 (the toolkit of [`CUDA_PACKAGES`]).
+const MIN_DRIVER: u32 = 580;
+
+/// The driver's major version (`nvidia-smi --query-gpu=driver_version`: `580.159.04`).
+fn driver_major() -> Option<u32> {
+    let out = Command::new("nvidia-smi")
+        .args(["--query-gpu=driver_version", "--format=csv,noheader"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().next()?.trim().split('.').next()?.parse().ok()
 }
 
 /// The GPUs `nvidia-smi -L` lists, one per line, if it runs and lists any.
