@@ -101,19 +101,12 @@ fn install_vulkan() -> Result<()> {
     Ok(())
 }
 
-fn cargo_in(target: &Path, args: &[&str], envs: &[(&str, String)]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    eprintln!("xtask: gpu: cargo {}", args.join(" "));
-    let mut cmd = Command::new(&cargo);
-    cmd.args(args).env("CARGO_TARGET_DIR", target);
-    for (k, v) in envs {
-        cmd.env(k, v);
+/// `dir` in front of the search path in environment variable `var`.
+fn prepended(var: &str, dir: &Path) -> String {
+    match std::env::var(var) {
+        Ok(rest) if !rest.is_empty() => format!("{}:{rest}", dir.display()),
+        _ => dir.display().to_string(),
     }
-    let status = cmd.status().with_context(|| format!("running {cargo}"))?;
-    if !status.success() {
-        bail!("`cargo {}` failed ({status})", args.join(" "));
-    }
-    Ok(())
 }
 
 fn wgpu() -> Result<()> {
@@ -124,7 +117,6 @@ fn wgpu() -> Result<()> {
     let device = vulkan_device()
         .context("vulkaninfo still lists no Vulkan device after installing Mesa's lavapipe")?;
     eprintln!("xtask: gpu: Vulkan device: {device}");
-    let target = PathBuf::from("target");
     let envs = [("BURN_DEVICE", "wgpu".to_string())];
     let features = format!("{},{WGPU_FEATURES}", crate::TEST_FEATURES);
     let mut args = vec!["test", "--workspace", "--features", features.as_str()];
@@ -132,7 +124,7 @@ fn wgpu() -> Result<()> {
         args.extend(["--test", test]);
     }
     args.extend(["--", "--nocapture", "--test-threads", "1"]);
-    cargo_in(&target, &args, &envs)
+    crate::cargo_with(&args, &envs)
 }
 
 /// `target/cuda13.0-venv` with the CUDA pieces; returns the toolkit root (`nvidia/cu13`).
@@ -169,33 +161,29 @@ fn cuda_toolkit() -> Result<PathBuf> {
 
 fn cuda() -> Result<()> {
     let toolkit = std::fs::canonicalize(cuda_toolkit()?)?;
-    let path = format!("{}:{}", toolkit.join("bin").display(), std::env::var("PATH").unwrap_or_default());
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".to_string());
     let home = toolkit.display().to_string();
+    let target = PathBuf::from("target").join("gpu");
     let envs = [
-        ("PATH", path),
+        ("CARGO_TARGET_DIR", target.display().to_string()),
+        ("PATH", prepended("PATH", &toolkit.join("bin"))),
         ("CUDA_ROOT", home.clone()),
         ("CUDA_PATH", home.clone()),
         ("CUDA_HOME", home),
         ("CUDA_COMPUTE_CAP", cap),
         ("CUDARC_CUDA_VERSION", CUDARC_VERSION.to_string()),
     ];
-    let target = PathBuf::from("target").join("gpu");
-    cargo_in(&target, &["build", "-p", "perpetua-candle", "--features", "cuda"], &envs)?;
+    crate::cargo_with(&["build", "-p", "perpetua-candle", "--features", "cuda"], &envs)?;
     // candle links cudarc's libraries dynamically (`-lcuda -lcublas …`): the wheels ship
     // them only under their versioned names, and libcuda is the driver's.
     let link = std::fs::canonicalize(link_dir(&toolkit.join("lib"), &target)?)?;
-    let library_path = match std::env::var("LIBRARY_PATH") {
-        Ok(p) if !p.is_empty() => format!("{}:{p}", link.display()),
-        _ => link.display().to_string(),
-    };
-    let runtime_path = match std::env::var("LD_LIBRARY_PATH") {
-        Ok(p) if !p.is_empty() => format!("{}:{p}", toolkit.join("lib").display()),
-        _ => toolkit.join("lib").display().to_string(),
-    };
-    let envs = [&envs[..], &[("LIBRARY_PATH", library_path), ("LD_LIBRARY_PATH", runtime_path)]].concat();
+    let libraries = [
+        ("LIBRARY_PATH", prepended("LIBRARY_PATH", &link)),
+        ("LD_LIBRARY_PATH", prepended("LD_LIBRARY_PATH", &toolkit.join("lib"))),
+    ];
+    let envs = [&envs[..], &libraries].concat();
     let candle_tests = ["test", "-p", "perpetua-candle", "--features", "cuda", "--test", "cuda"];
-    cargo_in(&target, &[&candle_tests[..], &["--no-run"]].concat(), &envs)?;
+    crate::cargo_with(&[&candle_tests[..], &["--no-run"]].concat(), &envs)?;
     eprintln!("xtask: gpu: candle's CUDA build finished (with its CUDA tests)");
     if let Some(gpus) = nvidia_gpus() {
         if let Some(driver) = driver_major() {
@@ -210,8 +198,7 @@ fn cuda() -> Result<()> {
         }
         eprintln!("xtask: gpu: nvidia-smi lists {gpus}: running the CUDA tests");
         crate::fetch_model()?;
-        cargo_in(
-            &target,
+        crate::cargo_with(
             &[&candle_tests[..], &["--", "--nocapture", "--test-threads", "1"]].concat(),
             &envs,
         )?;
@@ -222,8 +209,7 @@ fn cuda() -> Result<()> {
     }
     // burn's CUDA runtime (cubecl-cuda 0.11) pulls cubecl-llvm, whose build script
     // downloads a prebuilt LLVM from GitHub releases: it builds only with that reachable.
-    cargo_in(
-        &target,
+    crate::cargo_with(
         &["build", "-p", "perpetua-burn", "--no-default-features", "--features", "cuda"],
         &envs,
     )

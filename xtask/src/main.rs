@@ -113,9 +113,16 @@ fn fetch_model() -> Result<PathBuf> {
 }
 
 pub(crate) fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with(args, &[])
+}
+
+/// `cargo ARGS` with these environment variables set.
+pub(crate) fn cargo_with(args: &[&str], envs: &[(&str, String)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     eprintln!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(&cargo).args(args).status().with_context(|| format!("running {cargo}"))?;
+    let mut cmd = Command::new(&cargo);
+    cmd.args(args).envs(envs.iter().map(|(k, v)| (k, v)));
+    let status = cmd.status().with_context(|| format!("running {cargo}"))?;
     if !status.success() {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }

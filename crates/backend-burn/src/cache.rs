@@ -24,9 +24,7 @@ pub struct LlamaCache {
     head_dim: usize,
 }
 
-/// Positions a new cache allocates (a prompt and a few hundred tokens fit before the
-/// first growth).
-pub const INITIAL_POSITIONS: usize = 256;
+pub use perpetua_kv_cache::INITIAL_POSITIONS;
 
 impl LlamaCache {
     pub(crate) fn new(
@@ -36,10 +34,11 @@ impl LlamaCache {
         capacity: usize,
         device: &Device,
     ) -> Self {
-        let first = INITIAL_POSITIONS.min(capacity);
+        let cursor = CacheCursor::new(capacity);
+        let first = cursor.initial_allocation();
         let zeros = || Tensor::<3>::zeros([n_kv_heads, first, head_dim], (device, DType::F32));
         let layers = (0..n_layers).map(|_| Some((zeros(), zeros()))).collect();
-        Self { layers, cursor: CacheCursor::new(capacity), n_kv_heads, head_dim }
+        Self { layers, cursor, n_kv_heads, head_dim }
     }
 
     /// Number of layers this cache holds.
@@ -89,10 +88,10 @@ impl LlamaCache {
             slot.take().ok_or_else(|| CacheError::Backend(format!("layer {layer} was left mid-write")))?;
         let (kv, hd) = (self.n_kv_heads, self.head_dim);
         let allocated = keys.dims()[1];
-        let (keys, values) = if end > allocated {
-            // Grow: twice the size, at least what this append needs, at most the capacity;
-            // only the valid rows `0..start` are copied.
-            let size = allocated.saturating_mul(2).max(end).min(self.cursor.capacity());
+        let size = self.cursor.grown_allocation(allocated, end);
+        let (keys, values) = if size > allocated {
+            // Grow (`CacheCursor::grown_allocation`); only the valid rows `0..start` are
+            // copied.
             let device = keys.device();
             let grow = |t: Tensor<3>| {
                 let fresh = Tensor::<3>::zeros([kv, size, hd], (&device, DType::F32));

@@ -14,7 +14,7 @@ use crate::error::{CandleBackendError, Result};
 /// entries beyond it are overwritten by the next append.
 ///
 /// Memory grows with the work, not with the context: the buffers start at
-/// [`INITIAL_POSITIONS`] and, when an append needs more, are reallocated at twice the
+/// [`INITIAL_POSITIONS`](perpetua_kv_cache::INITIAL_POSITIONS) and, when an append needs more, are reallocated at twice the
 /// size (at least what the append needs, at most `capacity`) with the valid rows
 /// copied, so a 128-token run holds 256 positions, not the model's whole 8,192-position
 /// context (189 MB in f16 for SmolLM2, which candle's f16 zeros write out in full), and
@@ -32,10 +32,6 @@ pub struct LlamaCache {
     scales: Vec<(Tensor, Tensor)>,
     cursor: CacheCursor,
 }
-
-/// Positions a new cache allocates: a prompt and a few hundred tokens fit before the
-/// first growth.
-pub const INITIAL_POSITIONS: usize = 256;
 
 /// The cache of one layer over positions `0..visible`, as a forward pass reads it.
 #[derive(Debug)]
@@ -85,7 +81,8 @@ impl LlamaCache {
                 "must hold at least one position",
             ));
         }
-        let allocated = capacity.min(INITIAL_POSITIONS);
+        let cursor = CacheCursor::new(capacity);
+        let allocated = cursor.initial_allocation();
         let shape = (n_kv_heads, allocated, head_dim);
         let mut keys = Vec::with_capacity(n_layers);
         let mut values = Vec::with_capacity(n_layers);
@@ -98,7 +95,7 @@ impl LlamaCache {
                 scales.push((zeros()?, zeros()?));
             }
         }
-        Ok(Self { keys, values, scales, cursor: CacheCursor::new(capacity) })
+        Ok(Self { keys, values, scales, cursor })
     }
 
     /// Positions the buffers hold now (`seq_len() <= allocated() <= capacity()`).
@@ -120,10 +117,10 @@ impl LlamaCache {
     pub(crate) fn reserve(&mut self, n: usize) -> Result<()> {
         let needed = self.cursor.reserve(n)?.end;
         let allocated = self.allocated();
-        if needed <= allocated {
+        let grown = self.cursor.grown_allocation(allocated, needed);
+        if grown == allocated {
             return Ok(());
         }
-        let grown = needed.max(allocated.saturating_mul(2)).min(self.cursor.capacity());
         let len = self.cursor.len();
         let grow = |t: &Tensor| -> Result<Tensor> {
             let mut dims = t.dims().to_vec();
@@ -396,7 +393,7 @@ mod tests {
         assert!(LlamaCache::new(1, 1, 2, 0, DType::F32, &Device::Cpu).is_err());
     }
 
-    /// The buffers grow past [`INITIAL_POSITIONS`] by doubling (never past the
+    /// The buffers grow past `INITIAL_POSITIONS` by doubling (never past the
     /// capacity), keep every valid row bit for bit in f32, f16 and Q8, and a fork, a
     /// truncation and a shift after a growth see the same rows.
     #[test]
@@ -404,7 +401,7 @@ mod tests {
         for dtype in [DType::F32, DType::F16, DType::U8] {
             let cap = 600;
             let mut cache = LlamaCache::new(2, 2, 32, cap, dtype, &Device::Cpu).unwrap();
-            assert_eq!(cache.allocated(), INITIAL_POSITIONS);
+            assert_eq!(cache.allocated(), perpetua_kv_cache::INITIAL_POSITIONS);
             let small = cache.allocated_bytes();
             let mut written = 0;
             for n in [200, 50, 30, 100, 150, 70] {

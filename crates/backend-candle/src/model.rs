@@ -265,10 +265,9 @@ pub struct Llama {
     /// The sliding-window layers' own tables ([`LlamaConfig::rope_local_theta`]).
     rope_local: Option<(Tensor, Tensor)>,
     cache_capacity: usize,
-    /// [`Attention::Fused`] on a CPU device.
-    fused_attention: bool,
-    /// [`Attention::Batched`], or [`Attention::Fused`] off the CPU.
-    batched_attention: bool,
+    /// The attention that runs: the one asked for, except that [`Attention::Fused`]
+    /// off the CPU runs as [`Attention::Batched`].
+    attention: Attention,
     /// Element type of the caches this model makes.
     kv_dtype: DType,
 }
@@ -548,9 +547,10 @@ impl Llama {
             rope_sin,
             rope_local,
             cache_capacity,
-            fused_attention: options.attention == Attention::Fused && options.device.is_cpu(),
-            batched_attention: options.attention == Attention::Batched
-                || (options.attention == Attention::Fused && !options.device.is_cpu()),
+            attention: match options.attention {
+                Attention::Fused if !options.device.is_cpu() => Attention::Batched,
+                attention => attention,
+            },
             kv_dtype: options.kv_dtype.dtype(),
         })
     }
@@ -889,10 +889,11 @@ impl Llama {
         // Only the positions some query of this pass sees — from the first query's
         // window start on — are widened (on a sliding-window layer O(window), not
         // O(context)); `first` is where `k_all`/`v_all` begin.
-        let first = if self.fused_attention { 0 } else { self.window_start(i, pos + 1) };
+        let fused = self.attention == Attention::Fused;
+        let first = if fused { 0 } else { self.window_start(i, pos + 1) };
         let seen = pos + n - first;
         let (k_all, v_all) = match &view.scales {
-            _ if self.fused_attention => (view.k.clone(), view.v.clone()),
+            _ if fused => (view.k.clone(), view.v.clone()),
             Some((ks, vs)) => (
                 dequantize_q8(&view.k.narrow(1, first, seen)?, &ks.narrow(1, first, seen)?)?,
                 dequantize_q8(&view.v.narrow(1, first, seen)?, &vs.narrow(1, first, seen)?)?,
@@ -906,9 +907,9 @@ impl Llama {
                 }
             }
         };
-        let y = if self.fused_attention {
+        let y = if fused {
             self.attend_fused(i, &q, &view, pos)?
-        } else if self.batched_attention {
+        } else if self.attention == Attention::Batched {
             self.attend_batched(i, &q, (&k_all, &v_all, first), pos)?
         } else if n == 1 {
             self.attend(&q, &k_all, &v_all)?
@@ -1036,17 +1037,16 @@ impl Llama {
         if let Some(cap) = cfg.attn_logit_softcap {
             att = ((att / cap)?.tanh()? * cap)?;
         }
-        // Query `i` (position pos + i) sees key `j` (position first + j) when
-        // window_start(pos + i + 1) <= first + j <= pos + i: a single query sees all
-        // `len` keys by the choice of `first`; from two queries on, the first does not
-        // see the last key. Every query sees at least its own position.
+        // Query `i` (position pos + i) sees keys from its window start to its own
+        // position: key `j` is position first + j. A single query sees all `len` keys
+        // by the choice of `first`; from two queries on, the first does not see the
+        // last key. Window starts never decrease, so every row's range lies in `0..len`.
         if n > 1 {
-            let hidden =
-                |i: usize, j: usize| first + j > pos + i || first + j < self.window_start(layer, pos + i + 1);
-            let mask: Vec<f32> = (0..n)
-                .flat_map(|i| (0..len).map(move |j| (i, j)))
-                .map(|(i, j)| if hidden(i, j) { f32::NEG_INFINITY } else { 0.0 })
-                .collect();
+            let mut mask = vec![f32::NEG_INFINITY; n * len];
+            for (i, row) in mask.chunks_exact_mut(len).enumerate() {
+                let seen = self.window_start(layer, pos + i + 1) - first..=pos + i - first;
+                row[seen].fill(0.0);
+            }
             let mask = Tensor::from_vec(mask, (n, len), q.device())?;
             att = att.reshape((kv_heads, group, n, len))?.broadcast_add(&mask)?.reshape((
                 kv_heads,
@@ -1234,18 +1234,12 @@ impl Kv<'_> {
     }
 }
 
-/// A Q8 view `(n_kv_heads, visible, head_dim)` decoded to f32 with its
-/// `(n_kv_heads, visible)` row scales, for the reference attention.
 /// One sequence's part of a forward pass: its tokens and its cache.
 struct Segment<'c> {
     tokens: &'c [u32],
     cache: &'c mut LlamaCache,
 }
 
-/// The token embedding table: dense (safetensors, f32/f16 GGUF tables), or kept in the
-/// file's quantized blocks with each looked-up row dequantized (the same values as
-/// dequantizing the whole table: blocks never straddle rows), which keeps the widened
-/// table (113 MB for SmolLM2) out of memory.
 /// What a loaded [`Llama`] holds, by part, in bytes ([`Llama::memory_report`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -1277,9 +1271,11 @@ impl MemoryReport {
     /// The model's bytes and one cache allocated for `positions` (a cache grows by
     /// doubling from its first 256 positions, up to its capacity).
     pub fn with_cache(&self, positions: usize) -> u64 {
-        let mut allocated = crate::cache::INITIAL_POSITIONS.min(self.cache_capacity);
+        // A cache appended to one position at a time (how decoding grows it).
+        let cursor = perpetua_kv_cache::CacheCursor::new(self.cache_capacity);
+        let mut allocated = cursor.initial_allocation();
         while allocated < positions.min(self.cache_capacity) {
-            allocated = (allocated * 2).min(self.cache_capacity);
+            allocated = cursor.grown_allocation(allocated, allocated + 1);
         }
         self.model_bytes() + allocated as u64 * self.cache_per_position
     }
@@ -1305,6 +1301,10 @@ impl std::fmt::Display for MemoryReport {
     }
 }
 
+/// The token embedding table: dense (safetensors, f32/f16 GGUF tables), or kept in the
+/// file's quantized blocks with each looked-up row dequantized (the same values as
+/// dequantizing the whole table: blocks never straddle rows), which keeps the widened
+/// table (113 MB for SmolLM2) out of memory.
 enum Embeddings {
     Dense(Tensor),
     Quantized {
@@ -1377,6 +1377,8 @@ fn requantize_rows(t: &QTensor, target: GgmlDType, device: &Device) -> Result<QT
     Ok(QTensor::new(QStorage::from_data(Cow::Owned(out), device, target)?, (rows, cols))?)
 }
 
+/// A Q8 view `(n_kv_heads, visible, head_dim)` decoded to f32 with its
+/// `(n_kv_heads, visible)` row scales, for the reference attention.
 pub(crate) fn dequantize_q8(codes: &Tensor, scales: &Tensor) -> Result<Tensor> {
     let centred = (codes.to_dtype(DType::F32)? - f64::from(crate::cache::Q8_ZERO))?;
     Ok(centred.broadcast_mul(&scales.unsqueeze(2)?)?)

@@ -21,8 +21,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use common::{
-    FamilyReference as Reference, argmax, family_dir as dir, family_reference as reference, max_abs_diff,
-    model_path,
+    argmax, decode_diffs, family_dir as dir, family_reference as reference, max_abs_diff, model_path,
 };
 use perpetua_candle::{Attention, CandleBackendError, Device, KvDtype, Llama, LlamaTokenizer, LoadOptions};
 use perpetua_generator::testing::ModelHarness;
@@ -50,20 +49,6 @@ const TOLERANCE: f32 = 1e-4;
 /// The file's weights bit for bit and an f32 cache, on CUDA.
 fn exact_on_cuda() -> LoadOptions {
     LoadOptions { kv_dtype: KvDtype::F32, ..LoadOptions::on(cuda()) }
-}
-
-/// Prefill then one decode step per reference row; the largest difference per step.
-fn decode_diffs(model: &Llama, r: &Reference) -> Vec<f32> {
-    let mut cache = model.new_cache().unwrap();
-    let mut out = Vec::new();
-    model.forward(&r.tokens[..r.prefill], &mut cache, &mut out).unwrap();
-    let mut diffs = vec![max_abs_diff(&out, &r.logits[0])];
-    for (step, want) in r.logits[1..].iter().enumerate() {
-        model.forward(&[r.tokens[r.prefill + step]], &mut cache, &mut out).unwrap();
-        diffs.push(max_abs_diff(&out, want));
-    }
-    assert_eq!(cache.seq_len(), r.prefill + r.logits.len() - 1);
-    diffs
 }
 
 /// Every family's checks run before any assertion, so one run reports all of them.

@@ -14,13 +14,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{FamilyReference as Reference, family_dir as dir, family_reference as reference};
+use common::{decode_diffs, family_dir as dir, family_reference as reference};
 
 use perpetua_candle::{
     Architecture, Attention, CandleBackendError, KvDtype, Llama, LoadOptions, RopeScaling,
 };
 use perpetua_generator::testing::{ByteTokenizer, ModelHarness};
-use perpetua_generator::{Event, Generator, KvCache, LanguageModel};
+use perpetua_generator::{Event, Generator, LanguageModel};
 use perpetua_kv_cache::testing::{ConformanceConfig, run_all};
 use perpetua_sampling::processors::LogitBias;
 use perpetua_sampling::samplers::Multinomial;
@@ -44,22 +44,6 @@ fn batched() -> LoadOptions {
 }
 
 const TOLERANCE: f32 = 1e-4;
-
-/// Prefill then one decode step per reference row; the largest difference per step.
-fn decode_diffs(model: &Llama, r: &Reference) -> Vec<f32> {
-    let mut cache = model.new_cache().unwrap();
-    let mut out = Vec::new();
-    let mut diffs = Vec::new();
-    model.forward(&r.tokens[..r.prefill], &mut cache, &mut out).unwrap();
-    diffs.push(common::max_abs_diff(&out, &r.logits[0]));
-    for (step, want) in r.logits[1..].iter().enumerate() {
-        let t = r.tokens[r.prefill + step];
-        model.forward(&[t], &mut cache, &mut out).unwrap();
-        diffs.push(common::max_abs_diff(&out, want));
-    }
-    assert_eq!(cache.seq_len(), r.prefill + r.logits.len() - 1);
-    diffs
-}
 
 #[test]
 fn every_family_matches_transformers_in_prefill_and_decode() {

@@ -7,6 +7,10 @@ use std::ops::Range;
 
 use crate::{CacheError, KvCache};
 
+/// Positions a cache that grows on demand allocates first (both backends' caches): a
+/// prompt and a few hundred tokens fit before the first growth.
+pub const INITIAL_POSITIONS: usize = 256;
+
 /// How many positions a preallocated cache holds (`len`) out of how many it can
 /// (`capacity`). Positions `len..capacity` may hold stale rows; nothing reads them.
 ///
@@ -53,6 +57,34 @@ impl CacheCursor {
     /// Positions the cache can hold.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// The positions a cache that grows on demand allocates first:
+    /// [`INITIAL_POSITIONS`], at most the capacity.
+    pub fn initial_allocation(&self) -> usize {
+        INITIAL_POSITIONS.min(self.capacity)
+    }
+
+    /// The size buffers of `allocated` positions take for an append ending at position
+    /// `needed`: unchanged when they hold it, else twice the size, at least `needed`,
+    /// at most the capacity (so growth copies cost O(length) amortised).
+    ///
+    /// ```
+    /// use perpetua_kv_cache::CacheCursor;
+    ///
+    /// let cursor = CacheCursor::new(1000);
+    /// assert_eq!(cursor.initial_allocation(), 256);
+    /// assert_eq!(cursor.grown_allocation(256, 200), 256);
+    /// assert_eq!(cursor.grown_allocation(256, 257), 512);
+    /// assert_eq!(cursor.grown_allocation(256, 600), 600);
+    /// assert_eq!(cursor.grown_allocation(512, 513), 1000);
+    /// ```
+    pub fn grown_allocation(&self, allocated: usize, needed: usize) -> usize {
+        if needed <= allocated {
+            allocated
+        } else {
+            allocated.saturating_mul(2).max(needed).min(self.capacity)
+        }
     }
 
     /// The positions `n` new entries go to, `len..len + n`, or

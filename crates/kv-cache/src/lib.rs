@@ -40,7 +40,7 @@
 use thiserror::Error;
 
 mod cursor;
-pub use cursor::{CacheCursor, CursorCache, with_rollback};
+pub use cursor::{CacheCursor, CursorCache, INITIAL_POSITIONS, with_rollback};
 
 #[cfg(feature = "testing")]
 pub mod testing;

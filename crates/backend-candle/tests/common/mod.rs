@@ -47,3 +47,19 @@ pub fn family_reference(family: &str) -> FamilyReference {
     let text = std::fs::read_to_string(family_dir(family).join("reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
+
+/// A family's prefill, then one decode step per reference row: the largest logit
+/// difference from transformers per step.
+pub fn decode_diffs(model: &perpetua_candle::Llama, r: &FamilyReference) -> Vec<f32> {
+    use perpetua_generator::{KvCache, LanguageModel};
+    let mut cache = model.new_cache().unwrap();
+    let mut out = Vec::new();
+    model.forward(&r.tokens[..r.prefill], &mut cache, &mut out).unwrap();
+    let mut diffs = vec![max_abs_diff(&out, &r.logits[0])];
+    for (step, want) in r.logits[1..].iter().enumerate() {
+        model.forward(&[r.tokens[r.prefill + step]], &mut cache, &mut out).unwrap();
+        diffs.push(max_abs_diff(&out, want));
+    }
+    assert_eq!(cache.seq_len(), r.prefill + r.logits.len() - 1);
+    diffs
+}
