@@ -16,8 +16,8 @@ use perpetua_model_files::{
 
 use crate::cache::{KvView, LlamaCache};
 use crate::error::{CandleBackendError, Result};
-use crate::kernels::attention;
 use crate::kernels::linear::{linear, linear_rows};
+use crate::kernels::{attention, rope};
 
 /// How a model is loaded.
 #[derive(Debug, Clone)]
@@ -812,16 +812,20 @@ impl Llama {
             if let Some([bq, bk, bv]) = &layer.qkv_bias {
                 (q, k, v) = (q.broadcast_add(bq)?, k.broadcast_add(bk)?, v.broadcast_add(bv)?);
             }
-            let mut ys = Vec::with_capacity(segments.len());
-            for (seg, &(r0, n, pos)) in segments.iter_mut().zip(&spans) {
-                let (q, k, v) = if spans.len() == 1 {
-                    (q.clone(), k.clone(), v.clone())
-                } else {
-                    (q.narrow(0, r0, n)?, k.narrow(0, r0, n)?, v.narrow(0, r0, n)?)
-                };
-                ys.push(self.attention_of(i, layer, (q, k, v), seg.cache, pos)?);
-            }
-            let y = if ys.len() == 1 { ys.swap_remove(0) } else { Tensor::cat(&ys, 0)? };
+            let y = if self.attention == Attention::Fused {
+                self.fused_attention_of(i, layer, (q, k, v), segments, &spans)?
+            } else {
+                let mut ys = Vec::with_capacity(segments.len());
+                for (seg, &(r0, n, pos)) in segments.iter_mut().zip(&spans) {
+                    let (q, k, v) = if spans.len() == 1 {
+                        (q.clone(), k.clone(), v.clone())
+                    } else {
+                        (q.narrow(0, r0, n)?, k.narrow(0, r0, n)?, v.narrow(0, r0, n)?)
+                    };
+                    ys.push(self.attention_of(i, layer, (q, k, v), seg.cache, pos)?);
+                }
+                if ys.len() == 1 { ys.swap_remove(0) } else { Tensor::cat(&ys, 0)? }
+            };
             let mut y = linear(&layer.wo, &y)?;
             if let Some([post_attn, _]) = &layer.post_norms {
                 y = candle_nn::ops::rms_norm(&y, post_attn, eps)?;
@@ -834,9 +838,12 @@ impl Llama {
             } else {
                 layer.gate_up.forward::<2>(&h)?
             };
-            let gate = match cfg.hidden_act {
-                Activation::Silu => candle_nn::ops::silu(&gate)?,
-                Activation::GeluTanh => gate.gelu()?,
+            let gu = match cfg.hidden_act {
+                Activation::Silu => match silu_mul(&gate, &up)? {
+                    Some(gu) => gu,
+                    None => (candle_nn::ops::silu(&gate)? * up)?,
+                },
+                Activation::GeluTanh => (gate.gelu()? * up)?,
                 other => {
                     return Err(CandleBackendError::invalid(
                         "hidden_act",
@@ -845,7 +852,7 @@ impl Llama {
                     ));
                 }
             };
-            let mut y = linear(&layer.w_down, &(gate * up)?)?;
+            let mut y = linear(&layer.w_down, &gu)?;
             if let Some([_, post_ffn]) = &layer.post_norms {
                 y = candle_nn::ops::rms_norm(&y, post_ffn, eps)?;
             }
@@ -854,10 +861,128 @@ impl Llama {
         Ok(x)
     }
 
-    /// Attention of layer `i` for one segment: its `n` rows of `(q, k, v)` projections
-    /// at positions `pos..pos + n` of `cache` — q/k norms, RoPE, the new keys/values
-    /// written into the cache, then attention over the cache; returns `(n, n_heads ·
-    /// head_dim)`.
+    /// [`Attention::Fused`] attention of layer `i` for every segment of a pass at once:
+    /// `(q, k, v)` hold all segments' rows (`spans`: each one's first row, rows and first
+    /// position). q/k norms and RoPE run on all rows together (each row rotated by its
+    /// own position's angles, gathered from the tables), each segment's keys/values are
+    /// written into its cache, and one [`attention::attend_sequences`] call runs every
+    /// segment's rows over its own cache; returns `(rows, n_heads · head_dim)`. Every
+    /// step is per row (same arithmetic as a lone segment), so batching changes no bit.
+    fn fused_attention_of(
+        &self,
+        i: usize,
+        layer: &Layer,
+        (q, k, v): (Tensor, Tensor, Tensor),
+        segments: &mut [Segment<'_>],
+        spans: &[(usize, usize, usize)],
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let rows = q.dim(0)?;
+        let (heads, kv_heads, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let (q, k) = match &layer.qk_norm {
+            Some([wq, wk]) => {
+                let eps = cfg.rms_norm_eps as f32;
+                let norm = |x: &Tensor, h: usize, w: &Tensor| -> Result<Tensor> {
+                    Ok(candle_nn::ops::rms_norm(&x.reshape((rows, h, d))?.contiguous()?, w, eps)?
+                        .reshape((rows, h * d))?)
+                };
+                (norm(&q, heads, wq)?, norm(&k, kv_heads, wk)?)
+            }
+            None => (q, k),
+        };
+        let positions: Vec<usize> = spans.iter().flat_map(|&(_, n, pos)| pos..pos + n).collect();
+        // (rows, heads, head_dim): one contiguous row of heads per query position.
+        let q = self.rotate_rows(i, &q, heads, &positions)?;
+        let k = self.rotate_rows(i, &k, kv_heads, &positions)?;
+        let v = v.reshape((rows, kv_heads, d))?;
+        let mut views = Vec::with_capacity(spans.len());
+        for (seg, &(r0, n, _)) in segments.iter_mut().zip(spans) {
+            // The cache takes (n_kv_heads, n, head_dim).
+            let (k, v) = (k.narrow(0, r0, n)?.transpose(0, 1)?, v.narrow(0, r0, n)?.transpose(0, 1)?);
+            views.push(seg.cache.write_and_view(i, &k.contiguous()?, &v.contiguous()?)?);
+        }
+        self.attend_fused(i, &q, &views, spans)
+    }
+
+    /// The `(rows, heads · head_dim)` projection `x` (on the CPU, f32; rows may be
+    /// strided, e.g. a narrow of the fused projection) rotated row by row, row `r` at
+    /// `positions[r]` of layer `layer`'s angle tables ([`rope::rotate`]): `(rows, heads,
+    /// head_dim)`, contiguous.
+    fn rotate_rows(&self, layer: usize, x: &Tensor, heads: usize, positions: &[usize]) -> Result<Tensor> {
+        let d = self.config.head_dim;
+        let (cos, sin) = self.layer_rope(layer);
+        let ((cs, cl), (ss, sl)) = (cos.storage_and_layout(), sin.storage_and_layout());
+        let (candle_core::Storage::Cpu(cs), candle_core::Storage::Cpu(ss)) = (&*cs, &*ss) else {
+            return Err(CandleBackendError::invalid(
+                "rope device",
+                "non-CPU",
+                "fused attention runs on the CPU",
+            ));
+        };
+        let (cs, ss) = (cs.as_slice::<f32>()?, ss.as_slice::<f32>()?);
+        let (Some(cs), Some(ss)) = (
+            cs.get(cl.start_offset()..).filter(|_| cl.is_contiguous()),
+            ss.get(sl.start_offset()..).filter(|_| sl.is_contiguous()),
+        ) else {
+            return Err(CandleBackendError::invalid("rope tables", format!("{cl:?}"), "must be contiguous"));
+        };
+        let mut out = vec![0.0_f32; positions.len() * heads * d];
+        let rotated = with_rows(x, heads * d, |xs, row_stride| {
+            rope::rotate(
+                xs,
+                row_stride,
+                (heads, d),
+                positions,
+                (cs, ss),
+                self.config.rope_interleaved,
+                &mut out,
+            )
+        });
+        match rotated {
+            None => {
+                return Err(CandleBackendError::invalid(
+                    "rope input layout",
+                    format!("{:?}", x.layout()),
+                    "needs CPU f32 (rows, heads · head_dim) with contiguous rows",
+                ));
+            }
+            Some(None) => {
+                return Err(CandleBackendError::invalid(
+                    "rope positions",
+                    positions.iter().max().copied().unwrap_or(0),
+                    "exceed the angle tables or the input rows",
+                ));
+            }
+            Some(Some(())) => {}
+        }
+        Ok(Tensor::from_vec(out, (positions.len(), heads, d), &self.device)?)
+    }
+
+    /// Queries and keys of `rows` projections, q/k-normed ([`LlamaConfig::qk_norm`]) and
+    /// rotated by the `(rows, head_dim / 2)` angle tables: `(1, heads, rows, head_dim)`.
+    fn rotated_qk(
+        &self,
+        layer: &Layer,
+        (q, k): (Tensor, Tensor),
+        rows: usize,
+        (cos, sin): (&Tensor, &Tensor),
+    ) -> Result<(Tensor, Tensor)> {
+        let cfg = &self.config;
+        let mut q = q.reshape((1, rows, cfg.n_heads, cfg.head_dim))?;
+        let mut k = k.reshape((1, rows, cfg.n_kv_heads, cfg.head_dim))?;
+        if let Some([wq, wk]) = &layer.qk_norm {
+            let eps = cfg.rms_norm_eps as f32;
+            q = candle_nn::ops::rms_norm(&q.contiguous()?, wq, eps)?;
+            k = candle_nn::ops::rms_norm(&k.contiguous()?, wk, eps)?;
+        }
+        Ok((self.rope(q, cos, sin)?, self.rope(k, cos, sin)?))
+    }
+
+    /// Attention of layer `i` for one segment through the candle-op kernels
+    /// ([`Attention::Reference`], [`Attention::Batched`]): its `n` rows of `(q, k, v)`
+    /// projections at positions `pos..pos + n` of `cache` — q/k norms, RoPE, the new
+    /// keys/values written into the cache, then attention over the cache; returns `(n,
+    /// n_heads · head_dim)`.
     fn attention_of(
         &self,
         i: usize,
@@ -867,33 +992,22 @@ impl Llama {
         pos: usize,
     ) -> Result<Tensor> {
         let cfg = &self.config;
-        let eps = cfg.rms_norm_eps as f32;
         let n = q.dim(0)?;
         let (cos, sin) = self.layer_rope(i);
         let (cos, sin) = (cos.narrow(0, pos, n)?, sin.narrow(0, pos, n)?);
-        let mut q = q.reshape((1, n, cfg.n_heads, cfg.head_dim))?;
-        let mut k = k.reshape((1, n, cfg.n_kv_heads, cfg.head_dim))?;
-        if let Some([wq, wk]) = &layer.qk_norm {
-            q = candle_nn::ops::rms_norm(&q.contiguous()?, wq, eps)?;
-            k = candle_nn::ops::rms_norm(&k.contiguous()?, wk, eps)?;
-        }
-        let q = self.rope(q, &cos, &sin)?;
-        let k = self.rope(k, &cos, &sin)?;
+        let (q, k) = self.rotated_qk(layer, (q, k), n, (&cos, &sin))?;
         let k = k.squeeze(0)?;
         let v = v.reshape((n, cfg.n_kv_heads, cfg.head_dim))?.transpose(0, 1)?.contiguous()?;
         let view = cache.write_and_view(i, &k, &v)?;
         // (n, n_heads, head_dim): one contiguous row of heads per query position.
         let q = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
-        // The reference paths compute with candle matmuls in f32: widen an f16
-        // cache's views, decode a Q8 cache's (the fused kernel reads both directly).
-        // Only the positions some query of this pass sees — from the first query's
-        // window start on — are widened (on a sliding-window layer O(window), not
-        // O(context)); `first` is where `k_all`/`v_all` begin.
-        let fused = self.attention == Attention::Fused;
-        let first = if fused { 0 } else { self.window_start(i, pos + 1) };
+        // These paths compute with candle matmuls in f32: widen an f16 cache's views,
+        // decode a Q8 cache's. Only the positions some query of this pass sees — from
+        // the first query's window start on — are widened (on a sliding-window layer
+        // O(window), not O(context)); `first` is where `k_all`/`v_all` begin.
+        let first = self.window_start(i, pos + 1);
         let seen = pos + n - first;
         let (k_all, v_all) = match &view.scales {
-            _ if fused => (view.k.clone(), view.v.clone()),
             Some((ks, vs)) => (
                 dequantize_q8(&view.k.narrow(1, first, seen)?, &ks.narrow(1, first, seen)?)?,
                 dequantize_q8(&view.v.narrow(1, first, seen)?, &vs.narrow(1, first, seen)?)?,
@@ -907,9 +1021,7 @@ impl Llama {
                 }
             }
         };
-        let y = if fused {
-            self.attend_fused(i, &q, &view, pos)?
-        } else if self.attention == Attention::Batched {
+        let y = if self.attention == Attention::Batched {
             self.attend_batched(i, &q, (&k_all, &v_all, first), pos)?
         } else if n == 1 {
             self.attend(&q, &k_all, &v_all)?
@@ -1059,20 +1171,24 @@ impl Llama {
         Ok(y.reshape((heads, n, d))?.transpose(0, 1)?.contiguous()?.reshape((n, heads * d))?)
     }
 
-    /// [`Attention::Fused`]: queries `(n, n_heads, head_dim)` at positions `pos..pos + n`
-    /// over the cache views `(n_kv_heads, pos + n, head_dim)`; returns
-    /// `(n, n_heads · head_dim)`. Row `i` attends to positions `0..=pos + i` with exactly
-    /// the computation a one-token decode at that position runs (batch invariance).
-    fn attend_fused(&self, layer: usize, q: &Tensor, view: &KvView, pos: usize) -> Result<Tensor> {
+    /// [`Attention::Fused`] over several segments: queries `(rows, n_heads, head_dim)`,
+    /// segment `s`'s rows (`spans[s]`: first row, rows, first position) at positions
+    /// `pos..pos + n` over its cache views `views[s]` (`(n_kv_heads, pos + n, head_dim)`);
+    /// returns `(rows, n_heads · head_dim)`. Row `i` of a segment attends to positions
+    /// `0..=pos + i` with exactly the computation a one-token decode at that position
+    /// runs (batch invariance), whatever the other segments are.
+    fn attend_fused(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        views: &[KvView],
+        spans: &[(usize, usize, usize)],
+    ) -> Result<Tensor> {
         let cfg = &self.config;
-        let n = q.dim(0)?;
         let width = cfg.n_heads * cfg.head_dim;
+        let rows: usize = spans.iter().map(|&(_, n, _)| n).sum();
         let (q_store, q_layout) = q.storage_and_layout();
-        let (k_store, k_layout) = view.k.storage_and_layout();
-        let (v_store, v_layout) = view.v.storage_and_layout();
-        let (candle_core::Storage::Cpu(qs), candle_core::Storage::Cpu(ks), candle_core::Storage::Cpu(vs)) =
-            (&*q_store, &*k_store, &*v_store)
-        else {
+        let candle_core::Storage::Cpu(qs) = &*q_store else {
             return Err(CandleBackendError::invalid(
                 "attention device",
                 "non-CPU",
@@ -1080,79 +1196,79 @@ impl Llama {
             ));
         };
         let qs = qs.as_slice::<f32>()?;
-        // Q8: the scale tensors' storage, `(n_kv_heads, capacity)` like the rows.
-        let scale_store =
-            view.scales.as_ref().map(|(ks, vs)| (ks.storage_and_layout(), vs.storage_and_layout()));
-        let kv = match (ks, vs, &scale_store) {
-            (candle_core::CpuStorage::F16(ks), candle_core::CpuStorage::F16(vs), None) => Kv::F16(ks, vs),
-            (
-                candle_core::CpuStorage::U8(ks),
-                candle_core::CpuStorage::U8(vs),
-                Some(((kss, ksl), (vss, vsl))),
-            ) => {
-                let (candle_core::Storage::Cpu(kss), candle_core::Storage::Cpu(vss)) = (&**kss, &**vss)
-                else {
-                    return Err(CandleBackendError::invalid(
-                        "attention device",
-                        "non-CPU",
-                        "Q8 scales off the CPU",
-                    ));
-                };
-                if ksl.start_offset() != 0 || vsl.start_offset() != 0 {
-                    return Err(CandleBackendError::invalid(
-                        "attention layout",
-                        format!("{ksl:?}"),
-                        "Q8 scales must be the cache's own buffers",
-                    ));
-                }
-                Kv::Q8(ks, vs, kss.as_slice::<f32>()?, vss.as_slice::<f32>()?)
-            }
-            _ => Kv::F32(ks.as_slice::<f32>()?, vs.as_slice::<f32>()?),
-        };
-        // The cache views are `narrow`s of `(n_kv_heads, capacity, head_dim)` buffers:
-        // offset 0, head stride `capacity · head_dim`, rows contiguous.
-        let head_stride = k_layout.stride().first().copied().unwrap_or(0) / cfg.head_dim.max(1);
-        let needed = cfg.n_kv_heads * head_stride * cfg.head_dim;
-        let layout_ok = q_layout.is_contiguous()
-            && k_layout.start_offset() == 0
-            && v_layout.start_offset() == 0
-            && k_layout.stride() == v_layout.stride()
-            && k_layout.stride().get(1..) == Some(&[cfg.head_dim, 1][..])
-            && kv.len() >= needed
-            && kv.scales_len() >= cfg.n_kv_heads * head_stride
-            && pos + n <= head_stride
-            && qs.len() >= q_layout.start_offset() + n * width;
-        if !layout_ok {
+        let q_start = q_layout.start_offset();
+        let Some(qs) = qs.get(q_start..q_start + rows * width).filter(|_| q_layout.is_contiguous()) else {
             return Err(CandleBackendError::invalid(
                 "attention layout",
-                format!("{:?} / {:?}", q_layout, k_layout),
-                "fused attention needs contiguous queries and the cache's own buffers",
+                format!("{q_layout:?}"),
+                "fused attention needs contiguous queries",
             ));
+        };
+        // Every segment's cache storage, held while the kernel reads it.
+        let stores: Vec<_> = views
+            .iter()
+            .map(|view| {
+                let scales =
+                    view.scales.as_ref().map(|(ks, vs)| (ks.storage_and_layout(), vs.storage_and_layout()));
+                (view.k.storage_and_layout(), view.v.storage_and_layout(), scales)
+            })
+            .collect();
+        let mut parts = Vec::with_capacity(views.len());
+        for ((k, v, scales), &(r0, n, pos)) in stores.iter().zip(spans) {
+            let kv = cache_buffers(k, v, scales.as_ref())?;
+            // The cache views are `narrow`s of `(n_kv_heads, capacity, head_dim)`
+            // buffers: offset 0, head stride `capacity · head_dim`, rows contiguous.
+            let ((_, k_layout), (_, v_layout)) = (k, v);
+            let head_stride = k_layout.stride().first().copied().unwrap_or(0) / cfg.head_dim.max(1);
+            let needed = cfg.n_kv_heads * head_stride * cfg.head_dim;
+            let layout_ok = k_layout.start_offset() == 0
+                && v_layout.start_offset() == 0
+                && k_layout.stride() == v_layout.stride()
+                && k_layout.stride().get(1..) == Some(&[cfg.head_dim, 1][..])
+                && kv.len() >= needed
+                && kv.scales_len() >= cfg.n_kv_heads * head_stride
+                && pos + n <= head_stride;
+            if !layout_ok {
+                return Err(CandleBackendError::invalid(
+                    "attention layout",
+                    format!("{k_layout:?}"),
+                    "fused attention needs the cache's own buffers",
+                ));
+            }
+            let geometry = attention::Geometry {
+                n_heads: cfg.n_heads,
+                n_kv_heads: cfg.n_kv_heads,
+                head_dim: cfg.head_dim,
+                head_stride,
+                scale: cfg.query_scale() as f32,
+                softcap: cfg.attn_logit_softcap.map(|c| c as f32),
+            };
+            parts.push((kv, geometry, &qs[r0 * width..(r0 + n) * width], pos));
         }
-        let geometry = attention::Geometry {
-            n_heads: cfg.n_heads,
-            n_kv_heads: cfg.n_kv_heads,
-            head_dim: cfg.head_dim,
-            head_stride,
-            scale: cfg.query_scale() as f32,
-            softcap: cfg.attn_logit_softcap.map(|c| c as f32),
-        };
-        let qs = &qs[q_layout.start_offset()..q_layout.start_offset() + n * width];
-        let mut out = vec![0.0_f32; n * width];
-        // Row `i` sees the positions up to its own (`pos + i`), within the window.
-        let seen = |i: usize| {
-            let visible = pos + i + 1;
-            self.window_start(layer, visible)..visible
-        };
-        match kv {
-            Kv::F32(ks, vs) => attention::attend_rows(geometry, qs, (ks, vs), None, seen, &mut out),
-            Kv::F16(ks, vs) => attention::attend_rows(geometry, qs, (ks, vs), None, seen, &mut out),
-            Kv::Q8(ks, vs, kss, vss) => {
-                attention::attend_rows(geometry, qs, (ks, vs), Some((kss, vss)), seen, &mut out)
+        // Row `i` of a segment sees the positions up to its own (`pos + i`), within the
+        // window.
+        let seen: Vec<_> = parts
+            .iter()
+            .map(|&(_, _, _, pos)| {
+                move |i: usize| {
+                    let visible = pos + i + 1;
+                    self.window_start(layer, visible)..visible
+                }
+            })
+            .collect();
+        let mut out = vec![0.0_f32; rows * width];
+        // One call for all segments when their caches share an element type (caches of
+        // one model do); otherwise one call per segment.
+        if !attend_parts(&parts, &seen, &mut out) {
+            let mut at = 0;
+            for (part, seen) in parts.iter().zip(&seen) {
+                let n = part.2.len();
+                attend_parts(std::slice::from_ref(part), std::slice::from_ref(seen), &mut out[at..at + n]);
+                at += n;
             }
         }
-        drop((q_store, k_store, v_store, scale_store));
-        Ok(Tensor::from_vec(out, (n, width), &self.device)?)
+        drop((q_store, stores));
+        Ok(Tensor::from_vec(out, (rows, width), &self.device)?)
     }
 
     /// Rotate `(1, n, heads, head_dim)` queries/keys; returns `(1, heads, n, head_dim)`.
@@ -1204,6 +1320,130 @@ impl Llama {
             Ok(rotated.reshape((h, m, d))?)
         })
     }
+}
+
+/// `f(values, row stride)` over a CPU f32 matrix of `cols` columns whose rows are
+/// contiguous (a narrow of a wider matrix included): `values` starts at its first
+/// element. `None` for anything else (another device or dtype, other strides).
+fn with_rows<R>(t: &Tensor, cols: usize, f: impl FnOnce(&[f32], usize) -> R) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else { return None };
+    let values = cpu.as_slice::<f32>().ok()?.get(layout.start_offset()..)?;
+    match (layout.dims(), layout.stride()) {
+        ([_, c], [row_stride, 1]) if *c == cols => Some(f(values, *row_stride)),
+        ([1, c], _) if *c == cols && layout.is_contiguous() => Some(f(values, cols)),
+        _ => None,
+    }
+}
+
+/// `silu(gate) · up` on the CPU in one pass ([`kernels::activation::silu_mul`], the
+/// bits candle's two ops give); `None` where the operands are not CPU f32 matrices with
+/// contiguous rows (the caller then runs candle's ops).
+fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
+    let Ok((rows, cols)) = gate.dims2() else { return Ok(None) };
+    if up.dims2().ok() != Some((rows, cols)) {
+        return Ok(None);
+    }
+    let mut out = vec![0.0_f32; rows * cols];
+    let done = with_rows(gate, cols, |g, gs| {
+        with_rows(up, cols, |u, us| {
+            crate::kernels::activation::silu_mul((g, gs), (u, us), (rows, cols), &mut out)
+        })
+    });
+    Ok(match done {
+        Some(Some(Some(()))) => Some(Tensor::from_vec(out, (rows, cols), gate.device())?),
+        _ => None,
+    })
+}
+
+/// A segment's part of a fused attention call: its cache buffers, geometry, query rows
+/// and first position.
+type Part<'a> = (Kv<'a>, attention::Geometry, &'a [f32], usize);
+
+/// A cache view's storage (its read guard) and layout.
+type Store<'l, G> = (G, &'l candle_core::Layout);
+
+/// The CPU buffers behind a cache view's keys and values (and a Q8 cache's scales).
+fn cache_buffers<'a, G: std::ops::Deref<Target = candle_core::Storage>>(
+    k: &'a Store<'_, G>,
+    v: &'a Store<'_, G>,
+    scales: Option<&'a (Store<'_, G>, Store<'_, G>)>,
+) -> Result<Kv<'a>> {
+    let (candle_core::Storage::Cpu(ks), candle_core::Storage::Cpu(vs)) = (&*k.0, &*v.0) else {
+        return Err(CandleBackendError::invalid(
+            "attention device",
+            "non-CPU",
+            "fused attention runs on the CPU",
+        ));
+    };
+    Ok(match (ks, vs, scales) {
+        (candle_core::CpuStorage::F16(ks), candle_core::CpuStorage::F16(vs), None) => Kv::F16(ks, vs),
+        (
+            candle_core::CpuStorage::U8(ks),
+            candle_core::CpuStorage::U8(vs),
+            Some(((kss, ksl), (vss, vsl))),
+        ) => {
+            let (candle_core::Storage::Cpu(kss), candle_core::Storage::Cpu(vss)) = (&**kss, &**vss) else {
+                return Err(CandleBackendError::invalid(
+                    "attention device",
+                    "non-CPU",
+                    "Q8 scales off the CPU",
+                ));
+            };
+            if ksl.start_offset() != 0 || vsl.start_offset() != 0 {
+                return Err(CandleBackendError::invalid(
+                    "attention layout",
+                    format!("{ksl:?}"),
+                    "Q8 scales must be the cache's own buffers",
+                ));
+            }
+            Kv::Q8(ks, vs, kss.as_slice::<f32>()?, vss.as_slice::<f32>()?)
+        }
+        _ => Kv::F32(ks.as_slice::<f32>()?, vs.as_slice::<f32>()?),
+    })
+}
+
+/// [`attention::attend_sequences`] over `parts` (with `seen[s]` the positions of
+/// segment `s`'s rows) into `out`, when every part's cache has the same element type;
+/// `false` (nothing written) when they differ.
+fn attend_parts(
+    parts: &[Part<'_>],
+    seen: &[impl Fn(usize) -> std::ops::Range<usize> + Sync],
+    out: &mut [f32],
+) -> bool {
+    fn rows_of<'a, T>(
+        parts: &'a [Part<'a>],
+        seen: &'a [impl Fn(usize) -> std::ops::Range<usize> + Sync],
+        pick: impl Fn(&Kv<'a>) -> Option<((&'a [T], &'a [T]), Option<(&'a [f32], &'a [f32])>)>,
+    ) -> Option<Vec<attention::Rows<'a, T>>> {
+        parts
+            .iter()
+            .zip(seen)
+            .map(|((kv, g, q, _), seen)| {
+                let (kv, scales) = pick(kv)?;
+                Some(attention::Rows { g: *g, q, kv, scales, seen })
+            })
+            .collect()
+    }
+    if let Some(rows) = rows_of(parts, seen, |kv| match kv {
+        Kv::F32(k, v) => Some(((*k, *v), None)),
+        _ => None,
+    }) {
+        attention::attend_sequences(&rows, out);
+    } else if let Some(rows) = rows_of(parts, seen, |kv| match kv {
+        Kv::F16(k, v) => Some(((*k, *v), None)),
+        _ => None,
+    }) {
+        attention::attend_sequences(&rows, out);
+    } else if let Some(rows) = rows_of(parts, seen, |kv| match kv {
+        Kv::Q8(k, v, ks, vs) => Some(((*k, *v), Some((*ks, *vs)))),
+        _ => None,
+    }) {
+        attention::attend_sequences(&rows, out);
+    } else {
+        return false;
+    }
+    true
 }
 
 /// A layer's cache buffers as the fused kernel reads them.

@@ -330,80 +330,126 @@ const ROWS_PER_DISPATCH: usize = 32;
 /// - `out`: like `q`, overwritten with `softmax(q_h·Kᵀ/√d)·V` per row and head, query
 ///   head `h` reading KV head `h / (n_heads / n_kv_heads)`.
 ///
-/// The work items are (row, KV head, chunk of [`CHUNK`] positions) triples, run on the
-/// pool [`ROWS_PER_DISPATCH`] rows at a time: a prefill pays one pool hand-off per block
-/// of rows, not one per row, and short rows (a prompt's first positions: one chunk per
-/// KV head) no longer leave threads idle. An item's computation depends only on its
-/// row's query and positions, and each row's chunks are combined in chunk order, so a
-/// row's output is bit-identical whether it is computed alone (decode) or among other
-/// rows (prefill): batch invariance, which truncate-and-refeed relies on (tested below).
-///
-/// Scratch space for the scores is a per-thread buffer reused across calls, so
-/// steady-state decode allocates nothing here.
-/// Callers guarantee the slice lengths (checked by `debug_assert`s; the caller in
-/// `model.rs` validates them and returns an error before calling).
-///
 /// `T` is the cache's element type: f16 rows are widened exactly to f32 as they are
 /// loaded and then go through the f32 arithmetic, so an f16 cache gives the same result
 /// as an f32 cache holding the same (f16-rounded) values. Q8 codes come with `scales`
 /// (keys', values'; `n_kv_heads × head_stride`, one per row): a key row's scale
 /// multiplies its score, a value row's scale its softmax weight (after the softmax sum,
 /// which stays that of the unscaled weights).
+///
+/// One sequence's rows: [`attend_sequences`] with one [`Rows`].
 pub(crate) fn attend_rows<T: KvElem>(
     g: Geometry,
     q: &[f32],
-    (k, v): (&[T], &[T]),
+    kv: (&[T], &[T]),
     scales: Option<(&[f32], &[f32])>,
     seen: impl Fn(usize) -> std::ops::Range<usize> + Sync,
     out: &mut [f32],
 ) {
-    let d = g.head_dim;
-    let group = g.n_heads / g.n_kv_heads;
-    let width = g.n_heads * d;
-    debug_assert_eq!(q.len() % width.max(1), 0);
-    debug_assert_eq!(out.len(), q.len());
-    debug_assert!(k.len() >= g.n_kv_heads * g.head_stride * d);
-    let n = q.len() / width.max(1);
+    attend_sequences(&[Rows { g, q, kv, scales, seen: &seen }], out);
+}
+
+/// The query rows of one sequence in an [`attend_sequences`] call, over that
+/// sequence's own cache (see [`attend_rows`] for the layouts).
+pub(crate) struct Rows<'a, T> {
+    /// The sequence's geometry: every sequence of a call shares all but `head_stride`
+    /// (its cache's capacity).
+    pub g: Geometry,
+    /// `n × n_heads × head_dim`, already rotated.
+    pub q: &'a [f32],
+    /// The layer's key and value buffers of this sequence's cache.
+    pub kv: (&'a [T], &'a [T]),
+    /// Q8 caches: the scales of the key rows and of the value rows.
+    pub scales: Option<(&'a [f32], &'a [f32])>,
+    /// The positions row `i` attends to.
+    pub seen: &'a (dyn Fn(usize) -> std::ops::Range<usize> + Sync),
+}
+
+/// Attention of the query rows of several sequences, each over its own cache, as one
+/// set of work items: `out` holds every sequence's rows one after another (the
+/// sequences' `q` concatenated). A batch's decode step is then one pool hand-off per
+/// block of rows for all sequences together instead of one per sequence — at SmolLM2's
+/// 3 KV heads a lone decode row is 3 items, which 2 threads split 2 : 1.
+///
+/// The work items are (row, KV head, chunk of [`CHUNK`] positions) triples, run on the
+/// pool [`ROWS_PER_DISPATCH`] rows at a time: a prefill pays one pool hand-off per block
+/// of rows, not one per row, and short rows (a prompt's first positions: one chunk per
+/// KV head) no longer leave threads idle. An item's computation depends only on its
+/// row's query and positions, and each row's chunks are combined in chunk order, so a
+/// row's output is bit-identical whether it is computed alone (decode), among other
+/// rows (prefill) or among other sequences' rows (a batch): batch invariance, which
+/// truncate-and-refeed and batched generation rely on (tested below).
+///
+/// Scratch space for the scores is a per-thread buffer reused across calls, so
+/// steady-state decode allocates nothing here.
+/// Callers guarantee the slice lengths and that every sequence has the same `n_heads`
+/// and `head_dim` (checked by `debug_assert`s; the caller in `model.rs` validates them
+/// and returns an error before calling).
+pub(crate) fn attend_sequences<T: KvElem>(seqs: &[Rows<'_, T>], out: &mut [f32]) {
+    let Some(first) = seqs.first() else { return };
+    let (d, n_heads) = (first.g.head_dim, first.g.n_heads);
+    let width = n_heads * d;
+    let group = n_heads / first.g.n_kv_heads.max(1);
+    for s in seqs {
+        debug_assert_eq!((s.g.head_dim, s.g.n_heads, s.g.n_kv_heads), (d, n_heads, first.g.n_kv_heads));
+        debug_assert_eq!(s.q.len() % width.max(1), 0);
+        debug_assert!(s.kv.0.len() >= s.g.n_kv_heads * s.g.head_stride * d);
+    }
+    let n: usize = seqs.iter().map(|s| s.q.len() / width.max(1)).sum();
+    debug_assert_eq!(out.len(), n * width);
     // Per item and query head of its group: the chunk's max, its sum, then `d` sums.
     let per_head = d + 2;
     let item = group * per_head;
-    let span = |i: usize| {
-        let s = seen(i);
-        let (first, visible) = (s.start, s.end.max(s.start));
-        debug_assert!(visible <= g.head_stride);
+    let span = |s: &Rows<'_, T>, i: usize| {
+        let seen = (s.seen)(i);
+        let (first, visible) = (seen.start, seen.end.max(seen.start));
+        debug_assert!(visible <= s.g.head_stride);
         (first, visible, (visible - first).div_ceil(CHUNK).max(1))
     };
     // Taken out of the thread-local (not borrowed) across the parallel section: the
     // calling thread runs tasks too, and they use the other thread-locals.
     let mut partials = PARTIALS.with_borrow_mut(std::mem::take);
-    // starts[r]: the first item of row `block + r`; a row's items are (KV head, chunk).
+    // The (sequence, row) of each row of the block; `starts[r]`: its first item (a
+    // row's items are (KV head, chunk)).
+    let mut at = [(0_usize, 0_usize); ROWS_PER_DISPATCH];
     let mut starts = [0_usize; ROWS_PER_DISPATCH + 1];
-    for block in (0..n).step_by(ROWS_PER_DISPATCH) {
-        let rows = block..n.min(block + ROWS_PER_DISPATCH);
-        for (r, i) in rows.clone().enumerate() {
-            starts[r + 1] = starts[r] + g.n_kv_heads * span(i).2;
+    let (mut seq, mut row) = (0, 0);
+    let mut done = 0;
+    while done < n {
+        let mut rows = 0;
+        while rows < ROWS_PER_DISPATCH && done + rows < n {
+            while row >= seqs[seq].q.len() / width {
+                (seq, row) = (seq + 1, 0);
+            }
+            at[rows] = (seq, row);
+            let s = &seqs[seq];
+            starts[rows + 1] = starts[rows] + s.g.n_kv_heads * span(s, row).2;
+            (rows, row) = (rows + 1, row + 1);
         }
-        let total = starts[rows.len()];
-        let starts = &starts[..=rows.len()];
-        run_tasks(total, item, &mut partials, |task, p| {
+        let (at, starts) = (&at[..rows], &starts[..=rows]);
+        run_tasks(starts[rows], item, &mut partials, |task, p| {
             let r = starts.partition_point(|&s| s <= task) - 1;
-            let i = block + r;
-            let (first, visible, chunks) = span(i);
+            let (si, i) = at[r];
+            let s = &seqs[si];
+            let (first, visible, chunks) = span(s, i);
             let local = task - starts[r];
             let (j, c) = (local / chunks, local % chunks);
-            let q_i = &q[i * width..(i + 1) * width];
-            chunk_partials(g, q_i, (k, v), scales, (first, visible), (j, c), p);
+            let q_i = &s.q[i * width..(i + 1) * width];
+            chunk_partials(s.g, q_i, s.kv, s.scales, (first, visible), (j, c), p);
         });
-        for i in rows {
-            let (_, _, chunks) = span(i);
-            let at = starts[i - block] * item;
+        for (r, &(si, i)) in at.iter().enumerate() {
+            let s = &seqs[si];
+            let (_, _, chunks) = span(s, i);
+            let from = starts[r] * item;
+            let o = (done + r) * width;
             combine_chunks(
-                g,
-                &partials[at..at + g.n_kv_heads * chunks * item],
+                s.g,
+                &partials[from..from + s.g.n_kv_heads * chunks * item],
                 chunks,
-                &mut out[i * width..(i + 1) * width],
+                &mut out[o..o + width],
             );
         }
+        done += rows;
     }
     PARTIALS.with_borrow_mut(|slot| *slot = partials);
 }
@@ -650,6 +696,66 @@ mod tests {
                 let want: Vec<u32> = alone.iter().map(|x| x.to_bits()).collect();
                 prop_assert_eq!(got, want, "row {} of {}", i, n);
             }
+        }
+
+        #[test]
+        fn sequences_together_equal_each_sequence_alone(
+            (n_kv, group, d) in (1usize..4, 1usize..4, prop_oneof![1usize..20, Just(64)]),
+            seqs in proptest::collection::vec((1usize..(CHUNK * 5 / 2), 1usize..40, any::<bool>()), 1..6),
+            q8 in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            // Sequences of one geometry, each over its own cache (capacities differ,
+            // some windowed) with 1–39 query rows ending at its last position: one call
+            // for all of them gives every row the bits of its sequence's call alone.
+            let mut state = seed | 1;
+            let mut next = || {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                (state % 8_000) as f32 / 1_000.0 - 4.0
+            };
+            let mut data = Vec::new();
+            for &(cap, rows, windowed) in &seqs {
+                let g = Geometry::plain(n_kv * group, n_kv, d, cap);
+                let n = rows.min(cap);
+                let q: Vec<f32> = (0..n * g.n_heads * d).map(|_| next()).collect();
+                let (k, v): (Vec<f32>, Vec<f32>) = (0..n_kv * cap * d).map(|_| (next(), next())).unzip();
+                let (mut kc, mut ks, mut vc, mut vs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                crate::cache::quantize_q8(&k, d, &mut kc, &mut ks);
+                crate::cache::quantize_q8(&v, d, &mut vc, &mut vs);
+                let (pos, window) = (cap - n, if windowed { cap / 3 + 1 } else { cap });
+                data.push((g, q, (k, v), (kc, vc, ks, vs), pos, window));
+            }
+            let seen: Vec<_> = data
+                .iter()
+                .map(|&(.., pos, window)| move |i: usize| (pos + i + 1).saturating_sub(window)..pos + i + 1)
+                .collect();
+            let total: usize = data.iter().map(|p| p.1.len()).sum();
+            let mut together = vec![f32::NAN; total];
+            let mut alone = Vec::new();
+            if q8 {
+                let rows: Vec<Rows<'_, u8>> = data.iter().zip(&seen).map(|((g, q, _, (kc, vc, ks, vs), ..), seen)| {
+                    Rows { g: *g, q, kv: (kc, vc), scales: Some((ks, vs)), seen }
+                }).collect();
+                attend_sequences(&rows, &mut together);
+                for one in &rows {
+                    let mut out = vec![f32::NAN; one.q.len()];
+                    attend_sequences(std::slice::from_ref(one), &mut out);
+                    alone.extend(out);
+                }
+            } else {
+                let rows: Vec<Rows<'_, f32>> = data.iter().zip(&seen).map(|((g, q, (k, v), ..), seen)| {
+                    Rows { g: *g, q, kv: (k, v), scales: None, seen }
+                }).collect();
+                attend_sequences(&rows, &mut together);
+                for one in &rows {
+                    let mut out = vec![f32::NAN; one.q.len()];
+                    attend_sequences(std::slice::from_ref(one), &mut out);
+                    alone.extend(out);
+                }
+            }
+            prop_assert!(together.iter().all(|x| x.is_finite()));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&together), bits(&alone));
         }
 
         #[test]
