@@ -6,7 +6,12 @@ use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Module, Tensor};
 
 use super::pool::run_tasks;
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
 use super::qgemm;
 use super::simd::dot;
 use crate::error::{CandleBackendError, Result};
@@ -19,7 +24,12 @@ use crate::error::{CandleBackendError, Result};
 /// 256-wide blocks) differs from `qgemm`'s: one kernel for every row count keeps a
 /// row's result independent of the rows beside it (prefill = decode, batch = solo).
 pub(crate) fn linear(m: &QMatMul, x: &Tensor) -> Result<Tensor> {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
     if let QMatMul::QTensor(w) = m
         && w.dtype() == GgmlDType::Q8_0
         && x.dtype() == DType::F32

@@ -8,7 +8,7 @@ pub(crate) mod activation;
 pub(crate) mod attention;
 pub(crate) mod linear;
 pub(crate) mod pool;
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
 pub(crate) mod qgemm;
 pub(crate) mod rope;
 pub(crate) mod simd;

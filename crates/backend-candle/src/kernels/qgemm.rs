@@ -7,11 +7,16 @@
 //! converts both f16 scales in scalar code. In a prefill that loop was ≈ 73 % of the
 //! time (`perf`, 512-token prompt, AMD EPYC with AVX2; docs/PERFORMANCE.md).
 //!
-//! [`matmul`] computes the same products [`R`] activation rows × [`C`] weight rows at a
-//! time: each weight block is loaded (and prepared: its absolute value, or its VNNI
-//! offset) once for `R` rows, each activation block once for `C` weight rows, and the
-//! `R × C` accumulators are independent, so the multiply-adds pipeline instead of
-//! waiting on each other.
+//! [`matmul`] computes the same products [`R`] activation rows (8 with AVX-512, 4 with
+//! AVX2) at a time against one weight row: each weight block is loaded, and its scale
+//! widened, once for `R` rows, and the `R` accumulators are independent, so the
+//! multiply-adds pipeline instead of waiting on each other. The weight rows of a work item are taken in order, so the
+//! weights stream through the cache as one sequential read, which the hardware
+//! prefetcher follows (the activation rows, a few KiB, stay in L1). Register tiles of
+//! 4 activation × 4 weight rows (and, before them, a pass widening the tile's scales)
+//! read four weight rows side by side, 612 bytes apart for SmolLM2: streams too short
+//! for the prefetcher, so the products waited on memory (measured in
+//! docs/PERFORMANCE.md: 8 × 1 is 10–19 % faster at batch 4–8 on AVX-512 VNNI).
 //!
 //! **Bit-identical to candle.** Every product runs exactly the operation sequence of
 //! candle 0.11.1's `vec_dot_q8_0_q8_0` (AVX2): per block the integer dot in eight i32
@@ -30,9 +35,9 @@
 //! lane (one more `vpdpbusd`, shared by every activation row) starts the sum, so every
 //! i32 lane is the same exact integer `Σ a·w` over the same four positions; the scale
 //! product, conversion, FMA and horizontal sum are unchanged — still bit-identical to
-//! candle — with 4 weight rows per register tile (AVX-512's 32 vector registers).
+//! candle.
 //!
-//! Compiled only where the target has AVX2 and FMA (the workspace builds with
+//! Compiled only where the target has AVX2, FMA and F16C (the workspace builds with
 //! `target-cpu=native`); elsewhere [`matmul`] is absent and callers use candle's kernel.
 
 use std::arch::x86_64::{
@@ -48,17 +53,12 @@ use half::f16;
 const BLOCK: usize = 32;
 /// Bytes per Q8_0 block: an f16 scale, then 32 signed codes.
 const BLOCK_BYTES: usize = 34;
-/// Whether the VNNI products are compiled in (see the module docs).
-const VNNI: bool = cfg!(all(target_feature = "avx512vnni", target_feature = "avx512vl"));
-/// Activation rows per register tile.
-const R: usize = 4;
-/// Weight rows per register tile: with VNNI, 4 (AVX-512's 32 vector registers hold the
-/// 16 accumulators and the 4 weight blocks with their offsets and scales), so each
-/// activation block is loaded once for 4 weight rows.
-const C: usize = if VNNI { 4 } else { 2 };
+/// Activation rows per register tile (against one weight row): 8 with AVX-512's 32
+/// vector registers, 4 with AVX2's 16 (8 accumulators spilled there).
+const R: usize = if cfg!(all(target_feature = "avx512vnni", target_feature = "avx512vl")) { 8 } else { 4 };
 /// Activation rows per work item (a multiple of [`R`]).
 const ROW_TILE: usize = 16;
-/// Weight rows per work item (a multiple of [`C`]).
+/// Weight rows per work item.
 const COL_TILE: usize = 64;
 
 /// Activations quantized to Q8_0: per row `kb` blocks of 32 codes, and per block its
@@ -90,23 +90,13 @@ pub(crate) fn matmul(x: &[f32], m: usize, k: usize, w: &[u8], n: usize, out: &mu
     let blocks = w.as_chunks::<BLOCK_BYTES>().0;
     pool.execute_chunked(row_tiles * col_tiles, |items| {
         let mut tile = [0.0_f32; ROW_TILE * COL_TILE];
-        // The weight tile's scales, widened once per item (not once per product).
-        let mut w_scales = vec![0.0_f32; COL_TILE * kb];
-        let mut scaled_tile = usize::MAX;
         for item in items {
             // Column-tile major: a worker's consecutive items share the weight tile.
             let (ct, rt) = (item / row_tiles, item % row_tiles);
             let (r0, r1) = (rt * ROW_TILE, m.min((rt + 1) * ROW_TILE));
             let (c0, c1) = (ct * COL_TILE, n.min((ct + 1) * COL_TILE));
             let width = c1 - c0;
-            let w_tile = &blocks[c0 * kb..c1 * kb];
-            if scaled_tile != ct {
-                for (s, b) in w_scales.iter_mut().zip(w_tile) {
-                    *s = f16::from_le_bytes([b[0], b[1]]).to_f32();
-                }
-                scaled_tile = ct;
-            }
-            item_products(&a, kb, (w_tile, &w_scales), (r0, r1), width, &mut tile);
+            item_products(&a, kb, &blocks[c0 * kb..c1 * kb], (r0, r1), width, &mut tile);
             let mut dst = rows[rt].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for (r, row) in tile.chunks_exact(COL_TILE).take(r1 - r0).enumerate() {
                 dst[r * n + c0..r * n + c1].copy_from_slice(&row[..width]);
@@ -151,83 +141,59 @@ fn quantize(x: &[f32], m: usize, k: usize) -> Quantized {
 }
 
 /// The products of activation rows `r0..r1` with the `width` weight rows of `w` (their
-/// blocks, `width × kb`, and the blocks' scales) into `tile` (`ROW_TILE × COL_TILE`,
-/// row-major; only the covered part is written).
+/// blocks, `width × kb`) into `tile` (`ROW_TILE × COL_TILE`, row-major; only the
+/// covered part is written): weight row by weight row, [`R`] activation rows at a time.
 fn item_products(
     a: &Quantized,
     kb: usize,
-    w: (&[[u8; BLOCK_BYTES]], &[f32]),
+    w: &[[u8; BLOCK_BYTES]],
     (r0, r1): (usize, usize),
     width: usize,
     tile: &mut [f32],
 ) {
-    let mut c = 0;
-    while c < width {
-        let cn = (width - c).min(C);
+    for (c, w_row) in w.chunks_exact(kb).take(width).enumerate() {
         let mut r = r0;
         while r < r1 {
             let rn = (r1 - r).min(R);
-            let mut sums = [[0.0_f32; C]; R];
-            let at = |rows: usize, cols: usize| Tile {
-                a: (&a.codes[r * kb..(r + rows) * kb], &a.scales[r * kb..(r + rows) * kb]),
-                w: (&w.0[c * kb..(c + cols) * kb], &w.1[c * kb..(c + cols) * kb]),
-                kb,
-            };
+            let mut sums = [0.0_f32; R];
+            let t =
+                Tile { a: (&a.codes[r * kb..(r + rn) * kb], &a.scales[r * kb..(r + rn) * kb]), w: w_row, kb };
             macro_rules! dispatch {
-                ($(($rn:literal, $cn:literal)),*) => {
-                    match (rn, cn) {
-                        $(($rn, $cn) => products::<$rn, $cn>(at($rn, $cn), &mut sums),)*
-                        _ => unreachable!("rn is 1..=R, cn 1..=C"),
+                ($($rn:literal),*) => {
+                    match rn {
+                        $($rn => products::<$rn>(t, &mut sums),)*
+                        _ => unreachable!("rn is 1..=R"),
                     }
                 };
             }
-            // SAFETY: `products` needs AVX2 and FMA (and, compiled as the VNNI version,
-            // AVX-512 VNNI and VL); this module is compiled only when the target has
-            // AVX2 and FMA (`cfg` on `mod qgemm`), the VNNI version only when it has
-            // those too (`cfg` on each `products`).
+            // SAFETY: `products` needs AVX2, FMA and F16C (and, compiled as the VNNI
+            // version, AVX-512 VNNI and VL); this module is compiled only when the target
+            // has AVX2, FMA and F16C (`cfg` on `mod qgemm`), the VNNI version only when
+            // it has those too (`cfg` on each `products`).
             #[allow(unsafe_code)]
             #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
             unsafe {
-                dispatch!(
-                    (1, 1),
-                    (1, 2),
-                    (1, 3),
-                    (1, 4),
-                    (2, 1),
-                    (2, 2),
-                    (2, 3),
-                    (2, 4),
-                    (3, 1),
-                    (3, 2),
-                    (3, 3),
-                    (3, 4),
-                    (4, 1),
-                    (4, 2),
-                    (4, 3),
-                    (4, 4)
-                )
+                dispatch!(1, 2, 3, 4, 5, 6, 7, 8)
             }
             // SAFETY: as above.
             #[allow(unsafe_code)]
             #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
             unsafe {
-                dispatch!((1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2))
+                dispatch!(1, 2, 3, 4)
             }
-            for (i, row) in sums.iter().take(rn).enumerate() {
-                let at = (r - r0 + i) * COL_TILE + c;
-                tile[at..at + cn].copy_from_slice(&row[..cn]);
+            for (i, &sum) in sums.iter().take(rn).enumerate() {
+                tile[(r - r0 + i) * COL_TILE + c] = sum;
             }
             r += rn;
         }
-        c += cn;
     }
 }
 
-/// The operands of one register tile: activation rows (codes, widened scales) and
-/// weight rows (GGUF blocks, widened scales), `kb` blocks per row.
+/// The operands of one register tile: activation rows (codes, widened scales) and one
+/// weight row (GGUF blocks), `kb` blocks per row.
 struct Tile<'a> {
     a: (&'a [[u8; BLOCK]], &'a [f32]),
-    w: (&'a [[u8; BLOCK_BYTES]], &'a [f32]),
+    w: &'a [[u8; BLOCK_BYTES]],
     kb: usize,
 }
 
@@ -238,6 +204,16 @@ struct Tile<'a> {
 fn load(b: &[u8; BLOCK]) -> __m256i {
     // SAFETY: `b` is 32 readable bytes, exactly what an unaligned 256-bit load reads.
     unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+/// A GGUF Q8_0 block's codes (its last 32 bytes, after the f16 scale) and its scale
+/// widened to f32 (exact) in all eight lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn block(b: &[u8; BLOCK_BYTES]) -> (__m256i, __m256) {
+    use std::arch::x86_64::{_mm_set1_epi16, _mm256_cvtph_ps};
+    let codes = b.last_chunk::<BLOCK>().unwrap_or(&[0; BLOCK]);
+    (load(codes), _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes([b[0], b[1]]))))
 }
 
 /// candle's `hsum_float_8`, step for step.
@@ -251,13 +227,13 @@ fn hsum(x: __m256) -> f32 {
     _mm_cvtss_f32(res)
 }
 
-/// `sums[i][j]` = the dot product of the tile's activation row `i` with its weight row
-/// `j` (`RN ≤ R`, `CN ≤ C` rows given), each in candle's `vec_dot_q8_0_q8_0` arithmetic.
-/// With AVX-512 VNNI: the integer dots as one `vpdpbusd` each (module docs).
+/// `sums[i]` = the dot product of the tile's activation row `i` (`RN ≤ R` rows given)
+/// with its weight row, each in candle's `vec_dot_q8_0_q8_0` arithmetic. With AVX-512
+/// VNNI: the integer dots as one `vpdpbusd` each (module docs).
 #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
 #[inline]
-#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-fn products<const RN: usize, const CN: usize>(t: Tile<'_>, sums: &mut [[f32; C]; R]) {
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+fn products<const RN: usize>(t: Tile<'_>, sums: &mut [f32; R]) {
     use std::arch::x86_64::{
         _mm256_dpbusd_epi32, _mm256_mul_ps, _mm256_set1_epi8, _mm256_setzero_si256, _mm256_sub_epi32,
         _mm256_xor_si256,
@@ -265,83 +241,56 @@ fn products<const RN: usize, const CN: usize>(t: Tile<'_>, sums: &mut [[f32; C];
     let kb = t.kb;
     let a_codes: [&[[u8; BLOCK]]; RN] = std::array::from_fn(|i| &t.a.0[i * kb..(i + 1) * kb]);
     let a_scales: [&[f32]; RN] = std::array::from_fn(|i| &t.a.1[i * kb..(i + 1) * kb]);
-    let w_blocks: [&[[u8; BLOCK_BYTES]]; CN] = std::array::from_fn(|j| &t.w.0[j * kb..(j + 1) * kb]);
-    let w_scales: [&[f32]; CN] = std::array::from_fn(|j| &t.w.1[j * kb..(j + 1) * kb]);
     // 0x80 in every byte: XOR turns a signed code into `code + 128` as unsigned.
     let flip = _mm256_set1_epi8(i8::MIN);
     let zero = _mm256_setzero_si256();
-    let mut acc = [[_mm256_setzero_ps(); CN]; RN];
-    for b in 0..kb {
-        let mut wq = [zero; CN];
-        let mut offset = [zero; CN];
-        let mut ws = [_mm256_setzero_ps(); CN];
-        for j in 0..CN {
-            // The codes are the block's last 32 bytes (after the f16 scale): always there.
-            let codes = w_blocks[j][b].last_chunk::<BLOCK>().unwrap_or(&[0; BLOCK]);
-            wq[j] = load(codes);
-            // −128 · (the sum of each lane's four weight codes): what the activations'
-            // +128 adds to the unsigned dot, taken off before it starts.
-            offset[j] = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, flip, wq[j]));
-            ws[j] = _mm256_set1_ps(w_scales[j][b]);
-        }
+    let mut acc = [_mm256_setzero_ps(); RN];
+    for (b, w) in t.w.iter().enumerate().take(kb) {
+        let (wq, ws) = block(w);
+        // −128 · (the sum of each lane's four weight codes): what the activations' +128
+        // adds to the unsigned dot, taken off before it starts.
+        let offset = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, flip, wq));
         for i in 0..RN {
             let au = _mm256_xor_si256(load(&a_codes[i][b]), flip);
-            let ad = _mm256_set1_ps(a_scales[i][b]);
-            for j in 0..CN {
-                // candle: d = f16(x.d)·f16(y.d) with x the weight block, y the activation's.
-                let d = _mm256_mul_ps(ws[j], ad);
-                let q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(offset[j], au, wq[j]));
-                acc[i][j] = _mm256_fmadd_ps(d, q, acc[i][j]);
-            }
+            // candle: d = f16(x.d)·f16(y.d) with x the weight block, y the activation's.
+            let d = _mm256_mul_ps(ws, _mm256_set1_ps(a_scales[i][b]));
+            let q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(offset, au, wq));
+            acc[i] = _mm256_fmadd_ps(d, q, acc[i]);
         }
     }
     for i in 0..RN {
-        for j in 0..CN {
-            sums[i][j] = hsum(acc[i][j]);
-        }
+        sums[i] = hsum(acc[i]);
     }
 }
 
-/// `sums[i][j]` = the dot product of the tile's activation row `i` with its weight row
-/// `j` (`RN ≤ R`, `CN ≤ C` rows given), each in candle's `vec_dot_q8_0_q8_0` arithmetic.
+/// `sums[i]` = the dot product of the tile's activation row `i` (`RN ≤ R` rows given)
+/// with its weight row, each in candle's `vec_dot_q8_0_q8_0` arithmetic.
 #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
 #[inline]
-#[target_feature(enable = "avx2,fma")]
-fn products<const RN: usize, const CN: usize>(t: Tile<'_>, sums: &mut [[f32; C]; R]) {
-    use std::arch::x86_64::{_mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_set1_epi16, _mm256_sign_epi8};
+#[target_feature(enable = "avx2,fma,f16c")]
+fn products<const RN: usize>(t: Tile<'_>, sums: &mut [f32; R]) {
+    use std::arch::x86_64::{
+        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_set1_epi16, _mm256_sign_epi8,
+    };
     let kb = t.kb;
     let a_codes: [&[[u8; BLOCK]]; RN] = std::array::from_fn(|i| &t.a.0[i * kb..(i + 1) * kb]);
     let a_scales: [&[f32]; RN] = std::array::from_fn(|i| &t.a.1[i * kb..(i + 1) * kb]);
-    let w_blocks: [&[[u8; BLOCK_BYTES]]; CN] = std::array::from_fn(|j| &t.w.0[j * kb..(j + 1) * kb]);
-    let w_scales: [&[f32]; CN] = std::array::from_fn(|j| &t.w.1[j * kb..(j + 1) * kb]);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_ps(); CN]; RN];
-    for b in 0..kb {
-        let mut wq = [ones; CN];
-        let mut wabs = [ones; CN];
-        for j in 0..CN {
-            // The codes are the block's last 32 bytes (after the f16 scale): always there.
-            let codes = w_blocks[j][b].last_chunk::<BLOCK>().unwrap_or(&[0; BLOCK]);
-            wq[j] = load(codes);
-            wabs[j] = _mm256_sign_epi8(wq[j], wq[j]);
-        }
+    let mut acc = [_mm256_setzero_ps(); RN];
+    for (b, w) in t.w.iter().enumerate().take(kb) {
+        let (wq, ws) = block(w);
+        let wabs = _mm256_sign_epi8(wq, wq);
         for i in 0..RN {
-            let aq = load(&a_codes[i][b]);
-            let ad = a_scales[i][b];
-            for j in 0..CN {
-                // candle: d = f16(x.d)·f16(y.d) with x the weight block, y the activation's.
-                let d = _mm256_set1_ps(w_scales[j][b] * ad);
-                let sy = _mm256_sign_epi8(aq, wq[j]);
-                let dot = _mm256_maddubs_epi16(wabs[j], sy);
-                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
-                acc[i][j] = _mm256_fmadd_ps(d, q, acc[i][j]);
-            }
+            // candle: d = f16(x.d)·f16(y.d) with x the weight block, y the activation's.
+            let d = _mm256_mul_ps(ws, _mm256_set1_ps(a_scales[i][b]));
+            let sy = _mm256_sign_epi8(load(&a_codes[i][b]), wq);
+            let dot = _mm256_maddubs_epi16(wabs, sy);
+            let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
+            acc[i] = _mm256_fmadd_ps(d, q, acc[i]);
         }
     }
     for i in 0..RN {
-        for j in 0..CN {
-            sums[i][j] = hsum(acc[i][j]);
-        }
+        sums[i] = hsum(acc[i]);
     }
 }
 
