@@ -1331,7 +1331,6 @@ fn with_rows<R>(t: &Tensor, cols: usize, f: impl FnOnce(&[f32], usize) -> R) -> 
     let values = cpu.as_slice::<f32>().ok()?.get(layout.start_offset()..)?;
     match (layout.dims(), layout.stride()) {
         ([_, c], [row_stride, 1]) if *c == cols => Some(f(values, *row_stride)),
-        ([1, c], _) if *c == cols && layout.is_contiguous() => Some(f(values, cols)),
         _ => None,
     }
 }

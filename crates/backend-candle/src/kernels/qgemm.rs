@@ -31,7 +31,8 @@
 //!
 //! **VNNI.** Where the target has AVX-512 VNNI and VL, the integer dot runs as one
 //! `vpdpbusd` per product instead of sign, `maddubs` and `madd`: the activation codes are
-//! made unsigned (`a + 128`, one XOR per block) and each weight block's `−128 · Σ w` per
+//! stored unsigned (`a + 128`, XORed once when the activations are quantized) and each
+//! weight block's `−128 · Σ w` per
 //! lane (one more `vpdpbusd`, shared by every activation row) starts the sum, so every
 //! i32 lane is the same exact integer `Σ a·w` over the same four positions; the scale
 //! product, conversion, FMA and horizontal sum are unchanged — still bit-identical to
@@ -56,6 +57,13 @@ const BLOCK_BYTES: usize = 34;
 /// Activation rows per register tile (against one weight row): 8 with AVX-512's 32
 /// vector registers, 4 with AVX2's 16 (8 accumulators spilled there).
 const R: usize = if cfg!(all(target_feature = "avx512vnni", target_feature = "avx512vl")) { 8 } else { 4 };
+/// Activation rows per quantization task (fewer rows than twice this: one row a task).
+const ROWS_PER_PART: usize = 8;
+/// XORed into every stored activation code: with VNNI `0x80`, which stores `code + 128`
+/// as unsigned (`vpdpbusd` multiplies unsigned by signed bytes); otherwise 0 (the codes
+/// as candle stores them, signed).
+const CODE_OFFSET: u8 =
+    if cfg!(all(target_feature = "avx512vnni", target_feature = "avx512vl")) { 0x80 } else { 0 };
 /// Activation rows per work item (a multiple of [`R`]).
 const ROW_TILE: usize = 16;
 /// Weight rows per work item.
@@ -114,15 +122,16 @@ fn quantize(x: &[f32], m: usize, k: usize) -> Quantized {
     let mut codes = vec![[0_u8; BLOCK]; m * kb];
     let mut scales = vec![0.0_f32; m * kb];
     {
-        const ROWS: usize = 8;
+        // A batch's decode step (a few rows): one row a task, so both threads quantize.
+        let rows = if m < 2 * ROWS_PER_PART { 1 } else { ROWS_PER_PART };
         type Part<'a> = Mutex<(&'a mut [[u8; BLOCK]], &'a mut [f32])>;
         let parts: Vec<Part<'_>> =
-            codes.chunks_mut(ROWS * kb).zip(scales.chunks_mut(ROWS * kb)).map(Mutex::new).collect();
+            codes.chunks_mut(rows * kb).zip(scales.chunks_mut(rows * kb)).map(Mutex::new).collect();
         candle_core::utils::barrier_pool().execute_chunked(parts.len(), |range| {
             for p in range {
                 let mut guard = parts[p].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let (codes, scales) = &mut *guard;
-                let xs = &x[p * ROWS * k..((p + 1) * ROWS * k).min(x.len())];
+                let xs = &x[p * rows * k..((p + 1) * rows * k).min(x.len())];
                 for ((block, code), scale) in
                     xs.chunks_exact(BLOCK).zip(codes.iter_mut()).zip(scales.iter_mut())
                 {
@@ -131,7 +140,7 @@ fn quantize(x: &[f32], m: usize, k: usize) -> Quantized {
                     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                     *scale = f16::from_f32(d).to_f32();
                     for (c, &v) in code.iter_mut().zip(block) {
-                        *c = (f32::round(v * id) as i8) as u8;
+                        *c = ((f32::round(v * id) as i8) as u8) ^ CODE_OFFSET;
                     }
                 }
             }
@@ -236,12 +245,11 @@ fn hsum(x: __m256) -> f32 {
 fn products<const RN: usize>(t: Tile<'_>, sums: &mut [f32; R]) {
     use std::arch::x86_64::{
         _mm256_dpbusd_epi32, _mm256_mul_ps, _mm256_set1_epi8, _mm256_setzero_si256, _mm256_sub_epi32,
-        _mm256_xor_si256,
     };
     let kb = t.kb;
     let a_codes: [&[[u8; BLOCK]]; RN] = std::array::from_fn(|i| &t.a.0[i * kb..(i + 1) * kb]);
     let a_scales: [&[f32]; RN] = std::array::from_fn(|i| &t.a.1[i * kb..(i + 1) * kb]);
-    // 0x80 in every byte: XOR turns a signed code into `code + 128` as unsigned.
+    // 128 in every byte: the offset the stored activation codes carry.
     let flip = _mm256_set1_epi8(i8::MIN);
     let zero = _mm256_setzero_si256();
     let mut acc = [_mm256_setzero_ps(); RN];
@@ -251,7 +259,8 @@ fn products<const RN: usize>(t: Tile<'_>, sums: &mut [f32; R]) {
         // adds to the unsigned dot, taken off before it starts.
         let offset = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, flip, wq));
         for i in 0..RN {
-            let au = _mm256_xor_si256(load(&a_codes[i][b]), flip);
+            // The stored codes are already `code + 128` ([`CODE_OFFSET`]).
+            let au = load(&a_codes[i][b]);
             // candle: d = f16(x.d)·f16(y.d) with x the weight block, y the activation's.
             let d = _mm256_mul_ps(ws, _mm256_set1_ps(a_scales[i][b]));
             let q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(offset, au, wq));
