@@ -780,8 +780,10 @@ impl Llama {
     /// The residual stream `(rows, hidden_size)` after every layer, for the segments'
     /// tokens one after another (segment `s` at positions `cache_s.seq_len()..` of its
     /// own cache): the linear maps and norms run on all rows at once (the weights read
-    /// once per pass, whatever the number of sequences), RoPE and attention per segment
-    /// on its cache. Writes the new keys/values and leaves committing the lengths to
+    /// once per pass, whatever the number of sequences); with [`Attention::Fused`] RoPE
+    /// and attention for all segments together, each over its own cache
+    /// ([`fused_attention_of`](Self::fused_attention_of)), otherwise per segment
+    /// ([`attention_of`](Self::attention_of)). Writes the new keys/values and leaves committing the lengths to
     /// the caller; the segments were checked ([`check_segment`](Self::check_segment)).
     /// Every kernel computes a row alone (batch invariance), so a sequence's rows are
     /// the same bits whatever else is in the pass. `few_rows` routes linear maps
@@ -879,17 +881,7 @@ impl Llama {
         let cfg = &self.config;
         let rows = q.dim(0)?;
         let (heads, kv_heads, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
-        let (q, k) = match &layer.qk_norm {
-            Some([wq, wk]) => {
-                let eps = cfg.rms_norm_eps as f32;
-                let norm = |x: &Tensor, h: usize, w: &Tensor| -> Result<Tensor> {
-                    Ok(candle_nn::ops::rms_norm(&x.reshape((rows, h, d))?.contiguous()?, w, eps)?
-                        .reshape((rows, h * d))?)
-                };
-                (norm(&q, heads, wq)?, norm(&k, kv_heads, wk)?)
-            }
-            None => (q, k),
-        };
+        let (q, k) = self.qk_normed(layer, (q, k), rows)?;
         let positions: Vec<usize> = spans.iter().flat_map(|&(_, n, pos)| pos..pos + n).collect();
         // (rows, heads, head_dim): one contiguous row of heads per query position.
         let q = self.rotate_rows(i, &q, heads, &positions)?;
@@ -958,24 +950,18 @@ impl Llama {
         Ok(Tensor::from_vec(out, (positions.len(), heads, d), &self.device)?)
     }
 
-    /// Queries and keys of `rows` projections, q/k-normed ([`LlamaConfig::qk_norm`]) and
-    /// rotated by the `(rows, head_dim / 2)` angle tables: `(1, heads, rows, head_dim)`.
-    fn rotated_qk(
-        &self,
-        layer: &Layer,
-        (q, k): (Tensor, Tensor),
-        rows: usize,
-        (cos, sin): (&Tensor, &Tensor),
-    ) -> Result<(Tensor, Tensor)> {
+    /// The `(rows, heads · head_dim)` query and key projections of a pass, each head
+    /// RMS-normed where the family norms them ([`LlamaConfig::qk_norm`]); as they are
+    /// otherwise.
+    fn qk_normed(&self, layer: &Layer, (q, k): (Tensor, Tensor), rows: usize) -> Result<(Tensor, Tensor)> {
+        let Some([wq, wk]) = &layer.qk_norm else { return Ok((q, k)) };
         let cfg = &self.config;
-        let mut q = q.reshape((1, rows, cfg.n_heads, cfg.head_dim))?;
-        let mut k = k.reshape((1, rows, cfg.n_kv_heads, cfg.head_dim))?;
-        if let Some([wq, wk]) = &layer.qk_norm {
-            let eps = cfg.rms_norm_eps as f32;
-            q = candle_nn::ops::rms_norm(&q.contiguous()?, wq, eps)?;
-            k = candle_nn::ops::rms_norm(&k.contiguous()?, wk, eps)?;
-        }
-        Ok((self.rope(q, cos, sin)?, self.rope(k, cos, sin)?))
+        let (eps, d) = (cfg.rms_norm_eps as f32, cfg.head_dim);
+        let norm = |x: &Tensor, heads: usize, w: &Tensor| -> Result<Tensor> {
+            Ok(candle_nn::ops::rms_norm(&x.reshape((rows, heads, d))?.contiguous()?, w, eps)?
+                .reshape((rows, heads * d))?)
+        };
+        Ok((norm(&q, cfg.n_heads, wq)?, norm(&k, cfg.n_kv_heads, wk)?))
     }
 
     /// Attention of layer `i` for one segment through the candle-op kernels
@@ -995,8 +981,9 @@ impl Llama {
         let n = q.dim(0)?;
         let (cos, sin) = self.layer_rope(i);
         let (cos, sin) = (cos.narrow(0, pos, n)?, sin.narrow(0, pos, n)?);
-        let (q, k) = self.rotated_qk(layer, (q, k), n, (&cos, &sin))?;
-        let k = k.squeeze(0)?;
+        let (q, k) = self.qk_normed(layer, (q, k), n)?;
+        let q = self.rope(q.reshape((1, n, cfg.n_heads, cfg.head_dim))?, &cos, &sin)?;
+        let k = self.rope(k.reshape((1, n, cfg.n_kv_heads, cfg.head_dim))?, &cos, &sin)?.squeeze(0)?;
         let v = v.reshape((n, cfg.n_kv_heads, cfg.head_dim))?.transpose(0, 1)?.contiguous()?;
         let view = cache.write_and_view(i, &k, &v)?;
         // (n, n_heads, head_dim): one contiguous row of heads per query position.
@@ -1260,10 +1247,16 @@ impl Llama {
         // One call for all segments when their caches share an element type (caches of
         // one model do); otherwise one call per segment.
         if !attend_parts(&parts, &seen, &mut out) {
+            // A single part's cache has one element type: each call writes.
             let mut at = 0;
             for (part, seen) in parts.iter().zip(&seen) {
                 let n = part.2.len();
-                attend_parts(std::slice::from_ref(part), std::slice::from_ref(seen), &mut out[at..at + n]);
+                let one = attend_parts(
+                    std::slice::from_ref(part),
+                    std::slice::from_ref(seen),
+                    &mut out[at..at + n],
+                );
+                debug_assert!(one, "one segment's cache has one element type");
                 at += n;
             }
         }
@@ -1340,7 +1333,7 @@ fn with_rows<R>(t: &Tensor, cols: usize, f: impl FnOnce(&[f32], usize) -> R) -> 
 /// contiguous rows (the caller then runs candle's ops).
 fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
     let Ok((rows, cols)) = gate.dims2() else { return Ok(None) };
-    if up.dims2().ok() != Some((rows, cols)) {
+    if up.dims2().ok() != Some((rows, cols)) || !gate.device().is_cpu() || !up.device().is_cpu() {
         return Ok(None);
     }
     let mut out = vec![0.0_f32; rows * cols];

@@ -5,7 +5,8 @@
 //!
 //! Per family: a 12-token prefill and 8 decode steps within 1e-4 of HF (f32), in both
 //! attention kernels; all 20 positions of one batched pass likewise; the kv-cache
-//! conformance kit; a perpetual run with back steps whose cache stays in step. Then the
+//! conformance kit; a perpetual run with back steps whose cache stays in step; on the
+//! Q8_0 files, a batch of sequences with other caches beside each = its solo run. Then the
 //! refusals: a checkpoint whose `config.json` does not describe it, and every setting
 //! not implemented, is a typed error, never a silently different model.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -494,6 +495,80 @@ fn every_family_passes_the_cache_conformance_kit() {
             small_capacity: 24,
         };
         run_all(&mut ModelHarness(model), &config).unwrap();
+    }
+}
+
+/// A batch gives each sequence its solo logits bit for bit on every quantized family
+/// (Q8_0 weights: row-invariant kernels; f32 weights go through gemm, whose rounding
+/// depends on the row count): sequences of other lengths and cache capacities (so other
+/// buffer strides) beside it, sliding windows and q/k norms included, and a mixed batch
+/// whose caches have different element types (a cache made by a second load of the
+/// file with a Q8 cache), which the fused kernel runs one sequence at a time.
+#[test]
+fn a_batch_gives_each_sequence_its_solo_logits_on_every_quantized_family() {
+    use perpetua_candle::LlamaCache;
+    use perpetua_generator::{BatchItem, KvCache};
+    for family in GGUF_FAMILIES {
+        let path = dir(family).join("model-q8_0.gguf");
+        for kv_dtype in [KvDtype::F16, KvDtype::F32, KvDtype::Q8] {
+            let model = Llama::load(&path, &LoadOptions { kv_dtype, ..LoadOptions::default() }).unwrap();
+            let q8 =
+                Llama::load(&path, &LoadOptions { kv_dtype: KvDtype::Q8, ..LoadOptions::default() }).unwrap();
+            let vocab = model.vocab_size();
+            let prompts: [Vec<u32>; 4] = [
+                vec![5, 9, 200],
+                (0..12).map(|t| 3 + t * 19 % 250).collect(),
+                (0..20).map(|t| 7 + t * 11 % 240).collect(),
+                vec![42],
+            ];
+            // Capacities 40, 64, 256 and a cache of the Q8 load (mixed element types
+            // when this model's are not Q8).
+            let fresh = |s: usize| -> LlamaCache {
+                match s {
+                    0 => model.new_cache_with_capacity(40).unwrap(),
+                    1 => model.new_cache_with_capacity(64).unwrap(),
+                    2 => model.new_cache().unwrap(),
+                    _ => q8.new_cache().unwrap(),
+                }
+            };
+            // Three caches of this model (one kernel call for all), then a fourth, of the
+            // Q8 load, beside them (mixed element types unless this model's are Q8 too).
+            for width in [3, 4] {
+                let mut batch_caches: Vec<LlamaCache> = (0..width).map(fresh).collect();
+                let mut solo_caches: Vec<LlamaCache> = (0..width).map(fresh).collect();
+                let mut feed: Vec<Vec<u32>> = prompts[..width].to_vec();
+                for step in 0..6 {
+                    let mut items: Vec<BatchItem<'_, LlamaCache>> = batch_caches
+                        .iter_mut()
+                        .zip(&feed)
+                        .map(|(cache, tokens)| BatchItem { tokens, cache })
+                        .collect();
+                    let mut together = Vec::new();
+                    model.forward_batch(&mut items, &mut together).unwrap();
+                    let mut next = Vec::new();
+                    for (s, tokens) in feed.iter().enumerate() {
+                        let mut alone = Vec::new();
+                        model.forward(tokens, &mut solo_caches[s], &mut alone).unwrap();
+                        let got = &together[s * vocab..(s + 1) * vocab];
+                        let same = got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "{family} ({kv_dtype:?} cache), step {step}, sequence {s}: batched logits differ from its solo run"
+                        );
+                        assert_eq!(
+                            batch_caches[s].seq_len(),
+                            solo_caches[s].seq_len(),
+                            "{family}: cache lengths"
+                        );
+                        next.push(vec![common::argmax(&alone)]);
+                    }
+                    feed = next;
+                }
+            }
+            println!(
+                "{family} ({kv_dtype:?} cache): batches of 3, and of 4 with a Q8 cache beside, = each solo run"
+            );
+        }
     }
 }
 

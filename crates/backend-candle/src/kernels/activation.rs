@@ -7,7 +7,7 @@
 //! candle's expression per element — `g / (1 + e^(−g))` with the same `exp`, then `· u`
 //! — so the bits are the ones the two ops produced.
 
-use std::sync::Mutex;
+use super::pool::for_each_chunk;
 
 /// `out[r·cols + c] = silu(gate_r[c]) · up_r[c]` for `rows` rows, row `r` of `gate` at
 /// `gate.0[r·gate.1..]` and of `up` at `up.0[r·up.1..]` (`(slice, row stride)`), `cols`
@@ -23,6 +23,9 @@ pub(crate) fn silu_mul(
     if out.len() != rows * cols || !fits(gate.len(), gate_stride) || !fits(up.len(), up_stride) {
         return None;
     }
+    if rows == 0 || cols == 0 {
+        return Some(());
+    }
     let row = |r: usize, dst: &mut [f32]| {
         let g = &gate[r * gate_stride..r * gate_stride + cols];
         let u = &up[r * up_stride..r * up_stride + cols];
@@ -30,19 +33,11 @@ pub(crate) fn silu_mul(
             *o = g / (1.0 + (-g).exp()) * u;
         }
     };
-    if rows <= 1 {
-        if let Some(dst) = out.get_mut(..cols) {
-            row(0, dst);
-        }
-        return Some(());
+    if rows == 1 {
+        row(0, out);
+    } else {
+        for_each_chunk(out, cols, row);
     }
-    let parts: Vec<Mutex<&mut [f32]>> = out.chunks_mut(cols.max(1)).map(Mutex::new).collect();
-    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
-        for r in range {
-            let mut dst = parts[r].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            row(r, &mut dst);
-        }
-    });
     Some(())
 }
 

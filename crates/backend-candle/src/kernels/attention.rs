@@ -1,4 +1,5 @@
-//! Fused grouped-query attention for one query position on the CPU.
+//! Fused grouped-query attention on the CPU: query rows of one or several sequences,
+//! each over its own cache.
 //!
 //! The reference path (candle matmuls, one query head at a time, bit-identical to
 //! candle-transformers) reads each KV head once per query head of its group — three
@@ -314,7 +315,7 @@ pub(crate) fn attend_one<T: KvElem>(
     attend_rows(g, q, kv, scales, |_| seen.clone(), out);
 }
 
-/// Query rows per pool dispatch in [`attend_rows`]: enough (row, KV head, chunk) items
+/// Query rows per pool dispatch in [`attend_sequences`]: enough (row, KV head, chunk) items
 /// to keep every thread busy from the first positions of a prompt on, few enough that
 /// the partial results of one dispatch stay small (≈ 2.4 MB for SmolLM2 at 8,192
 /// positions).
@@ -337,7 +338,8 @@ const ROWS_PER_DISPATCH: usize = 32;
 /// multiplies its score, a value row's scale its softmax weight (after the softmax sum,
 /// which stays that of the unscaled weights).
 ///
-/// One sequence's rows: [`attend_sequences`] with one [`Rows`].
+/// One sequence's rows: [`attend_sequences`] with one [`Rows`] (the tests' form).
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn attend_rows<T: KvElem>(
     g: Geometry,
     q: &[f32],
@@ -395,7 +397,10 @@ pub(crate) fn attend_sequences<T: KvElem>(seqs: &[Rows<'_, T>], out: &mut [f32])
         debug_assert_eq!(s.q.len() % width.max(1), 0);
         debug_assert!(s.kv.0.len() >= s.g.n_kv_heads * s.g.head_stride * d);
     }
-    let n: usize = seqs.iter().map(|s| s.q.len() / width.max(1)).sum();
+    if width == 0 {
+        return;
+    }
+    let n: usize = seqs.iter().map(|s| s.q.len() / width).sum();
     debug_assert_eq!(out.len(), n * width);
     // Per item and query head of its group: the chunk's max, its sum, then `d` sums.
     let per_head = d + 2;

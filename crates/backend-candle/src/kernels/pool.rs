@@ -1,8 +1,10 @@
 //! [`run_tasks`]: independent tasks on candle's CPU thread pool, each writing a
 //! fixed-width slice of the output (the attention kernel's work items, the few-row
-//! linear kernel's feature blocks).
+//! linear kernel's feature blocks); [`for_each_chunk`]: the same for tasks that write
+//! their own chunk of a caller's buffer in place (RoPE, the MLP activation).
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 thread_local! {
@@ -48,4 +50,22 @@ pub(crate) fn run_tasks(n: usize, width: usize, out: &mut Vec<f32>, task: impl F
     out.clear();
     out.extend(cells.iter().map(|c| f32::from_bits(c.load(Ordering::Relaxed))));
     SHARED.with_borrow_mut(|slot| *slot = shared);
+}
+
+/// `f(i, chunk)` for every `chunk`-long piece `i` of `out` (the last may be shorter), on
+/// candle's pool (the calling thread takes pieces too). Each piece sits behind its own
+/// lock, taken once by the one task that writes it: uncontended, and no `unsafe` to
+/// share the buffer. Tasks must not run candle operations themselves (see
+/// [`run_tasks`]).
+pub(crate) fn for_each_chunk(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if out.is_empty() || chunk == 0 {
+        return;
+    }
+    let pieces: Vec<Mutex<&mut [f32]>> = out.chunks_mut(chunk).map(Mutex::new).collect();
+    candle_core::utils::barrier_pool().execute_chunked(pieces.len(), |range| {
+        for i in range {
+            let mut piece = pieces[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(i, &mut piece);
+        }
+    });
 }

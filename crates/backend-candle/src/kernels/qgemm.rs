@@ -7,14 +7,14 @@
 //! converts both f16 scales in scalar code. In a prefill that loop was ≈ 73 % of the
 //! time (`perf`, 512-token prompt, AMD EPYC with AVX2; docs/PERFORMANCE.md).
 //!
-//! [`matmul`] computes the same products [`R`] activation rows (8 with AVX-512, 4 with
-//! AVX2) at a time against one weight row: each weight block is loaded, and its scale
+//! [`matmul`] computes the same products [`R`] activation rows (8 with AVX-512 VNNI, 4
+//! otherwise) at a time against one weight row: each weight block is loaded, and its scale
 //! widened, once for `R` rows, and the `R` accumulators are independent, so the
 //! multiply-adds pipeline instead of waiting on each other. The weight rows of a work item are taken in order, so the
 //! weights stream through the cache as one sequential read, which the hardware
 //! prefetcher follows (the activation rows, a few KiB, stay in L1). Register tiles of
 //! 4 activation × 4 weight rows (and, before them, a pass widening the tile's scales)
-//! read four weight rows side by side, 612 bytes apart for SmolLM2: streams too short
+//! read four weight rows side by side, 612 bytes apart for SmolLM2 (k = 576): streams too short
 //! for the prefetcher, so the products waited on memory (measured in
 //! docs/PERFORMANCE.md: 8 × 1 is 10–19 % faster at batch 4–8 on AVX-512 VNNI).
 //!
@@ -54,8 +54,8 @@ use half::f16;
 const BLOCK: usize = 32;
 /// Bytes per Q8_0 block: an f16 scale, then 32 signed codes.
 const BLOCK_BYTES: usize = 34;
-/// Activation rows per register tile (against one weight row): 8 with AVX-512's 32
-/// vector registers, 4 with AVX2's 16 (8 accumulators spilled there).
+/// Activation rows per register tile (against one weight row): 8 with AVX-512 VNNI (32
+/// vector registers), 4 otherwise (8 accumulators spilled in AVX2's 16).
 const R: usize = if cfg!(all(target_feature = "avx512vnni", target_feature = "avx512vl")) { 8 } else { 4 };
 /// Activation rows per quantization task (fewer rows than twice this: one row a task).
 const ROWS_PER_PART: usize = 8;
@@ -69,8 +69,9 @@ const ROW_TILE: usize = 16;
 /// Weight rows per work item.
 const COL_TILE: usize = 64;
 
-/// Activations quantized to Q8_0: per row `kb` blocks of 32 codes, and per block its
-/// scale widened from f16 (what the dot product multiplies by).
+/// Activations quantized to Q8_0: per row `kb` blocks of 32 codes (each XORed with
+/// [`CODE_OFFSET`]), and per block its scale widened from f16 (what the dot product
+/// multiplies by).
 struct Quantized {
     codes: Vec<[u8; BLOCK]>,
     scales: Vec<f32>,
@@ -86,6 +87,9 @@ pub(crate) fn matmul(x: &[f32], m: usize, k: usize, w: &[u8], n: usize, out: &mu
     }
     if out.len() != m * n {
         return None;
+    }
+    if m == 0 || n == 0 {
+        return Some(());
     }
     let kb = k / BLOCK;
     let a = quantize(x, m, k);
@@ -221,8 +225,8 @@ fn load(b: &[u8; BLOCK]) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn block(b: &[u8; BLOCK_BYTES]) -> (__m256i, __m256) {
     use std::arch::x86_64::{_mm_set1_epi16, _mm256_cvtph_ps};
-    let codes = b.last_chunk::<BLOCK>().unwrap_or(&[0; BLOCK]);
-    (load(codes), _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes([b[0], b[1]]))))
+    let [lo, hi, codes @ ..] = b;
+    (load(codes), _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes([*lo, *hi]))))
 }
 
 /// candle's `hsum_float_8`, step for step.
