@@ -670,11 +670,8 @@ mod tests {
             // `extra` > ROWS_PER_DISPATCH), each seeing its causal prefix within the window.
             let n = extra.min(visible);
             let width = g.n_heads * g.head_dim;
-            let mut state = seed | 1;
-            let q: Vec<f32> = (0..n * width).map(|_| {
-                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
-                (state % 8_000) as f32 / 1_000.0 - 4.0
-            }).collect();
+            let mut next = crate::kernels::test_values::uniform(seed, 4);
+            let q: Vec<f32> = (0..n * width).map(|_| next()).collect();
             let pos = visible - n;
             let seen = |i: usize| {
                 let end = pos + i + 1;
@@ -713,11 +710,7 @@ mod tests {
             // Sequences of one geometry, each over its own cache (capacities differ,
             // some windowed) with 1–39 query rows ending at its last position: one call
             // for all of them gives every row the bits of its sequence's call alone.
-            let mut state = seed | 1;
-            let mut next = || {
-                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
-                (state % 8_000) as f32 / 1_000.0 - 4.0
-            };
+            let mut next = crate::kernels::test_values::uniform(seed, 4);
             let mut data = Vec::new();
             for &(cap, rows, windowed) in &seqs {
                 let g = Geometry::plain(n_kv * group, n_kv, d, cap);
@@ -734,30 +727,30 @@ mod tests {
                 .iter()
                 .map(|&(.., pos, window)| move |i: usize| (pos + i + 1).saturating_sub(window)..pos + i + 1)
                 .collect();
-            let total: usize = data.iter().map(|p| p.1.len()).sum();
-            let mut together = vec![f32::NAN; total];
-            let mut alone = Vec::new();
-            if q8 {
-                let rows: Vec<Rows<'_, u8>> = data.iter().zip(&seen).map(|((g, q, _, (kc, vc, ks, vs), ..), seen)| {
-                    Rows { g: *g, q, kv: (kc, vc), scales: Some((ks, vs)), seen }
-                }).collect();
-                attend_sequences(&rows, &mut together);
-                for one in &rows {
+            // (every sequence in one call, each sequence in a call of its own)
+            fn together_and_alone<T: KvElem>(rows: &[Rows<'_, T>]) -> (Vec<f32>, Vec<f32>) {
+                let total: usize = rows.iter().map(|r| r.q.len()).sum();
+                let mut together = vec![f32::NAN; total];
+                attend_sequences(rows, &mut together);
+                let mut alone = Vec::new();
+                for one in rows {
                     let mut out = vec![f32::NAN; one.q.len()];
                     attend_sequences(std::slice::from_ref(one), &mut out);
                     alone.extend(out);
                 }
+                (together, alone)
+            }
+            let (together, alone) = if q8 {
+                let rows: Vec<Rows<'_, u8>> = data.iter().zip(&seen).map(|((g, q, _, (kc, vc, ks, vs), ..), seen)| {
+                    Rows { g: *g, q, kv: (kc, vc), scales: Some((ks, vs)), seen }
+                }).collect();
+                together_and_alone(&rows)
             } else {
                 let rows: Vec<Rows<'_, f32>> = data.iter().zip(&seen).map(|((g, q, (k, v), ..), seen)| {
                     Rows { g: *g, q, kv: (k, v), scales: None, seen }
                 }).collect();
-                attend_sequences(&rows, &mut together);
-                for one in &rows {
-                    let mut out = vec![f32::NAN; one.q.len()];
-                    attend_sequences(std::slice::from_ref(one), &mut out);
-                    alone.extend(out);
-                }
-            }
+                together_and_alone(&rows)
+            };
             prop_assert!(together.iter().all(|x| x.is_finite()));
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             prop_assert_eq!(bits(&together), bits(&alone));

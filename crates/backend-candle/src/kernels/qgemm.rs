@@ -318,13 +318,7 @@ mod tests {
     /// output bit equal, for row counts across the tile edges and 1 (decode).
     fn check(m: usize, n: usize, kb: usize, seed: u64) -> Result<(), TestCaseError> {
         let k = kb * BLOCK;
-        let mut state = seed | 1;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % 20_001) as f32 / 1_000.0 - 10.0
-        };
+        let mut next = crate::kernels::test_values::uniform(seed, 10);
         let xs: Vec<f32> = (0..m * k).map(|i| if i % 97 == 5 { 0.0 } else { next() }).collect();
         let ws: Vec<f32> = (0..n * k).map(|_| next() * 0.05).collect();
         let dev = Device::Cpu;

@@ -99,13 +99,7 @@ mod tests {
             seed in any::<u64>(),
         ) {
             let d = 2 * half;
-            let mut state = seed | 1;
-            let mut next = || {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state % 20_001) as f32 / 1_000.0 - 10.0
-            };
+            let mut next = crate::kernels::test_values::uniform(seed, 10);
             let table_rows = 300;
             let cos: Vec<f32> = (0..table_rows * half).map(|_| next() / 10.0).collect();
             let sin: Vec<f32> = (0..table_rows * half).map(|_| next() / 10.0).collect();
