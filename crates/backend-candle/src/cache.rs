@@ -207,6 +207,54 @@ impl LlamaCache {
         Ok(KvView { k: kc.narrow(1, 0, visible)?, v: vc.narrow(1, 0, visible)?, scales })
     }
 
+    /// [`write_and_view`](Self::write_and_view) from rows as the projections lay them
+    /// out: `n` positions, row `t` at `k.0[t · k.1..]` (`(slice, row stride)`), its KV
+    /// head `h` at `+ h · head_dim` — straight into the f32 or f16 buffers on the CPU,
+    /// one in-place pass per buffer, each value rounded as `to_dtype` rounds it (the same
+    /// bits as the tensor path, without its transposes, copies and conversions per
+    /// sequence). `None` (nothing written) for a Q8 cache or one off the CPU: the caller
+    /// takes the tensor path.
+    pub(crate) fn write_rows_and_view(
+        &self,
+        layer: usize,
+        k: (&[f32], usize),
+        v: (&[f32], usize),
+        n: usize,
+    ) -> Result<Option<KvView>> {
+        let (Some(kc), Some(vc)) = (self.keys.get(layer), self.values.get(layer)) else {
+            return Err(CandleBackendError::invalid(
+                "layer",
+                layer,
+                "cache holds fewer layers than the model",
+            ));
+        };
+        if !kc.device().is_cpu() || !matches!(kc.dtype(), DType::F32 | DType::F16) {
+            return Ok(None);
+        }
+        let (heads, allocated, d) = kc.dims3()?;
+        let at = self.cursor.reserve(n)?;
+        if at.end > allocated {
+            return Err(CandleBackendError::invalid(
+                "cache positions",
+                at.end,
+                "exceed the allocated buffers: reserve them first",
+            ));
+        }
+        for (cache, rows) in [(kc, k), (vc, v)] {
+            let width = heads * d;
+            if n > 0 && rows.0.len() < (n - 1) * rows.1 + width {
+                return Err(CandleBackendError::invalid(
+                    "cache rows",
+                    rows.0.len(),
+                    "shorter than the positions written",
+                ));
+            }
+            cache.inplace_op1(&WriteRows { rows, n, heads, d, allocated, at: at.start })?;
+        }
+        let visible = at.end;
+        Ok(Some(KvView { k: kc.narrow(1, 0, visible)?, v: vc.narrow(1, 0, visible)?, scales: None }))
+    }
+
     /// Advance the length by `n` after a successful forward pass.
     pub(crate) fn commit(&mut self, n: usize) -> Result<(), CacheError> {
         self.cursor.commit(n)
@@ -287,6 +335,64 @@ impl ForkableCache for LlamaCache {
             scales: self.scales.iter().map(|(k, v)| Ok((copy(k)?, copy(v)?))).collect::<Result<_, _>>()?,
             cursor: self.cursor,
         })
+    }
+}
+
+/// [`LlamaCache::write_rows_and_view`]'s in-place write into one `(heads, allocated,
+/// head_dim)` buffer.
+struct WriteRows<'a> {
+    rows: (&'a [f32], usize),
+    n: usize,
+    heads: usize,
+    d: usize,
+    allocated: usize,
+    at: usize,
+}
+
+impl candle_core::InplaceOp1 for WriteRows<'_> {
+    fn name(&self) -> &'static str {
+        "perpetua-write-kv-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        fn write<T>(
+            w: &WriteRows<'_>,
+            buf: &mut [T],
+            start: usize,
+            convert: impl Fn(f32) -> T,
+        ) -> candle_core::Result<()> {
+            let (rows, stride) = w.rows;
+            for h in 0..w.heads {
+                for t in 0..w.n {
+                    let from = t * stride + h * w.d;
+                    let to = start + (h * w.allocated + w.at + t) * w.d;
+                    let (Some(src), Some(dst)) = (rows.get(from..from + w.d), buf.get_mut(to..to + w.d))
+                    else {
+                        candle_core::bail!(
+                            "kv rows: position {} of head {h} is outside the buffers",
+                            w.at + t
+                        )
+                    };
+                    for (o, &x) in dst.iter_mut().zip(src) {
+                        *o = convert(x);
+                    }
+                }
+            }
+            Ok(())
+        }
+        if !layout.is_contiguous() || layout.dims() != [self.heads, self.allocated, self.d] {
+            candle_core::bail!("kv rows: the cache buffer's layout {layout:?} is not its own")
+        }
+        let start = layout.start_offset();
+        match storage {
+            candle_core::CpuStorage::F32(buf) => write(self, buf, start, |x| x),
+            candle_core::CpuStorage::F16(buf) => write(self, buf, start, half::f16::from_f32),
+            _ => candle_core::bail!("kv rows: a cache buffer neither f32 nor f16"),
+        }
     }
 }
 
@@ -386,6 +492,56 @@ mod tests {
         assert!(scales[3].is_infinite(), "inf row");
         assert_eq!(scales[4], 0.5 / 127.0);
         assert_eq!(&codes[8..10], &[255, 128 - 64]);
+    }
+
+    /// Rows written straight from the projection layout (strided rows, heads side by
+    /// side) hold the same bits as the tensor path's transposed, converted copy, in f32
+    /// and f16 buffers, across a growth of the buffers; a Q8 cache declines.
+    #[test]
+    fn rows_written_in_place_equal_the_tensor_path() {
+        let (heads, d, stride) = (2, 4, 11);
+        let values = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n * stride)
+                .map(|i| ((i as f32 + seed) * 0.731).sin() * 3.0 + 1e-3 / (1.0 + i as f32))
+                .collect()
+        };
+        for dtype in [DType::F32, DType::F16] {
+            let mut direct = LlamaCache::new(1, heads, d, 600, dtype, &Device::Cpu).unwrap();
+            let mut tensors = LlamaCache::new(1, heads, d, 600, dtype, &Device::Cpu).unwrap();
+            for (step, n) in [3, 1, 260, 2].into_iter().enumerate() {
+                let (k, v) = (values(n, step as f32), values(n, 100.0 + step as f32));
+                direct.reserve(n).unwrap();
+                tensors.reserve(n).unwrap();
+                let got = direct.write_rows_and_view(0, (&k, stride), (&v, stride), n).unwrap().unwrap();
+                let as_tensor = |x: &[f32]| {
+                    let rows: Vec<f32> = x.chunks(stride).flat_map(|r| r[..heads * d].to_vec()).collect();
+                    Tensor::from_vec(rows, (n, heads, d), &Device::Cpu)
+                        .unwrap()
+                        .transpose(0, 1)
+                        .unwrap()
+                        .contiguous()
+                        .unwrap()
+                };
+                let want = tensors.write_and_view(0, &as_tensor(&k), &as_tensor(&v)).unwrap();
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    t.to_dtype(DType::F32)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect()
+                };
+                assert_eq!(bits(&got.k), bits(&want.k), "{dtype:?} keys after step {step}");
+                assert_eq!(bits(&got.v), bits(&want.v), "{dtype:?} values after step {step}");
+                direct.commit(n).unwrap();
+                tensors.commit(n).unwrap();
+            }
+        }
+        let q8 = LlamaCache::new(1, heads, d, 8, DType::U8, &Device::Cpu).unwrap();
+        assert!(q8.write_rows_and_view(0, (&[0.0; 8], 8), (&[0.0; 8], 8), 1).unwrap().is_none());
     }
 
     #[test]

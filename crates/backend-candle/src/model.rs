@@ -886,12 +886,35 @@ impl Llama {
         // (rows, heads, head_dim): one contiguous row of heads per query position.
         let q = self.rotate_rows(i, &q, heads, &positions)?;
         let k = self.rotate_rows(i, &k, kv_heads, &positions)?;
-        let v = v.reshape((rows, kv_heads, d))?;
         let mut views = Vec::with_capacity(spans.len());
+        let width = kv_heads * d;
+        let k_rows = k.reshape((rows, width))?;
         for (seg, &(r0, n, _)) in segments.iter_mut().zip(spans) {
-            // The cache takes (n_kv_heads, n, head_dim).
-            let (k, v) = (k.narrow(0, r0, n)?.transpose(0, 1)?, v.narrow(0, r0, n)?.transpose(0, 1)?);
-            views.push(seg.cache.write_and_view(i, &k.contiguous()?, &v.contiguous()?)?);
+            // Straight from the rows into an f32/f16 cache; otherwise as (n_kv_heads, n,
+            // head_dim) tensors.
+            let direct = with_rows(&k_rows, width, |ks, k_stride| {
+                with_rows(&v, width, |vs, v_stride| {
+                    seg.cache.write_rows_and_view(
+                        i,
+                        (&ks[r0 * k_stride..], k_stride),
+                        (&vs[r0 * v_stride..], v_stride),
+                        n,
+                    )
+                })
+            });
+            let written = match direct {
+                Some(Some(written)) => written?,
+                _ => None,
+            };
+            let view = match written {
+                Some(view) => view,
+                None => {
+                    let v = v.reshape((rows, kv_heads, d))?;
+                    let (k, v) = (k.narrow(0, r0, n)?.transpose(0, 1)?, v.narrow(0, r0, n)?.transpose(0, 1)?);
+                    seg.cache.write_and_view(i, &k.contiguous()?, &v.contiguous()?)?
+                }
+            };
+            views.push(view);
         }
         self.attend_fused(i, &q, &views, spans)
     }
