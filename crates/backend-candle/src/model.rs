@@ -800,6 +800,8 @@ impl Llama {
             rows += seg.tokens.len();
         }
         let tokens: Vec<u32> = segments.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        // Each row's position, for RoPE in every layer.
+        let positions: Vec<usize> = spans.iter().flat_map(|&(_, n, pos)| pos..pos + n).collect();
         let ids = Tensor::new(tokens.as_slice(), &self.device)?;
         let mut x = self.embeddings.lookup(&tokens, &ids, &self.device)?;
         if let Some(scale) = cfg.embedding_scale {
@@ -815,7 +817,7 @@ impl Llama {
                 (q, k, v) = (q.broadcast_add(bq)?, k.broadcast_add(bk)?, v.broadcast_add(bv)?);
             }
             let y = if self.attention == Attention::Fused {
-                self.fused_attention_of(i, layer, (q, k, v), segments, &spans)?
+                self.fused_attention_of(i, layer, (q, k, v), segments, (&spans, &positions))?
             } else {
                 let mut ys = Vec::with_capacity(segments.len());
                 for (seg, &(r0, n, pos)) in segments.iter_mut().zip(&spans) {
@@ -865,7 +867,7 @@ impl Llama {
 
     /// [`Attention::Fused`] attention of layer `i` for every segment of a pass at once:
     /// `(q, k, v)` hold all segments' rows (`spans`: each one's first row, rows and first
-    /// position). q/k norms and RoPE run on all rows together (each row rotated by its
+    /// position; `positions`: every row's position, the same for every layer). q/k norms and RoPE run on all rows together (each row rotated by its
     /// own position's angles, gathered from the tables), each segment's keys/values are
     /// written into its cache, and one [`attention::attend_sequences`] call runs every
     /// segment's rows over its own cache; returns `(rows, n_heads · head_dim)`. Every
@@ -876,16 +878,15 @@ impl Llama {
         layer: &Layer,
         (q, k, v): (Tensor, Tensor, Tensor),
         segments: &mut [Segment<'_>],
-        spans: &[(usize, usize, usize)],
+        (spans, positions): (&[(usize, usize, usize)], &[usize]),
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let rows = q.dim(0)?;
         let (heads, kv_heads, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let (q, k) = self.qk_normed(layer, (q, k), rows)?;
-        let positions: Vec<usize> = spans.iter().flat_map(|&(_, n, pos)| pos..pos + n).collect();
         // (rows, heads, head_dim): one contiguous row of heads per query position.
-        let q = self.rotate_rows(i, &q, heads, &positions)?;
-        let k = self.rotate_rows(i, &k, kv_heads, &positions)?;
+        let q = self.rotate_rows(i, &q, heads, positions)?;
+        let k = self.rotate_rows(i, &k, kv_heads, positions)?;
         let mut views = Vec::with_capacity(spans.len());
         let width = kv_heads * d;
         let k_rows = k.reshape((rows, width))?;
