@@ -714,12 +714,35 @@ Today: {{ date }}. {{ ns.system }} {{ {"k": [1, 2]} | tojson }}</s>
     assert!(err.to_string().contains("bad role tool"), "{err}");
 }
 
+/// A file this test wrote, removed when dropped (and only then: a checkout may itself
+/// live under the temporary directory).
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A copy of `family`'s F32 GGUF with its metadata edited by `edit`.
 fn edited_gguf(
     family: &str,
     name: &str,
     edit: impl FnOnce(&mut std::collections::HashMap<String, candle_core::quantized::gguf_file::Value>),
-) -> PathBuf {
+) -> Scratch {
     use candle_core::quantized::gguf_file;
     let src = dir(family).join("model-f32.gguf");
     let mut file = std::fs::File::open(&src).unwrap();
@@ -736,7 +759,7 @@ fn edited_gguf(
     let to = std::env::temp_dir().join(format!("perpetua-families-{}-{name}.gguf", std::process::id()));
     let mut out = std::fs::File::create(&to).unwrap();
     gguf_file::write(&mut out, &metadata, &tensors).unwrap();
-    to
+    Scratch(to)
 }
 
 /// Gemma's GGUF settings as llama.cpp reads them: the layer pattern as a period or a
@@ -745,13 +768,7 @@ fn edited_gguf(
 #[test]
 fn gemma_gguf_keys_are_read_as_llama_cpp_reads_them() {
     use candle_core::quantized::gguf_file::Value;
-    let config = |path: &Path| {
-        let c = Llama::load(path, &exact()).map(|m| m.config().clone());
-        if path.starts_with(std::env::temp_dir()) {
-            let _ = std::fs::remove_file(path);
-        }
-        c
-    };
+    let config = |path: &Path| Llama::load(path, &exact()).map(|m| m.config().clone());
     let c = config(&dir("gemma2").join("model-f32.gguf")).unwrap();
     assert_eq!(c.architecture, Architecture::Gemma2);
     assert_eq!((c.sliding_window, c.sliding_layers.as_deref()), (Some(5), Some(&[true, false][..])));
@@ -824,7 +841,6 @@ fn gemma_gguf_keys_are_read_as_llama_cpp_reads_them() {
             Err(CandleBackendError::Metadata { key: k, .. }) => assert_eq!(k, key),
             other => panic!("{key}: {other:?}"),
         }
-        let _ = std::fs::remove_file(path);
     }
 }
 
