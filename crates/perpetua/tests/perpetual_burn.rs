@@ -9,8 +9,13 @@
 //! for one sentence and the budget is 96 tokens — enough for the model to want to stop
 //! well inside it.
 //!
-//! Run: `cargo test -p perpetua --features burn --test perpetual_burn -- --nocapture`
-//! (`cargo xtask ci` runs it). Needs the model (`cargo xtask fetch-model`).
+//! Two tests: method 4 (back steps with the schedule) and methods 1–3, each from the
+//! first seed whose plain run ends at EOS. The device is burn's default
+//! (`BURN_DEVICE`): `cargo xtask ci` runs both on the CPU, and the first again on wgpu
+//! (lavapipe); `cargo xtask gpu wgpu` runs both on wgpu.
+//!
+//! Run: `cargo test -p perpetua --features burn --test perpetual_burn -- --nocapture`.
+//! Needs the model (`cargo xtask fetch-model`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use perpetua::burn::{Llama, LlamaTokenizer, LoadOptions};
