@@ -112,15 +112,15 @@ fn prepended(var: &str, dir: &Path) -> String {
 }
 
 /// A Vulkan device for the wgpu tests: the machine's, or Mesa's lavapipe installed
-/// (apt) when `vulkaninfo` lists none. Returns its name.
-pub(crate) fn vulkan() -> Result<String> {
+/// (apt) when `vulkaninfo` lists none; its name is printed.
+pub(crate) fn vulkan() -> Result<()> {
     if vulkan_device().is_none() {
         install_vulkan()?;
     }
     let device = vulkan_device()
         .context("vulkaninfo still lists no Vulkan device after installing Mesa's lavapipe")?;
     eprintln!("xtask: gpu: Vulkan device: {device}");
-    Ok(device)
+    Ok(())
 }
 
 /// The wgpu tests, built with [`WGPU_TEST_FEATURES`] (the same build as `cargo xtask
